@@ -1,0 +1,3 @@
+from prefwatch.cli import main
+
+raise SystemExit(main())

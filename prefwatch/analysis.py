@@ -1,0 +1,102 @@
+"""One pass from what was read to what it means: each cell's status and diagnosis, and the verdict.
+
+The monitor and the report both call ``analyse``; neither re-implements a rule.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from prefwatch import jobs
+from prefwatch.decide import CellResult, Verdict, decide
+from prefwatch.diagnose import DEFAULT, Diagnosis, Thresholds, diagnose
+from prefwatch.ingest.sources import CellSource, GridSource
+
+
+@dataclass
+class CellAnalysis:
+    source: CellSource
+    status: jobs.CellStatus
+    diagnosis: Diagnosis
+
+    @property
+    def state(self) -> str:
+        if self.status.state == jobs.RUNNING and self.diagnosis.has("stalled"):
+            return "stalled"
+        return self.status.state
+
+    def to_json(self) -> dict[str, Any]:
+        source = self.source
+        return {
+            "id": source.id,
+            "objective": source.objective,
+            "rank": source.rank,
+            "seed": source.seed,
+            "state": self.state,
+            "status": self.status.describe(),
+            "step": source.series.last_step,
+            "max_steps": source.max_steps,
+            "review": self.diagnosis.review.to_json(),
+            "findings": [f.to_json() for f in self.diagnosis.findings],
+            "ingest": {
+                "records": source.series.records,
+                "rejected": sum(source.series.rejected.values()),
+                "rejected_by_reason": dict(source.series.rejected),
+                "segments": source.series.train.segments,
+                "error": source.read_error,
+            },
+        }
+
+
+@dataclass
+class GridAnalysis:
+    grid: GridSource
+    cells: list[CellAnalysis]
+    verdict: Verdict
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "grid": self.grid.name,
+            "path": str(self.grid.root),
+            "cells": [c.to_json() for c in self.cells],
+            "verdict": self.verdict.to_json(),
+        }
+
+
+def analyse(
+    grid: GridSource,
+    now: float | None = None,
+    heldout_pairs: int | None = None,
+    thresholds: Thresholds = DEFAULT,
+) -> GridAnalysis:
+    now = time.time() if now is None else now
+    supervised = grid.supervisor_alive()
+    cells = []
+    for source in grid.cells:
+        status = source.status(supervised)
+        diagnosis = diagnose(
+            source.series,
+            source.pairs,
+            source.data_stats,
+            source.objective,
+            heldout_pairs,
+            now=now,
+            alive=status.state == jobs.RUNNING,
+            t=thresholds,
+        )
+        cells.append(CellAnalysis(source, status, diagnosis))
+    results = [
+        CellResult(
+            c.source.id,
+            c.source.objective,
+            c.source.rank,
+            c.source.seed,
+            finished=c.status.state == jobs.FINISHED,
+            diagnosis=c.diagnosis,
+            wins=c.source.pairs.wins(),
+        )
+        for c in cells
+    ]
+    return GridAnalysis(grid, cells, decide(results))

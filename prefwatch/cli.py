@@ -1,0 +1,275 @@
+"""Command line: parsing only. Each subcommand hands over to one function, importing what it needs
+when it runs, so ``prefwatch --help`` never loads Textual, torch or transformers.
+
+Exit statuses: 0 ok, 1 a job or the tool failed, 2 bad input, 3 a verdict that is not decisive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from prefwatch import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_DECISIVE = 0, 1, 2, 3
+
+
+class UsageError(Exception):
+    """Bad input: the message is printed on one line and the exit status is 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prefwatch",
+        description="Launch, watch and decide a preference-tuning grid (DPO / SimPO / ORPO x LoRA rank).",
+        epilog="Exit status: 0 ok, 1 a job or the tool failed, 2 bad input, 3 verdict not decisive.",
+    )
+    parser.add_argument("--version", action="version", version=f"prefwatch {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    launch = commands.add_parser("launch", help="validate a grid file, start every cell detached, open the monitor")
+    launch.add_argument("grid", type=Path, help="the grid file (TOML)")
+    launch.add_argument("--out", type=Path, default=Path("runs"), help="folder for the run directory (default: runs)")
+    mode = launch.add_mutually_exclusive_group()
+    mode.add_argument("--detach", action="store_true", help="start the cells and return at once")
+    mode.add_argument("--headless", action="store_true", help="no monitor: print progress, wait for every cell")
+    launch.add_argument("--check", action="store_true", help="validate the grid file and print its cells; start nothing")
+    launch.add_argument("--poll", action="store_true", help="poll files instead of file events (NFS)")
+
+    for name, text in (
+        ("attach", "open the monitor on a grid whose jobs run (or ran)"),
+        ("replay", "play finished logs from disk"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("path", type=Path, help="a run directory, a cell, a metrics.jsonl or TRL output dirs")
+        sub.add_argument("--poll", action="store_true", help="poll files instead of file events (NFS)")
+
+    report = commands.add_parser("report", help="findings and verdict without a screen")
+    report.add_argument("path", type=Path)
+    report.add_argument("--format", choices=("terminal", "md", "json"), default="terminal")
+    report.add_argument("--heldout-pairs", type=int, metavar="N", help="held-out size, for logs without per-pair results")
+
+    status = commands.add_parser("status", help="what runs where")
+    status.add_argument("path", type=Path)
+
+    stop = commands.add_parser("stop", help="stop a cell, or every cell of the grid")
+    stop.add_argument("path", type=Path, help="the run directory")
+    stop.add_argument("cells", nargs="*", metavar="CELL", help="cell ids (default: all)")
+    stop.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL (default 10)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = HANDLERS[args.command]
+    try:
+        return handler(args)
+    except UsageError as exc:
+        print(f"prefwatch: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+# ---- launch ----------------------------------------------------------------------------------
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from prefwatch import jobs
+    from prefwatch.grid import GridError, load_grid
+
+    try:
+        grid = load_grid(args.grid)
+    except GridError as exc:
+        raise UsageError(str(exc)) from None
+    if args.check:
+        print(f"{grid.path}: ok, {len(grid.cells)} cells: {', '.join(c.id for c in grid.cells)}")
+        return EXIT_OK
+    _require_training_packages()
+    try:
+        run_dir = jobs.create_run_dir(grid, args.out)
+        jobs.start_supervisor(run_dir)
+    except jobs.LaunchError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"prefwatch: started {len(grid.cells)} cells in {run_dir}")
+    if args.detach:
+        print(f"  follow them with: prefwatch attach {run_dir}")
+        return EXIT_OK
+    if args.headless:
+        return follow_headless(run_dir)
+    return _monitor(run_dir, "live", args.poll)
+
+
+def _require_training_packages() -> None:
+    from importlib.util import find_spec
+
+    missing = [name for name in ("torch", "transformers", "trl", "peft") if find_spec(name) is None]
+    if missing:
+        raise UsageError(
+            f"launching trains models and needs {', '.join(missing)}: pip install 'prefwatch[train]'"
+        )
+
+
+def follow_headless(run_dir: Path) -> int:
+    """Rich progress per cell until every cell has ended; 0 only when all finished."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from prefwatch import jobs
+    from prefwatch.ingest.sources import open_path
+
+    grid = open_path(run_dir)
+    console = Console(stderr=False)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[state]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        tasks = {
+            cell.id: progress.add_task(cell.id, total=cell.max_steps, state=jobs.QUEUED) for cell in grid.cells
+        }
+        while True:
+            grid.poll()
+            supervised = grid.supervisor_alive()
+            states = {}
+            for cell in grid.cells:
+                status = cell.status(supervised)
+                states[cell.id] = status.state
+                progress.update(tasks[cell.id], completed=cell.series.last_step, state=status.describe())
+            if all(state in jobs.ENDED_STATES for state in states.values()):
+                break
+            time.sleep(0.5)
+    finished = sum(state == jobs.FINISHED for state in states.values())
+    console.print(f"{finished} of {len(states)} cells finished in {run_dir}")
+    _print_report(run_dir, console)
+    return EXIT_OK if finished == len(states) else EXIT_FAILED
+
+
+def _print_report(path: Path, console: Any) -> None:
+    from prefwatch.analysis import analyse
+    from prefwatch.ingest.sources import open_path
+    from prefwatch.report import render_terminal
+
+    grid = open_path(path)
+    grid.poll()
+    render_terminal(analyse(grid), console)
+
+
+# ---- monitor ---------------------------------------------------------------------------------
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    return _monitor(args.path, "live", args.poll)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    return _monitor(args.path, "replay", args.poll)
+
+
+def _monitor(path: Path, mode: str, poll: bool) -> int:
+    from prefwatch.ingest.sources import SourceError
+
+    try:
+        from prefwatch.tui.app import run_monitor
+
+        return run_monitor(path, mode=mode, poll=poll)
+    except SourceError as exc:
+        raise UsageError(str(exc)) from None
+
+
+# ---- report, status, stop --------------------------------------------------------------------
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from prefwatch.analysis import analyse
+    from prefwatch.ingest.sources import SourceError, open_path
+    from prefwatch.report import render_json, render_markdown, render_terminal
+
+    try:
+        grid = open_path(args.path)
+    except SourceError as exc:
+        raise UsageError(str(exc)) from None
+    grid.poll()
+    analysis = analyse(grid, heldout_pairs=args.heldout_pairs)
+    if args.format == "json":
+        print(render_json(analysis))
+    elif args.format == "md":
+        print(render_markdown(analysis), end="")
+    else:
+        render_terminal(analysis, Console())
+    return EXIT_OK if analysis.verdict.decisive else EXIT_NOT_DECISIVE
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from prefwatch.ingest.sources import SourceError, open_path
+    from prefwatch.textsafe import plain
+
+    try:
+        grid = open_path(args.path)
+    except SourceError as exc:
+        raise UsageError(str(exc)) from None
+    grid.poll()
+    supervised = grid.supervisor_alive()
+    table = Table(title=Text(f"{plain(grid.name)}  (supervisor: {_supervisor_word(supervised)})"))
+    for column in ("cell", "state", "step", "device", "pid", "last log"):
+        table.add_column(column)
+    now = time.time()
+    for cell in grid.cells:
+        status = cell.status(supervised)
+        step = f"{cell.series.last_step}" + (f"/{cell.max_steps}" if cell.max_steps else "")
+        last = cell.series.last_time
+        age = f"{now - last:.0f} s ago" if last else "–"
+        table.add_row(
+            *(
+                Text(plain(v))
+                for v in (
+                    cell.id,
+                    status.describe(),
+                    step,
+                    str(status.raw.get("device", "–")),
+                    str(status.raw.get("pid", "–")),
+                    age,
+                )
+            )
+        )
+    Console().print(table)
+    return EXIT_OK
+
+
+def _supervisor_word(alive: bool | None) -> str:
+    return {True: "running", False: "gone", None: "none"}[alive]
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from prefwatch import jobs, rundir
+
+    if not rundir.is_grid_dir(args.path):
+        raise UsageError(f"{args.path}: not a prefwatch run directory (no cells/ folder)")
+    try:
+        stopped = jobs.request_stop(args.path, args.cells or None, grace=args.grace)
+    except jobs.LaunchError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"prefwatch: stopped {', '.join(stopped)}" if stopped else "prefwatch: nothing was running or queued")
+    return EXIT_OK
+
+
+HANDLERS = {
+    "launch": cmd_launch,
+    "attach": cmd_attach,
+    "replay": cmd_replay,
+    "report": cmd_report,
+    "status": cmd_status,
+    "stop": cmd_stop,
+}

@@ -1,0 +1,419 @@
+"""Findings per cell: the review of a run, and what in its curves a careful engineer would flag.
+
+Train logs and evaluations come at different cadences and are noisy (with 100 held-out pairs an
+accuracy moves by about 0.1 between evaluations), so every rule compares window means, never
+single points, and train and held-out rows are split before anything is compared.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from prefwatch import metrics as m
+from prefwatch.series import CellSeries, SplitSeries
+
+# ---- Thresholds. Each is a named constant, and each can be overridden through Thresholds. ----
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    # Share of train rows in the "late" window: the last quarter is what the run ended on, and long
+    # enough (25 rows of a 100-step run) to average out batch noise.
+    late_window: float = 0.25
+    # Held-out accuracy is smoothed over this many evaluations before looking for its peak.
+    eval_smoothing: int = 3
+    # Over-optimisation needs the held-out peak at least this many evaluations before the end...
+    min_evals_after_peak: int = 3
+    # ...and the train margin after the peak to exceed the margin at the peak by this fraction of
+    # the margin's own scale: rewards of different objectives live on different scales.
+    margin_rise: float = 0.25
+    # Likelihood displacement: the chosen log-probability falls by at least this many nats.
+    logp_drop: float = 1.0
+    # Saturation: late train loss below this with every train batch ranked right.
+    saturated_loss: float = 0.01
+    # Reference equal to policy: this many train rows with rewards exactly zero and loss at ln 2.
+    reference_rows: int = 5
+    # Margin consistency: |margins - (chosen - rejected)| allowed, relative to the rewards' scale.
+    margin_tolerance: float = 0.02
+    # Stalled: no new line for this many times the usual interval between lines...
+    stall_factor: float = 5.0
+    # ...and never less than this many seconds (start-up and evaluations pause logging).
+    stall_min_seconds: float = 60.0
+    # Brevity: chosen answers shorter than rejected ones in at least this share of pairs.
+    brevity_share: float = 0.6
+
+
+DEFAULT = Thresholds()
+
+INFO, WARN, ERROR = "info", "warn", "error"
+HEALTH_KINDS = frozenset(
+    {"non_finite", "reference_equals_policy", "likelihood_displacement", "saturation", "margin_inconsistent"}
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    severity: str
+    message: str
+    step: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Review:
+    """The founding write-up's review of a run, computed from split, windowed series."""
+
+    train_margin_early: float | None = None
+    train_margin_late: float | None = None
+    late_chosen: float | None = None
+    late_rejected: float | None = None
+    heldout_margin: float | None = None
+    heldout_accuracy: float | None = None
+    heldout_pairs_won: int | None = None
+    heldout_pairs: int | None = None
+    heldout_pairs_source: str | None = None  # "per-pair", "data.json", "given", "estimated"
+    peak_heldout_accuracy: float | None = None
+    peak_heldout_step: int | None = None
+    evaluations: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: _json_number(v) for k, v in asdict(self).items()}
+
+
+def _json_number(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+@dataclass
+class Diagnosis:
+    review: Review
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def worst(self) -> str | None:
+        order = {INFO: 0, WARN: 1, ERROR: 2}
+        return max((f.severity for f in self.findings), key=order.__getitem__, default=None)
+
+    def has(self, *kinds: str) -> bool:
+        return any(f.kind in kinds for f in self.findings)
+
+    @property
+    def clean(self) -> bool:
+        """No over-optimisation and no health finding above info."""
+        return not any(f.severity != INFO for f in self.findings if f.kind != "brevity_bias")
+
+
+# ---- Windows -----------------------------------------------------------------------------------
+
+
+def window_mean(values: np.ndarray) -> float | None:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else None
+
+
+def late(values: np.ndarray, share: float) -> np.ndarray:
+    n = len(values)
+    return values[n - max(1, int(round(n * share))) :] if n else values
+
+
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Centered moving mean that ignores NaN; the ends use the points available."""
+    if len(values) == 0 or window <= 1:
+        return values.astype(float)
+    finite = np.isfinite(values)
+    filled = np.where(finite, values, 0.0)
+    kernel = np.ones(window)
+    sums = np.convolve(filled, kernel, mode="same")
+    counts = np.convolve(finite.astype(float), kernel, mode="same")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+# ---- The review ----------------------------------------------------------------------------------
+
+
+def heldout_accuracy_series(series: CellSeries, pairs: Any | None) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, accuracy) per evaluation: from per-pair results where they exist, else TRL's average."""
+    if pairs is not None and pairs.steps:
+        steps = np.asarray(pairs.steps, dtype=float)
+        accuracy = np.array([np.mean(c > r) for c, r in zip(pairs.chosen, pairs.rejected)])
+        return steps, accuracy
+    return series.eval.steps, series.eval.column(m.ACCURACIES)
+
+
+def review(
+    series: CellSeries,
+    pairs: Any | None = None,
+    heldout_pairs: int | None = None,
+    data_stats: dict[str, Any] | None = None,
+    t: Thresholds = DEFAULT,
+) -> Review:
+    train, evals = series.train, series.eval
+    margins = train.column(m.MARGINS)
+    half = len(margins) // 2
+    steps, accuracy = heldout_accuracy_series(series, pairs)
+    won, total, source = _pairs_won(pairs, accuracy, heldout_pairs, data_stats, evals)
+    peak_accuracy, peak_step = _peak(steps, accuracy, t)
+    heldout_margin = _last_finite(evals.column(m.MARGINS))
+    if pairs is not None and pairs.steps:
+        heldout_margin = float(np.mean(pairs.chosen[-1] - pairs.rejected[-1]))
+    return Review(
+        train_margin_early=window_mean(margins[:half]) if half else None,
+        train_margin_late=window_mean(margins[half:]) if half else window_mean(margins),
+        late_chosen=window_mean(late(train.column(m.CHOSEN), t.late_window)),
+        late_rejected=window_mean(late(train.column(m.REJECTED), t.late_window)),
+        heldout_margin=heldout_margin,
+        heldout_accuracy=_last_finite(accuracy),
+        heldout_pairs_won=won,
+        heldout_pairs=total,
+        heldout_pairs_source=source,
+        peak_heldout_accuracy=peak_accuracy,
+        peak_heldout_step=peak_step,
+        evaluations=len(steps),
+    )
+
+
+def _last_finite(values: np.ndarray) -> float | None:
+    finite = values[np.isfinite(values)]
+    return float(finite[-1]) if len(finite) else None
+
+
+def _peak(steps: np.ndarray, accuracy: np.ndarray, t: Thresholds) -> tuple[float | None, int | None]:
+    smoothed = smooth(accuracy, t.eval_smoothing)
+    if not np.isfinite(smoothed).any():
+        return None, None
+    index = int(np.nanargmax(smoothed))
+    return float(smoothed[index]), int(steps[index])
+
+
+def _pairs_won(
+    pairs: Any | None,
+    accuracy: np.ndarray,
+    given: int | None,
+    data_stats: dict[str, Any] | None,
+    evals: SplitSeries,
+) -> tuple[int | None, int | None, str | None]:
+    if pairs is not None and pairs.steps:
+        wins = pairs.wins()
+        return int(wins.sum()), len(wins), "per-pair"
+    last = _last_finite(accuracy)
+    total, source = given, "given"
+    if total is None and data_stats and isinstance(data_stats.get("heldout_pairs"), int):
+        total, source = data_stats["heldout_pairs"], "data.json"
+    if total is None:
+        runtime = _last_finite(evals.column("runtime"))
+        rate = _last_finite(evals.column("samples_per_second"))
+        if runtime and rate:
+            total, source = int(round(runtime * rate)), "estimated"
+    if last is None or total is None:
+        return None, total, source if total is not None else None
+    return int(round(last * total)), total, source
+
+
+# ---- Findings --------------------------------------------------------------------------------
+
+
+def diagnose(
+    series: CellSeries,
+    pairs: Any | None = None,
+    data_stats: dict[str, Any] | None = None,
+    objective: str | None = None,
+    heldout_pairs: int | None = None,
+    now: float | None = None,
+    alive: bool = False,
+    t: Thresholds = DEFAULT,
+) -> Diagnosis:
+    summary = review(series, pairs, heldout_pairs, data_stats, t)
+    findings = [
+        f
+        for f in (
+            non_finite(series),
+            reference_equals_policy(series, t),
+            overoptimization(series, pairs, t),
+            likelihood_displacement(series, t),
+            saturation(series, t),
+            margin_inconsistent(series, t),
+            brevity_bias(data_stats, objective, t),
+            stalled(series, now, alive, t),
+        )
+        if f is not None
+    ]
+    return Diagnosis(summary, findings)
+
+
+def non_finite(series: CellSeries) -> Finding | None:
+    watched = {m.LOSS, m.GRAD_NORM, m.CHOSEN, m.REJECTED, m.MARGINS}
+    bad = [(step, split, name) for (split, name), step in series.first_non_finite.items() if name in watched]
+    if not bad:
+        return None
+    step, split, name = min(bad)
+    finite_steps = series.train.steps[series.train.steps < step]
+    last_ok = int(finite_steps[-1]) if len(finite_steps) else None
+    where = "held-out " if split == "eval" else ""
+    return Finding(
+        "non_finite",
+        ERROR,
+        f"{where}{name} is NaN or infinite from step {int(step)}; last finite step {last_ok}",
+        int(step),
+    )
+
+
+def reference_equals_policy(series: CellSeries, t: Thresholds) -> Finding | None:
+    train = series.train
+    chosen, rejected, loss = train.column(m.CHOSEN), train.column(m.REJECTED), train.column(m.LOSS)
+    stuck = (chosen == 0) & (rejected == 0) & (np.abs(loss - math.log(2)) < 1e-3)
+    if stuck.sum() < t.reference_rows or stuck.mean() < 0.5:
+        return None
+    return Finding(
+        "reference_equals_policy",
+        ERROR,
+        f"rewards are exactly 0 and loss is ln 2 in {int(stuck.sum())} of {len(stuck)} train rows: "
+        "the policy equals the reference (is the adapter trained, or the reference the adapted model?)",
+        int(train.steps[np.flatnonzero(stuck)[0]]),
+    )
+
+
+def overoptimization(series: CellSeries, pairs: Any | None, t: Thresholds) -> Finding | None:
+    steps, accuracy = heldout_accuracy_series(series, pairs)
+    if len(steps) < t.min_evals_after_peak + 2:
+        return None
+    smoothed = smooth(accuracy, t.eval_smoothing)
+    if not np.isfinite(smoothed).any():
+        return None
+    peak = int(np.nanargmax(smoothed))
+    if len(steps) - 1 - peak < t.min_evals_after_peak:
+        return None
+    peak_step = float(steps[peak])
+    train = series.train
+    margins = train.column(m.MARGINS)
+    before = margins[(train.steps <= peak_step)]
+    after = late(margins[train.steps > peak_step], 0.5)
+    at_peak, now = window_mean(late(before, 0.5)), window_mean(after)
+    if at_peak is None or now is None:
+        return None
+    scale = max(abs(at_peak), abs(now), 1e-8)
+    if (now - at_peak) / scale < t.margin_rise:
+        return None
+    heldout_now = _last_finite(smoothed)
+    return Finding(
+        "overoptimization",
+        WARN,
+        f"train margin rose {at_peak:.3g} -> {now:.3g} after step {int(peak_step)} while held-out "
+        f"accuracy peaked there at {smoothed[peak]:.2f} and is {heldout_now:.2f} now",
+        int(peak_step),
+    )
+
+
+def likelihood_displacement(series: CellSeries, t: Thresholds) -> Finding | None:
+    train = series.train
+    chosen = smooth(train.column(m.LOGPS_CHOSEN), 5)
+    rejected = train.column(m.LOGPS_REJECTED)
+    margins = train.column(m.MARGINS)
+    if not np.isfinite(chosen).any() or len(chosen) < 8:
+        return None
+    half = len(chosen) // 2
+    chosen_early, chosen_late = window_mean(chosen[:half]), window_mean(chosen[half:])
+    rejected_early, rejected_late = window_mean(rejected[:half]), window_mean(rejected[half:])
+    margin_early, margin_late = window_mean(margins[:half]), window_mean(margins[half:])
+    if None in (chosen_early, chosen_late, rejected_early, rejected_late, margin_early, margin_late):
+        return None
+    falling = chosen_late < chosen_early - t.logp_drop and rejected_late < rejected_early  # type: ignore[operator]
+    if not falling or margin_late <= margin_early:  # type: ignore[operator]
+        return None
+    start = int(train.steps[int(np.nanargmax(chosen))])
+    return Finding(
+        "likelihood_displacement",
+        WARN,
+        f"chosen log-prob fell {chosen_early:.3g} -> {chosen_late:.3g} while the margin rose: both answers "
+        "lose probability, which may move to unwanted answers",
+        start,
+    )
+
+
+def saturation(series: CellSeries, t: Thresholds) -> Finding | None:
+    train = series.train
+    loss = window_mean(late(train.column(m.LOSS), t.late_window))
+    accuracy = window_mean(late(train.column(m.ACCURACIES), t.late_window))
+    if loss is None or accuracy is None or loss >= t.saturated_loss or accuracy < 1.0:
+        return None
+    start = np.flatnonzero(train.column(m.LOSS) < t.saturated_loss)
+    return Finding(
+        "saturation",
+        WARN,
+        f"train loss {loss:.2g} with every train batch ranked right: nothing left to learn from these pairs",
+        int(train.steps[start[0]]) if len(start) else None,
+    )
+
+
+def margin_inconsistent(series: CellSeries, t: Thresholds) -> Finding | None:
+    for split_name in ("train", "eval"):
+        split = series.split(split_name)  # type: ignore[arg-type]
+        chosen, rejected, margins = split.column(m.CHOSEN), split.column(m.REJECTED), split.column(m.MARGINS)
+        both = np.isfinite(chosen) & np.isfinite(rejected) & np.isfinite(margins)
+        if not both.any():
+            continue
+        scale = np.maximum(np.abs(chosen) + np.abs(rejected), 1e-6)
+        gap = np.abs(margins - (chosen - rejected)) / scale
+        off = both & (gap > t.margin_tolerance)
+        if off.sum() > max(1, 0.1 * both.sum()):
+            first = int(split.steps[np.flatnonzero(off)[0]])
+            where = "held-out" if split_name == "eval" else "train"
+            return Finding(
+                "margin_inconsistent",
+                WARN,
+                f"{where} rewards/margins differs from chosen - rejected in {int(off.sum())} of "
+                f"{int(both.sum())} rows: an aggregation bug in the logger?",
+                first,
+            )
+    return None
+
+
+def brevity_bias(data_stats: dict[str, Any] | None, objective: str | None, t: Thresholds) -> Finding | None:
+    train = (data_stats or {}).get("train")
+    if not isinstance(train, dict):
+        return None
+    share = train.get("chosen_shorter_share")
+    if not isinstance(share, (int, float)) or share < t.brevity_share:
+        return None
+    chosen, rejected = train.get("mean_chosen_tokens"), train.get("mean_rejected_tokens")
+    lengths = f" (mean {chosen:.0f} vs {rejected:.0f} tokens)" if chosen and rejected else ""
+    remedy = (
+        "SimPO's length-normalised reward is the remedy"
+        if objective != "simpo"
+        else "this cell's length-normalised reward already addresses it"
+    )
+    return Finding(
+        "brevity_bias",
+        INFO,
+        f"chosen answers are shorter than rejected ones in {share:.0%} of train pairs{lengths}: "
+        f"a summed-log-prob reward can learn 'shorter wins'; {remedy}",
+        None,
+    )
+
+
+def stalled(series: CellSeries, now: float | None, alive: bool, t: Thresholds) -> Finding | None:
+    if not alive or now is None or series.finished:
+        return None
+    times = series.train.times
+    times = times[np.isfinite(times)]
+    if len(times) < 3:
+        return None
+    usual = float(np.median(np.diff(times)))
+    silence = now - float(times[-1])
+    if silence < max(t.stall_factor * usual, t.stall_min_seconds):
+        return None
+    return Finding(
+        "stalled",
+        WARN,
+        f"no new log line for {silence:.0f} s (usually every {usual:.1g} s) while the job is alive",
+        series.last_step,
+    )

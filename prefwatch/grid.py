@@ -1,0 +1,373 @@
+"""grid.toml -> Grid -> cells, validated before anything is created.
+
+Every error is one line naming the file, the line (where it can be found) and the key, e.g.::
+
+    grid.toml:7: [train] max_steps: must be an integer > 0, got -3
+
+The grid file is data: nothing in it is evaluated, and commands built from it are argument lists.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+OBJECTIVES = ("dpo", "simpo", "orpo")
+EMBEDDED_MODEL = "tiny"
+EMBEDDED_DATA = "tiny-sales"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class GridError(ValueError):
+    """A grid file that cannot be launched; str() is the one-line message for the user."""
+
+    def __init__(self, path: Path, line: int | None, key: str, message: str) -> None:
+        self.path, self.line, self.key = path, line, key
+        where = f"{path}:{line}" if line else f"{path}"
+        super().__init__(f"{where}: {key}: {message}")
+
+
+@dataclass(frozen=True)
+class Field:
+    kind: str  # int, float, str, bool, int_list, str_list, str_or_list, fraction_or_path, devices
+    default: Any
+    check: Callable[[Any], str | None] | None = None
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else f"must be > 0, got {value}"
+
+
+def _non_negative(value: Any) -> str | None:
+    return None if value >= 0 else f"must be >= 0, got {value}"
+
+
+def _unit_interval(value: Any) -> str | None:
+    return None if 0 <= value < 1 else f"must be in [0, 1), got {value}"
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        if value in choices:
+            return None
+        return f"must be one of {', '.join(repr(c) for c in choices)}, got {value!r}{_suggest(value, choices)}"
+
+    return check
+
+
+SCHEMA: dict[str, dict[str, Field]] = {
+    "model": {
+        "name": Field("str", EMBEDDED_MODEL),
+        "dtype": Field("str", "auto", _one_of("auto", "bf16", "fp16", "fp32")),
+    },
+    "data": {
+        "name": Field("str", EMBEDDED_DATA),
+        "heldout": Field("fraction_or_path", 0.2),
+        "max_length": Field("int", 128, _positive),
+        "seed": Field("int", 1234),
+    },
+    "train": {
+        "max_steps": Field("int", 100, _positive),
+        "learning_rate": Field("float", 5e-4, _positive),
+        "batch_size": Field("int", 8, _positive),
+        "eval_batch_size": Field("int", 8, _positive),
+        "grad_accum": Field("int", 1, _positive),
+        "eval_every": Field("int", 10, _positive),
+        "log_every": Field("int", 1, _positive),
+        "save_every": Field("int", 50, _positive),
+        "lr_scheduler": Field("str", "constant", _one_of("constant", "linear", "cosine")),
+        "warmup_steps": Field("int", 0, _non_negative),
+        "seeds": Field("int_list", [0]),
+    },
+    "grid": {
+        "objectives": Field("str_list", ["dpo", "simpo"]),
+        "ranks": Field("int_list", [16, 8]),
+    },
+    "lora": {
+        "alpha": Field("int", 32, _positive),
+        "dropout": Field("float", 0.0, _unit_interval),
+        "target_modules": Field("str_or_list", "all-linear"),
+    },
+    "resources": {
+        "devices": Field("devices", "auto"),
+        "cells_per_device": Field("int", 1, _positive),
+        "max_parallel": Field("int", 0, _non_negative),
+        "threads_per_cell": Field("int", 1, _positive),
+    },
+}
+
+OBJECTIVE_SCHEMA: dict[str, dict[str, Field]] = {
+    "dpo": {"beta": Field("float", 0.1, _positive)},
+    "simpo": {"beta": Field("float", 2.0, _positive), "gamma": Field("float", 0.5, _non_negative)},
+    "orpo": {"beta": Field("float", 0.1, _positive)},
+}
+
+TOP_LEVEL = ("name", *SCHEMA, "objectives")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training job of the grid: an objective, a LoRA rank and a seed, with every setting resolved."""
+
+    id: str
+    index: int
+    objective: str
+    rank: int
+    seed: int
+    settings: dict[str, Any] = field(compare=False)
+
+    def to_json(self, grid_name: str) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "id": self.id,
+            "index": self.index,
+            "grid": grid_name,
+            "objective": self.objective,
+            "rank": self.rank,
+            "seed": self.seed,
+            "model": s["model"],
+            "data": s["data"],
+            "train": {k: v for k, v in s["train"].items() if k != "seeds"},
+            "objective_params": s["objectives"][self.objective],
+            "lora": s["lora"],
+            "threads": s["resources"]["threads_per_cell"],
+        }
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    path: Path
+    settings: dict[str, Any]
+    cells: tuple[Cell, ...]
+
+    @property
+    def objectives(self) -> list[str]:
+        return list(self.settings["grid"]["objectives"])
+
+    @property
+    def ranks(self) -> list[int]:
+        return list(self.settings["grid"]["ranks"])
+
+
+def load_grid(path: Path | str) -> Grid:
+    """Parse and validate a grid file; raises GridError with a one-line message."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GridError(path, None, "file", "no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GridError(path, None, "file", f"cannot be read ({exc})") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        line = getattr(exc, "lineno", None) or _line_from_message(str(exc))
+        message = getattr(exc, "msg", None) or re.sub(r"\s*\(at line.*\)$", "", str(exc))
+        raise GridError(path, line, "syntax", f"not valid TOML: {message}") from None
+    return _Validator(path, text).grid(raw)
+
+
+def _line_from_message(message: str) -> int | None:
+    match = re.search(r"line (\d+)", message)
+    return int(match.group(1)) if match else None
+
+
+def _suggest(value: Any, choices: Any) -> str:
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _Validator:
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.lines = text.splitlines()
+
+    def fail(self, table: str, key: str, message: str) -> GridError:
+        label = f"[{table}] {key}" if table else key
+        return GridError(self.path, self.line_of(table, key), label, message)
+
+    def line_of(self, table: str, key: str | None) -> int | None:
+        """The line that sets ``key`` in ``[table]``: ``key =`` under the table's header, a header
+        ``[table.key]`` of its own, or a dotted ``table.key =``; else the table's header line."""
+        full = f"{table}.{key}" if table and key else table or key or ""
+        current, header_line = "", None
+        for number, line in enumerate(self.lines, start=1):
+            stripped = line.strip()
+            header = re.match(r"^\[+\s*([^\]]+?)\s*\]", stripped)
+            if header:
+                current = header.group(1).replace('"', "").replace(" ", "")
+                if key and (current == full or current.startswith(full + ".")):
+                    return number
+                if current == table:
+                    header_line = number
+                continue
+            if key and current == table and re.match(rf'^"?{re.escape(key)}"?\s*=', stripped):
+                return number
+            if key and current == "" and re.match(rf"^{re.escape(full)}\s*=", stripped):
+                return number
+        return header_line
+
+    def grid(self, raw: dict[str, Any]) -> Grid:
+        for key in raw:
+            if key not in TOP_LEVEL:
+                raise self.fail("", key, f"unknown key{_suggest(key, TOP_LEVEL)}")
+        name = self.name(raw.get("name", self.path.stem))
+        settings: dict[str, Any] = {}
+        for table, fields in SCHEMA.items():
+            settings[table] = self.table(table, raw.get(table, {}), fields)
+        settings["objectives"] = self.objective_tables(raw.get("objectives", {}))
+        self.cross_checks(settings)
+        return Grid(name=name, path=self.path, settings=settings, cells=tuple(self.cells(settings)))
+
+    def name(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise self.fail("", "name", f"must be a string, got {type(value).__name__}")
+        if not _SAFE_NAME.match(value) or ".." in value:
+            raise self.fail(
+                "", "name", f"must be a plain folder name (letters, digits, '.', '_', '-'), got {value!r}"
+            )
+        return value
+
+    def table(self, table: str, raw: Any, fields: dict[str, Field]) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            raise self.fail("", table, f"must be a table, got {type(raw).__name__}")
+        for key in raw:
+            if key not in fields:
+                raise self.fail(table, key, f"unknown key{_suggest(key, fields)}")
+        resolved = {}
+        for key, spec in fields.items():
+            value = raw.get(key, spec.default)
+            resolved[key] = self.typed(table, key, spec, value)
+            if spec.check and key in raw:
+                problem = spec.check(resolved[key])
+                if problem:
+                    raise self.fail(table, key, problem)
+        return resolved
+
+    def typed(self, table: str, key: str, spec: Field, value: Any) -> Any:
+        def bad(expected: str) -> GridError:
+            return self.fail(table, key, f"must be {expected}, got {_describe(value)}")
+
+        kind = spec.kind
+        if kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise bad("an integer")
+            return value
+        if kind == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise bad("a number")
+            return float(value)
+        if kind == "str":
+            if not isinstance(value, str) or not value:
+                raise bad("a non-empty string")
+            return value
+        if kind == "int_list":
+            if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise bad("a list of integers")
+            return list(value)
+        if kind == "str_list":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise bad("a list of strings")
+            return list(value)
+        if kind == "str_or_list":
+            if isinstance(value, str) and value:
+                return value
+            if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+                return list(value)
+            raise bad("a string or a non-empty list of strings")
+        if kind == "fraction_or_path":
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if not 0 < value < 1:
+                    raise self.fail(table, key, f"a held-out fraction must be in (0, 1), got {value}")
+                return float(value)
+            if isinstance(value, str) and value:
+                return value
+            raise bad("a fraction in (0, 1) or a path to a JSONL file")
+        if kind == "devices":
+            if value in ("auto", "cpu"):
+                return value
+            if isinstance(value, list) and value and all(isinstance(v, int) and v >= 0 for v in value):
+                return list(value)
+            raise bad('"auto", "cpu" or a list of GPU indices')
+        raise AssertionError(kind)
+
+    def objective_tables(self, raw: Any) -> dict[str, dict[str, Any]]:
+        if not isinstance(raw, dict):
+            raise self.fail("", "objectives", f"must be a table, got {_describe(raw)}")
+        for name in raw:
+            if name not in OBJECTIVE_SCHEMA:
+                raise self.fail("objectives", name, f"unknown objective{_suggest(name, OBJECTIVES)}")
+        return {
+            name: self.table(f"objectives.{name}", raw.get(name, {}), fields)
+            for name, fields in OBJECTIVE_SCHEMA.items()
+        }
+
+    def cross_checks(self, settings: dict[str, Any]) -> None:
+        grid = settings["grid"]
+        self.check_list("grid", "objectives", grid["objectives"])
+        for objective in grid["objectives"]:
+            if objective not in OBJECTIVES:
+                raise self.fail(
+                    "grid", "objectives", f"unknown objective {objective!r}{_suggest(objective, OBJECTIVES)}"
+                )
+        self.check_list("grid", "ranks", grid["ranks"])
+        for rank in grid["ranks"]:
+            if rank <= 0:
+                raise self.fail("grid", "ranks", f"a LoRA rank must be > 0, got {rank}")
+        self.check_list("train", "seeds", settings["train"]["seeds"])
+        train = settings["train"]
+        if train["eval_every"] > train["max_steps"]:
+            raise self.fail(
+                "train",
+                "eval_every",
+                f"{train['eval_every']} is more than max_steps ({train['max_steps']}): no evaluation would run",
+            )
+        if train["warmup_steps"] >= train["max_steps"]:
+            raise self.fail("train", "warmup_steps", f"must be below max_steps ({train['max_steps']})")
+        self.check_data(settings["data"])
+        resources, model = settings["resources"], settings["model"]
+        if resources["devices"] == "cpu" and model["dtype"] in ("bf16", "fp16"):
+            raise self.fail("model", "dtype", f"{model['dtype']} conflicts with [resources] devices = \"cpu\"")
+
+    def check_list(self, table: str, key: str, values: list[Any]) -> None:
+        if not values:
+            raise self.fail(table, key, "must not be empty")
+        duplicates = sorted({str(v) for v in values if values.count(v) > 1})
+        if duplicates:
+            raise self.fail(table, key, f"duplicate entries: {', '.join(duplicates)}")
+
+    def check_data(self, data: dict[str, Any]) -> None:
+        base = self.path.parent
+        for key in ("name", "heldout"):
+            value = data[key]
+            if not isinstance(value, str) or value == EMBEDDED_DATA:
+                continue
+            if _looks_like_file(value):
+                resolved = (base / value).resolve()
+                if not resolved.is_file():
+                    raise self.fail("data", key, f"no such file: {resolved}")
+                data[key] = str(resolved)
+
+    def cells(self, settings: dict[str, Any]) -> list[Cell]:
+        grid, seeds = settings["grid"], settings["train"]["seeds"]
+        combos = itertools.product(grid["objectives"], grid["ranks"], seeds)
+        cells = []
+        for index, (objective, rank, seed) in enumerate(combos):
+            cell_id = f"{objective}-r{rank}" + (f"-seed{seed}" if len(seeds) > 1 else "")
+            cells.append(Cell(cell_id, index, objective, rank, seed, settings))
+        return cells
+
+
+def _looks_like_file(value: str) -> bool:
+    return value.endswith((".jsonl", ".json")) or value.startswith((".", "/", "~"))
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}"

@@ -1,0 +1,116 @@
+"""Headless renderings of a grid's analysis: the terminal (Rich), Markdown, JSON.
+
+Cell ids, metric names and messages come from logs: they are rendered as plain text, never markup.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from prefwatch.analysis import CellAnalysis, GridAnalysis
+from prefwatch.textsafe import plain
+
+COLUMNS = (
+    ("cell", None),
+    ("state", None),
+    ("step", None),
+    ("train margin early→late", None),
+    ("late chosen / rejected", None),
+    ("held-out margin", None),
+    ("held-out acc", None),
+    ("pairs won", None),
+)
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}g}"
+
+
+def review_row(cell: CellAnalysis) -> list[str]:
+    r = cell.diagnosis.review
+    source = cell.source
+    step = f"{source.series.last_step}" + (f"/{source.max_steps}" if source.max_steps else "")
+    pairs = "–"
+    if r.heldout_pairs_won is not None and r.heldout_pairs:
+        pairs = f"{r.heldout_pairs_won}/{r.heldout_pairs}"
+        if r.heldout_pairs_source not in (None, "per-pair"):
+            pairs += f" ({r.heldout_pairs_source})"
+    return [
+        plain(source.id),
+        plain(cell.status.describe() if cell.state != "stalled" else "stalled"),
+        step,
+        f"{_num(r.train_margin_early)} → {_num(r.train_margin_late)}",
+        f"{_num(r.late_chosen)} / {_num(r.late_rejected)}",
+        _num(r.heldout_margin),
+        "–" if r.heldout_accuracy is None else f"{r.heldout_accuracy:.2f}",
+        pairs,
+    ]
+
+
+def render_terminal(analysis: GridAnalysis, console: Console) -> None:
+    table = Table(title=Text(f"prefwatch report: {plain(analysis.grid.name)}"), title_justify="left")
+    for name, _ in COLUMNS:
+        table.add_column(name, no_wrap=name == "cell")
+    for cell in analysis.cells:
+        table.add_row(*(Text(v) for v in review_row(cell)))
+    parts: list[Any] = [table]
+    findings = Text()
+    for cell in analysis.cells:
+        for finding in cell.diagnosis.findings:
+            style = {"error": "bold red", "warn": "yellow"}.get(finding.severity, "cyan")
+            findings.append(f"{finding.severity:5} ", style=style)
+            at = f" @ step {finding.step}" if finding.step is not None else ""
+            findings.append(f"{plain(cell.source.id)} {finding.kind}{at}: {plain(finding.message)}\n")
+    if findings:
+        parts += [Text("Findings", style="bold"), findings]
+    parts += [Text("Verdict", style="bold"), verdict_text(analysis)]
+    console.print(Group(*parts))
+
+
+def verdict_text(analysis: GridAnalysis) -> Text:
+    verdict = analysis.verdict
+    text = Text()
+    text.append(verdict.headline + "\n", style="bold green" if verdict.decisive else "bold yellow")
+    for reason in verdict.reasons:
+        text.append(f"  • {plain(reason)}\n")
+    for comparison in verdict.comparisons:
+        text.append(f"  • {plain(comparison.describe())}\n")
+    for factor, effect in verdict.effects.items():
+        text.append(f"  • held-out accuracy by {factor}: {plain(effect)}\n")
+    for need in verdict.needs:
+        text.append(f"  • would decide it: {plain(need)}\n")
+    return text
+
+
+def render_markdown(analysis: GridAnalysis) -> str:
+    lines = [f"## prefwatch report: {_md(analysis.grid.name)}", ""]
+    lines.append("| " + " | ".join(name for name, _ in COLUMNS) + " |")
+    lines.append("|" + "---|" * len(COLUMNS))
+    for cell in analysis.cells:
+        lines.append("| " + " | ".join(_md(v) for v in review_row(cell)) + " |")
+    findings = [(c, f) for c in analysis.cells for f in c.diagnosis.findings]
+    if findings:
+        lines += ["", "### Findings", ""]
+        for cell, f in findings:
+            at = f" (step {f.step})" if f.step is not None else ""
+            lines.append(f"- **{f.severity}** `{_md(cell.source.id)}` {f.kind}{at}: {_md(f.message)}")
+    verdict = analysis.verdict
+    lines += ["", f"### Verdict: {verdict.headline}", ""]
+    lines += [f"- {_md(r)}" for r in verdict.reasons]
+    lines += [f"- {_md(c.describe())}" for c in verdict.comparisons]
+    lines += [f"- held-out accuracy by {k}: {_md(v)}" for k, v in verdict.effects.items()]
+    lines += [f"- would decide it: {_md(n)}" for n in verdict.needs]
+    return "\n".join(lines) + "\n"
+
+
+def _md(text: str) -> str:
+    return plain(text).replace("|", "\\|").replace("\n", " ")
+
+
+def render_json(analysis: GridAnalysis) -> str:
+    return json.dumps(analysis.to_json(), indent=2, allow_nan=False, default=str)

@@ -1,0 +1,189 @@
+"""Columnar storage of a cell's metrics: numpy arrays per metric and split, not lists of dicts.
+
+A log record holds a few of many possible metrics; each split keeps one float64 column per metric
+name, aligned on the rows of that split, NaN where a record did not carry the metric. That costs
+8 bytes a value (a dict costs about 56) and lets the diagnosis and the widgets work in numpy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+from prefwatch import metrics
+from prefwatch.metrics import Split
+
+_INITIAL_CAPACITY = 64
+
+
+class SplitSeries:
+    """The rows of one split (train or eval) of one cell, growing in place."""
+
+    def __init__(self) -> None:
+        self._capacity = _INITIAL_CAPACITY
+        self._length = 0
+        self._steps = np.empty(self._capacity)
+        self._times = np.empty(self._capacity)
+        self._columns: dict[str, np.ndarray] = {}
+        self.segments = 1
+
+    def __len__(self) -> int:
+        return self._length
+
+    @property
+    def steps(self) -> np.ndarray:
+        return self._steps[: self._length]
+
+    @property
+    def times(self) -> np.ndarray:
+        return self._times[: self._length]
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._columns)
+
+    def column(self, name: str) -> np.ndarray:
+        """The values of a metric, aligned with ``steps``; all NaN for a metric never logged."""
+        column = self._columns.get(name)
+        if column is None:
+            return np.full(self._length, np.nan)
+        return column[: self._length]
+
+    def append(self, step: float, time: float, values: dict[str, float]) -> None:
+        """Add one row. A step lower than the last starts a new segment (a job resumed from a checkpoint):
+        the rows it replays are dropped, so curves show the resumed run rather than a zig-zag."""
+        if self._length and step < self._steps[self._length - 1]:
+            self._length = int(np.searchsorted(self.steps, step, side="left"))
+            self.segments += 1
+        if self._length == self._capacity:
+            self._grow()
+        row = self._length
+        self._steps[row] = step
+        self._times[row] = time
+        for name, value in values.items():
+            column = self._columns.get(name)
+            if column is None:
+                column = self._columns[name] = np.full(self._capacity, np.nan)
+            column[row] = value
+        for name, column in self._columns.items():
+            if name not in values:
+                column[row] = np.nan
+        self._length += 1
+
+    def _grow(self) -> None:
+        self._capacity *= 2
+        self._steps = _resized(self._steps, self._capacity)
+        self._times = _resized(self._times, self._capacity)
+        for name, column in self._columns.items():
+            self._columns[name] = _resized(column, self._capacity, fill=np.nan)
+
+    def nbytes(self) -> int:
+        return self._steps.nbytes + self._times.nbytes + sum(c.nbytes for c in self._columns.values())
+
+
+def _resized(array: np.ndarray, capacity: int, fill: float | None = None) -> np.ndarray:
+    grown = np.empty(capacity) if fill is None else np.full(capacity, fill)
+    grown[: len(array)] = array
+    return grown
+
+
+@dataclass
+class CellSeries:
+    """Everything read from one cell's metric log, by split, with what the reader had to reject."""
+
+    train: SplitSeries = field(default_factory=SplitSeries)
+    eval: SplitSeries = field(default_factory=SplitSeries)
+    end_record: dict[str, Any] | None = None
+    records: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    # First step at which each (split, metric) was logged NaN or infinite: columns cannot tell a
+    # logged NaN from a metric a row did not carry, so the reader notes it as it goes.
+    first_non_finite: dict[tuple[Split, str], float] = field(default_factory=dict)
+
+    def split(self, split: Split) -> SplitSeries:
+        return self.train if split == "train" else self.eval
+
+    @property
+    def finished(self) -> bool:
+        return self.end_record is not None
+
+    @property
+    def last_step(self) -> int:
+        last = [s.steps[-1] for s in (self.train, self.eval) if len(s)]
+        return int(max(last)) if last else 0
+
+    @property
+    def last_time(self) -> float | None:
+        last = [s.times[-1] for s in (self.train, self.eval) if len(s)]
+        return float(max(last)) if last else None
+
+    def add(self, record: Any) -> None:
+        """Take one decoded log line. Anything unusable is counted by reason, never raised."""
+        if not isinstance(record, dict):
+            self.rejected["not an object"] += 1
+            return
+        if metrics.is_end_record(record):
+            self.end_record = record
+            self.records += 1
+            return
+        step = _number(record.get("step"))
+        if step is None:
+            self.rejected["no step"] += 1
+            return
+        time = _number(record.get("time"))
+        values: dict[str, float] = {}
+        split = metrics.record_split(record)
+        for key, raw in record.items():
+            if key in metrics.INDEX_KEYS and key != "epoch":
+                continue
+            value = _number(raw)
+            if value is None:
+                self.rejected["wrong type"] += 1
+                continue
+            name = metrics.canonical(key)[1]
+            values[name] = value
+            if not math.isfinite(value) and (split, name) not in self.first_non_finite:
+                self.first_non_finite[split, name] = step
+        self.split(split).append(step, math.nan if time is None else time, values)
+        self.records += 1
+
+    def add_all(self, records: Iterable[Any]) -> None:
+        for record in records:
+            self.add(record)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def minmax_buckets(values: np.ndarray, buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reduce a series to ``buckets`` columns keeping each column's extremes (NaN where a column is empty).
+
+    Downsampling by min/max keeps spikes visible, which averaging or striding would hide.
+    """
+    n = len(values)
+    if buckets <= 0:
+        return np.empty(0), np.empty(0)
+    if n <= buckets:
+        return values.copy(), values.copy()
+    edges = np.linspace(0, n, buckets + 1).astype(np.int64)
+    finite = np.where(np.isfinite(values), values, np.nan)
+    lows = np.full(buckets, np.nan)
+    highs = np.full(buckets, np.nan)
+    starts, ends = edges[:-1], edges[1:]
+    nonempty = ends > starts
+    with np.errstate(all="ignore"):
+        if np.all(nonempty):
+            lows = np.fmin.reduceat(finite, starts)
+            highs = np.fmax.reduceat(finite, starts)
+        else:
+            idx = starts[nonempty]
+            lows[nonempty] = np.fmin.reduceat(finite, idx)
+            highs[nonempty] = np.fmax.reduceat(finite, idx)
+    return lows, highs

@@ -1,0 +1,45 @@
+"""The command line: fast help that loads no heavy library; clear errors; version."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "transformers", "trl", "peft", "datasets", "textual")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["launch", "--help"], ["report", "--help"], ["--version"]])
+def test_help_imports_no_heavy_library(argv: list[str]) -> None:
+    probe = (
+        "import sys, json\n"
+        "from prefwatch.cli import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == []
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    result = subprocess.run([sys.executable, "-m", "prefwatch", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("prefwatch ")
+
+
+def test_report_on_a_missing_path_is_bad_input(tmp_path, capsys) -> None:
+    from prefwatch.cli import main
+
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_stop_refuses_a_folder_that_is_not_a_run(tmp_path, capsys) -> None:
+    from prefwatch.cli import main
+
+    assert main(["stop", str(tmp_path)]) == 2
+    assert "not a prefwatch run directory" in capsys.readouterr().err

@@ -1,0 +1,72 @@
+"""Grid validation: good files resolve to cells; each broken file gets one line naming file, line and key,
+exit status 2, and nothing is created."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from prefwatch.cli import main
+from prefwatch.grid import GridError, load_grid
+
+ROOT = Path(__file__).resolve().parent.parent
+BAD = sorted((Path(__file__).parent / "grids" / "bad").glob("*.toml"))
+
+
+def expectations(path: Path) -> list[str]:
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# expect: "), path
+    return [part.strip() for part in first.removeprefix("# expect: ").split("|")]
+
+
+def test_the_corpus_is_large_enough() -> None:
+    assert len(BAD) >= 30
+
+
+def test_example_grid_resolves_to_four_cells() -> None:
+    grid = load_grid(ROOT / "examples" / "tiny-grid.toml")
+    assert [c.id for c in grid.cells] == ["dpo-r16", "dpo-r8", "simpo-r16", "simpo-r8"]
+    cell = grid.cells[2].to_json(grid.name)
+    assert cell["objective"] == "simpo" and cell["rank"] == 16
+    assert set(cell["objective_params"]) == {"beta", "gamma"}
+    assert "seeds" not in cell["train"]
+
+
+def test_seeds_multiply_cells_and_name_them(tmp_path: Path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text('name = "s"\n[train]\nseeds = [1, 2]\n[grid]\nobjectives = ["dpo"]\nranks = [8]\n')
+    assert [c.id for c in load_grid(path).cells] == ["dpo-r8-seed1", "dpo-r8-seed2"]
+
+
+def test_relative_data_files_resolve_beside_the_grid(tmp_path: Path) -> None:
+    (tmp_path / "pairs.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    path = tmp_path / "g.toml"
+    path.write_text('[data]\nname = "pairs.jsonl"\n')
+    grid = load_grid(path)
+    assert grid.name == "g"
+    assert grid.settings["data"]["name"] == str(tmp_path / "pairs.jsonl")
+
+
+@pytest.mark.parametrize("path", BAD, ids=lambda p: p.stem)
+def test_bad_grid_is_one_clear_line(path: Path) -> None:
+    line, key, *rest = expectations(path)
+    with pytest.raises(GridError) as caught:
+        load_grid(path)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}:{line.removeprefix('line ')}: "), message
+    assert f" {key}" in message or message.split(": ")[1] == key, message
+    for fragment in rest:
+        assert fragment in message, message
+
+
+@pytest.mark.parametrize("path", BAD, ids=lambda p: p.stem)
+def test_bad_grid_creates_nothing(path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "runs"
+    assert main(["launch", str(path), "--out", str(out), "--detach"]) == 2
+    err = capsys.readouterr().err
+    assert re.match(rf"prefwatch: {re.escape(str(path))}:\d+: ", err), err
+    assert err.count("\n") == 1
+    assert not out.exists()
