@@ -136,11 +136,14 @@ class Supervisor:
             waiting.append(cell_dir)
         return waiting
 
+    def command(self, cell_dir: Path) -> list[str]:
+        """The cell's training job, as an argument list: nothing from the grid file reaches a shell."""
+        command = [sys.executable, "-m", "prefwatch.train", str(cell_dir / rundir.CELL_FILE)]
+        return command + ["--resume"] if self.resume else command
+
     def start(self, cell_dir: Path, slot: Slot) -> None:
         cell = rundir.read_json(cell_dir / rundir.CELL_FILE) or {}
-        command = [sys.executable, "-m", "prefwatch.train", str(cell_dir / rundir.CELL_FILE)]
-        if self.resume:
-            command.append("--resume")
+        command = self.command(cell_dir)
         with open(cell_dir / rundir.STDOUT_FILE, "ab") as out:
             process = subprocess.Popen(
                 command,

@@ -1,0 +1,27 @@
+# Two entry points for a fresh machine with Python 3.11+:
+#   make demo   sets up .venv and runs the 2x2 demo grid on the embedded default, with the monitor
+#   make test   sets up .venv and runs the test suite
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of torch 2.13.0 (on a GPU box, set TORCH_SPEC to the build you want, or leave it).
+TORCH_SPEC ?= torch==2.13.0
+BIN = $(VENV)/bin
+
+.PHONY: demo test venv clean-runs
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+venv: $(BIN)/python
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[train,dev]"
+
+demo: venv
+	$(BIN)/prefwatch launch examples/tiny-grid.toml --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+clean-runs:
+	rm -rf runs/
