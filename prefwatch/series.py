@@ -74,6 +74,22 @@ class SplitSeries:
                 column[row] = np.nan
         self._length += 1
 
+    def extend(self, steps: np.ndarray, times: np.ndarray, values: dict[str, np.ndarray]) -> None:
+        """Add many rows at once; steps must not go below the last row's (the caller checks)."""
+        n = len(steps)
+        while self._length + n > self._capacity:
+            self._grow()
+        rows = slice(self._length, self._length + n)
+        self._steps[rows] = steps
+        self._times[rows] = times
+        for name, column in self._columns.items():
+            column[rows] = values.get(name, np.nan)
+        for name, block in values.items():
+            if name not in self._columns:
+                column = self._columns[name] = np.full(self._capacity, np.nan)
+                column[rows] = block
+        self._length += n
+
     def _grow(self) -> None:
         self._capacity *= 2
         self._steps = _resized(self._steps, self._capacity)
@@ -154,6 +170,39 @@ class CellSeries:
     def add_all(self, records: Iterable[Any]) -> None:
         for record in records:
             self.add(record)
+
+    def add_columns(self, columns: dict[str, np.ndarray]) -> bool:
+        """Take a block of lines decoded into columns by key (NaN where a line lacked the key).
+
+        Returns False, changing nothing, when the block cannot be taken whole (a line without a
+        step, or steps going back): the caller then adds its records one by one.
+        """
+        steps = columns.get("step")
+        if steps is None or not len(steps) or np.isnan(steps).any():
+            return False
+        times = columns.get("time", np.full(len(steps), np.nan))
+        is_eval = np.zeros(len(steps), dtype=bool)
+        for key, column in columns.items():
+            if metrics.canonical(key)[0] == "eval":
+                is_eval |= ~np.isnan(column)
+        parts = [(self.train, ~is_eval), (self.eval, is_eval)]
+        for target, rows in parts:
+            chosen = steps[rows]
+            if len(chosen) and (np.any(np.diff(chosen) < 0) or len(target) and chosen[0] < target.steps[-1]):
+                return False
+        for target, rows in parts:
+            if not rows.any():
+                continue
+            values = {}
+            for key, column in columns.items():
+                if key in metrics.INDEX_KEYS and key != "epoch":
+                    continue
+                part = column[rows]
+                if not np.isnan(part).all():
+                    values[metrics.canonical(key)[1]] = part
+            target.extend(steps[rows], times[rows], values)
+        self.records += len(steps)
+        return True
 
 
 def _number(value: Any) -> float | None:

@@ -179,3 +179,84 @@ def test_trl_output_dir_reads_newest_checkpoint(tmp_path: Path) -> None:
     cell = grid.cells[0]
     assert (cell.objective, cell.rank, cell.max_steps) == ("simpo", 8, 40)
     assert list(cell.series.train.steps) == list(range(1, 21))
+
+
+def slow_series(text: str) -> CellSeries:
+    series = CellSeries()
+    for raw in text.splitlines():
+        try:
+            series.add(json.loads(raw))
+        except ValueError:
+            series.rejected["not JSON"] += 1
+    return series
+
+
+def assert_same_series(a: CellSeries, b: CellSeries) -> None:
+    assert a.records == b.records and a.rejected == b.rejected and a.finished == b.finished
+    for split in ("train", "eval"):
+        x, y = a.split(split), b.split(split)
+        np.testing.assert_array_equal(x.steps, y.steps)
+        np.testing.assert_array_equal(x.times, y.times)
+        names = [n for n in set(x.names) | set(y.names) if not (np.isnan(x.column(n)).all() and np.isnan(y.column(n)).all())]
+        for name in names:
+            np.testing.assert_array_equal(x.column(name), y.column(name), err_msg=f"{split} {name}")
+
+
+record_kinds = st.sampled_from(["train", "train", "train", "eval", "nan", "newkey", "back", "garbage", "end"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(kinds=st.lists(record_kinds, max_size=80), cuts=st.lists(st.integers(0, 20_000), max_size=6))
+def test_columnar_fast_path_equals_the_record_path(tmp_path_factory, kinds, cuts) -> None:
+    lines, step = [], 0
+    for kind in kinds:
+        step += 1
+        if kind == "train":
+            lines.append(json.dumps({"loss": step / 3, "rewards/margins": step / 7, "step": step, "time": step * 1.5}))
+        elif kind == "eval":
+            lines.append(json.dumps({"eval_loss": 0.5, "eval_rewards/accuracies": 0.75, "epoch": 0.1, "step": step, "time": 2.0}))
+        elif kind == "nan":
+            lines.append('{"loss": NaN, "step": %d, "time": 1.0}' % step)
+        elif kind == "newkey":
+            lines.append(json.dumps({"loss": 1.0, f"extra_{step % 3}": 2.0, "step": step, "time": 3.0}))
+        elif kind == "back":
+            step = max(1, step - 5)
+            lines.append(json.dumps({"loss": 0.1, "rewards/margins": 0.2, "step": step, "time": 4.0}))
+        elif kind == "garbage":
+            lines.append("garbage{")
+        else:
+            lines.append(json.dumps({"train_runtime": 1.0, "train_loss": 0.3, "step": step}))
+    text = "".join(l + "\n" for l in lines)
+    cell = tmp_path_factory.mktemp("cell")
+    path = cell / "metrics.jsonl"
+    data = text.encode()
+    grid = None
+    with open(path, "wb") as f:
+        position = 0
+        for cut in sorted(c for c in cuts if c < len(data)) + [len(data)]:
+            f.write(data[position:cut])
+            f.flush()
+            position = cut
+            grid = grid or open_path(cell)
+            grid.poll()
+    assert grid is not None
+    assert_same_series(grid.cells[0].series, slow_series(text))
+
+
+def test_columnar_path_takes_big_regular_blocks(tmp_path: Path) -> None:
+    cell = tmp_path / "dpo-r8"
+    cell.mkdir()
+    lines = [line(s, loss=s / 10, **{"rewards/margins": s / 100}) for s in range(1, 5001)]
+    path = cell / "metrics.jsonl"
+    path.write_bytes(b"".join(lines[:100]))
+    grid = open_path(cell)
+    grid.poll()
+    source = grid.cells[0]
+    fast_blocks = []
+    decode = source._columnar.decode
+    source._columnar.decode = lambda block: fast_blocks.append(decode(block)) or fast_blocks[-1]  # type: ignore[method-assign]
+    with open(path, "ab") as f:
+        f.write(b"".join(lines[100:]))
+    grid.poll()
+    assert fast_blocks and all(b is not None for b in fast_blocks)
+    assert_same_series(source.series, slow_series(b"".join(lines).decode()))

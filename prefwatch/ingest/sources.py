@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from prefwatch import jobs, rundir
+from prefwatch.ingest.columnar import ColumnarDecoder, add_blocks
 from prefwatch.ingest.tail import TailReader, decode_line
 from prefwatch.series import CellSeries
 
@@ -82,6 +83,7 @@ class CellSource:
     trainer_state_dir: Path | None = None
     managed: bool = False  # started by prefwatch: has status.json and a supervisor
     _metrics_reader: TailReader | None = None
+    _columnar: ColumnarDecoder = field(default_factory=ColumnarDecoder)
     _pairs_reader: TailReader | None = None
     _state_seen: tuple[Path, int, int] | None = None
     _history_used: int = 0
@@ -120,12 +122,19 @@ class CellSource:
 
     def _poll_metrics(self) -> bool:
         assert self._metrics_reader is not None
-        batch = self._metrics_reader.poll()
-        if batch.restarted:
-            self.series = CellSeries()
+        blocks = 0
+
+        def take(block: bytes) -> None:
+            nonlocal blocks
+            blocks += 1
+            add_blocks(self.series, [block], self._columnar)
+
+        batch = self._metrics_reader.poll(on_block=take, on_restart=self._reset_series)
         self.series.rejected.update(batch.rejected)
-        self.series.add_all(batch.records)
-        return bool(batch.records or batch.rejected or batch.restarted)
+        return bool(blocks or batch.rejected or batch.restarted)
+
+    def _reset_series(self) -> None:
+        self.series = CellSeries()
 
     def _poll_pairs(self) -> bool:
         assert self._pairs_reader is not None

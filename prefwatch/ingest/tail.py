@@ -12,7 +12,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import msgspec
 import numpy as np
@@ -25,8 +25,10 @@ _decoder = msgspec.json.Decoder()
 
 @dataclass
 class Batch:
-    """What one poll produced: decoded records in file order, and whether the file restarted first."""
+    """What one poll produced, in file order: blocks of complete lines (each ending in a newline),
+    the records decoded from them, and whether the file restarted first."""
 
+    blocks: list[bytes] = field(default_factory=list)
     records: list[Any] = field(default_factory=list)
     restarted: bool = False
     rejected: Counter[str] = field(default_factory=Counter)
@@ -43,9 +45,21 @@ class TailReader:
         self._skipping_oversized = False
         self.missing = False
         self.error: str | None = None
+        self._on_block: Callable[[bytes], None] = lambda block: None
 
-    def poll(self) -> Batch:
+    def poll(
+        self,
+        on_block: Callable[[bytes], None] | None = None,
+        on_restart: Callable[[], None] | None = None,
+    ) -> Batch:
+        """Read what was appended since the last poll.
+
+        By default the lines are decoded into ``batch.records``. With ``on_block``, each block of
+        complete lines goes to it as soon as it is read, so a large file is never held whole in
+        memory; ``on_restart`` is called first when the file was truncated or replaced.
+        """
         batch = Batch()
+        self._on_block = on_block or batch.blocks.append
         try:
             with open(self.path, "rb") as f:
                 stat = os.fstat(f.fileno())
@@ -53,6 +67,8 @@ class TailReader:
                 if self._inode is not None and (inode != self._inode or stat.st_size < self._offset):
                     self._restart()
                     batch.restarted = True
+                    if on_restart:
+                        on_restart()
                 self._inode = inode
                 self.missing = False
                 self.error = None
@@ -66,6 +82,9 @@ class TailReader:
                 self.missing = True
         except OSError as exc:
             self.error = f"{self.path}: {exc.strerror or exc}"
+        if on_block is None:
+            for block in batch.blocks:
+                decode_lines(block, batch)
         return batch
 
     def _restart(self) -> None:
@@ -86,7 +105,7 @@ class TailReader:
         end = data.rfind(b"\n")
         self._keep_partial(data[end + 1 :], batch)
         if end >= 0:
-            decode_lines(data[: end + 1], batch)
+            self._on_block(data[: end + 1])
 
     def _keep_partial(self, tail: bytes, batch: Batch) -> None:
         if len(tail) > MAX_LINE_BYTES:
@@ -100,7 +119,7 @@ class TailReader:
 
 def decode_lines(lines: bytes, batch: Batch) -> None:
     """Decode newline-terminated JSON lines into ``batch``; the fast path takes a whole block at once."""
-    if _longest_line(lines) <= MAX_LINE_BYTES:
+    if longest_line(lines) <= MAX_LINE_BYTES:
         try:
             batch.records.extend(_decoder.decode_lines(lines))
             return
@@ -119,7 +138,7 @@ def decode_lines(lines: bytes, batch: Batch) -> None:
             batch.records.append(record)
 
 
-def _longest_line(lines: bytes) -> int:
+def longest_line(lines: bytes) -> int:
     if len(lines) <= MAX_LINE_BYTES:
         return len(lines)
     ends = np.flatnonzero(np.frombuffer(lines, dtype=np.uint8) == 10)

@@ -1,0 +1,34 @@
+"""Write a large TRL-shaped DPO metrics.jsonl (train lines, an eval line every 100 steps) for the benchmarks."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+TRAIN_KEYS = [
+    "loss", "grad_norm", "learning_rate", "rewards/chosen", "rewards/rejected", "rewards/accuracies",
+    "rewards/margins", "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected", "epoch",
+    "num_tokens", "mean_token_accuracy", "entropy", "rewards/chosen_std", "rewards/rejected_std", "kl",
+]
+
+
+def write(path: Path, lines: int, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    t = 1_700_000_000.0
+    with open(path, "w") as f:
+        for step in range(1, lines + 1):
+            t += 0.5
+            record = {key: rng.random() for key in TRAIN_KEYS}
+            record.update(step=step, time=t)
+            f.write(json.dumps(record) + "\n")
+    return path
+
+
+if __name__ == "__main__":
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/prefwatch-bench/metrics.jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else 1_000_000
+    write(out, n)
+    print(f"{out}: {n} lines, {out.stat().st_size / 1e6:.0f} MB")
