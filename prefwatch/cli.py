@@ -31,12 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     launch = commands.add_parser("launch", help="validate a grid file, start every cell detached, open the monitor")
-    launch.add_argument("grid", type=Path, help="the grid file (TOML)")
+    launch.add_argument("grid", type=Path, help="the grid file (TOML), or with --resume the run directory")
     launch.add_argument("--out", type=Path, default=Path("runs"), help="folder for the run directory (default: runs)")
     mode = launch.add_mutually_exclusive_group()
     mode.add_argument("--detach", action="store_true", help="start the cells and return at once")
     mode.add_argument("--headless", action="store_true", help="no monitor: print progress, wait for every cell")
     launch.add_argument("--check", action="store_true", help="validate the grid file and print its cells; start nothing")
+    launch.add_argument(
+        "--resume", action="store_true", help="restart the cells of a run directory that did not finish"
+    )
     launch.add_argument("--poll", action="store_true", help="poll files instead of file events (NFS)")
 
     for name, text in (
@@ -51,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("path", type=Path)
     report.add_argument("--format", choices=("terminal", "md", "json"), default="terminal")
     report.add_argument("--heldout-pairs", type=int, metavar="N", help="held-out size, for logs without per-pair results")
+    report.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw every cell's curves with findings marked")
 
     status = commands.add_parser("status", help="what runs where")
     status.add_argument("path", type=Path)
@@ -81,6 +85,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from prefwatch import jobs
     from prefwatch.grid import GridError, load_grid
 
+    if args.resume:
+        return _resume(args)
     try:
         grid = load_grid(args.grid)
     except GridError as exc:
@@ -97,6 +103,27 @@ def cmd_launch(args: argparse.Namespace) -> int:
     print(f"prefwatch: started {len(grid.cells)} cells in {run_dir}")
     if args.detach:
         print(f"  follow them with: prefwatch attach {run_dir}")
+        return EXIT_OK
+    if args.headless:
+        return follow_headless(run_dir)
+    return _monitor(run_dir, "live", args.poll)
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from prefwatch import jobs
+
+    _require_training_packages()
+    run_dir = args.grid
+    try:
+        requeued = jobs.requeue_unfinished(run_dir)
+    except jobs.LaunchError as exc:
+        raise UsageError(str(exc)) from None
+    if not requeued:
+        print(f"prefwatch: every cell in {run_dir} finished; nothing to resume")
+        return EXIT_OK
+    jobs.start_supervisor(run_dir, resume=True)
+    print(f"prefwatch: resuming {', '.join(requeued)} in {run_dir}")
+    if args.detach:
         return EXIT_OK
     if args.headless:
         return follow_headless(run_dir)
@@ -205,6 +232,13 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(render_markdown(analysis), end="")
     else:
         render_terminal(analysis, Console())
+    if args.plot:
+        from prefwatch.plot import PlotUnavailable, save_plot
+
+        try:
+            save_plot(analysis, args.plot)
+        except PlotUnavailable as exc:
+            raise UsageError(str(exc)) from None
     return EXIT_OK if analysis.verdict.decisive else EXIT_NOT_DECISIVE
 
 

@@ -87,6 +87,30 @@ def start_supervisor(run_dir: Path, resume: bool = False) -> int:
     return process.pid
 
 
+def requeue_unfinished(run_dir: Path) -> list[str]:
+    """Mark every cell that did not finish as queued again, for ``launch --resume``.
+
+    The supervisor then restarts them with ``--resume``: from their last checkpoint where one
+    exists, appending to their logs (the reader shows the resumed segment).
+    """
+    if not rundir.is_grid_dir(run_dir):
+        raise LaunchError(f"{run_dir}: not a prefwatch run directory (no cells/ folder)")
+    if supervisor_alive(run_dir):
+        raise LaunchError(f"{run_dir}: its supervisor is still running; stop it first or attach")
+    requeued = []
+    for cell_dir in rundir.cell_dirs(run_dir):
+        status = read_status(cell_dir, supervisor_alive=False)
+        if status.state == FINISHED:
+            continue
+        (cell_dir / STOP_REQUEST).unlink(missing_ok=True)
+        previous = {k: v for k, v in status.raw.items() if k != "previous"}
+        rundir.write_json_atomic(
+            cell_dir / rundir.STATUS_FILE, {"state": QUEUED, "host": socket.gethostname(), "previous": previous}
+        )
+        requeued.append(cell_dir.name)
+    return requeued
+
+
 # ---------------------------------------------------------------------------------------------
 # Liveness
 

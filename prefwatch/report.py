@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from rich import box
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
@@ -15,16 +16,22 @@ from rich.text import Text
 from prefwatch.analysis import CellAnalysis, GridAnalysis
 from prefwatch.textsafe import plain
 
+# Three-line headers keep the table inside 80 columns.
 COLUMNS = (
-    ("cell", None),
-    ("state", None),
-    ("step", None),
-    ("train margin early→late", None),
-    ("late chosen / rejected", None),
-    ("held-out margin", None),
-    ("held-out acc", None),
-    ("pairs won", None),
+    "cell",
+    "state",
+    "step",
+    "train\nmargin\nearly→late",
+    "late\nreward\nch./rej.",
+    "held-\nout\nmargin",
+    "held-\nout\nacc.",
+    "held-\nout\npairs",
 )
+PAIR_SOURCES = {
+    "data.json": "held-out size from the job's data.json; pairs won = accuracy × size",
+    "given": "held-out size from --heldout-pairs; pairs won = accuracy × size",
+    "estimated": "held-out size estimated from eval_samples_per_second × eval_runtime",
+}
 
 
 def _num(value: float | None, digits: int = 3) -> str:
@@ -38,24 +45,36 @@ def review_row(cell: CellAnalysis) -> list[str]:
     pairs = "–"
     if r.heldout_pairs_won is not None and r.heldout_pairs:
         pairs = f"{r.heldout_pairs_won}/{r.heldout_pairs}"
-        if r.heldout_pairs_source not in (None, "per-pair"):
-            pairs += f" ({r.heldout_pairs_source})"
     return [
         plain(source.id),
         plain(cell.status.describe() if cell.state != "stalled" else "stalled"),
         step,
-        f"{_num(r.train_margin_early)} → {_num(r.train_margin_late)}",
-        f"{_num(r.late_chosen)} / {_num(r.late_rejected)}",
+        f"{_num(r.train_margin_early)}→{_num(r.train_margin_late)}",
+        f"{_num(r.late_chosen)}/{_num(r.late_rejected)}",
         _num(r.heldout_margin),
         "–" if r.heldout_accuracy is None else f"{r.heldout_accuracy:.2f}",
         pairs,
     ]
 
 
+def pair_notes(analysis: GridAnalysis) -> list[str]:
+    sources = {c.diagnosis.review.heldout_pairs_source for c in analysis.cells}
+    return [PAIR_SOURCES[s] for s in sorted(sources - {None, "per-pair"})]  # type: ignore[arg-type]
+
+
 def render_terminal(analysis: GridAnalysis, console: Console) -> None:
-    table = Table(title=Text(f"prefwatch report: {plain(analysis.grid.name)}"), title_justify="left")
-    for name, _ in COLUMNS:
-        table.add_column(name, no_wrap=name == "cell")
+    table = Table(
+        title=Text(f"prefwatch report: {plain(analysis.grid.name)}"),
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        pad_edge=False,
+        collapse_padding=True,
+        caption=Text("\n".join(pair_notes(analysis))) or None,
+        caption_justify="left",
+    )
+    for name in COLUMNS:
+        table.add_column(name, no_wrap=True)
     for cell in analysis.cells:
         table.add_row(*(Text(v) for v in review_row(cell)))
     parts: list[Any] = [table]
@@ -89,10 +108,11 @@ def verdict_text(analysis: GridAnalysis) -> Text:
 
 def render_markdown(analysis: GridAnalysis) -> str:
     lines = [f"## prefwatch report: {_md(analysis.grid.name)}", ""]
-    lines.append("| " + " | ".join(name for name, _ in COLUMNS) + " |")
+    lines.append("| " + " | ".join(name.replace("-\n", "-").replace("\n", " ") for name in COLUMNS) + " |")
     lines.append("|" + "---|" * len(COLUMNS))
     for cell in analysis.cells:
         lines.append("| " + " | ".join(_md(v) for v in review_row(cell)) + " |")
+    lines += [f"\n_{note}_" for note in pair_notes(analysis)]
     findings = [(c, f) for c in analysis.cells for f in c.diagnosis.findings]
     if findings:
         lines += ["", "### Findings", ""]

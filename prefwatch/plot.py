@@ -1,0 +1,86 @@
+"""A picture of every cell's train and held-out curves with its findings marked (``report --plot``).
+
+matplotlib is an optional extra (``pip install "prefwatch[plot]"``); it is imported only here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from prefwatch import metrics as m
+from prefwatch.analysis import CellAnalysis, GridAnalysis
+from prefwatch.diagnose import heldout_accuracy_series
+
+SEVERITY_COLOURS = {"error": "tab:red", "warn": "tab:orange", "info": "tab:blue"}
+
+
+class PlotUnavailable(RuntimeError):
+    pass
+
+
+def save_plot(analysis: GridAnalysis, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise PlotUnavailable('--plot needs matplotlib: pip install "prefwatch[plot]"') from None
+    objectives = list(dict.fromkeys(c.source.objective for c in analysis.cells))
+    ranks = list(dict.fromkeys(c.source.rank for c in analysis.cells))
+    rows, cols = len(objectives), max(1, len(analysis.cells) // max(1, len(objectives)))
+    figure, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.6 * rows), squeeze=False)
+    placed: dict[tuple[int, int], CellAnalysis] = {}
+    for cell in analysis.cells:
+        row = objectives.index(cell.source.objective)
+        col = next(c for c in range(cols) if (row, c) not in placed) if len(ranks) != cols else ranks.index(cell.source.rank)
+        placed[row, col] = cell
+        _draw_cell(axes[row][col], cell)
+    for (row, col), ax in np.ndenumerate(np.array(axes, dtype=object)):
+        if (row, col) not in placed:
+            ax.set_visible(False)
+    figure.suptitle(f"{analysis.grid.name}: {analysis.verdict.headline}", fontsize=11)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _draw_cell(ax, cell: CellAnalysis) -> None:  # noqa: ANN001 (a matplotlib Axes)
+    series = cell.source.series
+    train = series.train
+    margins = train.column(m.MARGINS)
+    ax.plot(train.steps, margins, color="tab:blue", alpha=0.25, linewidth=0.8)
+    ax.plot(train.steps, ema(margins, 0.9), color="tab:blue", linewidth=1.4, label="train margin (EMA)")
+    ax.plot(series.eval.steps, series.eval.column(m.MARGINS), "o-", color="tab:green", markersize=3, label="held-out margin")
+    ax.set_xlabel("step")
+    ax.set_ylabel("reward margin")
+    accuracy_axis = ax.twinx()
+    steps, accuracy = heldout_accuracy_series(series, cell.source.pairs)
+    accuracy_axis.plot(steps, accuracy, "s--", color="tab:purple", markersize=3, label="held-out accuracy")
+    accuracy_axis.set_ylim(0, 1)
+    accuracy_axis.set_ylabel("held-out accuracy")
+    review = cell.diagnosis.review
+    if review.peak_heldout_step is not None:
+        ax.axvline(review.peak_heldout_step, color="tab:purple", linestyle=":", linewidth=1)
+    for finding in cell.diagnosis.findings:
+        if finding.step is not None:
+            ax.axvline(finding.step, color=SEVERITY_COLOURS[finding.severity], linewidth=1.2, alpha=0.8)
+    kinds = ", ".join(sorted({f.kind for f in cell.diagnosis.findings})) or "no findings"
+    ax.set_title(f"{cell.source.id} ({cell.state}): {kinds}", fontsize=9)
+    handles = ax.get_legend_handles_labels()[0] + accuracy_axis.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, fontsize=7, loc="upper left")
+
+
+def ema(values: np.ndarray, weight: float) -> np.ndarray:
+    """Causal exponential moving average with TensorBoard's debiasing; NaN points are skipped."""
+    out = np.full(len(values), np.nan)
+    last, steps = 0.0, 0
+    for i, value in enumerate(values):
+        if not np.isfinite(value):
+            continue
+        steps += 1
+        last = last * weight + (1 - weight) * value
+        out[i] = last / (1 - weight**steps)
+    return out
