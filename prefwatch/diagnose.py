@@ -187,12 +187,24 @@ def _last_finite(values: np.ndarray) -> float | None:
     return float(finite[-1]) if len(finite) else None
 
 
-def _peak(steps: np.ndarray, accuracy: np.ndarray, t: Thresholds) -> tuple[float | None, int | None]:
+def peak_index(accuracy: np.ndarray, t: Thresholds) -> int | None:
+    """Where held-out accuracy peaked: the best smoothed window (one lucky evaluation is not a peak),
+    then the best evaluation inside that window."""
     smoothed = smooth(accuracy, t.eval_smoothing)
     if not np.isfinite(smoothed).any():
+        return None
+    centre = int(np.nanargmax(smoothed))
+    half = t.eval_smoothing // 2
+    start = max(0, centre - half)
+    window = accuracy[start : centre + half + 1]
+    return start + int(np.nanargmax(window)) if np.isfinite(window).any() else centre
+
+
+def _peak(steps: np.ndarray, accuracy: np.ndarray, t: Thresholds) -> tuple[float | None, int | None]:
+    index = peak_index(accuracy, t)
+    if index is None:
         return None, None
-    index = int(np.nanargmax(smoothed))
-    return float(smoothed[index]), int(steps[index])
+    return float(accuracy[index]), int(steps[index])
 
 
 def _pairs_won(
@@ -286,11 +298,8 @@ def overoptimization(series: CellSeries, pairs: Any | None, t: Thresholds) -> Fi
     steps, accuracy = heldout_accuracy_series(series, pairs)
     if len(steps) < t.min_evals_after_peak + 2:
         return None
-    smoothed = smooth(accuracy, t.eval_smoothing)
-    if not np.isfinite(smoothed).any():
-        return None
-    peak = int(np.nanargmax(smoothed))
-    if len(steps) - 1 - peak < t.min_evals_after_peak:
+    peak = peak_index(accuracy, t)
+    if peak is None or len(steps) - 1 - peak < t.min_evals_after_peak:
         return None
     peak_step = float(steps[peak])
     train = series.train
@@ -303,12 +312,13 @@ def overoptimization(series: CellSeries, pairs: Any | None, t: Thresholds) -> Fi
     scale = max(abs(at_peak), abs(now), 1e-8)
     if (now - at_peak) / scale < t.margin_rise:
         return None
-    heldout_now = _last_finite(smoothed)
+    recent = window_mean(accuracy[-t.eval_smoothing :])
     return Finding(
         "overoptimization",
         WARN,
         f"train margin rose {at_peak:.3g} -> {now:.3g} after step {int(peak_step)} while held-out "
-        f"accuracy peaked there at {smoothed[peak]:.2f} and is {heldout_now:.2f} now",
+        f"accuracy peaked there at {accuracy[peak]:.2f} and averages {recent:.2f} over the last "
+        f"{t.eval_smoothing} evaluations",
         int(peak_step),
     )
 

@@ -1,0 +1,125 @@
+"""Findings: each fires on logs that show it and stays quiet on logs that do not."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from prefwatch.diagnose import Thresholds, diagnose, review
+from prefwatch.series import CellSeries
+
+
+def run(
+    steps: int = 100,
+    margin=lambda s: 0.01 * s,
+    accuracy=lambda s: 0.5 + 0.002 * s,
+    chosen_logp=lambda s: -50.0,
+    rejected_logp=lambda s: -60.0,
+    loss=lambda s: 0.5,
+    train_accuracy=lambda s: 0.8,
+    eval_every: int = 10,
+    extra=lambda s: {},
+) -> CellSeries:
+    """TRL-shaped log records of one cell, as a DPO run writes them."""
+    series = CellSeries()
+    for s in range(1, steps + 1):
+        m = margin(s)
+        series.add({
+            "loss": loss(s), "grad_norm": 1.0, "learning_rate": 5e-4,
+            "rewards/chosen": m / 2, "rewards/rejected": -m / 2, "rewards/margins": m,
+            "rewards/accuracies": train_accuracy(s), "logps/chosen": chosen_logp(s), "logps/rejected": rejected_logp(s),
+            "step": s, "time": 1000.0 + s, **extra(s),
+        })
+        if s % eval_every == 0:
+            series.add({"eval_loss": 0.6, "eval_rewards/margins": 0.2, "eval_rewards/chosen": 0.1,
+                        "eval_rewards/rejected": -0.1, "eval_rewards/accuracies": accuracy(s), "step": s,
+                        "time": 1000.0 + s})
+    series.add({"train_runtime": 10.0, "train_loss": 0.5, "step": steps})
+    return series
+
+
+def kinds(series: CellSeries, **kwargs) -> set[str]:
+    return {f.kind for f in diagnose(series, **kwargs).findings}
+
+
+def peaked(s: int) -> float:
+    return 0.5 + 0.01 * s if s <= 30 else 0.8 - 0.003 * (s - 30)
+
+
+def test_healthy_run_has_no_findings() -> None:
+    assert kinds(run()) == set()
+
+
+def test_overoptimization_fires_with_the_peak_step() -> None:
+    findings = diagnose(run(accuracy=peaked)).findings
+    (finding,) = [f for f in findings if f.kind == "overoptimization"]
+    assert finding.step == 30 and finding.severity == "warn"
+    assert "peaked" in finding.message
+
+
+def test_no_overoptimization_when_train_margin_flattens_with_heldout() -> None:
+    assert "overoptimization" not in kinds(run(accuracy=peaked, margin=lambda s: min(s, 30) * 0.01))
+
+
+def test_no_overoptimization_when_heldout_peaks_at_the_end() -> None:
+    assert "overoptimization" not in kinds(run(accuracy=lambda s: 0.5 + 0.003 * s))
+
+
+def test_likelihood_displacement() -> None:
+    falling = run(chosen_logp=lambda s: -50 - 0.1 * s, rejected_logp=lambda s: -60 - 0.2 * s)
+    assert "likelihood_displacement" in kinds(falling)
+    assert "likelihood_displacement" not in kinds(run(chosen_logp=lambda s: -50 + 0.01 * s))
+
+
+def test_saturation() -> None:
+    assert "saturation" in kinds(run(loss=lambda s: 0.001, train_accuracy=lambda s: 1.0))
+    assert "saturation" not in kinds(run(loss=lambda s: 0.001, train_accuracy=lambda s: 0.9))
+
+
+def test_reference_equals_policy() -> None:
+    stuck = run(margin=lambda s: 0.0, loss=lambda s: math.log(2))
+    assert "reference_equals_policy" in kinds(stuck)
+    first_step_only = run(margin=lambda s: 0.0 if s == 1 else 0.01 * s, loss=lambda s: math.log(2) if s == 1 else 0.5)
+    assert "reference_equals_policy" not in kinds(first_step_only)
+
+
+def test_non_finite_gives_the_last_finite_step() -> None:
+    exploding = run(extra=lambda s: {"grad_norm": math.nan} if s >= 60 else {})
+    (finding,) = [f for f in diagnose(exploding).findings if f.kind == "non_finite"]
+    assert finding.step == 60 and "last finite step 59" in finding.message and finding.severity == "error"
+
+
+def test_margin_inconsistent() -> None:
+    assert "margin_inconsistent" in kinds(run(extra=lambda s: {"rewards/margins": 5.0}))
+
+
+def test_brevity_bias_from_data_stats() -> None:
+    stats = {"train": {"chosen_shorter_share": 0.7, "mean_chosen_tokens": 20.0, "mean_rejected_tokens": 35.0}}
+    (finding,) = diagnose(run(), data_stats=stats, objective="dpo").findings
+    assert finding.kind == "brevity_bias" and "SimPO" in finding.message and "70%" in finding.message
+    balanced = {"train": {"chosen_shorter_share": 0.5}}
+    assert kinds(run(), data_stats=balanced) == set()
+
+
+def test_stalled_only_while_alive() -> None:
+    series = CellSeries()
+    for s in range(1, 20):
+        series.add({"loss": 0.5, "step": s, "time": 1000.0 + s})
+    assert "stalled" in kinds(series, now=1000.0 + 19 + 120, alive=True)
+    assert "stalled" not in kinds(series, now=1000.0 + 19 + 120, alive=False)
+    assert "stalled" not in kinds(series, now=1000.0 + 19 + 2, alive=True)
+
+
+def test_thresholds_can_be_overridden() -> None:
+    series = run(accuracy=peaked)
+    assert "overoptimization" not in kinds(series, t=Thresholds(margin_rise=100.0))
+
+
+def test_review_splits_train_and_eval_and_reads_trl_keys() -> None:
+    r = review(run(accuracy=peaked))
+    assert r.train_margin_early == pytest.approx(np.mean(np.arange(1, 51) * 0.01))
+    assert r.train_margin_late == pytest.approx(np.mean(np.arange(51, 101) * 0.01))
+    assert r.heldout_accuracy == pytest.approx(peaked(100))
+    assert r.peak_heldout_step == 30 and r.evaluations == 10
