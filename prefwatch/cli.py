@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("path", type=Path, help="the run directory")
     stop.add_argument("cells", nargs="*", metavar="CELL", help="cell ids (default: all)")
     stop.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL (default 10)")
+    completion = commands.add_parser("completion", help="print a shell completion script (bash or zsh)")
+    completion.add_argument("shell", choices=("bash", "zsh"))
     return parser
 
 
@@ -299,7 +301,15 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    from prefwatch import completion
+
+    print(getattr(completion, args.shell)(build_parser()), end="")
+    return EXIT_OK
+
+
 HANDLERS = {
+    "completion": cmd_completion,
     "launch": cmd_launch,
     "attach": cmd_attach,
     "replay": cmd_replay,
