@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     stop.add_argument("path", type=Path, help="the run directory")
     stop.add_argument("cells", nargs="*", metavar="CELL", help="cell ids (default: all)")
     stop.add_argument("--grace", type=float, default=10.0, help="seconds between SIGTERM and SIGKILL (default 10)")
+    init = commands.add_parser("init", help="write a commented grid.toml that fits this machine")
+    init.add_argument("--model", help='a Hugging Face id or local path (default: the embedded "tiny")')
+    init.add_argument("--data", help='a JSONL file or data set id (default: the embedded "tiny-sales")')
+    init.add_argument("--name", help="the grid's name (default: from the model)")
+    init.add_argument("-o", "--output", type=Path, default=Path("grid.toml"), help="where to write (default grid.toml)")
+
     completion = commands.add_parser("completion", help="print a shell completion script (bash or zsh)")
     completion.add_argument("shell", choices=("bash", "zsh"))
     return parser
@@ -301,6 +307,22 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from prefwatch.grid import GridError, load_grid
+    from prefwatch.init import write_grid
+
+    try:
+        write_grid(args.output, args.model, args.data, args.name)
+    except FileExistsError:
+        raise UsageError(f"{args.output}: exists already; choose another file with -o") from None
+    try:
+        grid = load_grid(args.output)
+    except GridError as exc:
+        raise UsageError(f"the written grid does not validate: {exc}") from None
+    print(f"prefwatch: wrote {args.output} ({len(grid.cells)} cells); launch it with: prefwatch launch {args.output}")
+    return EXIT_OK
+
+
 def cmd_completion(args: argparse.Namespace) -> int:
     from prefwatch import completion
 
@@ -309,6 +331,7 @@ def cmd_completion(args: argparse.Namespace) -> int:
 
 
 HANDLERS = {
+    "init": cmd_init,
     "completion": cmd_completion,
     "launch": cmd_launch,
     "attach": cmd_attach,

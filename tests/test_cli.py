@@ -56,3 +56,24 @@ def test_bash_completion_completes_commands_and_options(tmp_path) -> None:
     )
     out = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True).stdout.splitlines()
     assert out == ["replay report", "--headless --help"]
+
+
+def test_init_writes_a_grid_that_validates_and_never_overwrites(tmp_path, capsys) -> None:
+    from prefwatch.cli import main
+    from prefwatch.grid import load_grid
+
+    target = tmp_path / "grid.toml"
+    assert main(["init", "-o", str(target)]) == 0
+    grid = load_grid(target)
+    assert grid.name == "tiny-demo" and len(grid.cells) == 4
+    assert main(["init", "-o", str(target), "--model", "Qwen/Qwen2.5-0.5B-Instruct"]) == 2
+    assert "exists already" in capsys.readouterr().err
+
+
+def test_init_fits_the_gpus_it_finds() -> None:
+    from prefwatch.init import Gpu, render
+
+    big = render("Qwen/Qwen2.5-0.5B-Instruct", "trl-lib/ultrafeedback_binarized", "q", [Gpu(0, "H100", 80_000, 9.0)])
+    assert 'dtype = "bf16"' in big and "cells_per_device = 2" in big and "batch_size = 6" in big
+    old = render("Qwen/Qwen2.5-0.5B-Instruct", None, "q", [Gpu(0, "T4", 15_000, 7.5)])
+    assert 'dtype = "fp16"' in old and "cells_per_device = 1" in old
