@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN = $(VENV)/bin
 
-.PHONY: demo test venv clean-runs
+.PHONY: demo test venv clean-runs sample-runs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,3 +25,9 @@ test: venv
 
 clean-runs:
 	rm -rf runs/
+
+# Regenerate sample_runs/tiny-demo with the real launcher (checkpoints left out: the logs are the sample).
+sample-runs: venv
+	tmp=$$(mktemp -d) && $(BIN)/prefwatch launch examples/tiny-grid.toml --headless --out $$tmp \
+	  && rm -rf $$tmp/tiny-demo/cells/*/checkpoints && rm -rf sample_runs/tiny-demo \
+	  && mkdir -p sample_runs && mv $$tmp/tiny-demo sample_runs/ && rm -rf $$tmp

@@ -40,6 +40,7 @@ class CellAnalysis:
             "max_steps": source.max_steps,
             "review": self.diagnosis.review.to_json(),
             "findings": [f.to_json() for f in self.diagnosis.findings],
+            "data": source.data_stats,
             "ingest": {
                 "records": source.series.records,
                 "rejected": sum(source.series.rejected.values()),

@@ -2,9 +2,10 @@
 
 Rules (from the founding write-up, made precise):
 - Objective: switch from DPO to SimPO only if the best SimPO cell wins at least one more held-out
-  pair than the best DPO cell AND its margins are cleaner: no over-optimisation or health finding,
-  and a smaller gap between train and held-out margin relative to its own scale (DPO and SimPO
-  rewards live on different scales and are never compared directly). Otherwise stay with DPO.
+  pair than the best DPO cell AND its margins are cleaner: no over-optimisation or health finding
+  that the DPO cell does not share, and a smaller gap between train and held-out margin relative to
+  its own scale (DPO and SimPO rewards live on different scales and are never compared directly).
+  Otherwise stay with DPO.
   Suggest ORPO when both objectives are unstable.
 - Rank: within the chosen objective, prefer the lower rank when it is within RANK_TOLERANCE_PAIRS
   held-out pairs of the higher and has lower train margins; otherwise the rank with more pairs.
@@ -169,17 +170,16 @@ def _choose_objective(by_objective: dict[str, list[CellResult]], verdict: Verdic
     comparison = paired(best_simpo, best_dpo) if more >= 0 else paired(best_dpo, best_simpo)
     if comparison:
         verdict.comparisons.append(comparison)
-    cleaner, why_not = _cleaner(best_simpo, best_dpo)
+    cleaner, why = _cleaner(best_simpo, best_dpo)
     significant = comparison is not None and comparison.p_value < SIGNIFICANCE
     if more >= 1 and cleaner:
         verdict.reasons.append(
-            f"switch to SimPO: {best_simpo.id} wins {more} more held-out pair(s) than {best_dpo.id} "
-            "with cleaner margins"
+            f"switch to SimPO: {best_simpo.id} wins {more} more held-out pair(s) than {best_dpo.id} with {why}"
         )
         return "simpo", significant
     if more >= 1:
         verdict.reasons.append(
-            f"stay with DPO: {best_simpo.id} wins {more} more held-out pair(s) than {best_dpo.id} but {why_not}"
+            f"stay with DPO: {best_simpo.id} wins {more} more held-out pair(s) than {best_dpo.id} but {why}"
         )
         return "dpo", True
     verdict.reasons.append(
@@ -189,16 +189,25 @@ def _choose_objective(by_objective: dict[str, list[CellResult]], verdict: Verdic
     return "dpo", significant
 
 
+def _troubles(cell: CellResult) -> set[str]:
+    return {f.kind for f in cell.diagnosis.findings if f.severity != "info"}
+
+
 def _cleaner(candidate: CellResult, incumbent: CellResult) -> tuple[bool, str]:
-    troubles = [f.kind for f in candidate.diagnosis.findings if f.severity != "info"]
-    if troubles:
-        return False, f"it shows {', '.join(sorted(set(troubles)))}"
+    """Cleaner margins: no over-optimisation or health finding that the incumbent does not share, and a
+    smaller train/held-out margin gap relative to its own scale. (A finding both cells show cannot
+    tell them apart; the gap then does.)"""
+    extra = _troubles(candidate) - _troubles(incumbent)
+    if extra:
+        return False, f"it shows {', '.join(sorted(extra))} and {incumbent.id} does not"
     gap_c, gap_i = candidate.margin_gap, incumbent.margin_gap
     if gap_c is not None and gap_i is not None and gap_c >= gap_i:
         return False, (
             f"its train/held-out margin gap is not smaller ({gap_c:.0%} of its train margin vs {gap_i:.0%})"
         )
-    return True, ""
+    if gap_c is None or gap_i is None:
+        return True, "cleaner margins"
+    return True, f"cleaner margins (train/held-out gap {gap_c:.0%} of its train margin vs {gap_i:.0%})"
 
 
 def _choose_rank(cells: list[CellResult], verdict: Verdict) -> tuple[int | None, list[CellResult]]:

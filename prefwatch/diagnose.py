@@ -410,6 +410,22 @@ def brevity_bias(data_stats: dict[str, Any] | None, objective: str | None, t: Th
     )
 
 
+def brevity_summary(data_stats: dict[str, Any] | None, t: Thresholds = DEFAULT) -> str | None:
+    """The brevity check's answer, whether or not it found a bias (the report always says it)."""
+    train = (data_stats or {}).get("train")
+    if not isinstance(train, dict) or not isinstance(train.get("chosen_shorter_share"), (int, float)):
+        return None
+    share = train["chosen_shorter_share"]
+    chosen, rejected = train.get("mean_chosen_tokens"), train.get("mean_rejected_tokens")
+    lengths = f" (mean {chosen:.1f} vs {rejected:.1f} tokens)" if chosen and rejected else ""
+    verdict = (
+        "consistently shorter: brevity bias, SimPO's length-normalised reward addresses it"
+        if share >= t.brevity_share
+        else f"not consistently shorter (the check needs {t.brevity_share:.0%})"
+    )
+    return f"chosen answers are shorter than rejected ones in {share:.0%} of train pairs{lengths}: {verdict}"
+
+
 def stalled(series: CellSeries, now: float | None, alive: bool, t: Thresholds) -> Finding | None:
     if not alive or now is None or series.finished:
         return None

@@ -75,7 +75,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "max_steps": Field("int", 100, _positive),
         "learning_rate": Field("float", 5e-4, _positive),
         "batch_size": Field("int", 8, _positive),
-        "eval_batch_size": Field("int", 8, _positive),
+        "eval_batch_size": Field("int", 10, _positive),
         "grad_accum": Field("int", 1, _positive),
         "eval_every": Field("int", 10, _positive),
         "log_every": Field("int", 1, _positive),
@@ -103,7 +103,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
 
 OBJECTIVE_SCHEMA: dict[str, dict[str, Field]] = {
     "dpo": {"beta": Field("float", 0.1, _positive)},
-    "simpo": {"beta": Field("float", 2.0, _positive), "gamma": Field("float", 0.5, _non_negative)},
+    "simpo": {"beta": Field("float", 2.0, _positive), "gamma": Field("float", 1.0, _non_negative)},
     "orpo": {"beta": Field("float", 0.1, _positive)},
 }
 

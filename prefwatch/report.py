@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from prefwatch.analysis import CellAnalysis, GridAnalysis
+from prefwatch.diagnose import brevity_summary
 from prefwatch.textsafe import plain
 
 # Three-line headers keep the table inside 80 columns.
@@ -62,6 +63,18 @@ def pair_notes(analysis: GridAnalysis) -> list[str]:
     return [PAIR_SOURCES[s] for s in sorted(sources - {None, "per-pair"})]  # type: ignore[arg-type]
 
 
+def brevity_lines(analysis: GridAnalysis) -> list[str]:
+    """One line per distinct data set (cells of a grid usually share theirs)."""
+    lines: dict[str, list[str]] = {}
+    for cell in analysis.cells:
+        summary = brevity_summary(cell.source.data_stats)
+        if summary:
+            lines.setdefault(summary, []).append(cell.source.id)
+    if len(lines) == 1:
+        return list(lines)
+    return [f"{', '.join(ids)}: {summary}" for summary, ids in lines.items()]
+
+
 def render_terminal(analysis: GridAnalysis, console: Console) -> None:
     table = Table(
         title=Text(f"prefwatch report: {plain(analysis.grid.name)}"),
@@ -87,6 +100,8 @@ def render_terminal(analysis: GridAnalysis, console: Console) -> None:
             findings.append(f"{plain(cell.source.id)} {finding.kind}{at}: {plain(finding.message)}\n")
     if findings:
         parts += [Text("Findings", style="bold"), findings]
+    for line in brevity_lines(analysis):
+        parts.append(Text(f"Brevity: {plain(line)}\n"))
     parts += [Text("Verdict", style="bold"), verdict_text(analysis)]
     console.print(Group(*parts))
 
@@ -119,6 +134,7 @@ def render_markdown(analysis: GridAnalysis) -> str:
         for cell, f in findings:
             at = f" (step {f.step})" if f.step is not None else ""
             lines.append(f"- **{f.severity}** `{_md(cell.source.id)}` {f.kind}{at}: {_md(f.message)}")
+    lines += [f"\n**Brevity:** {_md(line)}" for line in brevity_lines(analysis)]
     verdict = analysis.verdict
     lines += ["", f"### Verdict: {verdict.headline}", ""]
     lines += [f"- {_md(r)}" for r in verdict.reasons]

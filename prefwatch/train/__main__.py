@@ -1,0 +1,59 @@
+"""python -m prefwatch.train CELL.json [--resume]
+
+Exit status: 0 when training finished; 2 when cell.json or the data cannot be used; 1 on any other
+error. The last line on stderr says why, in one line; unexpected errors print their traceback to stdout first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from prefwatch.train.cell import CellError, load_cell
+from prefwatch.train.data import TINY_SALES, DataError
+from prefwatch.train.tiny import TINY_MODEL_NAME
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m prefwatch.train", description="Train one prefwatch cell.")
+    parser.add_argument("cell", type=Path, help="the cell's cell.json; its folder receives the logs")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    args = parser.parse_args(argv)
+    try:
+        cell = load_cell(args.cell)
+        set_environment(cell)
+        from prefwatch.train.run import run  # after set_environment: torch reads thread settings at import
+
+        run(cell, args.cell.parent, resume=args.resume)
+    except (CellError, DataError) as e:
+        return fail(str(e), status=2)
+    except Exception as e:
+        traceback.print_exc(file=sys.stdout)
+        return fail(f"{type(e).__name__}: {e}", status=1)
+    return 0
+
+
+def set_environment(cell) -> None:
+    """Thread counts before torch loads; no hub access when everything needed is embedded or local."""
+    threads = str(cell["threads"])
+    os.environ.setdefault("OMP_NUM_THREADS", threads)
+    os.environ.setdefault("MKL_NUM_THREADS", threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # TRL's progress bars would flood stdout.log
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # CPO and ORPO live in trl.experimental
+    data_name = cell["data"]["name"]
+    if cell["model"]["name"] == TINY_MODEL_NAME and (data_name == TINY_SALES or Path(data_name).is_file()):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def fail(message: str, status: int) -> int:
+    print(f"prefwatch.train: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
