@@ -1,0 +1,94 @@
+"""Faults with the real thing: real training jobs killed, stopped and resumed through the real supervisor."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from prefwatch import jobs
+from prefwatch.ingest.sources import open_path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_grid(tmp_path: Path, name: str, steps: int) -> Path:
+    text = (ROOT / "examples" / "tiny-grid.toml").read_text()
+    text = text.replace('name = "tiny-demo"', f'name = "{name}"').replace("max_steps = 100", f"max_steps = {steps}")
+    text = text.replace("log_every = 1", "log_every = 1\nsave_every = 20")
+    path = tmp_path / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def prefwatch(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "prefwatch", *args], capture_output=True, text=True, timeout=300)
+
+
+def status(run_dir: Path, cell: str) -> jobs.CellStatus:
+    return jobs.read_status(run_dir / "cells" / cell)
+
+
+def last_step(run_dir: Path, cell: str) -> int:
+    path = run_dir / "cells" / cell / "metrics.jsonl"
+    steps = [json.loads(l)["step"] for l in path.read_text().splitlines()] if path.exists() else []
+    return max(steps, default=0)
+
+
+def wait_for(predicate, timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_kill_stop_resume_with_real_jobs(tmp_path: Path) -> None:
+    grid = write_grid(tmp_path, "faults", steps=60)
+    launched = prefwatch("launch", str(grid), "--detach", "--out", str(tmp_path / "runs"))
+    assert launched.returncode == 0, launched.stderr
+    run_dir = tmp_path / "runs" / "faults"
+
+    # kill -9 one training process: the supervisor records it within 2 s as failed by signal 9.
+    wait_for(lambda: last_step(run_dir, "dpo-r16") >= 3, 120, "dpo-r16 to log")
+    pid = json.loads((run_dir / "cells" / "dpo-r16" / "status.json").read_text())["pid"]
+    os.kill(pid, signal.SIGKILL)
+    seen_after = wait_for(lambda: status(run_dir, "dpo-r16").state == jobs.FAILED, 2.0, "failed by signal 9")
+    assert status(run_dir, "dpo-r16").signal == 9 and seen_after < 2.0
+
+    # stop another after its first checkpoint: stopped, not failed.
+    wait_for(lambda: last_step(run_dir, "dpo-r8") >= 25, 180, "dpo-r8 to pass its checkpoint")
+    stopped = prefwatch("stop", str(run_dir), "dpo-r8")
+    assert stopped.returncode == 0 and "dpo-r8" in stopped.stdout
+    wait_for(lambda: status(run_dir, "dpo-r8").state == jobs.STOPPED, 15, "stopped")
+
+    # the other cells finish with complete logs.
+    wait_for(lambda: all(status(run_dir, c).state in jobs.ENDED_STATES for c in ("simpo-r16", "simpo-r8")), 240, "the rest")
+    for cell in ("simpo-r16", "simpo-r8"):
+        assert status(run_dir, cell).state == jobs.FINISHED
+        lines = (run_dir / "cells" / cell / "metrics.jsonl").read_text().splitlines()
+        assert "train_runtime" in "".join(lines[-2:]) and last_step(run_dir, cell) == 60
+
+    # a second launch into the same directory is refused and changes nothing.
+    again = prefwatch("launch", str(grid), "--detach", "--out", str(tmp_path / "runs"))
+    assert again.returncode == 2 and "exists already" in again.stderr
+
+    # resume: the killed and the stopped cell continue (the stopped one from its checkpoint) and finish.
+    stopped_at = last_step(run_dir, "dpo-r8")
+    resumed = prefwatch("launch", str(run_dir), "--resume", "--headless")
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    for cell in ("dpo-r16", "dpo-r8"):
+        assert status(run_dir, cell).state == jobs.FINISHED
+    out = (run_dir / "cells" / "dpo-r8" / "stdout.log").read_text()
+    assert "checkpoint-20" in out or "checkpoint-40" in out
+    source = open_path(run_dir)
+    source.poll()
+    resumed_cell = next(c for c in source.cells if c.id == "dpo-r8")
+    assert resumed_cell.series.train.segments == 2 and stopped_at > 20
+    steps = resumed_cell.series.train.steps
+    assert list(steps) == sorted(steps) and steps[-1] == 60
