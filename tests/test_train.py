@@ -167,3 +167,28 @@ def test_minimal_cell_gets_defaults(tmp_path):
     assert set(cell["objective_params"]) == {"beta", "gamma"}
     with pytest.raises(CellError, match="objective 'kto'"):
         resolve_cell({"objective": "kto"}, tmp_path / "cell.json")
+
+
+def test_plain_trl_output_dirs_are_cells_with_names_and_ranks(runs, tmp_path, capsys):
+    """A folder of TRL output_dirs that prefwatch did not create: the training job's checkpoints folders
+    are exactly that (checkpoint-N/trainer_state.json and adapter_config.json, written by TRL and PEFT)."""
+    from prefwatch.cli import main
+
+    folder = tmp_path / "runs-by-hand"
+    shutil.copytree(runs["dpo"] / "checkpoints", folder / "dpo-beta0.1")
+    shutil.copytree(runs["simpo"] / "checkpoints", folder / "my_simpo_try")
+    status = main(["report", str(folder), "--format", "json"])
+    report = json.loads(capsys.readouterr().out)
+    cells = {c["id"]: c for c in report["cells"]}
+    assert (cells["dpo-beta0.1"]["objective"], cells["dpo-beta0.1"]["rank"]) == ("dpo", 16)
+    assert (cells["my_simpo_try"]["objective"], cells["my_simpo_try"]["rank"]) == ("simpo", 16)
+    for cell in cells.values():
+        review = cell["review"]
+        assert cell["state"] == "finished" and review["evaluations"] == 2
+        assert review["heldout_pairs_source"] == "estimated" and 90 <= review["heldout_pairs"] <= 110
+    assert status in (0, 3) and report["verdict"]["objective"] in ("dpo", "simpo")
+    main(["report", str(folder), "--format", "json", "--heldout-pairs", "100"])
+    given = json.loads(capsys.readouterr().out)["cells"][0]["review"]
+    assert given["heldout_pairs"] == 100 and given["heldout_pairs_source"] == "given"
+    assert main(["report", str(folder), "--format", "md"]) in (0, 3)
+    assert "held-out size estimated" in capsys.readouterr().out

@@ -8,6 +8,7 @@ Each cell is a CellSource: it owns the readers of its files and the series built
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,9 @@ from prefwatch.series import CellSeries
 
 OBJECTIVE_TOKENS = {"dpo": "dpo", "simpo": "simpo", "cpo": "simpo", "orpo": "orpo"}
 TRAINER_STATE = "trainer_state.json"
+# Logs of a job prefwatch did not start, unfinished and unchanged for this long, are called idle.
+IDLE_AFTER_SECONDS = 600.0
+IDLE = "idle"
 
 
 class SourceError(ValueError):
@@ -168,15 +172,32 @@ class CellSource:
             self.series, self._history_used = CellSeries(), 0
         self.series.add_all(history[self._history_used :])
         self._history_used = len(history)
-        if isinstance(state.get("max_steps"), int) and "train" not in self.info:
-            self.info["train"] = {"max_steps": state["max_steps"]}
+        max_steps, step = state.get("max_steps"), state.get("global_step")
+        if isinstance(max_steps, int) and "train" not in self.info:
+            self.info["train"] = {"max_steps": max_steps}
+        if isinstance(max_steps, int) and isinstance(step, int) and 0 < max_steps <= step:
+            # Checkpoints are saved before the Trainer appends its end-of-training record.
+            self.series.end_record = self.series.end_record or {"global_step": step}
         return True
 
     def status(self, supervisor_alive: bool | None = None) -> jobs.CellStatus:
         if self.managed:
             return jobs.read_status(self.directory, supervisor_alive)
-        state = jobs.FINISHED if self.series.finished else jobs.RUNNING if self.series.records else jobs.QUEUED
-        return jobs.CellStatus(state, {})
+        if self.series.finished:
+            return jobs.CellStatus(jobs.FINISHED, {})
+        if not self.series.records:
+            return jobs.CellStatus(jobs.QUEUED, {})
+        # No process is known for logs prefwatch did not start: recent writes are all that says "running".
+        last = self.series.last_time
+        recent = last is not None and time.time() - last < IDLE_AFTER_SECONDS
+        return jobs.CellStatus(jobs.RUNNING if recent or last is None and self._recently_written() else IDLE, {})
+
+    def _recently_written(self) -> bool:
+        log = self.metrics_path or newest_trainer_state(self.trainer_state_dir or self.directory)
+        try:
+            return log is not None and time.time() - log.stat().st_mtime < IDLE_AFTER_SECONDS
+        except OSError:
+            return False
 
 
 @dataclass
