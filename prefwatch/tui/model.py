@@ -1,0 +1,257 @@
+"""What the screen shows, as plain values: built from ``analyse()`` off the UI thread, then handed over.
+
+The widgets never look into series, readers or rules; they draw a ``GridView``. Building views in
+the reading thread keeps the UI thread to drawing, and comparing a cell's ``version`` lets the
+screen update only the panels whose data or state changed.
+
+Curves hold numpy views of the series' columns, not copies: a reader only ever writes past the end
+of what a view covers, so the view stays valid while the next poll appends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prefwatch import jobs
+from prefwatch import metrics as m
+from prefwatch.analysis import CellAnalysis, GridAnalysis
+from prefwatch.diagnose import ERROR, WARN, heldout_accuracy_series
+
+# The curves of a cell panel, in display order: key, label.
+PANEL_CURVES: tuple[tuple[str, str], ...] = (
+    ("chosen", "chosen"),
+    ("rejected", "rejected"),
+    ("margin", "margin"),
+    ("heldout_margin", "ho margin"),
+    ("heldout_accuracy", "ho acc"),
+)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One metric over steps; ``steps`` ascending, ``values`` may hold NaN (drawn as gaps)."""
+
+    steps: np.ndarray
+    values: np.ndarray
+
+    @property
+    def latest(self) -> float | None:
+        """The last value logged, NaN included: a cell that just diverged must show nan, not its last good value."""
+        return float(self.values[-1]) if len(self.values) else None
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+@dataclass(frozen=True)
+class FindingView:
+    severity: str
+    message: str
+    step: int | None
+
+
+@dataclass(frozen=True)
+class CellView:
+    id: str
+    directory: Path
+    objective: str | None
+    rank: int | None
+    seed: int | None
+    state: str  # queued, running, finished, failed, stopped, lost, stalled
+    status: str  # the state as a person reads it: "failed (exit 1)"
+    step: int
+    max_steps: int | None
+    managed: bool
+    curves: dict[str, Curve]
+    findings: tuple[FindingView, ...]
+    read_error: str | None
+    records: int
+    rejected: int
+    version: tuple[Any, ...]  # equal versions draw the same panel
+
+    @property
+    def severity(self) -> str | None:
+        """error or warn when a finding (or a read error) needs the user's eye; None otherwise."""
+        severities = {f.severity for f in self.findings}
+        if ERROR in severities or self.read_error:
+            return ERROR
+        return WARN if WARN in severities else None
+
+    @property
+    def reason(self) -> str | None:
+        """The one line a panel shows for its colour: the worst finding's message, or the read error."""
+        for severity in (ERROR, WARN):
+            for finding in self.findings:
+                if finding.severity == severity:
+                    return finding.message
+            if severity == ERROR and self.read_error:
+                return self.read_error
+        return None
+
+    @property
+    def stoppable(self) -> bool:
+        return self.managed and self.state not in jobs.ENDED_STATES
+
+    @property
+    def x_range(self) -> tuple[float, float]:
+        """Steps spanned by the panel's charts: up to max_steps when known, so progress reads as width."""
+        last = max((float(c.steps[-1]) for c in self.curves.values() if len(c)), default=0.0)
+        end = max(float(self.max_steps or 0), last)
+        return 0.0, end if end > 0 else 1.0
+
+
+@dataclass(frozen=True)
+class GridView:
+    name: str
+    root: Path
+    managed: bool
+    cells: list[CellView]
+    headline: str
+    reason: str | None
+    effects: dict[str, str]
+    needs: list[str] = field(default_factory=list)
+    objectives: list[str] = field(default_factory=list)
+    ranks: list[Any] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for cell in self.cells:
+            counts[cell.state] = counts.get(cell.state, 0) + 1
+        return counts
+
+    def cell(self, cell_id: str) -> CellView | None:
+        return next((c for c in self.cells if c.id == cell_id), None)
+
+
+def grid_view(analysis: GridAnalysis) -> GridView:
+    verdict = analysis.verdict
+    return GridView(
+        name=analysis.grid.name,
+        root=analysis.grid.root,
+        managed=analysis.grid.managed,
+        cells=[cell_view(c) for c in analysis.cells],
+        headline=verdict.headline,
+        reason=verdict.reasons[0] if verdict.reasons else None,
+        effects=dict(verdict.effects),
+        needs=list(verdict.needs),
+        objectives=analysis.grid.objectives,
+        ranks=analysis.grid.ranks,
+    )
+
+
+def cell_view(cell: CellAnalysis) -> CellView:
+    source = cell.source
+    series = source.series
+    state = cell.state
+    status = "stalled" if state == "stalled" else cell.status.describe()
+    findings = tuple(FindingView(f.severity, f.message, f.step) for f in cell.diagnosis.findings)
+    curves = cell_curves(cell)
+    rejected = sum(series.rejected.values())
+    version = (
+        series.records,
+        series.train.segments,
+        len(source.pairs.steps),
+        state,
+        status,
+        source.max_steps,
+        findings,
+        source.read_error,
+        rejected,
+    )
+    return CellView(
+        id=source.id,
+        directory=source.directory,
+        objective=source.objective,
+        rank=source.rank,
+        seed=source.seed,
+        state=state,
+        status=status,
+        step=series.last_step,
+        max_steps=source.max_steps,
+        managed=source.managed,
+        curves=curves,
+        findings=findings,
+        read_error=source.read_error,
+        records=series.records,
+        rejected=rejected,
+        version=version,
+    )
+
+
+def cell_curves(cell: CellAnalysis) -> dict[str, Curve]:
+    series, pairs = cell.source.series, cell.source.pairs
+    train, evals = series.train, series.eval
+    accuracy_steps, accuracy = heldout_accuracy_series(series, pairs)
+    return {
+        "chosen": Curve(train.steps, train.column(m.CHOSEN)),
+        "rejected": Curve(train.steps, train.column(m.REJECTED)),
+        "margin": Curve(train.steps, train.column(m.MARGINS)),
+        "heldout_margin": heldout_margin_curve(cell),
+        "heldout_accuracy": Curve(np.asarray(accuracy_steps, dtype=float), np.asarray(accuracy, dtype=float)),
+        "loss": Curve(train.steps, train.column(m.LOSS)),
+        "eval_chosen": Curve(evals.steps, evals.column(m.CHOSEN)),
+        "eval_rejected": Curve(evals.steps, evals.column(m.REJECTED)),
+    }
+
+
+def heldout_margin_curve(cell: CellAnalysis) -> Curve:
+    """TRL's held-out ``rewards/margins``; per-pair results fill in when the evaluation logged none."""
+    evals, pairs = cell.source.series.eval, cell.source.pairs
+    margins = evals.column(m.MARGINS)
+    if np.isfinite(margins).any() or not pairs.steps:
+        return Curve(evals.steps, margins)
+    means = np.array([np.mean(c - r) for c, r in zip(pairs.chosen, pairs.rejected)])
+    return Curve(np.asarray(pairs.steps, dtype=float), means)
+
+
+def format_value(value: float | None, signed: bool = True) -> str:
+    """A latest value in at most 9 characters, decimals aligned: nan and inf spelled out."""
+    if value is None:
+        return "–"
+    if np.isnan(value):
+        return "nan"
+    if np.isinf(value):
+        return ("+inf" if signed else "inf") if value > 0 else "-inf"
+    sign = "+" if signed else ""
+    size = abs(value)
+    if value != 0 and (size >= 1e4 or size < 1e-3):
+        return f"{value:{sign}.2e}"
+    return f"{value:{sign}.1f}" if size >= 100 else f"{value:{sign}.3f}"
+
+
+def grid_positions(cells: list[CellView], objectives: list[str], ranks: list[Any]) -> tuple[dict[str, tuple[int, int]], int, int]:
+    """(row, column) of each cell: objectives as rows, ranks (then seeds) as columns.
+
+    Cells whose labels are unknown, or that collide on a position, take the next free column of
+    their row; a set of unlabelled runs is laid out in a near-square block instead of one long row.
+    """
+    if all(c.objective is None and c.rank is None for c in cells) and len(cells) > 1:
+        columns = int(np.ceil(np.sqrt(len(cells))))
+        return {c.id: divmod(i, columns) for i, c in enumerate(cells)}, -(-len(cells) // columns), columns
+    row_keys = [o if o is not None else "?" for o in objectives]
+    column_keys = sorted({(c.rank, c.seed) for c in cells}, key=lambda k: (_rank_order(k[0], ranks), k[1] or 0))
+    taken: set[tuple[int, int]] = set()
+    positions = {}
+    for cell in cells:
+        objective = cell.objective or "?"
+        if objective not in row_keys:
+            row_keys.append(objective)
+        row = row_keys.index(objective)
+        column = column_keys.index((cell.rank, cell.seed))
+        while (row, column) in taken:
+            column += 1
+        taken.add((row, column))
+        positions[cell.id] = (row, column)
+    used_rows = sorted({r for r, _ in positions.values()})
+    compact = {r: i for i, r in enumerate(used_rows)}
+    positions = {k: (compact[r], c) for k, (r, c) in positions.items()}
+    columns = max(c for _, c in positions.values()) + 1 if positions else 1
+    return positions, max(len(used_rows), 1), columns
+
+
+def _rank_order(rank: Any, ranks: list[Any]) -> int:
+    return ranks.index(rank) if rank in ranks else len(ranks)

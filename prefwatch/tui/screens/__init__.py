@@ -1,0 +1,1 @@
+"""Screens: the grid (default), one cell's charts, the stop confirmation and the key help."""

@@ -1,0 +1,48 @@
+"""GridScreen: every cell of the grid, the verdict strip and the key bindings."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.screen import Screen
+from textual.widgets import Footer
+
+from prefwatch.tui.model import GridView
+from prefwatch.tui.widgets.cell_grid import CellGrid
+from prefwatch.tui.widgets.cell_panel import CellPanel
+from prefwatch.tui.widgets.summary import SummaryStrip
+
+
+class GridScreen(Screen[None]):
+    """The monitor's main screen: the panels, the verdict strip, the keys."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grid_view: GridView | None = None
+
+    def compose(self) -> ComposeResult:
+        yield CellGrid(id="cells")
+        yield SummaryStrip(id="summary")
+        yield Footer()
+
+    @property
+    def cells(self) -> CellGrid:
+        return self.query_one(CellGrid)
+
+    def show(self, grid: GridView, source: str, message: str | None = None) -> int:
+        """Draw a new view of the grid; returns how many panels were redrawn."""
+        first = self.grid_view is None
+        self.grid_view = grid
+        self.query_one(SummaryStrip).show(grid, source, message)
+        if first:
+            self.cells.build(grid)
+            self.call_after_refresh(self.cells.focus_first)
+            return len(grid.cells)
+        return self.cells.show(grid)
+
+    def show_status(self, source: str, message: str | None) -> None:
+        """Refresh the strip alone: the follower's mode, or an error while there is nothing else to show."""
+        self.query_one(SummaryStrip).show(self.grid_view, source, message)
+
+    def selected(self) -> CellPanel | None:
+        focused = self.focused
+        return focused if isinstance(focused, CellPanel) else None

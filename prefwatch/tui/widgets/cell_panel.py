@@ -1,0 +1,199 @@
+"""CellPanel: one cell of the grid at a glance — state, progress, five curves, and what is wrong.
+
+The panel is focusable: the focused panel is the selection that ``s`` (stop) and Enter (chart) act
+on. Its border colour is the worst finding's severity, so a troubled cell stands out in a grid of
+twelve before any text is read.
+"""
+
+from __future__ import annotations
+
+from rich.segment import Segment
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.content import Content
+from textual.message import Message
+from textual.strip import Strip
+from textual.widget import Widget
+from textual.widgets import Static
+
+from prefwatch.tui.model import PANEL_CURVES, CellView, Curve, format_value
+from prefwatch.tui.text import literal, printable
+from prefwatch.tui.widgets.chart import draw_curves
+
+STATE_STYLES = {
+    "queued": "$text-muted",
+    "running": "$text-success",
+    "finished": "$text-primary",
+    "failed": "bold $text-error",
+    "stopped": "$text-warning",
+    "lost": "bold $text-warning",
+    "stalled": "bold $text-warning",
+}
+
+
+class MetricRow(Widget):
+    """Label, latest value and a sparkline of one metric, drawn as one widget.
+
+    One widget rather than three (two Statics and a chart): a panel has five rows and a grid a
+    dozen panels, and Textual's cost per frame grows with the widgets it composes. The row grows
+    in height when the panel has room, and its chart with it.
+    """
+
+    COMPONENT_CLASSES = {"metric-row--label", "metric-row--value", "metric-row--nan", "metric-row--curve"}
+
+    DEFAULT_CSS = """
+    MetricRow {
+        height: 1fr;
+        min-height: 1;
+        max-height: 8;
+    }
+    MetricRow > .metric-row--label { color: $text-muted; }
+    MetricRow > .metric-row--nan { color: $text-error; text-style: bold; }
+    MetricRow > .metric-row--curve { color: $accent; }
+    """
+
+    LABEL_WIDTH = 10
+    VALUE_WIDTH = 8
+
+    def __init__(self, key: str, label: str) -> None:
+        super().__init__(classes=f"metric-{key}")
+        self.key = key
+        self.label = printable(label)
+        self.value_text = "–"
+        self._curve: Curve | None = None
+        self._x_range: tuple[float, float] = (0.0, 1.0)
+        self._data_key: tuple[object, ...] = ()
+        self._strips: list[Strip] | None = None
+        self._strips_size: tuple[int, int] = (0, 0)
+
+    def show(self, cell: CellView) -> None:
+        """Take this cell's curve; nothing is redrawn when the value and the data are unchanged."""
+        curve = cell.curves[self.key]
+        text = format_value(curve.latest, signed=self.key != "heldout_accuracy")
+        key = (text, len(curve), curve.latest, id(curve.values.base), cell.x_range)
+        if key == self._data_key:
+            return
+        self._data_key = key
+        self.value_text, self._curve, self._x_range = text, curve, cell.x_range
+        self._strips = None
+        self.refresh()
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._strips = None
+
+    def render_line(self, y: int) -> Strip:
+        width, height = self.size
+        if self._strips is None or self._strips_size != (width, height):
+            self._strips, self._strips_size = self._draw(width, height), (width, height)
+        return self._strips[y] if y < len(self._strips) else Strip.blank(width, self.rich_style)
+
+    def _draw(self, width: int, height: int) -> list[Strip]:
+        base = self.rich_style
+        gutter = self.LABEL_WIDTH + self.VALUE_WIDTH + 1
+        chart_width = max(0, width - gutter)
+        curves = [self._curve] if self._curve is not None else []
+        y_range = (0.0, 1.0) if self.key == "heldout_accuracy" else None
+        curve_style = self.get_component_rich_style("metric-row--curve", partial=True)
+        charts, _ = draw_curves(curves, self._x_range, y_range, chart_width, height, [curve_style], base)
+        label_style = base + self.get_component_rich_style("metric-row--label", partial=True)
+        nan = self.value_text == "nan"
+        value_style = base + self.get_component_rich_style("metric-row--nan" if nan else "metric-row--value", partial=True)
+        first = Strip(
+            [
+                Segment(self.label[: self.LABEL_WIDTH].ljust(self.LABEL_WIDTH), label_style),
+                Segment(self.value_text.rjust(self.VALUE_WIDTH) + " ", value_style),
+            ]
+        )
+        blank = Strip.blank(gutter, base)
+        rows = [Strip.join([first if row == 0 else blank, charts[row]]) for row in range(height)]
+        return [row.adjust_cell_length(width, base) for row in rows]
+
+
+class CellPanel(Vertical, can_focus=True):
+    """A grid cell: id in the border, state and step, the five curves, and the reason for its colour."""
+
+    DEFAULT_CSS = """
+    CellPanel {
+        border: round $panel-lighten-2;
+        border-title-color: $text;
+        border-title-style: bold;
+        padding: 0 1;
+        height: 1fr;
+        width: 1fr;
+        min-height: 9;
+    }
+    CellPanel:focus { border: heavy $accent; background: $boost; }
+    CellPanel.-warn { border: round $warning; }
+    CellPanel.-warn:focus { border: heavy $warning; }
+    CellPanel.-error { border: round $error; }
+    CellPanel.-error:focus { border: heavy $error; }
+    CellPanel > .cell-status { height: 1; }
+    CellPanel > .cell-reason { height: 1; text-wrap: nowrap; text-overflow: ellipsis; }
+    CellPanel.-warn > .cell-reason { color: $text-warning; }
+    CellPanel.-error > .cell-reason { color: $text-error; }
+    """
+
+    class Selected(Message):
+        """Enter on a panel: open its chart screen."""
+
+        def __init__(self, cell_id: str) -> None:
+            super().__init__()
+            self.cell_id = cell_id
+
+    BINDINGS = [("enter", "open", "Chart")]
+
+    def __init__(self, cell: CellView, position: tuple[int, int]) -> None:
+        super().__init__()
+        self.cell_id = cell.id
+        self.position = position
+        self._view = cell
+        self._shown_version: tuple[object, ...] | None = None
+        self._status = Static(classes="cell-status")
+        self._rows = [MetricRow(key, label) for key, label in PANEL_CURVES]
+        self._reason = Static(classes="cell-reason")
+        self.border_title = literal(cell.id)
+
+    def compose(self) -> ComposeResult:
+        yield self._status
+        yield from self._rows
+        yield self._reason
+
+    def on_mount(self) -> None:
+        self.show(self._view, force=True)
+
+    @property
+    def view(self) -> CellView:
+        return self._view
+
+    def show(self, cell: CellView, force: bool = False) -> bool:
+        """Draw this cell; skipped (False) when nothing it shows has changed since the last call."""
+        self._view = cell
+        if not force and cell.version == self._shown_version:
+            return False
+        self._shown_version = cell.version
+        self._status.update(status_line(cell), layout=False)
+        for row in self._rows:
+            row.show(cell)
+        self._reason.update(literal(cell.reason or ""), layout=False)
+        self.set_class(cell.severity == "warn", "-warn")
+        self.set_class(cell.severity == "error", "-error")
+        return True
+
+    def action_open(self) -> None:
+        self.post_message(self.Selected(self.cell_id))
+
+    def on_click(self) -> None:
+        self.focus()
+
+
+def status_line(cell: CellView) -> Content:
+    """``running  step 120/400`` with the state coloured; built from parts, never parsed as markup."""
+    state = literal(cell.status, STATE_STYLES.get(cell.state, ""))
+    progress = f"step {cell.step}/{cell.max_steps}" if cell.max_steps else f"step {cell.step}"
+    parts = [state, Content("  "), literal(progress)]
+    if cell.seed is not None:
+        parts.append(literal(f"  seed {cell.seed}", "$text-muted"))
+    if cell.rejected:
+        parts.append(literal(f"  {cell.rejected} bad lines", "$text-warning"))
+    return Content("").join(parts)

@@ -1,0 +1,142 @@
+"""BrailleChart: one or more curves drawn with braille dots, as fast for a million points as for ten.
+
+Textual's Sparkline and the plotting packages were measured too slow for a live grid and raise on
+NaN (see /work/shared/notes/charts.md). This widget reduces each curve to its pixel columns with
+numpy (prefwatch.tui.braille), caches the resulting strips, and draws again only when the data or
+its size changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from rich.segment import Segment
+from rich.style import Style
+from textual.strip import Strip
+from textual.widget import Widget
+
+from prefwatch.tui import braille
+from prefwatch.tui.model import Curve
+
+
+class BrailleChart(Widget):
+    """Curves over a shared x range; NaN is a gap, each curve has its own colour.
+
+    Curves are coloured by the component classes ``braille-chart--curve-0`` … ``-3`` in order, so a
+    theme or the app's CSS can restyle them. ``y_range`` fixes the scale (accuracy: 0 to 1);
+    otherwise it fits what is drawn.
+    """
+
+    COMPONENT_CLASSES = {
+        "braille-chart--curve-0",
+        "braille-chart--curve-1",
+        "braille-chart--curve-2",
+        "braille-chart--curve-3",
+    }
+
+    DEFAULT_CSS = """
+    BrailleChart {
+        height: 1;
+        min-height: 1;
+        width: 1fr;
+    }
+    BrailleChart > .braille-chart--curve-0 { color: $accent; }
+    BrailleChart > .braille-chart--curve-1 { color: $warning; }
+    BrailleChart > .braille-chart--curve-2 { color: $success; }
+    BrailleChart > .braille-chart--curve-3 { color: $secondary; }
+    """
+
+    def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(name=name, id=id, classes=classes)
+        self._curves: tuple[Curve, ...] = ()
+        self._x_range: tuple[float, float] = (0.0, 1.0)
+        self._y_range: tuple[float, float] | None = None
+        self._data_key: tuple[object, ...] = ()
+        self._strips: list[Strip] | None = None
+        self._strips_size: tuple[int, int] = (0, 0)
+        self.drawn_range: tuple[float, float] | None = None
+
+    def set_curves(
+        self,
+        curves: Sequence[Curve],
+        x_range: tuple[float, float],
+        y_range: tuple[float, float] | None = None,
+    ) -> None:
+        """Show these curves; nothing is redrawn when they are the same data as before."""
+        key = (tuple((len(c), _last(c), id(c.values.base)) for c in curves), x_range, y_range)
+        if key == self._data_key:
+            return
+        self._curves, self._x_range, self._y_range = tuple(curves), x_range, y_range
+        self._data_key = key
+        self._strips = None
+        self.refresh()
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._strips = None
+
+    def render_line(self, y: int) -> Strip:
+        strips = self._render_strips()
+        return strips[y] if y < len(strips) else Strip.blank(self.size.width, self.rich_style)
+
+    def _render_strips(self) -> list[Strip]:
+        width, height = self.size
+        if self._strips is None or self._strips_size != (width, height):
+            self._strips = self._draw(width, height)
+            self._strips_size = (width, height)
+        return self._strips
+
+    def _draw(self, width: int, height: int) -> list[Strip]:
+        styles = [
+            self.get_component_rich_style(f"braille-chart--curve-{i % 4}", partial=True) for i in range(len(self._curves))
+        ]
+        strips, self.drawn_range = draw_curves(
+            self._curves, self._x_range, self._y_range, width, height, styles, self.rich_style
+        )
+        return strips
+
+
+def draw_curves(
+    curves: Sequence[Curve],
+    x_range: tuple[float, float],
+    y_range: tuple[float, float] | None,
+    width: int,
+    height: int,
+    styles: Sequence[Style],
+    base: Style,
+) -> tuple[list[Strip], tuple[float, float] | None]:
+    """Strips (one per row) showing ``curves`` in ``width`` × ``height`` cells, and the value range drawn."""
+    x_min, x_max = x_range
+    spans = [braille.column_spans(c.steps, c.values, x_min, x_max, width * 2) for c in curves]
+    value_range = y_range or braille.value_range(spans)
+    if value_range is None or width <= 0 or not curves:
+        return [Strip.blank(width, base) for _ in range(height)], value_range
+    low, high = value_range
+    codes = [braille.braille_codes(braille.pixel_grid(s, low, high, height * 4)) for s in spans]
+    return _strips(codes, [base + style for style in styles], base, width), value_range
+
+
+def _last(curve: Curve) -> float:
+    value = curve.latest
+    return float("nan") if value is None else value
+
+
+def _strips(codes: list[np.ndarray], styles: list[Style], base: Style, width: int) -> list[Strip]:
+    """Overlay the curves' dots (later curves on top where they share a cell) and group runs of one colour."""
+    combined = np.zeros_like(codes[0])
+    owner = np.full(codes[0].shape, -1)
+    for index, layer in enumerate(codes):
+        combined |= layer
+        owner = np.where(layer > 0, index, owner)
+    texts = braille.braille_text(combined)
+    strips = []
+    for row, text in enumerate(texts):
+        segments = []
+        owners = owner[row]
+        cuts = np.flatnonzero(np.diff(owners)) + 1
+        for start, end in zip(np.r_[0, cuts], np.r_[cuts, len(owners)]):
+            who = owners[start]
+            segments.append(Segment(text[start:end], styles[who] if who >= 0 else base))
+        strips.append(Strip(segments, width))
+    return strips

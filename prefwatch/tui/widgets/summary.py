@@ -1,0 +1,45 @@
+"""SummaryStrip: the grid's verdict in three lines, always on screen under the panels."""
+
+from __future__ import annotations
+
+from textual.content import Content
+from textual.widgets import Static
+
+from prefwatch.tui.model import GridView
+from prefwatch.tui.text import literal
+
+
+class SummaryStrip(Static):
+    """Line 1: grid, source and cell states. Line 2: verdict headline and its first reason. Line 3: main effects."""
+
+    DEFAULT_CSS = """
+    SummaryStrip {
+        height: 3;
+        padding: 0 1;
+        background: $panel;
+        text-wrap: nowrap;
+        text-overflow: ellipsis;
+    }
+    """
+
+    def show(self, grid: GridView | None, source: str, message: str | None = None) -> None:
+        self.update(summary_text(grid, source, message), layout=False)
+
+
+def summary_text(grid: GridView | None, source: str, message: str | None = None) -> Content:
+    if grid is None:
+        return literal(message or "reading logs…", "$text-muted")
+    counts = ", ".join(f"{n} {state}" for state, n in grid.counts().items())
+    first = Content("").join(
+        [literal(grid.name, "bold"), literal(f"  {source}  ", "$text-muted"), literal(f"{len(grid.cells)} cells: {counts}")]
+    )
+    verdict = [literal("verdict ", "$text-muted"), literal(grid.headline, "bold $text-accent")]
+    if grid.reason:
+        verdict.append(literal(f" · {grid.reason}"))
+    effects = "  ".join(f"{factor}: {value}" for factor, value in grid.effects.items())
+    third = [literal("held-out accuracy by ", "$text-muted"), literal(effects)] if effects else []
+    if not effects and grid.needs:
+        third = [literal("needs ", "$text-muted"), literal("; ".join(grid.needs))]
+    if message:
+        third = [literal(message, "$text-warning")]
+    return Content("\n").join([first, Content("").join(verdict), Content("").join(third)])

@@ -1,0 +1,375 @@
+"""The monitor, headless: every cell on screen, live updates, literal text, 80×24, stop, chart screen."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("textual")
+
+from prefwatch import jobs, rundir  # noqa: E402
+from prefwatch.ingest.sources import open_path  # noqa: E402
+from prefwatch.tui.app import MonitorApp  # noqa: E402
+from prefwatch.tui.screens.cell import CellScreen  # noqa: E402
+from prefwatch.tui.screens.confirm import ConfirmScreen  # noqa: E402
+from prefwatch.tui.screens.help import HelpScreen  # noqa: E402
+from prefwatch.tui.widgets.cell_panel import CellPanel  # noqa: E402
+
+CELLS = [("dpo", 16), ("dpo", 8), ("simpo", 16), ("simpo", 8)]
+MAX_STEPS = 40
+
+
+# ---- a 2×2 grid written the way the trainer and launcher write it --------------------------------
+
+
+def train_record(step: int, objective: str, rank: int, at: float | None = None, **override: float) -> dict:
+    """A TRL train log line; logged ``at`` a time (default now), so that a running cell never reads as stalled."""
+    scale = 1.0 if objective == "dpo" else 2.0
+    chosen = scale * 0.02 * step * (16 / rank) ** 0.2
+    rejected = -scale * 0.015 * step
+    record = {
+        "loss": max(0.05, math.log(2) - 0.01 * step),
+        "grad_norm": 1.0,
+        "learning_rate": 5e-6,
+        "rewards/chosen": chosen,
+        "rewards/rejected": rejected,
+        "rewards/margins": chosen - rejected,
+        "rewards/accuracies": min(1.0, 0.5 + 0.01 * step),
+        "logps/chosen": -50.0,
+        "logps/rejected": -60.0,
+        "epoch": step / MAX_STEPS,
+        "step": step,
+        "time": time.time() if at is None else at,
+    }
+    record.update(override)
+    return record
+
+
+def eval_record(step: int, objective: str, at: float | None = None) -> dict:
+    scale = 1.0 if objective == "dpo" else 2.0
+    return {
+        "eval_loss": 0.6,
+        "eval_rewards/chosen": scale * 0.01 * step,
+        "eval_rewards/rejected": -scale * 0.005 * step,
+        "eval_rewards/margins": scale * 0.015 * step,
+        "eval_rewards/accuracies": 0.5 + step / 200,
+        "epoch": step / MAX_STEPS,
+        "step": step,
+        "time": time.time() if at is None else at,
+    }
+
+
+def pairs_record(step: int, wins: int, pairs: int = 20) -> dict:
+    chosen = [1.0 if i < wins else -1.0 for i in range(pairs)]
+    return {"step": step, "pair_ids": [f"p{i}" for i in range(pairs)], "chosen": chosen, "rejected": [0.0] * pairs}
+
+
+def write_lines(path: Path, records: list[dict]) -> None:
+    with open(path, "a") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+
+
+def make_grid(root: Path, steps: int = 30, state: str = jobs.FINISHED, cells=CELLS) -> Path:
+    grid = root / "demo-grid"
+    for index, (objective, rank) in enumerate(cells):
+        cell_id = f"{objective}-r{rank}"
+        cell_dir = grid / rundir.CELLS_DIR / cell_id
+        cell_dir.mkdir(parents=True)
+        settings = {"id": cell_id, "index": index, "objective": objective, "rank": rank, "seed": None,
+                    "train": {"max_steps": MAX_STEPS, "eval_every": 10}}
+        rundir.write_json_atomic(cell_dir / rundir.CELL_FILE, settings)
+        status = {"state": state, "host": None}
+        if state == jobs.RUNNING:  # a live job: this test process stands in for it
+            status.update(pid=os.getpid(), pid_start=jobs.process_start_time(os.getpid()), pgid=None)
+        if state == jobs.FINISHED:
+            status.update(exit_code=0)
+        rundir.write_json_atomic(cell_dir / rundir.STATUS_FILE, status)
+        now = time.time()
+        records = [train_record(s, objective, rank, at=now - steps + s) for s in range(1, steps + 1)]
+        records += [eval_record(s, objective, at=now - steps + s) for s in range(10, steps + 1, 10)]
+        records.sort(key=lambda r: r["step"])
+        if state == jobs.FINISHED:
+            records.append({"train_runtime": 10.0, "train_loss": 0.3, "step": steps})
+        write_lines(cell_dir / rundir.METRICS_FILE, records)
+        write_lines(cell_dir / rundir.EVAL_PAIRS_FILE, [pairs_record(s, 10 + index) for s in range(10, steps + 1, 10)])
+        (cell_dir / rundir.STDOUT_FILE).write_text("step 1\nstep 2\rstep 3\n")
+    return grid
+
+
+def run(coroutine_function):
+    """Run an async test with asyncio.run: no pytest plugin needed (Textual's own pilot drives the app)."""
+
+    @functools.wraps(coroutine_function)
+    def test(*args, **kwargs):
+        asyncio.run(coroutine_function(*args, **kwargs))
+
+    return test
+
+
+def app_for(path: Path, mode: str = "replay", **kwargs) -> MonitorApp:
+    return MonitorApp(open_path(path), mode=mode, **kwargs)
+
+
+async def wait_for(pilot, condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await pilot.pause(0.02)
+
+
+def panels(app: MonitorApp) -> dict[str, CellPanel]:
+    return {p.cell_id: p for p in app.screen_stack[0].query(CellPanel)}
+
+
+def screen_text(app: MonitorApp) -> str:
+    """What the terminal shows now, as plain text, one line per row (what a user would read)."""
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
+# ---- tests ----------------------------------------------------------------------------------------------
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@run
+async def test_shows_every_cell_of_the_grid(tmp_path):
+    app = app_for(make_grid(tmp_path))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_for(pilot, lambda: app.view is not None and len(panels(app)) == 4)
+        await pilot.pause()
+        shown = panels(app)
+        assert set(shown) == {"dpo-r16", "dpo-r8", "simpo-r16", "simpo-r8"}
+        # objectives are rows, ranks are columns, in the grid's order
+        assert shown["dpo-r16"].position == (0, 0)
+        assert shown["dpo-r8"].position == (0, 1)
+        assert shown["simpo-r16"].position == (1, 0)
+        assert shown["simpo-r8"].position == (1, 1)
+        text = screen_text(app)
+        assert text.count("finished  step 30/40") == 4
+        for label in ("chosen", "rejected", "margin", "ho margin", "ho acc"):
+            assert label in text
+        assert app.view.headline in text
+
+
+@run
+async def test_fits_80x24_with_summary_and_footer(tmp_path):
+    app = app_for(make_grid(tmp_path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.view is not None and len(panels(app)) == 4)
+        await pilot.pause()
+        text = screen_text(app)
+        lines = text.splitlines()
+        assert len(lines) == 24
+        for cell_id in ("dpo-r16", "dpo-r8", "simpo-r16", "simpo-r8"):
+            assert cell_id in text
+            assert panels(app)[cell_id].region.bottom <= 24 - 4  # above the summary strip and the footer
+        assert "verdict" in text
+        assert "Quit" in lines[-1]
+        for panel in panels(app).values():  # every curve row has room for a chart
+            assert all(row.size.height >= 1 for row in panel.query("MetricRow"))
+
+
+@run
+async def test_live_appends_update_the_panel(tmp_path):
+    grid = make_grid(tmp_path, steps=20, state=jobs.RUNNING)
+    app = app_for(grid, mode="live")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.view is not None and app.follower is not None)
+        panel = panels(app)["dpo-r16"]
+        assert panel.view.step == 20 and panel.view.state == "running"
+        write_lines(
+            grid / "cells" / "dpo-r16" / rundir.METRICS_FILE,
+            [train_record(21, "dpo", 16), train_record(22, "dpo", 16, **{"rewards/margins": 7.25})],
+        )
+        await wait_for(pilot, lambda: panel.view.step == 22)
+        await pilot.pause()
+        assert panel.query_one(".metric-margin").value_text == "+7.250"
+        assert "step 22/40" in screen_text(app)
+        assert panels(app)["dpo-r8"].view.step == 20  # the others did not move
+
+
+@run
+async def test_live_in_forced_polling_mode(tmp_path):
+    grid = make_grid(tmp_path, steps=5, state=jobs.RUNNING)
+    app = app_for(grid, mode="live", poll=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.follower is not None)
+        assert app.follower.mode == "polling"
+        write_lines(grid / "cells" / "simpo-r8" / rundir.METRICS_FILE, [train_record(6, "simpo", 8)])
+        await wait_for(pilot, lambda: panels(app)["simpo-r8"].view.step == 6)
+        assert "live (polling)" in screen_text(app)
+
+
+@run
+async def test_log_text_is_shown_literally(tmp_path):
+    hostile = "[bold red]x\x1b[31m"
+    grid = make_grid(tmp_path, cells=[("dpo", 16)])
+    cell_dir = grid / "cells" / "dpo-r16"
+    strange = cell_dir.rename(cell_dir.with_name(f"dpo-r16-{hostile}"))
+    (strange / rundir.STDOUT_FILE).write_text("loss [bold red]x[/] \x1b[31mred\x1b[0m \u202eevil\n")
+    app = app_for(grid)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.view is not None and len(panels(app)) == 1)
+        await pilot.pause()
+        text = screen_text(app)
+        assert "dpo-r16-[bold red]x\\x1b[31m" in text  # the markup as written, ESC as a visible escape
+        assert "\x1b" not in text
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, CellScreen))
+        await pilot.pause()
+        text = screen_text(app)
+        assert "loss [bold red]x[/] red \\u202eevil" in text
+        assert "\x1b" not in text and "\u202e" not in text
+
+
+@run
+async def test_enter_opens_the_cell_chart_and_escape_returns(tmp_path):
+    app = app_for(make_grid(tmp_path))
+    async with app.run_test(size=(100, 40)) as pilot:
+        await wait_for(pilot, lambda: app.view is not None and len(panels(app)) == 4)
+        await pilot.pause()
+        await pilot.press("right", "down", "enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, CellScreen))
+        assert app.screen.cell.id == "simpo-r8"
+        text = screen_text(app)
+        assert "train" in text and "held-out" in text and "held-out accuracy" in text
+        assert "step 3" in text  # the job's output, carriage returns resolved
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, CellScreen))
+
+
+@run
+async def test_stop_asks_then_stops_the_selected_cell(tmp_path):
+    grid = make_grid(tmp_path, steps=0, state=jobs.QUEUED)
+    app = app_for(grid, mode="live")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await wait_for(pilot, lambda: app.view is not None and app.follower is not None)
+        await pilot.pause()
+        await pilot.press("s")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("n")
+        await wait_for(pilot, lambda: not isinstance(app.screen, ConfirmScreen))
+        assert not (grid / "cells" / "dpo-r16" / jobs.STOP_REQUEST).exists()
+        await pilot.press("s")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: panels(app)["dpo-r16"].view.state == jobs.STOPPED)
+        assert panels(app)["dpo-r8"].view.state == jobs.QUEUED
+
+
+@run
+async def test_stop_is_refused_for_logs_prefwatch_did_not_launch(tmp_path):
+    run_dir = tmp_path / "dpo-r16"
+    run_dir.mkdir()
+    write_lines(run_dir / rundir.METRICS_FILE, [train_record(s, "dpo", 16) for s in range(1, 5)])
+    app = app_for(run_dir, mode="live")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.view is not None and len(panels(app)) == 1)
+        await pilot.pause()
+        await pilot.press("s")
+        await pilot.pause()
+        assert not isinstance(app.screen, ConfirmScreen)
+
+
+@run
+async def test_quit_returns_0_and_writes_nothing(tmp_path):
+    grid = make_grid(tmp_path, state=jobs.RUNNING)
+    before = tree_state(grid)
+    app = app_for(grid, mode="live")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.follower is not None)
+        await pilot.press("question_mark")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+        await pilot.press("escape")
+        await pilot.press("q")
+        await pilot.pause()
+    assert app.return_value == 0
+    assert tree_state(grid) == before
+    assert app.follower._thread is None  # the follower stopped with the app
+
+
+@run
+async def test_a_diverged_cell_shows_nan_and_its_finding(tmp_path):
+    grid = make_grid(tmp_path, cells=[("dpo", 16), ("simpo", 16)])
+    write_lines(
+        grid / "cells" / "dpo-r16" / rundir.METRICS_FILE,
+        [train_record(31, "dpo", 16, **{"rewards/margins": float("nan"), "loss": float("nan")})],
+    )
+    app = app_for(grid)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.view is not None and len(panels(app)) == 2)
+        await pilot.pause()
+        panel = panels(app)["dpo-r16"]
+        assert panel.has_class("-error") and not panels(app)["simpo-r16"].has_class("-error")
+        assert panel.query_one(".metric-margin").value_text == "nan"
+        assert "NaN or infinite" in str(panel.query_one(".cell-reason").content)
+
+
+@run
+async def test_svg_snapshot_at_80x24(tmp_path):
+    app = app_for(make_grid(tmp_path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.view is not None and len(panels(app)) == 4)
+        await pilot.pause()
+        path = Path(app.save_screenshot("grid-80x24.svg", path=str(tmp_path)))
+    svg = path.read_text()
+    assert svg.startswith("<svg")
+    for cell_id in ("dpo-r16", "dpo-r8", "simpo-r16", "simpo-r8"):
+        assert cell_id.replace("-", "&#160;") in svg or cell_id in svg
+
+
+@run
+async def test_the_selected_panel_is_highlighted_whole(tmp_path):
+    """The focus background reaches the drawn rows too (they cache their strips)."""
+    app = app_for(make_grid(tmp_path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.view is not None and len(panels(app)) == 4)
+        await pilot.pause()
+
+        def background(widget) -> object:
+            region = widget.content_region
+            return app.screen._compositor.get_style_at(region.x + 1, region.y).bgcolor
+
+        first, second = panels(app)["dpo-r16"], panels(app)["dpo-r8"]
+        row_of = lambda panel: panel.query_one(".metric-margin")  # noqa: E731
+        assert background(row_of(first)) == background(first._status) != background(row_of(second))
+        await pilot.press("right")
+        await pilot.pause()
+        assert app.screen.focused is second
+        assert background(row_of(second)) == background(second._status) != background(row_of(first))
+
+
+def test_run_monitor_lets_a_bad_path_through(tmp_path):
+    from prefwatch.ingest.sources import SourceError
+    from prefwatch.tui.app import run_monitor
+
+    with pytest.raises(SourceError):
+        run_monitor(tmp_path / "missing")
+    with pytest.raises(ValueError):
+        MonitorApp(open_path(make_grid(tmp_path)), mode="fast")
+
+
+@run
+async def test_an_analysis_failure_is_reported_not_fatal(tmp_path, monkeypatch):
+    import prefwatch.tui.app as app_module
+
+    def broken(grid):
+        raise RuntimeError("[bold]boom[/]")
+
+    monkeypatch.setattr(app_module, "analyse", broken)
+    app = app_for(make_grid(tmp_path))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: "could not read the logs" in screen_text(app))
+        assert "RuntimeError: [bold]boom[/]" in screen_text(app)
+        assert app.is_running

@@ -1,0 +1,121 @@
+"""The monitor's pure parts: braille rasterising, value formatting, grid layout, literal text."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("textual")
+
+from prefwatch.tui import braille  # noqa: E402
+from prefwatch.tui.model import CellView, Curve, format_value, grid_positions  # noqa: E402
+from prefwatch.tui.text import literal, printable, terminal_line  # noqa: E402
+
+
+def rows(x, y, width=20, height=2, x_range=None, y_range=None) -> list[str]:
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    lo, hi = x_range or (x[0], x[-1])
+    spans = braille.column_spans(x, y, lo, hi, width * 2)
+    low, high = y_range or braille.value_range([spans]) or (0, 1)
+    return braille.braille_text(braille.braille_codes(braille.pixel_grid(spans, low, high, height * 4)))
+
+
+def test_a_rising_line_goes_from_bottom_left_to_top_right():
+    top, bottom = rows(range(100), range(100))
+    assert top[0] == " " and top[-1] != " "
+    assert bottom[0] != " " and bottom[-1] == " "
+
+
+def test_nan_is_a_gap_and_infinity_does_not_break_the_scale():
+    y = np.linspace(0, 1, 100)
+    y[40:60] = np.nan
+    y[80] = np.inf
+    (line,) = rows(range(100), y, width=50, height=1)
+    assert line[22:28].strip() == ""  # the NaN run
+    assert line[:18].strip() and line[32:].strip()
+    spans = braille.column_spans(np.arange(100.0), y, 0, 99, 100)
+    assert np.nanmax(spans.highs) <= 1.0
+
+
+def test_a_sparse_series_is_joined_into_a_line():
+    (line,) = rows([0, 100, 200], [0.0, 1.0, 0.0], width=30, height=1)
+    assert " " not in line.strip()  # no holes between the three points
+
+
+def test_all_nan_or_empty_draws_nothing():
+    assert braille.value_range([braille.column_spans(np.arange(5.0), np.full(5, np.nan), 0, 4, 10)]) is None
+    assert braille.value_range([braille.column_spans(np.empty(0), np.empty(0), 0, 1, 10)]) is None
+
+
+def test_a_flat_series_sits_mid_height():
+    spans = braille.column_spans(np.arange(10.0), np.ones(10), 0, 9, 20)
+    low, high = braille.value_range([spans])
+    assert low < 1 < high
+
+
+def test_a_spike_in_a_million_points_survives_and_is_fast():
+    y = np.zeros(1_000_000)
+    y[123_456] = 50.0
+    x = np.arange(len(y), dtype=float)
+    start = time.perf_counter()
+    spans = braille.column_spans(x, y, 0, len(y) - 1, 160)
+    elapsed = time.perf_counter() - start
+    assert np.nanmax(spans.highs) == 50.0
+    assert elapsed < 0.05
+
+
+@pytest.mark.parametrize(
+    "value, signed, text",
+    [(None, True, "–"), (float("nan"), True, "nan"), (float("inf"), True, "+inf"), (-float("inf"), True, "-inf"),
+     (0.5, False, "0.500"), (0.5, True, "+0.500"), (-12.25, True, "-12.250"), (123.45, True, "+123.5"),
+     (12345.0, True, "+1.23e+04"), (0.0, True, "+0.000"), (1e-5, True, "+1.00e-05")],
+)
+def test_format_value(value, signed, text):
+    assert format_value(value, signed) == text
+    assert len(text) <= 9
+
+
+def view(cell_id, objective, rank, seed=None) -> CellView:
+    return CellView(cell_id, Path(cell_id), objective, rank, seed, "running", "running", 0, None, False,
+                    {}, (), None, 0, 0, ())
+
+
+def test_grid_positions_rows_are_objectives_columns_ranks_then_seeds():
+    cells = [view("dpo-r16-s0", "dpo", 16, 0), view("dpo-r16-s1", "dpo", 16, 1), view("dpo-r8-s0", "dpo", 8, 0),
+             view("simpo-r8-s0", "simpo", 8, 0)]
+    positions, n_rows, n_columns = grid_positions(cells, ["dpo", "simpo"], [16, 8])
+    assert positions == {"dpo-r16-s0": (0, 0), "dpo-r16-s1": (0, 1), "dpo-r8-s0": (0, 2), "simpo-r8-s0": (1, 2)}
+    assert (n_rows, n_columns) == (2, 3)
+
+
+def test_unlabelled_runs_are_laid_out_in_a_block():
+    cells = [view(f"run{i}", None, None) for i in range(5)]
+    positions, n_rows, n_columns = grid_positions(cells, ["?"], [None])
+    assert (n_rows, n_columns) == (2, 3)
+    assert len(set(positions.values())) == 5
+
+
+def test_colliding_labels_get_their_own_column():
+    cells = [view("a", "dpo", 16), view("b", "dpo", 16)]
+    positions, _, n_columns = grid_positions(cells, ["dpo"], [16])
+    assert positions["a"] != positions["b"] and n_columns == 2
+
+
+def test_printable_shows_controls_as_escapes():
+    assert printable("a\x1b[31mb") == "a\\x1b[31mb"
+    assert printable("x\u202ey\tz\x00") == "x\\u202ey z\\x00"
+    assert printable("[bold]ok[/]") == "[bold]ok[/]"
+    assert literal("[bold]x[/]").plain == "[bold]x[/]"
+
+
+def test_terminal_line_keeps_what_a_terminal_would_show():
+    assert terminal_line("10%|#  \r50%|#####  \r") == "50%|#####  "
+    assert terminal_line("\x1b[32mok\x1b[0m done") == "ok done"
+
+
+def test_curve_latest_is_the_last_value_even_when_nan():
+    assert np.isnan(Curve(np.arange(3.0), np.array([1.0, 2.0, np.nan])).latest)
+    assert Curve(np.empty(0), np.empty(0)).latest is None

@@ -1,0 +1,147 @@
+"""The follower: change events, the fallback poll, forced polling, throttling, clean stop."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from prefwatch.ingest import watch
+from prefwatch.ingest.watch import Follower
+
+
+class Calls:
+    """Counts callbacks and lets a test wait for the next one."""
+
+    def __init__(self, work=None) -> None:
+        self.count = 0
+        self.times: list[float] = []
+        self.threads: set[str] = set()
+        self._changed = threading.Condition()
+        self.work = work
+
+    def __call__(self) -> None:
+        if self.work:
+            self.work()
+        with self._changed:
+            self.count += 1
+            self.times.append(time.monotonic())
+            self.threads.add(threading.current_thread().name)
+            self._changed.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 3.0) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self.count >= count, timeout)
+
+
+def append(path: Path, text: str = '{"step": 1}\n') -> float:
+    with open(path, "a") as f:
+        f.write(text)
+    return time.monotonic()
+
+
+@pytest.fixture
+def cell(tmp_path: Path) -> Path:
+    (tmp_path / "metrics.jsonl").write_text("")
+    return tmp_path
+
+
+def test_events_deliver_an_append_at_once(cell):
+    calls = Calls()
+    with Follower([cell], calls, interval=60) as follower:  # the fallback poll cannot be what fires
+        assert follower.mode == "events"
+        written = append(cell / "metrics.jsonl")
+        assert calls.wait_for(1, timeout=2)
+        assert calls.times[0] - written < 0.5
+        assert calls.threads == {"prefwatch-follower"}
+
+
+def test_forced_polling_sees_appends_without_events(cell):
+    calls = Calls()
+    with Follower([cell], calls, poll=True) as follower:
+        assert follower.mode == "polling" and follower.interval == watch.FORCED_POLL_INTERVAL
+        time.sleep(0.3)
+        assert calls.count == 0  # nothing changed, nothing said
+        append(cell / "metrics.jsonl")
+        assert calls.wait_for(1, timeout=2)
+
+
+def test_fallback_poll_covers_a_file_system_without_events(cell, monkeypatch):
+    monkeypatch.setattr(watch, "_start_observer", lambda paths, wake: None)  # as on NFS
+    calls = Calls()
+    with Follower([cell], calls, interval=0.1) as follower:
+        assert follower.mode == "polling"
+        append(cell / "metrics.jsonl")
+        assert calls.wait_for(1, timeout=2)
+        (cell / "status.json").write_text("{}")  # a new file is a change too
+        assert calls.wait_for(2, timeout=2)
+
+
+def test_reading_in_the_callback_does_not_wake_the_follower_again(cell):
+    """Open and close-without-write events are ignored: the owner's own reads must not loop."""
+    calls = Calls(work=lambda: (cell / "metrics.jsonl").read_bytes())
+    with Follower([cell], calls, interval=60):
+        append(cell / "metrics.jsonl")
+        assert calls.wait_for(1)
+        time.sleep(0.5)
+    assert calls.count <= 2  # the write itself may arrive as modify + close events
+
+
+def test_a_burst_is_throttled_and_the_last_change_delivered(cell):
+    calls = Calls()
+    with Follower([cell], calls, interval=60, min_interval=0.2):
+        start = time.monotonic()
+        while time.monotonic() - start < 1.0:
+            append(cell / "metrics.jsonl")
+            time.sleep(0.01)
+        last_write = time.monotonic()
+        time.sleep(0.5)
+    assert 3 <= calls.count <= 8  # ~100 writes, at most one callback per 0.2 s
+    gaps = [b - a for a, b in zip(calls.times, calls.times[1:])]
+    assert min(gaps) >= 0.19
+    assert calls.times[-1] >= last_write - 0.2  # the tail of the burst was not lost
+
+
+def test_nudge_asks_for_a_callback_without_a_change(cell):
+    calls = Calls()
+    with Follower([cell], calls, interval=60) as follower:
+        follower.nudge()
+        assert calls.wait_for(1)
+
+
+def test_stop_is_clean_and_idempotent(cell):
+    follower = Follower([cell], Calls(), poll=True).start()
+    thread = follower._thread
+    follower.stop()
+    follower.stop()
+    assert thread is not None and not thread.is_alive()
+
+
+def test_a_failing_callback_does_not_stop_following(cell):
+    failures = []
+
+    def flaky() -> None:
+        failures.append(1)
+        if len(failures) == 1:
+            raise RuntimeError("boom")
+
+    with Follower([cell], flaky, poll=True):
+        append(cell / "metrics.jsonl")
+        deadline = time.monotonic() + 2
+        while len(failures) < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        append(cell / "metrics.jsonl")
+        while len(failures) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert len(failures) >= 2
+
+
+def test_missing_folder_is_watched_by_polling_until_it_appears(tmp_path):
+    missing = tmp_path / "not-yet"
+    calls = Calls()
+    with Follower([missing], calls, interval=0.1):
+        missing.mkdir()
+        (missing / "metrics.jsonl").write_text("{}\n")
+        assert calls.wait_for(1)
