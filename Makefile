@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN = $(VENV)/bin
 
-.PHONY: demo test venv clean-runs sample-runs
+.PHONY: demo test venv clean-runs sample-runs check-light
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,18 @@ demo: venv
 	$(BIN)/prefwatch launch examples/tiny-grid.toml --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: venv
+	$(BIN)/ruff check prefwatch tests bench
+	$(BIN)/ruff format --check prefwatch tests bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+
+# The monitor-only install (no torch): attach, replay and report must work from it.
+check-light:
+	rm -rf .venv-light && $(PYTHON) -m venv .venv-light
+	.venv-light/bin/python -m pip install --quiet .
+	.venv-light/bin/python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in ('torch', 'trl', 'transformers')))"
+	.venv-light/bin/prefwatch report sample_runs/tiny-demo --format md > /dev/null; status=$$?; [ $$status -eq 0 ] || [ $$status -eq 3 ]
+	rm -rf .venv-light
 
 clean-runs:
 	rm -rf runs/

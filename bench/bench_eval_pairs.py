@@ -48,8 +48,10 @@ def main() -> None:
                 trainer.evaluate()
                 timings[mode].append(time.perf_counter() - started)
     off, on = min(timings["off"]), min(timings["on"])
-    print(f"{args.objective}: {len(heldout_pairs)} held-out pairs, best of {args.repeats}: "
-          f"plain eval {off:.3f}s, with per-pair capture {on:.3f}s, ratio {on / off:.3f}")
+    print(
+        f"{args.objective}: {len(heldout_pairs)} held-out pairs, best of {args.repeats}: "
+        f"plain eval {off:.3f}s, with per-pair capture {on:.3f}s, ratio {on / off:.3f}"
+    )
 
 
 if __name__ == "__main__":

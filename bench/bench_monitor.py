@@ -182,10 +182,17 @@ async def frame_time_million(root: Path, size: tuple[int, int], points: int = 1_
     steps = np.arange(1, points + 1, dtype=float)
     for cell in source.cells:
         walk = np.cumsum(rng.normal(size=points)) / 100
-        fill(cell.series.train, steps, {
-            "rewards/chosen": walk, "rewards/rejected": -walk, "rewards/margins": 2 * walk,
-            "rewards/accuracies": np.full(points, 0.7), "loss": np.full(points, 0.5),
-        })
+        fill(
+            cell.series.train,
+            steps,
+            {
+                "rewards/chosen": walk,
+                "rewards/rejected": -walk,
+                "rewards/margins": 2 * walk,
+                "rewards/accuracies": np.full(points, 0.7),
+                "loss": np.full(points, 0.5),
+            },
+        )
         fill(cell.series.eval, steps, {"rewards/margins": walk, "rewards/accuracies": np.full(points, 0.6)})
         cell.series.records = 2 * points
     start = time.perf_counter()
@@ -200,7 +207,7 @@ async def frame_time_million(root: Path, size: tuple[int, int], points: int = 1_
         while app.view is None:
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.5)
-        for round_ in range(5):
+        for _ in range(5):
             # A new view in which every cell changed: all 20 panel charts redraw.
             for cell in source.cells:
                 cell.series.records += 1

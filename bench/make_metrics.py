@@ -8,9 +8,24 @@ import sys
 from pathlib import Path
 
 TRAIN_KEYS = [
-    "loss", "grad_norm", "learning_rate", "rewards/chosen", "rewards/rejected", "rewards/accuracies",
-    "rewards/margins", "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected", "epoch",
-    "num_tokens", "mean_token_accuracy", "entropy", "rewards/chosen_std", "rewards/rejected_std", "kl",
+    "loss",
+    "grad_norm",
+    "learning_rate",
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+    "logits/chosen",
+    "logits/rejected",
+    "epoch",
+    "num_tokens",
+    "mean_token_accuracy",
+    "entropy",
+    "rewards/chosen_std",
+    "rewards/rejected_std",
+    "kl",
 ]
 
 

@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode = launch.add_mutually_exclusive_group()
     mode.add_argument("--detach", action="store_true", help="start the cells and return at once")
     mode.add_argument("--headless", action="store_true", help="no monitor: print progress, wait for every cell")
-    launch.add_argument("--check", action="store_true", help="validate the grid file and print its cells; start nothing")
+    launch.add_argument(
+        "--check", action="store_true", help="validate the grid file and print its cells; start nothing"
+    )
     launch.add_argument(
         "--resume", action="store_true", help="restart the cells of a run directory that did not finish"
     )
@@ -53,8 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="findings and verdict without a screen")
     report.add_argument("path", type=Path)
     report.add_argument("--format", choices=("terminal", "md", "json"), default="terminal")
-    report.add_argument("--heldout-pairs", type=int, metavar="N", help="held-out size, for logs without per-pair results")
-    report.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw every cell's curves with findings marked")
+    report.add_argument(
+        "--heldout-pairs", type=int, metavar="N", help="held-out size, for logs without per-pair results"
+    )
+    report.add_argument(
+        "--plot", type=Path, metavar="FILE.png", help="also draw every cell's curves with findings marked"
+    )
 
     status = commands.add_parser("status", help="what runs where")
     status.add_argument("path", type=Path)
@@ -143,9 +149,7 @@ def _require_training_packages() -> None:
 
     missing = [name for name in ("torch", "transformers", "trl", "peft") if find_spec(name) is None]
     if missing:
-        raise UsageError(
-            f"launching trains models and needs {', '.join(missing)}: pip install 'prefwatch[train]'"
-        )
+        raise UsageError(f"launching trains models and needs {', '.join(missing)}: pip install 'prefwatch[train]'")
 
 
 def follow_headless(run_dir: Path) -> int:
@@ -166,9 +170,7 @@ def follow_headless(run_dir: Path) -> int:
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console) as progress:
-        tasks = {
-            cell.id: progress.add_task(cell.id, total=cell.max_steps, state=jobs.QUEUED) for cell in grid.cells
-        }
+        tasks = {cell.id: progress.add_task(cell.id, total=cell.max_steps, state=jobs.QUEUED) for cell in grid.cells}
         while True:
             grid.poll()
             supervised = grid.supervisor_alive()

@@ -15,7 +15,9 @@ def _commands(parser: argparse.ArgumentParser) -> dict[str, list[str]]:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             return {
-                name: sorted(opt for a in sub._actions for opt in a.option_strings if opt.startswith("--") and opt != "--help")
+                name: sorted(
+                    opt for a in sub._actions for opt in a.option_strings if opt.startswith("--") and opt != "--help"
+                )
                 for name, sub in action.choices.items()
             }
     return {}

@@ -202,9 +202,7 @@ def _cleaner(candidate: CellResult, incumbent: CellResult) -> tuple[bool, str]:
         return False, f"it shows {', '.join(sorted(extra))} and {incumbent.id} does not"
     gap_c, gap_i = candidate.margin_gap, incumbent.margin_gap
     if gap_c is not None and gap_i is not None and gap_c >= gap_i:
-        return False, (
-            f"its train/held-out margin gap is not smaller ({gap_c:.0%} of its train margin vs {gap_i:.0%})"
-        )
+        return False, (f"its train/held-out margin gap is not smaller ({gap_c:.0%} of its train margin vs {gap_i:.0%})")
     if gap_c is None or gap_i is None:
         return True, "cleaner margins"
     return True, f"cleaner margins (train/held-out gap {gap_c:.0%} of its train margin vs {gap_i:.0%})"

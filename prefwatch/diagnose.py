@@ -150,6 +150,17 @@ def heldout_accuracy_series(series: CellSeries, pairs: Any | None) -> tuple[np.n
     return series.eval.steps, series.eval.column(m.ACCURACIES)
 
 
+def heldout_margin_series(series: CellSeries, pairs: Any | None) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, margin) per evaluation: from per-pair results where they exist, else TRL's average.
+
+    Both are the mean over held-out pairs of chosen minus rejected reward; per-pair results are exact
+    where TRL averages per batch."""
+    if pairs is not None and pairs.steps:
+        steps = np.asarray(pairs.steps, dtype=float)
+        return steps, np.array([np.mean(c - r) for c, r in zip(pairs.chosen, pairs.rejected)])
+    return series.eval.steps, series.eval.column(m.MARGINS)
+
+
 def review(
     series: CellSeries,
     pairs: Any | None = None,
@@ -163,9 +174,7 @@ def review(
     steps, accuracy = heldout_accuracy_series(series, pairs)
     won, total, source = _pairs_won(pairs, accuracy, heldout_pairs, data_stats, evals)
     peak_accuracy, peak_step = _peak(steps, accuracy, t)
-    heldout_margin = _last_finite(evals.column(m.MARGINS))
-    if pairs is not None and pairs.steps:
-        heldout_margin = float(np.mean(pairs.chosen[-1] - pairs.rejected[-1]))
+    heldout_margin = _last_finite(heldout_margin_series(series, pairs)[1])
     return Review(
         train_margin_early=window_mean(margins[:half]) if half else None,
         train_margin_late=window_mean(margins[half:]) if half else window_mean(margins),
@@ -183,8 +192,13 @@ def review(
 
 
 def _last_finite(values: np.ndarray) -> float | None:
-    finite = values[np.isfinite(values)]
-    return float(finite[-1]) if len(finite) else None
+    """The last finite value, scanning from the end (a long series is rarely NaN at its tail)."""
+    for start in range(len(values), 0, -64):
+        tail = values[max(0, start - 64) : start]
+        finite = np.flatnonzero(np.isfinite(tail))
+        if len(finite):
+            return float(tail[finite[-1]])
+    return None
 
 
 def peak_index(accuracy: np.ndarray, t: Thresholds) -> int | None:

@@ -13,9 +13,10 @@ import difflib
 import itertools
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 OBJECTIVES = ("dpo", "simpo", "orpo")
 EMBEDDED_MODEL = "tiny"
@@ -229,9 +230,7 @@ class _Validator:
         if not isinstance(value, str):
             raise self.fail("", "name", f"must be a string, got {type(value).__name__}")
         if not _SAFE_NAME.match(value) or ".." in value:
-            raise self.fail(
-                "", "name", f"must be a plain folder name (letters, digits, '.', '_', '-'), got {value!r}"
-            )
+            raise self.fail("", "name", f"must be a plain folder name (letters, digits, '.', '_', '-'), got {value!r}")
         return value
 
     def table(self, table: str, raw: Any, fields: dict[str, Field]) -> dict[str, Any]:
@@ -333,7 +332,7 @@ class _Validator:
         self.check_data(settings["data"])
         resources, model = settings["resources"], settings["model"]
         if resources["devices"] == "cpu" and model["dtype"] in ("bf16", "fp16"):
-            raise self.fail("model", "dtype", f"{model['dtype']} conflicts with [resources] devices = \"cpu\"")
+            raise self.fail("model", "dtype", f'{model["dtype"]} conflicts with [resources] devices = "cpu"')
 
     def check_list(self, table: str, key: str, values: list[Any]) -> None:
         if not values:

@@ -63,14 +63,32 @@ def render(model: str | None, data: str | None, name: str, gpus: list[Gpu]) -> s
         batch = batch_size_for(free, cells_per_gpu)
         dtype = "bf16" if all(g.capability >= 8.0 for g in gpus) else "fp16"
         machine = ", ".join(f"{g.name} ({g.free_mib // 1024} GiB free)" for g in gpus)
-        train = dict(max_steps=1000, learning_rate="5e-6", batch_size=batch, grad_accum=max(1, 16 // batch),
-                     eval_every=50, log_every=10, save_every=200, lr_scheduler='"cosine"', warmup_steps=50)
+        train = dict(
+            max_steps=1000,
+            learning_rate="5e-6",
+            batch_size=batch,
+            grad_accum=max(1, 16 // batch),
+            eval_every=50,
+            log_every=10,
+            save_every=200,
+            lr_scheduler='"cosine"',
+            warmup_steps=50,
+        )
         max_length, heldout = 1024, 0.1
     else:
         cells_per_gpu, dtype = 1, "auto"
         machine = ", ".join(g.name for g in gpus) if gpus else "no GPU: cells train on the CPU, one per core"
-        train = dict(max_steps=100, learning_rate="5e-4", batch_size=8, grad_accum=1, eval_every=10, log_every=1,
-                     save_every=50, lr_scheduler='"constant"', warmup_steps=0)
+        train = dict(
+            max_steps=100,
+            learning_rate="5e-4",
+            batch_size=8,
+            grad_accum=1,
+            eval_every=10,
+            log_every=1,
+            save_every=50,
+            lr_scheduler='"constant"',
+            warmup_steps=0,
+        )
         max_length, heldout = 128, 0.2
     train_lines = "\n".join(f"{k} = {v}" for k, v in train.items())
     return f"""# Written by `prefwatch init` for: {machine}

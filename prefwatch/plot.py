@@ -35,7 +35,11 @@ def save_plot(analysis: GridAnalysis, path: Path) -> None:
     placed: dict[tuple[int, int], CellAnalysis] = {}
     for cell in analysis.cells:
         row = objectives.index(cell.source.objective)
-        col = next(c for c in range(cols) if (row, c) not in placed) if len(ranks) != cols else ranks.index(cell.source.rank)
+        col = (
+            next(c for c in range(cols) if (row, c) not in placed)
+            if len(ranks) != cols
+            else ranks.index(cell.source.rank)
+        )
         placed[row, col] = cell
         _draw_cell(axes[row][col], cell)
     for (row, col), ax in np.ndenumerate(np.array(axes, dtype=object)):
@@ -53,7 +57,9 @@ def _draw_cell(ax, cell: CellAnalysis) -> None:  # noqa: ANN001 (a matplotlib Ax
     margins = train.column(m.MARGINS)
     ax.plot(train.steps, margins, color="tab:blue", alpha=0.25, linewidth=0.8)
     ax.plot(train.steps, ema(margins, 0.9), color="tab:blue", linewidth=1.4, label="train margin (EMA)")
-    ax.plot(series.eval.steps, series.eval.column(m.MARGINS), "o-", color="tab:green", markersize=3, label="held-out margin")
+    ax.plot(
+        series.eval.steps, series.eval.column(m.MARGINS), "o-", color="tab:green", markersize=3, label="held-out margin"
+    )
     ax.set_xlabel("step")
     ax.set_ylabel("reward margin")
     accuracy_axis = ax.twinx()

@@ -59,8 +59,8 @@ def review_row(cell: CellAnalysis) -> list[str]:
 
 
 def pair_notes(analysis: GridAnalysis) -> list[str]:
-    sources = {c.diagnosis.review.heldout_pairs_source for c in analysis.cells}
-    return [PAIR_SOURCES[s] for s in sorted(sources - {None, "per-pair"})]  # type: ignore[arg-type]
+    sources = {c.diagnosis.review.heldout_pairs_source or "per-pair" for c in analysis.cells}
+    return [PAIR_SOURCES[s] for s in sorted(sources - {"per-pair"})]
 
 
 def brevity_lines(analysis: GridAnalysis) -> list[str]:

@@ -46,13 +46,14 @@ def test_stop_refuses_a_folder_that_is_not_a_run(tmp_path, capsys) -> None:
 
 
 def test_bash_completion_completes_commands_and_options(tmp_path) -> None:
-    script = subprocess.run([sys.executable, "-m", "prefwatch", "completion", "bash"], capture_output=True,
-                            text=True, check=True).stdout
+    script = subprocess.run(
+        [sys.executable, "-m", "prefwatch", "completion", "bash"], capture_output=True, text=True, check=True
+    ).stdout
     (tmp_path / "c.sh").write_text(script)
     probe = (
         f"source {tmp_path / 'c.sh'}\n"
-        "COMP_WORDS=(prefwatch re); COMP_CWORD=1; _prefwatch; echo \"${COMPREPLY[@]}\"\n"
-        "COMP_WORDS=(prefwatch launch --he); COMP_CWORD=2; _prefwatch; echo \"${COMPREPLY[@]}\"\n"
+        'COMP_WORDS=(prefwatch re); COMP_CWORD=1; _prefwatch; echo "${COMPREPLY[@]}"\n'
+        'COMP_WORDS=(prefwatch launch --he); COMP_CWORD=2; _prefwatch; echo "${COMPREPLY[@]}"\n'
     )
     out = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True).stdout.splitlines()
     assert out == ["replay report", "--headless --help"]

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+from test_diagnose import peaked, run
 
 from prefwatch.decide import CellResult, decide, sign_test
 from prefwatch.diagnose import diagnose
 from prefwatch.ingest.sources import PairLog
-
-from test_diagnose import peaked, run
 
 PAIRS = 100
 
@@ -20,13 +19,25 @@ def pairs_won(won: int, curve, shift: int = 0) -> PairLog:
         right = round(won * curve(step) / curve(100))
         wins = np.roll(np.arange(PAIRS) < right, shift)
         chosen = np.where(wins, 1.0, -1.0)
-        log.add({"step": step, "pair_ids": [f"h{i:04d}" for i in range(PAIRS)], "chosen": chosen.tolist(),
-                 "rejected": np.zeros(PAIRS).tolist()})
+        log.add(
+            {
+                "step": step,
+                "pair_ids": [f"h{i:04d}" for i in range(PAIRS)],
+                "chosen": chosen.tolist(),
+                "rejected": np.zeros(PAIRS).tolist(),
+            }
+        )
     return log
 
 
-def cell(cell_id: str, won: int, overoptimises: bool = False, margin_scale: float = 1.0, shift: int = 0,
-         seed: int | None = None) -> CellResult:
+def cell(
+    cell_id: str,
+    won: int,
+    overoptimises: bool = False,
+    margin_scale: float = 1.0,
+    shift: int = 0,
+    seed: int | None = None,
+) -> CellResult:
     objective, rank = cell_id.split("-")[0], int(cell_id.split("-r")[1].split("-")[0])
     curve = peaked if overoptimises else (lambda s: 0.5 + 0.002 * s)
     series = run(margin=lambda s: margin_scale * 0.01 * s, accuracy=curve)
@@ -48,8 +59,14 @@ def test_simpo_wins_one_pair_with_clean_margins_switches() -> None:
 
 
 def test_simpo_wins_one_pair_but_overoptimises_stays() -> None:
-    verdict = decide([cell("dpo-r16", 70), cell("dpo-r8", 69), cell("simpo-r16", 71, overoptimises=True),
-                      cell("simpo-r8", 70, overoptimises=True)])
+    verdict = decide(
+        [
+            cell("dpo-r16", 70),
+            cell("dpo-r8", 69),
+            cell("simpo-r16", 71, overoptimises=True),
+            cell("simpo-r8", 70, overoptimises=True),
+        ]
+    )
     assert verdict.objective == "dpo"
     assert "overoptimization" in verdict.reasons[0]
 
@@ -61,14 +78,16 @@ def test_tie_stays_with_dpo_and_is_not_decisive() -> None:
 
 
 def test_lower_rank_similar_with_lower_margins_is_preferred() -> None:
-    verdict = decide([cell("dpo-r16", 72), cell("dpo-r8", 71, margin_scale=0.5), cell("simpo-r16", 60),
-                      cell("simpo-r8", 60)])
+    verdict = decide(
+        [cell("dpo-r16", 72), cell("dpo-r8", 71, margin_scale=0.5), cell("simpo-r16", 60), cell("simpo-r8", 60)]
+    )
     assert (verdict.objective, verdict.rank) == ("dpo", 8)
 
 
 def test_higher_rank_clearly_better_is_kept() -> None:
-    verdict = decide([cell("dpo-r16", 80), cell("dpo-r8", 70, margin_scale=0.5), cell("simpo-r16", 60),
-                      cell("simpo-r8", 60)])
+    verdict = decide(
+        [cell("dpo-r16", 80), cell("dpo-r8", 70, margin_scale=0.5), cell("simpo-r16", 60), cell("simpo-r8", 60)]
+    )
     assert (verdict.objective, verdict.rank) == ("dpo", 16)
 
 
@@ -81,8 +100,10 @@ def test_clear_paired_win_is_decisive() -> None:
 
 def test_seed_spread_that_swallows_the_difference_is_not_decisive() -> None:
     cells = [
-        cell("dpo-r8-seed0", 60, seed=0), cell("dpo-r8-seed1", 80, seed=1),
-        cell("simpo-r8-seed0", 85, seed=0), cell("simpo-r8-seed1", 65, seed=1),
+        cell("dpo-r8-seed0", 60, seed=0),
+        cell("dpo-r8-seed1", 80, seed=1),
+        cell("simpo-r8-seed0", 85, seed=0),
+        cell("simpo-r8-seed1", 65, seed=1),
     ]
     verdict = decide(cells)
     assert not verdict.decisive

@@ -26,16 +26,34 @@ def run(
     series = CellSeries()
     for s in range(1, steps + 1):
         m = margin(s)
-        series.add({
-            "loss": loss(s), "grad_norm": 1.0, "learning_rate": 5e-4,
-            "rewards/chosen": m / 2, "rewards/rejected": -m / 2, "rewards/margins": m,
-            "rewards/accuracies": train_accuracy(s), "logps/chosen": chosen_logp(s), "logps/rejected": rejected_logp(s),
-            "step": s, "time": 1000.0 + s, **extra(s),
-        })
+        series.add(
+            {
+                "loss": loss(s),
+                "grad_norm": 1.0,
+                "learning_rate": 5e-4,
+                "rewards/chosen": m / 2,
+                "rewards/rejected": -m / 2,
+                "rewards/margins": m,
+                "rewards/accuracies": train_accuracy(s),
+                "logps/chosen": chosen_logp(s),
+                "logps/rejected": rejected_logp(s),
+                "step": s,
+                "time": 1000.0 + s,
+                **extra(s),
+            }
+        )
         if s % eval_every == 0:
-            series.add({"eval_loss": 0.6, "eval_rewards/margins": 0.2, "eval_rewards/chosen": 0.1,
-                        "eval_rewards/rejected": -0.1, "eval_rewards/accuracies": accuracy(s), "step": s,
-                        "time": 1000.0 + s})
+            series.add(
+                {
+                    "eval_loss": 0.6,
+                    "eval_rewards/margins": 0.2,
+                    "eval_rewards/chosen": 0.1,
+                    "eval_rewards/rejected": -0.1,
+                    "eval_rewards/accuracies": accuracy(s),
+                    "step": s,
+                    "time": 1000.0 + s,
+                }
+            )
     series.add({"train_runtime": 10.0, "train_loss": 0.5, "step": steps})
     return series
 

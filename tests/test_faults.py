@@ -35,7 +35,7 @@ def status(run_dir: Path, cell: str) -> jobs.CellStatus:
 
 def last_step(run_dir: Path, cell: str) -> int:
     path = run_dir / "cells" / cell / "metrics.jsonl"
-    steps = [json.loads(l)["step"] for l in path.read_text().splitlines()] if path.exists() else []
+    steps = [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
     return max(steps, default=0)
 
 
@@ -68,7 +68,9 @@ def test_kill_stop_resume_with_real_jobs(tmp_path: Path) -> None:
     wait_for(lambda: status(run_dir, "dpo-r8").state == jobs.STOPPED, 15, "stopped")
 
     # the other cells finish with complete logs.
-    wait_for(lambda: all(status(run_dir, c).state in jobs.ENDED_STATES for c in ("simpo-r16", "simpo-r8")), 240, "the rest")
+    wait_for(
+        lambda: all(status(run_dir, c).state in jobs.ENDED_STATES for c in ("simpo-r16", "simpo-r8")), 240, "the rest"
+    )
     for cell in ("simpo-r16", "simpo-r8"):
         assert status(run_dir, cell).state == jobs.FINISHED
         lines = (run_dir / "cells" / cell / "metrics.jsonl").read_text().splitlines()

@@ -197,7 +197,9 @@ def assert_same_series(a: CellSeries, b: CellSeries) -> None:
         x, y = a.split(split), b.split(split)
         np.testing.assert_array_equal(x.steps, y.steps)
         np.testing.assert_array_equal(x.times, y.times)
-        names = [n for n in set(x.names) | set(y.names) if not (np.isnan(x.column(n)).all() and np.isnan(y.column(n)).all())]
+        names = [
+            n for n in set(x.names) | set(y.names) if not (np.isnan(x.column(n)).all() and np.isnan(y.column(n)).all())
+        ]
         for name in names:
             np.testing.assert_array_equal(x.column(name), y.column(name), err_msg=f"{split} {name}")
 
@@ -214,9 +216,11 @@ def test_columnar_fast_path_equals_the_record_path(tmp_path_factory, kinds, cuts
         if kind == "train":
             lines.append(json.dumps({"loss": step / 3, "rewards/margins": step / 7, "step": step, "time": step * 1.5}))
         elif kind == "eval":
-            lines.append(json.dumps({"eval_loss": 0.5, "eval_rewards/accuracies": 0.75, "epoch": 0.1, "step": step, "time": 2.0}))
+            lines.append(
+                json.dumps({"eval_loss": 0.5, "eval_rewards/accuracies": 0.75, "epoch": 0.1, "step": step, "time": 2.0})
+            )
         elif kind == "nan":
-            lines.append('{"loss": NaN, "step": %d, "time": 1.0}' % step)
+            lines.append(f'{{"loss": NaN, "step": {step}, "time": 1.0}}')
         elif kind == "newkey":
             lines.append(json.dumps({"loss": 1.0, f"extra_{step % 3}": 2.0, "step": step, "time": 3.0}))
         elif kind == "back":
@@ -226,7 +230,7 @@ def test_columnar_fast_path_equals_the_record_path(tmp_path_factory, kinds, cuts
             lines.append("garbage{")
         else:
             lines.append(json.dumps({"train_runtime": 1.0, "train_loss": 0.3, "step": step}))
-    text = "".join(l + "\n" for l in lines)
+    text = "".join(f"{record}\n" for record in lines)
     cell = tmp_path_factory.mktemp("cell")
     path = cell / "metrics.jsonl"
     data = text.encode()

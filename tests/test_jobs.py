@@ -187,10 +187,15 @@ def test_running_cell_without_process_or_supervisor_is_lost(run_dir: Path) -> No
 
 def test_lock_is_exclusive_and_released_by_death(run_dir: Path) -> None:
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from prefwatch.supervise import hold_lock;"
-         "from pathlib import Path; h = hold_lock(Path(sys.argv[1])); print(h is not None, flush=True); time.sleep(60)",
-         str(run_dir)],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from prefwatch.supervise import hold_lock;"
+            "from pathlib import Path; h = hold_lock(Path(sys.argv[1])); print(h is not None, flush=True); time.sleep(60)",
+            str(run_dir),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout.readline().strip() == "True"
     assert hold_lock(run_dir) is None

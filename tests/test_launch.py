@@ -18,9 +18,19 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_headless_launch_trains_every_cell(tmp_path: Path) -> None:
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "prefwatch", "launch", str(ROOT / "examples" / "tiny-grid.toml"),
-         "--headless", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "prefwatch",
+            "launch",
+            str(ROOT / "examples" / "tiny-grid.toml"),
+            "--headless",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -28,11 +38,11 @@ def test_headless_launch_trains_every_cell(tmp_path: Path) -> None:
     cells = sorted(p.name for p in (run_dir / "cells").iterdir())
     assert cells == ["dpo-r16", "dpo-r8", "simpo-r16", "simpo-r8"]
     for cell in cells:
-        lines = [json.loads(l) for l in (run_dir / "cells" / cell / "metrics.jsonl").read_text().splitlines()]
-        train = [l for l in lines if "rewards/margins" in l]
-        evals = [l for l in lines if "eval_rewards/margins" in l]
+        records = [json.loads(line) for line in (run_dir / "cells" / cell / "metrics.jsonl").read_text().splitlines()]
+        train = [r for r in records if "rewards/margins" in r]
+        evals = [r for r in records if "eval_rewards/margins" in r]
         assert len(train) >= 50 and len(evals) >= 2, cell
-        assert "train_runtime" in lines[-1]
+        assert "train_runtime" in records[-1]
         status = json.loads((run_dir / "cells" / cell / "status.json").read_text())
         assert status["state"] == "finished" and status["exit_code"] == 0
     assert "Verdict" in result.stdout

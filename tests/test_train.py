@@ -37,7 +37,10 @@ def start_cell(cell_dir: Path, cell: dict, cache: Path, *extra: str) -> subproce
     env = {**os.environ, "PREFWATCH_CACHE": str(cache)}
     return subprocess.Popen(
         [sys.executable, "-m", "prefwatch.train", str(cell_dir / rundir.CELL_FILE), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
 
 
@@ -101,7 +104,9 @@ def test_data_stats_and_checkpoints(runs):
         assert 0 < stats[split]["chosen_shorter_share"] < 1
         assert stats[split]["mean_chosen_tokens"] > 0 and stats[split]["mean_rejected_tokens"] > 0
     assert sorted(p.name for p in (cell_dir / rundir.CHECKPOINTS_DIR).glob("checkpoint-*")) == [
-        "checkpoint-10", "checkpoint-20"]
+        "checkpoint-10",
+        "checkpoint-20",
+    ]
 
 
 def test_resume_continues_from_the_last_checkpoint(runs, tmp_path):
@@ -120,10 +125,12 @@ def test_callback_imports_nothing_beyond_transformers_trainer_callback():
 
     (transformers' trainer_utils imports peft whenever peft is installed, so peft's presence is not ours.)
     """
-    code = ("import sys; from transformers import TrainerCallback; before = set(sys.modules); "
-            "import prefwatch.callback; "
-            "print(sorted(m for m in set(sys.modules) - before if not m.startswith('prefwatch')), "
-            "[m for m in ('trl', 'prefwatch.train') if m in sys.modules])")
+    code = (
+        "import sys; from transformers import TrainerCallback; before = set(sys.modules); "
+        "import prefwatch.callback; "
+        "print(sorted(m for m in set(sys.modules) - before if not m.startswith('prefwatch')), "
+        "[m for m in ('trl', 'prefwatch.train') if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[] []"
 
@@ -147,11 +154,14 @@ def test_user_pairs_plain_and_conversational(tmp_path):
     assert read_pairs(str(path)) == rows
 
 
-@pytest.mark.parametrize("content, message", [
-    ('{"prompt": "Q?", "chosen": "A."}\n', "row 0 has no 'rejected' column"),
-    ('{"prompt": "Q?", "chosen": "A.", "rejected": ""}\n', "row 0 has an empty 'rejected'"),
-    ("\n", "no rows"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"prompt": "Q?", "chosen": "A."}\n', "row 0 has no 'rejected' column"),
+        ('{"prompt": "Q?", "chosen": "A.", "rejected": ""}\n', "row 0 has an empty 'rejected'"),
+        ("\n", "no rows"),
+    ],
+)
 def test_bad_user_pairs_give_one_line_errors(tmp_path, content, message):
     path = tmp_path / "pairs.jsonl"
     path.write_text(content)

@@ -83,8 +83,14 @@ def make_grid(root: Path, steps: int = 30, state: str = jobs.FINISHED, cells=CEL
         cell_id = f"{objective}-r{rank}"
         cell_dir = grid / rundir.CELLS_DIR / cell_id
         cell_dir.mkdir(parents=True)
-        settings = {"id": cell_id, "index": index, "objective": objective, "rank": rank, "seed": None,
-                    "train": {"max_steps": MAX_STEPS, "eval_every": 10}}
+        settings = {
+            "id": cell_id,
+            "index": index,
+            "objective": objective,
+            "rank": rank,
+            "seed": None,
+            "train": {"max_steps": MAX_STEPS, "eval_every": 10},
+        }
         rundir.write_json_atomic(cell_dir / rundir.CELL_FILE, settings)
         status = {"state": state, "host": None}
         if state == jobs.RUNNING:  # a live job: this test process stands in for it

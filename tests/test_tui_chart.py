@@ -10,9 +10,10 @@ import pytest
 
 pytest.importorskip("textual")
 
+from prefwatch.textsafe import plain as printable  # noqa: E402
 from prefwatch.tui import braille  # noqa: E402
 from prefwatch.tui.model import CellView, Curve, format_value, grid_positions  # noqa: E402
-from prefwatch.tui.text import literal, printable, terminal_line  # noqa: E402
+from prefwatch.tui.text import literal, terminal_line  # noqa: E402
 
 
 def rows(x, y, width=20, height=2, x_range=None, y_range=None) -> list[str]:
@@ -69,9 +70,19 @@ def test_a_spike_in_a_million_points_survives_and_is_fast():
 
 @pytest.mark.parametrize(
     "value, signed, text",
-    [(None, True, "–"), (float("nan"), True, "nan"), (float("inf"), True, "+inf"), (-float("inf"), True, "-inf"),
-     (0.5, False, "0.500"), (0.5, True, "+0.500"), (-12.25, True, "-12.250"), (123.45, True, "+123.5"),
-     (12345.0, True, "+1.23e+04"), (0.0, True, "+0.000"), (1e-5, True, "+1.00e-05")],
+    [
+        (None, True, "–"),
+        (float("nan"), True, "nan"),
+        (float("inf"), True, "+inf"),
+        (-float("inf"), True, "-inf"),
+        (0.5, False, "0.500"),
+        (0.5, True, "+0.500"),
+        (-12.25, True, "-12.250"),
+        (123.45, True, "+123.5"),
+        (12345.0, True, "+1.23e+04"),
+        (0.0, True, "+0.000"),
+        (1e-5, True, "+1.00e-05"),
+    ],
 )
 def test_format_value(value, signed, text):
     assert format_value(value, signed) == text
@@ -79,13 +90,18 @@ def test_format_value(value, signed, text):
 
 
 def view(cell_id, objective, rank, seed=None) -> CellView:
-    return CellView(cell_id, Path(cell_id), objective, rank, seed, "running", "running", 0, None, False,
-                    {}, (), None, 0, 0, ())
+    return CellView(
+        cell_id, Path(cell_id), objective, rank, seed, "running", "running", 0, None, False, {}, (), None, 0, 0, ()
+    )
 
 
 def test_grid_positions_rows_are_objectives_columns_ranks_then_seeds():
-    cells = [view("dpo-r16-s0", "dpo", 16, 0), view("dpo-r16-s1", "dpo", 16, 1), view("dpo-r8-s0", "dpo", 8, 0),
-             view("simpo-r8-s0", "simpo", 8, 0)]
+    cells = [
+        view("dpo-r16-s0", "dpo", 16, 0),
+        view("dpo-r16-s1", "dpo", 16, 1),
+        view("dpo-r8-s0", "dpo", 8, 0),
+        view("simpo-r8-s0", "simpo", 8, 0),
+    ]
     positions, n_rows, n_columns = grid_positions(cells, ["dpo", "simpo"], [16, 8])
     assert positions == {"dpo-r16-s0": (0, 0), "dpo-r16-s1": (0, 1), "dpo-r8-s0": (0, 2), "simpo-r8-s0": (1, 2)}
     assert (n_rows, n_columns) == (2, 3)

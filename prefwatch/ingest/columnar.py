@@ -59,8 +59,7 @@ class ColumnarDecoder:
             return None
         n = len(rows)
         return {
-            key: np.fromiter(map(getter, rows), dtype=float, count=n)
-            for key, getter in zip(self.keys, self._getters)
+            key: np.fromiter(map(getter, rows), dtype=float, count=n) for key, getter in zip(self.keys, self._getters)
         }
 
 

@@ -163,10 +163,10 @@ class CellSource:
             state = decode_line(path.read_bytes())
         except OSError:
             return False
-        history = state.get("log_history") if isinstance(state, dict) else None
-        if not isinstance(history, list):
+        if not isinstance(state, dict) or not isinstance(state.get("log_history"), list):
             self.series.rejected["trainer_state without log_history"] += 1
             return False
+        history = state["log_history"]
         self._state_seen = seen
         if len(history) < self._history_used:
             self.series, self._history_used = CellSeries(), 0
@@ -252,9 +252,7 @@ def open_path(path: Path | str, labels: dict[str, tuple[str | None, int | None]]
         return GridSource(path.name, path.parent, [single])
     cells = [c for c in (_cell_at(d) for d in sorted(path.iterdir()) if d.is_dir()) if c is not None]
     if not cells:
-        raise SourceError(
-            f"{path}: no logs found (looked for a run directory, metrics.jsonl and trainer_state.json)"
-        )
+        raise SourceError(f"{path}: no logs found (looked for a run directory, metrics.jsonl and trainer_state.json)")
     for cell in cells:
         if labels and cell.id in labels:
             cell.objective, cell.rank = labels[cell.id]

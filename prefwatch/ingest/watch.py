@@ -52,7 +52,9 @@ class Follower:
         self.paths = [Path(p) for p in paths]
         self.on_change = on_change
         self.forced_poll = poll
-        self.interval = interval if interval is not None else (FORCED_POLL_INTERVAL if poll else EVENT_FALLBACK_INTERVAL)
+        self.interval = (
+            interval if interval is not None else (FORCED_POLL_INTERVAL if poll else EVENT_FALLBACK_INTERVAL)
+        )
         self.min_interval = min_interval
         self.callbacks = 0
         self._wake = threading.Event()
@@ -64,7 +66,7 @@ class Follower:
 
     @property
     def mode(self) -> str:
-        """"events" when the OS delivers change events (with the fallback poll behind), else "polling"."""
+        """ "events" when the OS delivers change events (with the fallback poll behind), else "polling"."""
         return "events" if self._observer is not None else "polling"
 
     def start(self) -> Follower:

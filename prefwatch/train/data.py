@@ -32,8 +32,20 @@ class DataError(ValueError):
 #   * lengths: pushy replies are sometimes padded with urgency, so the chosen reply is the shorter one in part
 #     of the data (about a third of train pairs, two fifths of held-out pairs), never consistently.
 
-PRODUCTS = ["CRM plan", "desk", "solar kit", "coffee maker", "laptop", "phone plan", "e-bike", "printer",
-            "webcam", "router", "headset", "monitor"]
+PRODUCTS = [
+    "CRM plan",
+    "desk",
+    "solar kit",
+    "coffee maker",
+    "laptop",
+    "phone plan",
+    "e-bike",
+    "printer",
+    "webcam",
+    "router",
+    "headset",
+    "monitor",
+]
 CUSTOMERS = ["Hi, about the {p}:", "Hello! The {p}:", "Hey, your {p}:", "Morning. The {p}:"]
 QUESTIONS = {
     "price": ("what does it cost?", ["It is ${n} a month.", "${n}, no setup fee."]),
@@ -177,6 +189,7 @@ def completion_text(completion: str | list[dict[str, Any]]) -> str:
 
 def length_stats(pairs: list[Pair], tokenizer) -> dict[str, float]:
     """How long chosen and rejected answers are, in tokens: the brevity check reads this."""
+
     def n_tokens(completion) -> int:
         return len(tokenizer(completion_text(completion), add_special_tokens=False)["input_ids"])
 

@@ -33,8 +33,7 @@ class PairLog:
         self.pair_ids = [f"h{i:04d}" for i in range(n_pairs)]
 
     def write(self, step: int, chosen: list[float], rejected: list[float]) -> None:
-        record = {"step": step, "time": time.time(), "pair_ids": self.pair_ids,
-                  "chosen": chosen, "rejected": rejected}
+        record = {"step": step, "time": time.time(), "pair_ids": self.pair_ids, "chosen": chosen, "rejected": rejected}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 

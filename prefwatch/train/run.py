@@ -45,10 +45,13 @@ def run(cell: dict[str, Any], cell_dir: Path, resume: bool = False) -> None:
 
     trainer = build_trainer(cell, cell_dir, model, tokenizer, train_pairs, heldout_pairs)
     checkpoint = last_checkpoint(cell_dir) if resume else None
-    say(cell, f"start: {cell['objective']} r={cell['rank']} on {trainer.args.device}, "
-              f"{len(train_pairs)} train / {len(heldout_pairs)} held-out pairs, "
-              f"{'resuming ' + checkpoint if checkpoint else 'from scratch'} "
-              f"(ready in {time.time() - started:.1f}s)")
+    say(
+        cell,
+        f"start: {cell['objective']} r={cell['rank']} on {trainer.args.device}, "
+        f"{len(train_pairs)} train / {len(heldout_pairs)} held-out pairs, "
+        f"{'resuming ' + checkpoint if checkpoint else 'from scratch'} "
+        f"(ready in {time.time() - started:.1f}s)",
+    )
     trainer.train(resume_from_checkpoint=checkpoint)
     if trainer.state.global_step % cell["train"]["eval_every"]:  # the last step was not evaluated yet
         trainer.evaluate()
@@ -73,12 +76,15 @@ def model_dtype(dtype: str) -> torch.dtype:
 
 
 def write_data_stats(cell_dir: Path, train_pairs, heldout_pairs, tokenizer) -> None:
-    rundir.write_json_atomic(cell_dir / rundir.DATA_FILE, {
-        "train_pairs": len(train_pairs),
-        "heldout_pairs": len(heldout_pairs),
-        "train": length_stats(train_pairs, tokenizer),
-        "heldout": length_stats(heldout_pairs, tokenizer),
-    })
+    rundir.write_json_atomic(
+        cell_dir / rundir.DATA_FILE,
+        {
+            "train_pairs": len(train_pairs),
+            "heldout_pairs": len(heldout_pairs),
+            "train": length_stats(train_pairs, tokenizer),
+            "heldout": length_stats(heldout_pairs, tokenizer),
+        },
+    )
 
 
 def build_trainer(cell, cell_dir: Path, model, tokenizer, train_pairs, heldout_pairs):
@@ -86,11 +92,15 @@ def build_trainer(cell, cell_dir: Path, model, tokenizer, train_pairs, heldout_p
     objective, params = cell["objective"], cell["objective_params"]
     common = training_args(cell, cell_dir, model.dtype)
     if objective == "dpo":
-        trainer_class, args = DPOPairTrainer, DPOConfig(
-            **common, beta=params["beta"], precompute_ref_log_probs=True)  # one reference pass, not one per step
+        trainer_class, args = (
+            DPOPairTrainer,
+            DPOConfig(**common, beta=params["beta"], precompute_ref_log_probs=True),
+        )  # one reference pass, not one per step
     elif objective == "simpo":
-        trainer_class, args = CPOPairTrainer, CPOConfig(
-            **common, loss_type="simpo", cpo_alpha=0.0, beta=params["beta"], simpo_gamma=params["gamma"])
+        trainer_class, args = (
+            CPOPairTrainer,
+            CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, beta=params["beta"], simpo_gamma=params["gamma"]),
+        )
     else:
         trainer_class, args = ORPOPairTrainer, ORPOConfig(**common, beta=params["beta"])
     trainer = trainer_class(
@@ -103,8 +113,10 @@ def build_trainer(cell, cell_dir: Path, model, tokenizer, train_pairs, heldout_p
         callbacks=[PrefwatchCallback(cell_dir / rundir.METRICS_FILE), ProgressPrinter(cell)],
     )
     if len(trainer.eval_dataset) != len(heldout_pairs):  # pair ids are positions: every pair must be scored
-        raise DataError(f"TRL dropped {len(heldout_pairs) - len(trainer.eval_dataset)} held-out pairs whose prompt "
-                        f"fills data.max_length={cell['data']['max_length']}; raise it or shorten those prompts")
+        raise DataError(
+            f"TRL dropped {len(heldout_pairs) - len(trainer.eval_dataset)} held-out pairs whose prompt "
+            f"fills data.max_length={cell['data']['max_length']}; raise it or shorten those prompts"
+        )
     trainer.remove_callback(PrinterCallback)  # prints raw dicts; ProgressPrinter prints one short line
     trainer.pair_log = PairLog(cell_dir / rundir.EVAL_PAIRS_FILE, len(heldout_pairs))
     return trainer

@@ -16,8 +16,13 @@ TINY_MODEL_NAME = "tiny"
 TINY_MODEL_VERSION = "tiny-model-v1"  # bump when the architecture or the tokenizer changes
 BUILD_SEED = 0
 
-MODEL_SHAPE = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2,
-               "num_attention_heads": 4, "num_key_value_heads": 4}
+MODEL_SHAPE = {
+    "hidden_size": 128,
+    "intermediate_size": 256,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+}
 
 PAD, EOS = "<pad>", "</s>"
 # Renders TRL's conversational data (lists of messages) as plain text; the tiny model has no real chat format.

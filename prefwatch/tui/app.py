@@ -27,12 +27,13 @@ from prefwatch import jobs
 from prefwatch.analysis import analyse
 from prefwatch.ingest.sources import GridSource, open_path
 from prefwatch.ingest.watch import Follower
+from prefwatch.textsafe import plain
 from prefwatch.tui.model import GridView, grid_view
 from prefwatch.tui.screens.cell import CellScreen
 from prefwatch.tui.screens.confirm import ConfirmScreen
 from prefwatch.tui.screens.grid import GridScreen
 from prefwatch.tui.screens.help import HelpScreen
-from prefwatch.tui.text import literal, printable
+from prefwatch.tui.text import literal
 from prefwatch.tui.widgets.cell_panel import CellPanel
 
 MODES = ("live", "replay")
@@ -97,7 +98,7 @@ class MonitorApp(App[int]):
     # ---- reading (background thread) -----------------------------------------------------------
 
     def on_mount(self) -> None:
-        self.sub_title = printable(str(self.source.root))
+        self.sub_title = plain(str(self.source.root))
         if self.mode == "live":
             self.set_interval(self.heartbeat, self._nudge)
         self._first_read()
@@ -131,7 +132,7 @@ class MonitorApp(App[int]):
                 view: GridView | None = grid_view(analyse(self.source))
                 self._error = None
             except Exception as exc:  # an analysis bug must not take the monitor down with it
-                self._error = printable(f"could not read the logs: {type(exc).__name__}: {exc}")
+                self._error = plain(f"could not read the logs: {type(exc).__name__}: {exc}")
                 view = None
             self._pace(time.perf_counter() - started)
             with self._mailbox_lock:
@@ -196,7 +197,7 @@ class MonitorApp(App[int]):
             self.notify("Only cells that prefwatch launched can be stopped from here.", severity="warning")
             return
         if not cell.stoppable:
-            self.notify(printable(f"{cell.id} has ended already ({cell.status})."), markup=False)
+            self.notify(plain(f"{cell.id} has ended already ({cell.status})."), markup=False)
             return
         question = Content("").join(
             [Content("Stop cell "), literal(cell.id, "bold"), Content(f"? It is {cell.status}; its job gets SIGTERM.")]
@@ -225,10 +226,10 @@ class MonitorApp(App[int]):
         try:
             stopped = jobs.request_stop(self.source.root, [cell_id])
         except (jobs.LaunchError, OSError) as exc:
-            self.call_from_thread(self.notify, printable(exc), severity="error", markup=False)
+            self.call_from_thread(self.notify, plain(exc), severity="error", markup=False)
             return
         text = "asked to stop" if stopped else "had ended already"
-        self.call_from_thread(self.notify, printable(f"{cell_id} {text}."), markup=False)
+        self.call_from_thread(self.notify, plain(f"{cell_id} {text}."), markup=False)
         if self.follower is not None:
             self.follower.nudge()
 

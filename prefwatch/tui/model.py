@@ -19,7 +19,7 @@ import numpy as np
 from prefwatch import jobs
 from prefwatch import metrics as m
 from prefwatch.analysis import CellAnalysis, GridAnalysis
-from prefwatch.diagnose import ERROR, WARN, heldout_accuracy_series
+from prefwatch.diagnose import ERROR, WARN, heldout_accuracy_series, heldout_margin_series
 
 # The curves of a cell panel, in display order: key, label.
 PANEL_CURVES: tuple[tuple[str, str], ...] = (
@@ -199,13 +199,8 @@ def cell_curves(cell: CellAnalysis) -> dict[str, Curve]:
 
 
 def heldout_margin_curve(cell: CellAnalysis) -> Curve:
-    """TRL's held-out ``rewards/margins``; per-pair results fill in when the evaluation logged none."""
-    evals, pairs = cell.source.series.eval, cell.source.pairs
-    margins = evals.column(m.MARGINS)
-    if np.isfinite(margins).any() or not pairs.steps:
-        return Curve(evals.steps, margins)
-    means = np.array([np.mean(c - r) for c, r in zip(pairs.chosen, pairs.rejected)])
-    return Curve(np.asarray(pairs.steps, dtype=float), means)
+    steps, margins = heldout_margin_series(cell.source.series, cell.source.pairs)
+    return Curve(np.asarray(steps, dtype=float), np.asarray(margins, dtype=float))
 
 
 def format_value(value: float | None, signed: bool = True) -> str:
@@ -223,7 +218,9 @@ def format_value(value: float | None, signed: bool = True) -> str:
     return f"{value:{sign}.1f}" if size >= 100 else f"{value:{sign}.3f}"
 
 
-def grid_positions(cells: list[CellView], objectives: list[str], ranks: list[Any]) -> tuple[dict[str, tuple[int, int]], int, int]:
+def grid_positions(
+    cells: list[CellView], objectives: list[str], ranks: list[Any]
+) -> tuple[dict[str, tuple[int, int]], int, int]:
     """(row, column) of each cell: objectives as rows, ranks (then seeds) as columns.
 
     Cells whose labels are unknown, or that collide on a position, take the next free column of

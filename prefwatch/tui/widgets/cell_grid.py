@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from textual.binding import Binding
 from textual.containers import ScrollableContainer
+from textual.widget import Widget
 from textual.widgets import Static
 
 from prefwatch.tui.model import GridView, grid_positions
@@ -49,7 +50,7 @@ class CellGrid(ScrollableContainer, can_focus=False, inherit_bindings=False):
         """Create the panels once, from the first view (the set of cells does not change)."""
         positions, self.rows, self.columns = grid_positions(grid.cells, grid.objectives, grid.ranks)
         by_position = {positions[c.id]: c for c in grid.cells}
-        widgets = []
+        widgets: list[Widget] = []
         for row in range(self.rows):
             for column in range(self.columns):
                 cell = by_position.get((row, column))

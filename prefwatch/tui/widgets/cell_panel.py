@@ -16,8 +16,9 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Static
 
+from prefwatch.textsafe import plain
 from prefwatch.tui.model import PANEL_CURVES, CellView, Curve, format_value
-from prefwatch.tui.text import literal, printable
+from prefwatch.tui.text import literal
 from prefwatch.tui.widgets.chart import draw_curves
 
 STATE_STYLES = {
@@ -58,7 +59,7 @@ class MetricRow(Widget):
     def __init__(self, key: str, label: str) -> None:
         super().__init__(classes=f"metric-{key}")
         self.key = key
-        self.label = printable(label)
+        self.label = plain(label)
         self.value_text = "–"
         self._curve: Curve | None = None
         self._x_range: tuple[float, float] = (0.0, 1.0)
@@ -98,7 +99,9 @@ class MetricRow(Widget):
         charts, _ = draw_curves(curves, self._x_range, y_range, chart_width, height, [curve_style], base)
         label_style = base + self.get_component_rich_style("metric-row--label", partial=True)
         nan = self.value_text == "nan"
-        value_style = base + self.get_component_rich_style("metric-row--nan" if nan else "metric-row--value", partial=True)
+        value_style = base + self.get_component_rich_style(
+            "metric-row--nan" if nan else "metric-row--value", partial=True
+        )
         first = Strip(
             [
                 Segment(self.label[: self.LABEL_WIDTH].ljust(self.LABEL_WIDTH), label_style),

@@ -89,7 +89,8 @@ class BrailleChart(Widget):
 
     def _draw(self, width: int, height: int) -> list[Strip]:
         styles = [
-            self.get_component_rich_style(f"braille-chart--curve-{i % 4}", partial=True) for i in range(len(self._curves))
+            self.get_component_rich_style(f"braille-chart--curve-{i % 4}", partial=True)
+            for i in range(len(self._curves))
         ]
         strips, self.drawn_range = draw_curves(
             self._curves, self._x_range, self._y_range, width, height, styles, self.rich_style

@@ -31,7 +31,11 @@ def summary_text(grid: GridView | None, source: str, message: str | None = None)
         return literal(message or "reading logs…", "$text-muted")
     counts = ", ".join(f"{n} {state}" for state, n in grid.counts().items())
     first = Content("").join(
-        [literal(grid.name, "bold"), literal(f"  {source}  ", "$text-muted"), literal(f"{len(grid.cells)} cells: {counts}")]
+        [
+            literal(grid.name, "bold"),
+            literal(f"  {source}  ", "$text-muted"),
+            literal(f"{len(grid.cells)} cells: {counts}"),
+        ]
     )
     verdict = [literal("verdict ", "$text-muted"), literal(grid.headline, "bold $text-accent")]
     if grid.reason:
