@@ -10,6 +10,7 @@ of what a view covers, so the view stays valid while the next poll appends.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,11 +176,20 @@ def cell_view(cell: CellAnalysis) -> CellView:
         managed=source.managed,
         curves=curves,
         findings=findings,
-        read_error=source.read_error,
+        read_error=short_error(source.read_error, source.directory),
         records=series.records,
         rejected=rejected,
         version=version,
     )
+
+
+def short_error(error: str | None, directory: Path) -> str | None:
+    """A read error as a panel can show it: paths inside the cell's folder by file name only,
+    so that the reason ("metrics.jsonl: Is a directory") fits a narrow panel."""
+    if error is None:
+        return None
+    prefix = f"{directory}{os.sep}"
+    return error.replace(prefix, "") if prefix in error else error
 
 
 def cell_curves(cell: CellAnalysis) -> dict[str, Curve]:

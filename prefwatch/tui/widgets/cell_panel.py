@@ -198,5 +198,6 @@ def status_line(cell: CellView) -> Content:
     if cell.seed is not None:
         parts.append(literal(f"  seed {cell.seed}", "$text-muted"))
     if cell.rejected:
-        parts.append(literal(f"  {cell.rejected} bad lines", "$text-warning"))
+        lines = "line" if cell.rejected == 1 else "lines"
+        parts.append(literal(f"  {cell.rejected} bad {lines}", "$text-warning"))
     return Content("").join(parts)
