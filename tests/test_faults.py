@@ -94,3 +94,23 @@ def test_kill_stop_resume_with_real_jobs(tmp_path: Path) -> None:
     assert resumed_cell.series.train.segments == 2 and stopped_at > 20
     steps = resumed_cell.series.train.steps
     assert list(steps) == sorted(steps) and steps[-1] == 60
+
+
+def test_everything_killed_reads_lost_then_resumes(tmp_path: Path) -> None:
+    """kill -9 of the supervisor and the job (a reboot, say): the cell reads lost, not running, and resumes."""
+    grid = write_grid(tmp_path, "reboot", steps=30)
+    text = grid.read_text().replace('objectives = ["dpo", "simpo"]', 'objectives = ["dpo"]')
+    grid.write_text(text.replace("ranks = [16, 8]", "ranks = [8]"))
+    assert prefwatch("launch", str(grid), "--detach", "--out", str(tmp_path / "runs")).returncode == 0
+    run_dir = tmp_path / "runs" / "reboot"
+    wait_for(lambda: last_step(run_dir, "dpo-r8") >= 3, 120, "dpo-r8 to log")
+    supervisor = json.loads((run_dir / "launch.lock").read_text())["pid"]
+    job = json.loads((run_dir / "cells" / "dpo-r8" / "status.json").read_text())["pgid"]
+    os.kill(supervisor, signal.SIGKILL)
+    os.killpg(job, signal.SIGKILL)
+    wait_for(lambda: status(run_dir, "dpo-r8").state == jobs.LOST, 5, "lost")
+    shown = prefwatch("status", str(run_dir))
+    assert "lost" in shown.stdout and "gone" in shown.stdout
+    resumed = prefwatch("launch", str(run_dir), "--resume", "--headless")
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert status(run_dir, "dpo-r8").state == jobs.FINISHED and last_step(run_dir, "dpo-r8") == 30
