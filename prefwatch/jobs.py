@@ -69,8 +69,11 @@ def create_run_dir(grid: Grid, out_root: Path) -> Path:
     return target
 
 
-def start_supervisor(run_dir: Path, resume: bool = False) -> int:
-    """Start the grid's supervisor detached: its own session, stdin closed, output to supervisor.log."""
+def start_supervisor(run_dir: Path, resume: bool = False, timeout: float = 15.0) -> int:
+    """Start the grid's supervisor detached (its own session, stdin closed, output to supervisor.log),
+    and return once it holds the run's lock: a supervisor that dies at start is an error here, not a
+    grid of cells queued forever."""
+    run_dir = run_dir.resolve()  # the supervisor runs in the run directory
     command = [sys.executable, "-m", "prefwatch.supervise", str(run_dir)]
     if resume:
         command.append("--resume")
@@ -84,6 +87,13 @@ def start_supervisor(run_dir: Path, resume: bool = False) -> int:
             close_fds=True,
             cwd=run_dir,
         )
+    deadline = time.monotonic() + timeout
+    while not supervisor_alive(run_dir):
+        if process.poll() is not None or time.monotonic() > deadline:
+            lines = (run_dir / SUPERVISOR_LOG).read_text(errors="replace").strip().splitlines()
+            reason = lines[-1] if lines else f"exit status {process.returncode}"
+            raise LaunchError(f"{run_dir / SUPERVISOR_LOG}: the supervisor did not start: {reason}")
+        time.sleep(0.02)
     return process.pid
 
 

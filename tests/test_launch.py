@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from prefwatch import jobs
 from prefwatch.analysis import analyse
 from prefwatch.ingest.sources import open_path
@@ -52,3 +54,41 @@ def test_headless_launch_trains_every_cell(tmp_path: Path) -> None:
     assert all(c.state == jobs.FINISHED for c in analysis.cells)
     assert all(c.diagnosis.review.heldout_pairs for c in analysis.cells)
     print(f"2x2 tiny grid, headless: {elapsed:.1f} s wall")
+
+
+def test_detached_launch_from_a_relative_out_dir(tmp_path: Path) -> None:
+    """The supervisor runs inside the run directory: a relative --out must still reach it."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prefwatch",
+            "launch",
+            str(ROOT / "examples" / "tiny-grid.toml"),
+            "--detach",
+            "--out",
+            "rel",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "rel" / "tiny-demo"
+    assert jobs.supervisor_alive(run_dir)
+    subprocess.run([sys.executable, "-m", "prefwatch", "stop", str(run_dir), "--grace", "2"], check=True, timeout=60)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and jobs.supervisor_alive(run_dir):
+        time.sleep(0.1)
+    states = {p.name: jobs.read_status(p).state for p in (run_dir / "cells").iterdir()}
+    assert set(states.values()) == {jobs.STOPPED}, states
+
+
+def test_a_supervisor_that_cannot_start_is_a_launch_error(tmp_path: Path) -> None:
+    from prefwatch.grid import load_grid
+
+    run_dir = jobs.create_run_dir(load_grid(ROOT / "examples" / "tiny-grid.toml"), tmp_path)
+    (run_dir / "launch.lock").mkdir()  # the supervisor cannot take its lock
+    with pytest.raises(jobs.LaunchError, match="the supervisor did not start: IsADirectoryError"):
+        jobs.start_supervisor(run_dir)
