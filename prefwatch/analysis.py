@@ -88,16 +88,17 @@ def analyse(
             t=thresholds,
         )
         cells.append(CellAnalysis(source, status, diagnosis))
-    results = [
-        CellResult(
-            c.source.id,
-            c.source.objective,
-            c.source.rank,
-            c.source.seed,
-            finished=c.status.state == jobs.FINISHED,
-            diagnosis=c.diagnosis,
-            wins=c.source.pairs.wins(),
-        )
-        for c in cells
-    ]
-    return GridAnalysis(grid, cells, decide(results))
+    return GridAnalysis(grid, cells, decide([cell_result(c) for c in cells]))
+
+
+def cell_result(cell: CellAnalysis) -> CellResult:
+    """What the verdict needs of an analysed cell."""
+    return CellResult(
+        cell.source.id,
+        cell.source.objective,
+        cell.source.rank,
+        cell.source.seed,
+        finished=cell.status.state == jobs.FINISHED,
+        diagnosis=cell.diagnosis,
+        wins=cell.source.pairs.wins(),
+    )
