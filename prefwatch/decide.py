@@ -27,6 +27,8 @@ from prefwatch.diagnose import Diagnosis
 RANK_TOLERANCE_PAIRS = 1
 SIGNIFICANCE = 0.05
 UNSTABLE_KINDS = frozenset({"non_finite"})
+# Loss spikes that make a cell unstable (a single spike can be one odd batch).
+UNSTABLE_SPIKES = 3
 
 
 @dataclass
@@ -153,7 +155,10 @@ def _best(cells: list[CellResult]) -> CellResult:
 
 
 def _unstable(cells: list[CellResult]) -> bool:
-    return bool(cells) and all(c.diagnosis.has(*UNSTABLE_KINDS) for c in cells)
+    """Every cell of an objective diverged: non-finite values or repeated loss spikes."""
+    return bool(cells) and all(
+        c.diagnosis.has(*UNSTABLE_KINDS) or c.diagnosis.review.loss_spikes >= UNSTABLE_SPIKES for c in cells
+    )
 
 
 def _choose_objective(by_objective: dict[str, list[CellResult]], verdict: Verdict) -> tuple[str, bool]:
@@ -163,7 +168,9 @@ def _choose_objective(by_objective: dict[str, list[CellResult]], verdict: Verdic
         verdict.reasons.append(f"only {only} cells to compare: the objective is not in question")
         return only, True
     if _unstable(dpo) and _unstable(simpo):
-        verdict.reasons.append("both DPO and SimPO produced non-finite values: try ORPO, or lower the learning rate")
+        verdict.reasons.append(
+            "both DPO and SimPO are unstable (non-finite values or loss spikes): try ORPO, or lower the learning rate"
+        )
         return "orpo", False
     best_dpo, best_simpo = _best(dpo), _best(simpo)
     more = (best_simpo.pairs_won or 0) - (best_dpo.pairs_won or 0)

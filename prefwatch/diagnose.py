@@ -45,6 +45,10 @@ class Thresholds:
     stall_min_seconds: float = 60.0
     # Brevity: chosen answers shorter than rejected ones in at least this share of pairs.
     brevity_share: float = 0.6
+    # A loss spike: a train loss this many robust deviations (MAD) above the median of the previous
+    # spike_window rows. Noise in a healthy run stays within ~5; divergence jumps far beyond.
+    spike_deviations: float = 10.0
+    spike_window: int = 20
 
 
 DEFAULT = Thresholds()
@@ -82,6 +86,7 @@ class Review:
     peak_heldout_accuracy: float | None = None
     peak_heldout_step: int | None = None
     evaluations: int = 0
+    loss_spikes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {k: _json_number(v) for k, v in asdict(self).items()}
@@ -188,6 +193,7 @@ def review(
         peak_heldout_accuracy=peak_accuracy,
         peak_heldout_step=peak_step,
         evaluations=len(steps),
+        loss_spikes=count_loss_spikes(train.column(m.LOSS), t),
     )
 
 
@@ -243,6 +249,18 @@ def _pairs_won(
     if last is None or total is None:
         return None, total, source if total is not None else None
     return int(round(last * total)), total, source
+
+
+def count_loss_spikes(loss: np.ndarray, t: Thresholds = DEFAULT) -> int:
+    """Train-loss rows far above the recent median (robust to the loss's own noise)."""
+    finite = loss[np.isfinite(loss)]
+    if len(finite) <= t.spike_window:
+        return 0
+    windows = np.lib.stride_tricks.sliding_window_view(finite[:-1], t.spike_window)
+    median = np.median(windows, axis=1)
+    mad = np.median(np.abs(windows - median[:, None]), axis=1)
+    scale = np.maximum(mad * 1.4826, 1e-3 * np.maximum(np.abs(median), 1e-6))
+    return int(np.sum(finite[t.spike_window :] > median + t.spike_deviations * scale))
 
 
 # ---- Findings --------------------------------------------------------------------------------

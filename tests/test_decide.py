@@ -122,3 +122,18 @@ def test_no_evaluation_yet() -> None:
     result.diagnosis.review.__dict__["heldout_pairs_won"] = None
     verdict = decide([result])
     assert verdict.objective is None and not verdict.decisive
+
+
+def test_both_objectives_unstable_suggests_orpo() -> None:
+    def spiky(cell_id: str) -> CellResult:
+        objective, rank = cell_id.split("-")[0], int(cell_id.split("-r")[1])
+        series = run(loss=lambda s: 50.0 if s % 15 == 0 else 0.5 + 0.01 * (s % 3))
+        curve = lambda s: 0.5 + 0.002 * s  # noqa: E731
+        pairs = pairs_won(60, curve)
+        return CellResult(cell_id, objective, rank, None, True, diagnose(series, pairs), pairs.wins())
+
+    verdict = decide([spiky("dpo-r8"), spiky("simpo-r8")])
+    assert verdict.objective == "orpo" and not verdict.decisive
+    assert "unstable" in verdict.reasons[0]
+    steady = decide([cell("dpo-r8", 60), cell("simpo-r8", 60)])
+    assert steady.objective == "dpo"

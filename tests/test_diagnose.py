@@ -141,3 +141,13 @@ def test_review_splits_train_and_eval_and_reads_trl_keys() -> None:
     assert r.train_margin_late == pytest.approx(np.mean(np.arange(51, 101) * 0.01))
     assert r.heldout_accuracy == pytest.approx(peaked(100))
     assert r.peak_heldout_step == 30 and r.evaluations == 10
+
+
+def test_loss_spikes_are_counted_robustly() -> None:
+    from prefwatch.diagnose import count_loss_spikes
+
+    rng = np.random.default_rng(0)
+    noisy = 0.5 + 0.05 * rng.standard_normal(200)
+    assert count_loss_spikes(noisy) == 0
+    noisy[[50, 120, 180]] = 9.0
+    assert count_loss_spikes(noisy) == 3
