@@ -41,6 +41,28 @@ def write(path: Path, lines: int, seed: int = 0) -> Path:
     return path
 
 
+def write_events(folder: Path, scalars: int, seed: int = 0) -> Path:
+    """A TensorBoard event file as TRL's TensorBoardCallback writes it (``train/`` tags, an
+    ``eval/`` group every 100 steps), holding about ``scalars`` scalar points; needs tensorboard."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = SummaryWriter(str(folder), flush_secs=3600, max_queue=100_000)
+    written, step = 0, 0
+    while written < scalars:
+        step += 1
+        for key in TRAIN_KEYS:
+            writer.add_scalar(f"train/{key}", rng.random(), step)
+        written += len(TRAIN_KEYS)
+        if step % 100 == 0:
+            for key in ("loss", "rewards/accuracies", "rewards/margins"):
+                writer.add_scalar(f"eval/{key}", rng.random(), step)
+            written += 3
+    writer.close()
+    return next(folder.glob("events.out.tfevents.*"))
+
+
 if __name__ == "__main__":
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/prefwatch-bench/metrics.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)

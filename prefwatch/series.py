@@ -75,6 +75,15 @@ class SplitSeries:
                 column[row] = np.nan
         self._length += 1
 
+    def update_last(self, values: dict[str, float]) -> None:
+        """Set metrics of the last row (the rest of a row whose first values came earlier)."""
+        row = self._length - 1
+        for name, value in values.items():
+            column = self._columns.get(name)
+            if column is None:
+                column = self._columns[name] = np.full(self._capacity, np.nan)
+            column[row] = value
+
     def extend(self, steps: np.ndarray, times: np.ndarray, values: dict[str, np.ndarray]) -> None:
         """Add many rows at once; steps must not go below the last row's (the caller checks)."""
         n = len(steps)

@@ -1,5 +1,6 @@
 """Turn whatever path a user gives into cells to read: a prefwatch run directory, one cell, a
-metrics.jsonl, a TRL output_dir (trainer_state.json), or a folder holding several of those.
+metrics.jsonl, a TRL output_dir (trainer_state.json, or TensorBoard event files under runs/), or a
+folder holding several of those.
 
 Each cell is a CellSource: it owns the readers of its files and the series built from them, and
 ``poll()`` brings them up to date with what is on disk now.
@@ -18,6 +19,7 @@ import numpy as np
 from prefwatch import jobs, rundir
 from prefwatch.ingest.columnar import ColumnarDecoder, add_blocks
 from prefwatch.ingest.tail import TailReader, decode_line
+from prefwatch.ingest.tensorboard import EVENT_FILE_PREFIX, EventFileReader, add_scalars, event_files
 from prefwatch.series import CellSeries
 
 OBJECTIVE_TOKENS = {"dpo": "dpo", "simpo": "simpo", "cpo": "simpo", "orpo": "orpo"}
@@ -85,12 +87,14 @@ class CellSource:
     data_stats: dict[str, Any] | None = None
     metrics_path: Path | None = None
     trainer_state_dir: Path | None = None
+    event_dir: Path | None = None  # TensorBoard event files in it or in its runs/*
     managed: bool = False  # started by prefwatch: has status.json and a supervisor
     _metrics_reader: TailReader | None = None
     _columnar: ColumnarDecoder = field(default_factory=ColumnarDecoder)
     _pairs_reader: TailReader | None = None
     _state_seen: tuple[Path, int, int] | None = None
     _history_used: int = 0
+    _event_readers: dict[Path, EventFileReader] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.metrics_path is not None:
@@ -113,11 +117,21 @@ class CellSource:
         return None
 
     def watched_paths(self) -> list[Path]:
-        return [self.directory]
+        if self.event_dir is None:
+            return [self.directory]
+        runs = self.event_dir / "runs"
+        folders = [self.directory, *([runs] if runs.is_dir() else []), *(f.parent for f in event_files(self.event_dir))]
+        return list(dict.fromkeys(folders))
 
     def poll(self) -> bool:
         """Read what was appended since the last poll; True when anything changed."""
-        changed = self._poll_metrics() if self._metrics_reader else self._poll_trainer_state()
+        if self._metrics_reader:
+            changed = self._poll_metrics()
+        elif self.event_dir is not None:
+            changed = self._poll_events()
+            self._poll_trainer_state(history=False)
+        else:
+            changed = self._poll_trainer_state()
         changed |= self._poll_pairs()
         if self.data_stats is None:
             self.data_stats = rundir.read_json(self.directory / rundir.DATA_FILE)
@@ -140,6 +154,24 @@ class CellSource:
     def _reset_series(self) -> None:
         self.series = CellSeries()
 
+    def _poll_events(self) -> bool:
+        """Read the scalars appended to the run's event files, oldest file first."""
+        assert self.event_dir is not None
+        for path in event_files(self.event_dir):
+            self._event_readers.setdefault(path, EventFileReader(path))
+        changed = False
+        polled = [(reader, *reader.poll()) for reader in self._event_readers.values()]
+        if any(restarted for _, _, restarted in polled):
+            # A file was truncated or replaced: what was built from it is void; read everything again.
+            self._reset_series()
+            self._event_readers = {path: EventFileReader(path) for path in self._event_readers}
+            polled = [(reader, *reader.poll()) for reader in self._event_readers.values()]
+            changed = True
+        for _, scalars, _ in polled:
+            add_scalars(self.series, scalars)
+            changed |= bool(len(scalars) or scalars.rejected)
+        return changed
+
     def _poll_pairs(self) -> bool:
         assert self._pairs_reader is not None
         batch = self._pairs_reader.poll()
@@ -150,8 +182,9 @@ class CellSource:
                 self.series.rejected["bad eval_pairs line"] += 1
         return bool(batch.records)
 
-    def _poll_trainer_state(self) -> bool:
-        """Re-read the newest trainer_state.json when it changes; add only history not yet seen."""
+    def _poll_trainer_state(self, history: bool = True) -> bool:
+        """Re-read the newest trainer_state.json when it changes; add only history not yet seen.
+        With ``history=False`` (the metrics come from elsewhere) only max_steps is taken."""
         path = newest_trainer_state(self.trainer_state_dir or self.directory)
         if path is None:
             return False
@@ -163,15 +196,20 @@ class CellSource:
             state = decode_line(path.read_bytes())
         except OSError:
             return False
+        if not history:
+            self._state_seen = seen
+            if isinstance(state, dict) and isinstance(state.get("max_steps"), int):
+                self.info["train"] = {"max_steps": state["max_steps"]}
+            return False
         if not isinstance(state, dict) or not isinstance(state.get("log_history"), list):
             self.series.rejected["trainer_state without log_history"] += 1
             return False
-        history = state["log_history"]
+        log_history = state["log_history"]
         self._state_seen = seen
-        if len(history) < self._history_used:
+        if len(log_history) < self._history_used:
             self.series, self._history_used = CellSeries(), 0
-        self.series.add_all(history[self._history_used :])
-        self._history_used = len(history)
+        self.series.add_all(log_history[self._history_used :])
+        self._history_used = len(log_history)
         max_steps, step = state.get("max_steps"), state.get("global_step")
         if isinstance(max_steps, int) and "train" not in self.info:
             self.info["train"] = {"max_steps": max_steps}
@@ -194,6 +232,8 @@ class CellSource:
 
     def _recently_written(self) -> bool:
         log = self.metrics_path or newest_trainer_state(self.trainer_state_dir or self.directory)
+        if self.event_dir is not None:
+            log = next(iter(reversed(event_files(self.event_dir))), log)
         try:
             return log is not None and time.time() - log.stat().st_mtime < IDLE_AFTER_SECONDS
         except OSError:
@@ -235,14 +275,28 @@ def _ordered(values: Any) -> list[Any]:
     return seen
 
 
-def open_path(path: Path | str, labels: dict[str, tuple[str | None, int | None]] | None = None) -> GridSource:
-    """Recognise what a path holds and build its cells (nothing is read yet: call poll())."""
-    path = Path(path)
+Labels = dict[str, tuple[str | None, int | None]]
+
+
+def open_path(path: Path | str, labels: Labels | None = None) -> GridSource:
+    """Recognise what a path holds and build its cells (nothing is read yet: call poll()).
+
+    ``labels`` gives cells their objective and LoRA rank by cell name (the folder's name) where
+    neither the name nor adapter_config.json says; a part given as None is left as found.
+    """
+    grid = _open(Path(path))
+    _apply_labels(grid, labels or {})
+    return grid
+
+
+def _open(path: Path) -> GridSource:
     if not path.exists():
         raise SourceError(f"{path}: no such file or folder")
     if path.is_file():
         if path.name == TRAINER_STATE:
             return GridSource(path.parent.name, path.parent, [_trl_cell(path.parent)])
+        if path.name.startswith(EVENT_FILE_PREFIX):
+            return GridSource(path.parent.name, path.parent, [_tb_cell(path.parent)])
         return GridSource(path.stem, path.parent, [_jsonl_cell(path.parent, path)])
     if rundir.is_grid_dir(path):
         cells = [_prefwatch_cell(d) for d in rundir.cell_dirs(path)]
@@ -252,11 +306,52 @@ def open_path(path: Path | str, labels: dict[str, tuple[str | None, int | None]]
         return GridSource(path.name, path.parent, [single])
     cells = [c for c in (_cell_at(d) for d in sorted(path.iterdir()) if d.is_dir()) if c is not None]
     if not cells:
-        raise SourceError(f"{path}: no logs found (looked for a run directory, metrics.jsonl and trainer_state.json)")
-    for cell in cells:
-        if labels and cell.id in labels:
-            cell.objective, cell.rank = labels[cell.id]
+        raise SourceError(
+            f"{path}: no logs found (looked for a run directory, metrics.jsonl, trainer_state.json"
+            " and TensorBoard event files)"
+        )
     return GridSource(path.name, path, cells)
+
+
+def _apply_labels(grid: GridSource, labels: Labels) -> None:
+    unknown = [name for name in labels if not any(name in (c.id, str(c.directory)) for c in grid.cells)]
+    if unknown:
+        names = ", ".join(c.id for c in grid.cells)
+        raise SourceError(f"label for {', '.join(unknown)}: no such cell (cells: {names})")
+    for cell in grid.cells:
+        label = labels.get(cell.id) or labels.get(str(cell.directory))
+        if label is None:
+            continue
+        objective, rank = label
+        cell.objective = objective if objective is not None else cell.objective
+        cell.rank = rank if rank is not None else cell.rank
+
+
+def parse_label(text: str) -> tuple[str, tuple[str | None, int | None]]:
+    """Parse ``NAME=OBJECTIVE:RANK`` (``NAME=OBJECTIVE`` and ``NAME=:RANK`` too) for open_path's labels.
+
+    >>> parse_label("run-a=dpo:16")
+    ('run-a', ('dpo', 16))
+    """
+    name, sep, value = text.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise SourceError(f"label {text!r}: expected NAME=OBJECTIVE:RANK, e.g. run-a=dpo:16")
+    objective_text, _, rank_text = value.strip().partition(":")
+    objective = None
+    if objective_text.strip():
+        objective = OBJECTIVE_TOKENS.get(objective_text.strip().lower())
+        if objective is None:
+            known = ", ".join(sorted(OBJECTIVE_TOKENS))
+            raise SourceError(f"label {text!r}: unknown objective {objective_text.strip()!r} (one of {known})")
+    rank = None
+    if rank_text.strip():
+        if not rank_text.strip().isdigit() or int(rank_text) <= 0:
+            raise SourceError(f"label {text!r}: the rank must be a positive whole number, not {rank_text.strip()!r}")
+        rank = int(rank_text)
+    if objective is None and rank is None:
+        raise SourceError(f"label {text!r}: give an objective, a rank or both, e.g. run-a=dpo:16")
+    return name, (objective, rank)
 
 
 def _cell_at(path: Path) -> CellSource | None:
@@ -264,6 +359,8 @@ def _cell_at(path: Path) -> CellSource | None:
         return _prefwatch_cell(path)
     if (path / rundir.METRICS_FILE).is_file():
         return _jsonl_cell(path, path / rundir.METRICS_FILE)
+    if event_files(path):
+        return _tb_cell(path)
     if newest_trainer_state(path) is not None:
         return _trl_cell(path)
     return None
@@ -292,6 +389,13 @@ def _jsonl_cell(directory: Path, metrics_path: Path) -> CellSource:
 def _trl_cell(path: Path) -> CellSource:
     objective, rank = guess_labels(path)
     return CellSource(path.name, path, objective, rank, trainer_state_dir=path)
+
+
+def _tb_cell(path: Path) -> CellSource:
+    """A TRL output_dir written with report_to="tensorboard" (or a bare logging dir): the event
+    files are live (flushed at every log), trainer_state.json only at checkpoints."""
+    objective, rank = guess_labels(path)
+    return CellSource(path.name, path, objective, rank, trainer_state_dir=path, event_dir=path)
 
 
 def newest_trainer_state(path: Path) -> Path | None:

@@ -1,0 +1,553 @@
+"""Read scalar summaries from TensorBoard event files, growing or finished, without TensorBoard.
+
+An event file (``events.out.tfevents.*``, what TRL writes with ``report_to="tensorboard"``) is a
+TFRecord stream: each record is ``uint64 length, uint32 masked crc, data, uint32 masked crc``, the
+data an ``Event`` protobuf. Only a few fields matter here, so they are parsed by hand:
+
+    Event:   wall_time (1, double), step (2, int64), summary (5)
+    Summary: value (1, repeated)
+    Value:   tag (1, string), simple_value (2, float), tensor (8)
+    Tensor:  dtype (1), tensor_content (4), float_val (5), double_val (6)
+
+The reader keeps a byte offset like the tail reader: a record not yet written whole is left for
+the next poll, and a file that shrinks or is replaced is read again from the start.
+
+Speed: a file of a million scalars is framed and decoded in numpy. Records are found from their
+headers (a length whose high bytes are zero and an Event starting with its wall_time field) and
+kept only if they chain exactly from the first to the last; the common scalar layout written by
+PyTorch's SummaryWriter (and tensorboardX) is then decoded column-wise. Anything else — another
+layout, a record the chain check refuses — goes through the exact record-by-record parser.
+The CRCs are not checked (CRC32C is not in the standard library); a damaged record is skipped and
+counted when its protobuf does not parse.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import struct
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prefwatch import metrics
+from prefwatch.series import CellSeries
+
+EVENT_FILE_PREFIX = "events.out.tfevents."
+_HEADER = 12  # uint64 length + uint32 crc
+_FOOTER = 4
+_MAX_RECORD = 1 << 28
+_CHUNK_BYTES = 1 << 26
+_FLOAT_DTYPES = {1: "<f4", 2: "<f8", 19: "<f2"}  # DT_FLOAT, DT_DOUBLE, DT_HALF
+
+
+@dataclass
+class Scalars:
+    """Scalar points in file order: tag index, step, wall time and value per point."""
+
+    tags: list[str] = field(default_factory=list)
+    tag_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    steps: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    walls: np.ndarray = field(default_factory=lambda: np.empty(0))
+    values: np.ndarray = field(default_factory=lambda: np.empty(0))
+    rejected: Counter[str] = field(default_factory=Counter)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+def event_files(path: Path) -> list[Path]:
+    """The event files of one run, oldest first: in ``path``, in ``path/runs/*`` (TRL's default
+    logging_dir) and, for a folder named ``runs`` itself, in its sub-folders."""
+    folders = [path, *sorted(p for p in path.glob("runs/*") if p.is_dir())]
+    if path.name == "runs":
+        folders += sorted(p for p in path.iterdir() if p.is_dir())
+    found = [f for folder in folders for f in folder.glob(f"{EVENT_FILE_PREFIX}*") if f.is_file()]
+    return sorted(found, key=_file_order)
+
+
+def _file_order(path: Path) -> tuple[int, str]:
+    # events.out.tfevents.<unix time>.<host>[.<pid>.<n>]: the time orders a resumed run's files.
+    match = re.match(re.escape(EVENT_FILE_PREFIX) + r"(\d+)", path.name)
+    return (int(match.group(1)) if match else 0, str(path))
+
+
+class EventFileReader:
+    """Reads the scalar points appended to one event file since the last call."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._offset = 0
+        self._inode: tuple[int, int] | None = None
+        self._partial = b""
+        self.missing = False
+        self.error: str | None = None
+
+    def poll(self) -> tuple[Scalars, bool]:
+        """Scalars appended since the last poll, and whether the file restarted (truncated or replaced) first."""
+        restarted = False
+        pieces: list[Scalars] = []
+        try:
+            with open(self.path, "rb") as f:
+                stat = os.fstat(f.fileno())
+                inode = (stat.st_dev, stat.st_ino)
+                if self._inode is not None and (inode != self._inode or stat.st_size < self._offset):
+                    self._offset, self._partial, restarted = 0, b"", True
+                self._inode = inode
+                self.missing, self.error = False, None
+                if stat.st_size > self._offset:
+                    f.seek(self._offset)
+                    while chunk := f.read(_CHUNK_BYTES):
+                        self._offset += len(chunk)
+                        data = self._partial + chunk if self._partial else chunk
+                        scalars, used = decode_records(data)
+                        self._partial = data[used:]
+                        pieces.append(scalars)
+        except FileNotFoundError:
+            if self._inode is not None:
+                self.missing = True
+        except OSError as exc:
+            self.error = f"{self.path}: {exc.strerror or exc}"
+        return concat(pieces), restarted
+
+
+def concat(pieces: list[Scalars]) -> Scalars:
+    pieces = [p for p in pieces if len(p) or p.rejected]
+    if len(pieces) == 1:
+        return pieces[0]
+    out = Scalars()
+    index: dict[str, int] = {}
+    ids = []
+    for piece in pieces:
+        remap = np.array([index.setdefault(tag, len(index)) for tag in piece.tags] or [0], dtype=np.int64)
+        ids.append(remap[piece.tag_ids])
+        out.rejected.update(piece.rejected)
+    out.tags = list(index)
+    if pieces:
+        out.tag_ids = np.concatenate(ids)
+        out.steps = np.concatenate([p.steps for p in pieces])
+        out.walls = np.concatenate([p.walls for p in pieces])
+        out.values = np.concatenate([p.values for p in pieces])
+    return out
+
+
+def decode_records(data: bytes) -> tuple[Scalars, int]:
+    """The scalars of the complete records at the start of ``data``, and how many bytes they span."""
+    starts = _frame_fast(data)
+    if starts is None:
+        starts = _frame_exact(data)
+    if not len(starts):
+        return Scalars(), 0
+    buf = np.frombuffer(data, dtype=np.uint8)
+    lengths = _u32(buf, starts)
+    used = int(starts[-1] + _HEADER + lengths[-1] + _FOOTER)
+    return _decode_events(data, buf, starts + _HEADER, lengths), used
+
+
+def _gather(buf: np.ndarray, at: np.ndarray, width: int) -> np.ndarray:
+    """The ``width`` bytes at each of ``at`` as rows (one gather of rows of a sliding-window view);
+    zero bytes past the end of ``buf``."""
+    if len(buf) < width:
+        buf = np.concatenate([buf, np.zeros(width - len(buf), dtype=np.uint8)])
+    windows = np.lib.stride_tricks.sliding_window_view(buf, width)
+    last = len(windows) - 1
+    rows = windows[np.minimum(at, last)]
+    over = at > last
+    if over.any():
+        tail = np.concatenate([buf[last:], np.zeros(width, dtype=np.uint8)])
+        shift = (at[over] - last)[:, None] + np.arange(width)
+        rows[over] = tail[np.minimum(shift, len(tail) - 1)]
+    return rows
+
+
+def _u32(buf: np.ndarray, at: np.ndarray) -> np.ndarray:
+    return _gather(buf, at, 4).view("<u4").ravel().astype(np.int64)
+
+
+def _frame_fast(data: bytes) -> np.ndarray | None:
+    """Record starts found from their headers and checked to chain exactly; None when in doubt."""
+    n = len(data)
+    if n < _HEADER + 1:
+        return np.empty(0, dtype=np.int64)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    # An Event begins with wall_time (field 1, fixed64: tag byte 0x09), 12 bytes after the record start.
+    cand = np.flatnonzero(buf[_HEADER:] == 0x09)
+    cand = cand[cand + _HEADER + 1 <= n]
+    cand = cand[_gather(buf, cand, 8).view("<u8").ravel() < _MAX_RECORD]
+    if not len(cand) or cand[0] != 0:
+        return None
+    ends = cand + _HEADER + _u32(buf, cand) + _FOOTER
+    is_start = np.zeros(n + 1, dtype=bool)
+    is_start[cand] = True
+    chained = is_start[np.minimum(ends, n)] & (ends < n)
+    # Keep the first record and every one another candidate points at; then it must be one chain.
+    keep = np.zeros(n + 1, dtype=bool)
+    keep[0] = True
+    keep[ends[chained]] = True
+    starts = cand[keep[cand]]
+    ends = cand[keep[cand]] + _HEADER + _u32(buf, starts) + _FOOTER
+    if len(starts) > 1 and not np.array_equal(ends[:-1], starts[1:]):
+        return None
+    complete = ends <= n
+    if not complete[-1]:
+        starts, ends = starts[:-1], ends[:-1]
+    rest = int(ends[-1]) if len(ends) else 0
+    if _complete_record_at(data, rest):
+        return None  # a whole record the headers did not find: let the exact framing take it
+    return starts
+
+
+def _complete_record_at(data: bytes, at: int) -> bool:
+    if len(data) - at < _HEADER:
+        return False
+    (length,) = struct.unpack_from("<Q", data, at)
+    return length > _MAX_RECORD or at + _HEADER + length + _FOOTER <= len(data)
+
+
+def _frame_exact(data: bytes) -> np.ndarray:
+    starts = []
+    at, n = 0, len(data)
+    unpack = struct.unpack_from
+    while n - at >= _HEADER:
+        (length,) = unpack("<Q", data, at)
+        if length > _MAX_RECORD:
+            break  # not a record header: the rest of this buffer cannot be framed
+        end = at + _HEADER + length + _FOOTER
+        if end > n:
+            break
+        starts.append(at)
+        at = end
+    return np.array(starts, dtype=np.int64)
+
+
+def _decode_events(data: bytes, buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> Scalars:
+    """Decode Events at ``starts`` (data offsets): the common scalar layout column-wise, the rest exactly."""
+    fast, parsed = _decode_simple(buf, starts, lengths)
+    slow = np.flatnonzero(~fast)
+    tag_ids, steps, walls, values, order = [parsed[0]], [parsed[1]], [parsed[2]], [parsed[3]], [np.flatnonzero(fast)]
+    tags = list(parsed[4])
+    index = {tag: i for i, tag in enumerate(tags)}
+    rejected: Counter[str] = Counter()
+    extra: list[tuple[int, int, int, float, float]] = []
+    for record in slow.tolist():
+        start = int(starts[record])
+        try:
+            event = _parse_event(data, start, start + int(lengths[record]))
+        except ValueError:
+            rejected["bad event record"] += 1
+            continue
+        for tag, step, wall, value in event:
+            extra.append((record, index.setdefault(tag, len(index)), step, wall, value))
+    tags = list(index)
+    if extra:
+        columns = list(zip(*extra))
+        order.append(np.array(columns[0], dtype=np.int64))
+        tag_ids.append(np.array(columns[1], dtype=np.int64))
+        steps.append(np.array(columns[2], dtype=np.int64))
+        walls.append(np.array(columns[3], dtype=float))
+        values.append(np.array(columns[4], dtype=float))
+    out = Scalars(tags=tags, rejected=rejected)
+    if len(order) == 1:
+        out.tag_ids, out.steps, out.walls, out.values = tag_ids[0], steps[0], walls[0], values[0]
+        return out
+    sort = np.argsort(np.concatenate(order), kind="stable")
+    out.tag_ids = np.concatenate(tag_ids)[sort]
+    out.steps = np.concatenate(steps)[sort]
+    out.walls = np.concatenate(walls)[sort]
+    out.values = np.concatenate(values)[sort]
+    return out
+
+
+def _varints(buf: np.ndarray, at: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Varints at ``at`` of at most ``limit`` bytes each: (value, size); size 0 where longer.
+
+    Byte by byte, each round only over the varints not yet ended (most take one or two bytes)."""
+    last_byte = len(buf) - 1
+    first = buf[at]
+    value = (first & 0x7F).astype(np.uint64)
+    size = np.ones(len(at), dtype=np.int64)
+    going = np.flatnonzero(first >= 0x80)
+    k = 1
+    while len(going) and k < limit:
+        byte = buf[np.minimum(at[going] + k, last_byte)]
+        value[going] |= (byte & 0x7F).astype(np.uint64) << np.uint64(7 * k)
+        size[going] += 1
+        going = going[byte >= 0x80]
+        k += 1
+    size[going] = 0
+    return value.view(np.int64), size
+
+
+def _decode_simple(
+    buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]]:
+    """Decode Events laid out exactly as ``wall_time, step, summary{value{tag, simple_value}}``.
+
+    Returns which records matched and, for those, (tag ids, steps, wall times, values, tags).
+    """
+    n = len(starts)
+    no_tags: list[str] = []
+    empty = (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0), np.empty(0), no_tags)
+    if not n:
+        return np.zeros(0, dtype=bool), empty
+    ends = starts + lengths
+    # wall_time (0x09 + 8 bytes), then step (0x10 + varint)
+    head = _gather(buf, starts, 10)
+    ok = (lengths >= 22) & (head[:, 0] == 0x09) & (head[:, 9] == 0x10)
+    step, step_size = _varints(buf, starts + 10, 10)
+    ok &= step_size > 0
+    # summary (0x2a), its one value (0x0a), the value's tag (0x0a), each with a one-byte length,
+    # then the tag, then simple_value (0x15 + float): the lengths follow from where the record ends.
+    at = starts + 10 + step_size
+    tag_at = at + 6
+    tag_len = ends - 5 - tag_at
+    ok &= (tag_len >= 0) & (tag_len + 9 < 128)
+    nested = _gather(buf, at, 6).astype(np.int64)
+    ok &= (nested[:, 0] == 0x2A) & (nested[:, 2] == 0x0A) & (nested[:, 4] == 0x0A)
+    ok &= (nested[:, 1] == tag_len + 9) & (nested[:, 3] == tag_len + 7) & (nested[:, 5] == tag_len)
+    tail = _gather(buf, ends - 5, 5)
+    ok &= tail[:, 0] == 0x15
+    if not ok.any():
+        return ok, empty
+    good = np.flatnonzero(ok)
+    walls = np.ascontiguousarray(head[good, 1:9]).view("<f8").ravel()
+    values = np.ascontiguousarray(tail[good, 1:5]).view("<f4").ravel().astype(float)
+    try:
+        tag_ids, tags = _tag_ids(buf, tag_at[good], tag_len[good])
+    except _Collision:
+        return np.zeros(n, dtype=bool), empty
+    return ok, (tag_ids, step[good], walls, values, tags)
+
+
+def _tag_ids(buf: np.ndarray, at: np.ndarray, length: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Number the distinct tags (byte strings at ``at`` of ``length``) in order of first appearance.
+
+    A tag is read as little-endian words; its key is the words and the length. The distinct keys are
+    found on the first rows (a log repeats the same few tags), the rest looked up among them.
+    """
+    words = _tag_words(buf, at, length)
+    key = length.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    for i, word in enumerate(words):
+        key = (key ^ word) * np.uint64(0xBF58476D1CE4E5B9 + 2 * i)
+    n = len(key)
+    table = np.empty(0, dtype=np.uint64)  # distinct keys, sorted
+    firsts = np.empty(0, dtype=np.int64)  # the first row of each
+    found = np.zeros(n, dtype=bool)
+    where = np.zeros(n, dtype=np.int64)
+    sample = 4096
+    todo = np.arange(n)
+    while len(todo):
+        head = todo[:sample]
+        new, first = np.unique(key[head], return_index=True)
+        table = np.concatenate([table, new])
+        firsts = np.concatenate([firsts, head[first]])
+        order = np.argsort(table, kind="stable")
+        table, firsts = table[order], firsts[order]
+        where[todo] = np.minimum(np.searchsorted(table, key[todo]), len(table) - 1)
+        found[todo] = table[where[todo]] == key[todo]
+        todo = todo[~found[todo]]
+        sample *= 16
+    # Same key, same tag: checked word by word against each key's first row.
+    rep = firsts[where]
+    same = length == length[rep]
+    for word in words:
+        same &= word == word[rep]
+    if not same.all():
+        raise _Collision
+    appearance = np.argsort(firsts, kind="stable")
+    rank = np.empty(len(table), dtype=np.int64)
+    rank[appearance] = np.arange(len(table))
+    tags = [bytes(buf[at[i] : at[i] + length[i]]).decode("utf-8", "replace") for i in firsts[appearance].tolist()]
+    return rank[where], tags
+
+
+class _Collision(Exception):
+    """Two different tags with one key (never seen in practice): the exact parser takes the block."""
+
+
+def _tag_words(buf: np.ndarray, at: np.ndarray, length: np.ndarray) -> list[np.ndarray]:
+    width = int(length.max()) if len(length) else 0
+    words = []
+    for offset in range(0, width, 8):
+        word = _gather(buf, at + offset, 8).view("<u8").ravel()
+        keep = np.clip(length - offset, 0, 8).astype(np.uint64)
+        mask = np.where(
+            keep >= 8, np.uint64(0xFFFFFFFFFFFFFFFF), (np.uint64(1) << (keep * np.uint64(8))) - np.uint64(1)
+        )
+        words.append(word & mask)
+    return words
+
+
+def _parse_event(data: bytes, start: int, end: int) -> list[tuple[str, int, float, float]]:
+    """Exact parse of one Event: its scalar (tag, step, wall time, value) points, possibly none."""
+    wall, step, points = 0.0, 0, []
+    for number, wire, value in _fields(data, start, end):
+        if number == 1 and wire == 1:
+            (wall,) = struct.unpack_from("<d", data, value)
+        elif number == 2 and wire == 0:
+            step = value - (1 << 64) if value >= 1 << 63 else value
+        elif number == 5 and wire == 2:
+            points = _parse_summary(data, *value)
+    return [(tag, step, wall, v) for tag, v in points]
+
+
+def _parse_summary(data: bytes, start: int, end: int) -> list[tuple[str, float]]:
+    points = []
+    for number, wire, span in _fields(data, start, end):
+        if number != 1 or wire != 2:
+            continue
+        tag, value = None, None
+        for n, w, v in _fields(data, *span):
+            if n == 1 and w == 2:
+                tag = data[v[0] : v[1]].decode("utf-8", "replace")
+            elif n == 2 and w == 5:
+                (value,) = struct.unpack_from("<f", data, v)
+            elif n == 8 and w == 2:
+                value = _parse_tensor(data, *v)
+        if tag is not None and value is not None:
+            points.append((tag, value))
+    return points
+
+
+def _parse_tensor(data: bytes, start: int, end: int) -> float | None:
+    """The one number of a scalar float tensor (TensorFlow 2's summaries), or None."""
+    dtype, values = 0, []
+    content = None
+    for number, wire, v in _fields(data, start, end):
+        if number == 1 and wire == 0:
+            dtype = v
+        elif number == 4 and wire == 2:
+            content = data[v[0] : v[1]]
+        elif number in (5, 6) and wire == 2:  # packed float_val / double_val
+            fmt = "<f" if number == 5 else "<d"
+            values += [x for (x,) in struct.iter_unpack(fmt, data[v[0] : v[1]])]
+        elif number == 5 and wire == 5:
+            values.append(struct.unpack_from("<f", data, v)[0])
+        elif number == 6 and wire == 1:
+            values.append(struct.unpack_from("<d", data, v)[0])
+    if dtype not in _FLOAT_DTYPES:
+        return None
+    if content is not None:
+        array = np.frombuffer(content, dtype=_FLOAT_DTYPES[dtype])
+        return float(array[0]) if len(array) == 1 else None
+    return float(values[0]) if len(values) == 1 else None
+
+
+def _fields(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, Any]]:
+    """(field number, wire type, value) of a protobuf message: varints as ints, fixed-width fields
+    as their offset, length-delimited ones as a (start, end) span. Raises ValueError when malformed."""
+    at = start
+    while at < end:
+        key, at = _varint(data, at, end)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, at = _varint(data, at, end)
+            yield number, wire, value
+        elif wire == 1 or wire == 5:
+            width = 8 if wire == 1 else 4
+            if at + width > end:
+                raise ValueError("truncated field")
+            yield number, wire, at
+            at += width
+        elif wire == 2:
+            length, at = _varint(data, at, end)
+            if at + length > end:
+                raise ValueError("truncated field")
+            yield number, wire, (at, at + length)
+            at += length
+        else:
+            raise ValueError(f"wire type {wire}")
+
+
+def _varint(data: bytes, at: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while at < end:
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+        shift += 7
+        if shift > 63:
+            break
+    raise ValueError("bad varint")
+
+
+def add_scalars(series: CellSeries, scalars: Scalars) -> None:
+    """Pivot scalar points into a cell's rows: per split, consecutive points at one step make one row.
+
+    Tags map to canonical names (TRL writes ``train/rewards/chosen`` and ``eval/rewards/chosen``);
+    the end-of-training values (``train/train_runtime``...) mark the cell finished.
+    """
+    series.rejected.update(scalars.rejected)
+    if not len(scalars):
+        return
+    canon = [metrics.canonical(tag) for tag in scalars.tags]
+    is_end = np.array([name in metrics.END_KEYS for _, name in canon] + [False])
+    is_eval = np.array([split == "eval" for split, _ in canon] + [False])
+    end_points = is_end[scalars.tag_ids]
+    if end_points.any():
+        series.end_record = {
+            scalars.tags[t]: v
+            for t, v in zip(scalars.tag_ids[end_points].tolist(), scalars.values[end_points].tolist())
+        }
+    for split, mask in (("train", ~is_eval[scalars.tag_ids] & ~end_points), ("eval", is_eval[scalars.tag_ids])):
+        if not mask.any():
+            continue
+        ids, steps, walls, values = (a[mask] for a in (scalars.tag_ids, scalars.steps, scalars.walls, scalars.values))
+        _add_split(series, "train" if split == "train" else "eval", canon, ids, steps, walls, values)
+
+
+def _add_split(
+    series: CellSeries,
+    split: metrics.Split,
+    canon: list[tuple[metrics.Split, str]],
+    ids: np.ndarray,
+    steps: np.ndarray,
+    walls: np.ndarray,
+    values: np.ndarray,
+) -> None:
+    target = series.split(split)
+    new_row = np.empty(len(steps), dtype=bool)
+    new_row[0] = True
+    np.not_equal(steps[1:], steps[:-1], out=new_row[1:])
+    row_starts = np.flatnonzero(new_row)
+    row_of = np.cumsum(new_row) - 1
+    row_steps = steps[row_starts].astype(float)
+    row_ends = np.append(row_starts[1:], len(steps)) - 1
+    row_walls = walls[row_ends]
+    columns: dict[str, np.ndarray] = {}
+    names = [name for _, name in canon]
+    present = np.unique(ids)
+    for tag in present.tolist():
+        pick = ids == tag
+        column = columns.get(names[tag])
+        if column is None:
+            column = columns[names[tag]] = np.full(len(row_starts), np.nan)
+        picked = values[pick]
+        column[row_of[pick]] = picked
+        bad = ~np.isfinite(picked)
+        if bad.any():
+            step = float(steps[pick][np.argmax(bad)])
+            key = (split, names[tag])
+            series.first_non_finite[key] = min(step, series.first_non_finite.get(key, step))
+    first = 0
+    if len(target) and row_steps[0] == target.steps[-1]:
+        # The rest of a row whose first points came in the last poll.
+        target.update_last({name: float(column[0]) for name, column in columns.items() if not math.isnan(column[0])})
+        first = 1
+    if first == len(row_steps):
+        return
+    rest = slice(first, None)
+    if np.all(np.diff(row_steps[rest]) > 0) and (not len(target) or row_steps[first] > target.steps[-1]):
+        target.extend(row_steps[rest], row_walls[rest], {name: column[rest] for name, column in columns.items()})
+    else:  # a resumed run's steps go back: row by row, so the series starts a new segment
+        for row in range(first, len(row_steps)):
+            row_values = {name: float(c[row]) for name, c in columns.items() if not math.isnan(c[row])}
+            target.append(float(row_steps[row]), float(row_walls[row]), row_values)
+    series.records += len(row_steps) - first
