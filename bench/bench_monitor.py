@@ -118,7 +118,8 @@ class TimedApp(MonitorApp):
         super().on_view_ready(message)
         if self.view is not None:
             latest = {c.id: c.curves["margin"].steps[-1] if len(c.curves["margin"]) else 0 for c in self.view.cells}
-            self.shown.append((time.time(), latest))
+            # Stamped when the frame showing the view has been written, not when the view arrived.
+            self.call_after_refresh(lambda: self.shown.append((time.time(), latest)))
 
 
 async def run_live(grid: Path, seconds: float, size: tuple[int, int], writer: subprocess.Popen) -> TimedApp:
@@ -250,7 +251,8 @@ def main() -> None:
                 f"{label:32}  CPU {result['cpu_percent']:5.1f} % of a core "
                 f"(reading+analysis {result['reading_percent']:4.1f} %)   "
                 f"{result['frames_per_second']:4.1f} frames/s   {result['views_per_second']:4.1f} views/s   "
-                f"latency median {1000 * statistics.median(lags):5.0f} ms  p95 {1000 * lags[int(0.95 * len(lags))]:5.0f} ms"
+                f"latency p50 {1000 * statistics.median(lags):4.0f} ms  p95 {1000 * lags[int(0.95 * len(lags))]:4.0f} ms"
+                f"  p99 {1000 * lags[min(len(lags) - 1, int(0.99 * len(lags)))]:4.0f} ms  ({len(lags)} lines)"
             )
         root = Path(tmp) / "million"
         root.mkdir()

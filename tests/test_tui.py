@@ -210,7 +210,7 @@ async def test_live_in_forced_polling_mode(tmp_path):
     grid = make_grid(tmp_path, steps=5, state=jobs.RUNNING)
     app = app_for(grid, mode="live", poll=True)
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: app.follower is not None)
+        await wait_for(pilot, lambda: app.follower is not None and len(panels(app)) == 4)
         assert app.follower.mode == "polling"
         write_lines(grid / "cells" / "simpo-r8" / rundir.METRICS_FILE, [train_record(6, "simpo", 8)])
         await wait_for(pilot, lambda: panels(app)["simpo-r8"].view.step == 6)
@@ -370,7 +370,7 @@ def test_run_monitor_lets_a_bad_path_through(tmp_path):
 async def test_an_analysis_failure_is_reported_not_fatal(tmp_path, monkeypatch):
     import prefwatch.tui.app as app_module
 
-    def broken(grid):
+    def broken(grid, **kwargs):
         raise RuntimeError("[bold]boom[/]")
 
     monkeypatch.setattr(app_module, "analyse", broken)
@@ -379,3 +379,41 @@ async def test_an_analysis_failure_is_reported_not_fatal(tmp_path, monkeypatch):
         await wait_for(pilot, lambda: "could not read the logs" in screen_text(app))
         assert "RuntimeError: [bold]boom[/]" in screen_text(app)
         assert app.is_running
+
+
+@run
+async def test_a_new_value_that_moves_no_dot_repaints_only_its_text(tmp_path):
+    grid = make_grid(tmp_path, steps=20, state=jobs.RUNNING)
+    app = app_for(grid, mode="live")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.view is not None and app.follower is not None)
+        await pilot.pause()
+        row = panels(app)["dpo-r16"].query_one(".metric-rejected")
+        await wait_for(pilot, lambda: row._strips is not None)
+        repaints = row.repaints
+        # Same value range, same pixel: a repeat of the last value one step on moves no dot at this width.
+        last = train_record(20, "dpo", 16)
+        write_lines(grid / "cells" / "dpo-r16" / rundir.METRICS_FILE, [dict(last, step=20.01)])
+        await wait_for(pilot, lambda: panels(app)["dpo-r16"].view.records == 23)
+        await pilot.pause()
+        assert row.repaints == repaints
+        write_lines(
+            grid / "cells" / "dpo-r16" / rundir.METRICS_FILE,
+            [train_record(21, "dpo", 16, **{"rewards/rejected": -5.0})],
+        )
+        await wait_for(pilot, lambda: "-5.000" in screen_text(app))
+        assert row.repaints > repaints  # a new low rescales the chart: the whole row is drawn
+
+
+@run
+async def test_only_changed_cells_are_analysed_again(tmp_path):
+    grid = make_grid(tmp_path, steps=20, state=jobs.RUNNING)
+    app = app_for(grid, mode="live", heartbeat=600)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.view is not None and app.follower is not None)
+        incremental = app._incremental
+        before = incremental.analysed
+        write_lines(grid / "cells" / "simpo-r8" / rundir.METRICS_FILE, [train_record(21, "simpo", 8)])
+        await wait_for(pilot, lambda: panels(app)["simpo-r8"].view.step == 21)
+        assert incremental.analysed - before == 1
+        assert app.view.headline  # the verdict is still decided over every cell

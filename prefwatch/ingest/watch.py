@@ -13,8 +13,11 @@ Two ways to notice a change, used together:
 
 Every callback runs on the follower's one background thread, so callbacks never overlap, and
 changes that arrive while a callback runs are coalesced into one more callback. ``min_interval``
-is a leading-edge throttle: the first change after a quiet spell is delivered at once; a burst is
-delivered at most once per ``min_interval``. A GUI owner marshals the callback onto its own thread
+and ``burst`` make a leading-edge throttle (a token bucket): up to ``burst`` callbacks go out at
+once, and the bucket refills one callback per ``min_interval``. A change after a quiet spell is
+delivered at once; so are a few near-simultaneous changes (four cells logging the same second);
+a sustained stream is delivered at most once per ``min_interval``. The owner may change
+``min_interval`` while following (to hold a CPU budget). A GUI owner marshals the callback onto its own thread
 (Textual: ``App.call_from_thread``).
 
 This module imports no Textual.
@@ -48,6 +51,7 @@ class Follower:
         poll: bool = False,
         interval: float | None = None,
         min_interval: float = 0.0,
+        burst: int = 1,
     ) -> None:
         self.paths = [Path(p) for p in paths]
         self.on_change = on_change
@@ -56,7 +60,10 @@ class Follower:
             interval if interval is not None else (FORCED_POLL_INTERVAL if poll else EVENT_FALLBACK_INTERVAL)
         )
         self.min_interval = min_interval
+        self.burst = max(1, burst)
         self.callbacks = 0
+        self._tokens = float(self.burst)
+        self._tokens_at = time.monotonic()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -113,9 +120,19 @@ class Follower:
                 self._call()
 
     def _throttle(self) -> bool:
-        """Wait out the rest of ``min_interval`` since the last callback; False when stopped meanwhile."""
-        wait = self._last_call + self.min_interval - time.monotonic()
-        return wait <= 0 or not self._stopping.wait(wait)
+        """Wait for a token of the bucket (see the module's notes); False when stopped meanwhile."""
+        while True:
+            now = time.monotonic()
+            if self.min_interval <= 0:
+                return True
+            refill = (now - self._tokens_at) / self.min_interval
+            self._tokens = min(float(self.burst), self._tokens + refill)
+            self._tokens_at = now
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return True
+            if self._stopping.wait((1.0 - self._tokens) * self.min_interval):
+                return False
 
     def _call(self) -> None:
         self._last_call = time.monotonic()

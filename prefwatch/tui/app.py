@@ -24,11 +24,12 @@ from textual.content import Content
 from textual.message import Message
 
 from prefwatch import jobs
-from prefwatch.analysis import analyse
-from prefwatch.ingest.sources import GridSource, open_path
+from prefwatch.analysis import CellAnalysis, GridAnalysis, analyse
+from prefwatch.decide import CellResult, decide
+from prefwatch.ingest.sources import CellSource, GridSource, open_path
 from prefwatch.ingest.watch import Follower
 from prefwatch.textsafe import plain
-from prefwatch.tui.model import GridView, grid_view
+from prefwatch.tui.model import CellView, GridView, cell_view, grid_view
 from prefwatch.tui.screens.cell import CellScreen
 from prefwatch.tui.screens.confirm import ConfirmScreen
 from prefwatch.tui.screens.grid import GridScreen
@@ -37,7 +38,10 @@ from prefwatch.tui.text import literal
 from prefwatch.tui.widgets.cell_panel import CellPanel
 
 MODES = ("live", "replay")
-REDRAW_INTERVAL = 0.25  # at most 4 frames a second while lines pour in (charts.md: CPU vs latency)
+REDRAW_INTERVAL = 0.1  # the throttle's shortest interval between refreshes while lines pour in
+REDRAW_BURST = 3  # near-simultaneous changes (cells logging the same second) are drawn at once
+MAX_REDRAW_INTERVAL = 1.0  # however busy, at least one refresh a second
+CPU_BUDGET = 0.022  # share of a core the whole monitor aims at; the throttle widens above it (charts.md)
 HEARTBEAT_SECONDS = 5.0  # re-check states that change without a file changing (stalled, lost)
 READ_SHARE = 0.33  # reading and analysing may take at most this share of a core: huge logs refresh less often
 
@@ -83,6 +87,9 @@ class MonitorApp(App[int]):
         self._follow_lock = threading.Lock()
         self._unmounted = False
         self._error: str | None = None
+        self._incremental = IncrementalAnalysis(source, heartbeat)
+        self._cpu_sample = (time.monotonic(), time.process_time())
+        self._interval = redraw_interval
 
     def get_default_screen(self) -> GridScreen:
         return GridScreen()
@@ -115,8 +122,13 @@ class MonitorApp(App[int]):
             if self._unmounted:
                 return
             paths = [p for cell in self.source.cells for p in cell.watched_paths()]
-            self.follower = Follower(paths, self._read_and_post, poll=self.poll, min_interval=self.redraw_interval)
-            self.follower.start()
+            follower = Follower(
+                paths, self._read_and_post, poll=self.poll, min_interval=self.redraw_interval, burst=REDRAW_BURST
+            )
+            follower.start()
+            # Lines written between the first read and the follower's start made no event: read once more.
+            follower.nudge()
+            self.follower = follower
         self.post_message(ViewReady())  # the strip names the follower's mode now
 
     def _nudge(self) -> None:
@@ -128,8 +140,7 @@ class MonitorApp(App[int]):
         with self._read_lock:
             started = time.perf_counter()
             try:
-                self.source.poll()
-                view: GridView | None = grid_view(analyse(self.source))
+                view: GridView | None = self._incremental.view()
                 self._error = None
             except Exception as exc:  # an analysis bug must not take the monitor down with it
                 self._error = plain(f"could not read the logs: {type(exc).__name__}: {exc}")
@@ -143,9 +154,25 @@ class MonitorApp(App[int]):
                 self.post_message(ViewReady())
 
     def _pace(self, seconds: float) -> None:
-        """Space refreshes so that reading takes at most READ_SHARE of a core (analysis grows with the logs)."""
+        """Space refreshes to hold the monitor's CPU budget.
+
+        Two limits: reading and analysing one refresh may take at most READ_SHARE of a core (analysis
+        grows with the logs), and the whole process (reading, analysis and drawing, all threads) aims
+        at CPU_BUDGET of a core, measured over the last second or more: while lines pour in, the
+        interval widens until the frames fit; when they slow down it narrows again, so a line
+        logged every few seconds is drawn at once.
+        """
+        now, cpu = time.monotonic(), time.process_time()
+        then, cpu_then = self._cpu_sample
+        if now - then >= 1.0:
+            share = (cpu - cpu_then) / (now - then)
+            self._cpu_sample = (now, cpu)
+            if share > CPU_BUDGET:
+                self._interval = min(MAX_REDRAW_INTERVAL, self._interval * min(2.0, share / CPU_BUDGET))
+            else:
+                self._interval = max(self.redraw_interval, self._interval / 1.5)
         if self.follower is not None:
-            self.follower.min_interval = max(self.redraw_interval, seconds / READ_SHARE)
+            self.follower.min_interval = max(self._interval, seconds / READ_SHARE)
 
     # ---- drawing (UI thread) -------------------------------------------------------------------
 
@@ -238,6 +265,83 @@ class MonitorApp(App[int]):
             self._unmounted = True
         if self.follower is not None:
             self.follower.stop()
+
+
+class IncrementalAnalysis:
+    """``analyse()`` for a live grid, redone only for the cells whose logs or status changed.
+
+    Diagnosing a cell grows with its log (a million rows take a second), and a live grid usually
+    changes one cell at a time. A cell is analysed again when what it read or its status changed,
+    and every cell is when the last full pass is older than ``heartbeat`` (findings that depend on
+    the clock: stalled, idle). The verdict is always decided over all cells.
+    """
+
+    def __init__(self, source: GridSource, heartbeat: float = HEARTBEAT_SECONDS) -> None:
+        self.source = source
+        self.heartbeat = heartbeat
+        self.analysed = 0  # cells analysed (tests and the benchmark read it)
+        self._cells: dict[str, tuple[tuple[object, ...], CellAnalysis]] = {}
+        self._views: dict[str, tuple[CellAnalysis, CellView]] = {}
+        self._full_at = float("-inf")
+
+    def view(self) -> GridView:
+        source = self.source
+        for cell in source.cells:
+            cell.poll()
+        now = time.time()
+        full = time.monotonic() - self._full_at >= self.heartbeat
+        if full:
+            self._full_at = time.monotonic()
+        supervised = source.supervisor_alive()
+        stale = []
+        for cell in source.cells:
+            key = _cell_key(cell, supervised)
+            cached = self._cells.get(cell.id)
+            if full or cached is None or cached[0] != key:
+                stale.append((cell, key))
+        if stale:
+            part = analyse(GridSource(source.name, source.root, [c for c, _ in stale], source.managed), now=now)
+            for (cell, key), result in zip(stale, part.cells):
+                self._cells[cell.id] = (key, result)
+                self.analysed += 1
+        cells = [self._cells[c.id][1] for c in source.cells]
+        verdict = decide([cell_result(c) for c in cells])
+        views = {}
+        for cell in cells:
+            previous = self._views.get(cell.source.id)
+            view = previous[1] if previous and previous[0] is cell else cell_view(cell)
+            views[cell.source.id] = (cell, view)
+        self._views = views
+        return grid_view(GridAnalysis(source, cells, verdict), [v for _, v in views.values()])
+
+
+def _cell_key(cell: CellSource, supervised: bool | None) -> tuple[object, ...]:
+    status = cell.status(supervised)
+    series = cell.series
+    return (
+        series.records,
+        series.train.segments,
+        sum(series.rejected.values()),
+        len(cell.pairs.steps),
+        cell.data_stats is not None,
+        cell.read_error,
+        status.state,
+        status.describe(),
+        id(series),
+    )
+
+
+def cell_result(cell: CellAnalysis) -> CellResult:
+    """What decide() needs of an analysed cell (as analyse() builds it)."""
+    return CellResult(
+        cell.source.id,
+        cell.source.objective,
+        cell.source.rank,
+        cell.source.seed,
+        finished=cell.status.state == jobs.FINISHED,
+        diagnosis=cell.diagnosis,
+        wins=cell.source.pairs.wins(),
+    )
 
 
 def run_monitor(path: Path, *, mode: str = "live", poll: bool = False) -> int:

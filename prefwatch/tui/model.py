@@ -128,13 +128,14 @@ class GridView:
         return next((c for c in self.cells if c.id == cell_id), None)
 
 
-def grid_view(analysis: GridAnalysis) -> GridView:
+def grid_view(analysis: GridAnalysis, cells: list[CellView] | None = None) -> GridView:
+    """The view of a whole analysis; ``cells`` passes cell views built already (one per analysed cell)."""
     verdict = analysis.verdict
     return GridView(
         name=analysis.grid.name,
         root=analysis.grid.root,
         managed=analysis.grid.managed,
-        cells=[cell_view(c) for c in analysis.cells],
+        cells=cells if cells is not None else [cell_view(c) for c in analysis.cells],
         headline=verdict.headline,
         reason=verdict.reasons[0] if verdict.reasons else None,
         effects=dict(verdict.effects),

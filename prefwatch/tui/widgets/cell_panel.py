@@ -7,10 +7,13 @@ twelve before any text is read.
 
 from __future__ import annotations
 
+import numpy as np
 from rich.segment import Segment
+from rich.style import Style
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.content import Content
+from textual.geometry import Region
 from textual.message import Message
 from textual.strip import Strip
 from textual.widget import Widget
@@ -19,7 +22,7 @@ from textual.widgets import Static
 from prefwatch.textsafe import plain
 from prefwatch.tui.model import PANEL_CURVES, CellView, Curve, format_value
 from prefwatch.tui.text import literal
-from prefwatch.tui.widgets.chart import draw_curves
+from prefwatch.tui.widgets.chart import raster, same_codes, strips_of
 
 STATE_STYLES = {
     "queued": "$text-muted",
@@ -66,9 +69,16 @@ class MetricRow(Widget):
         self._data_key: tuple[object, ...] = ()
         self._strips: list[Strip] | None = None
         self._strips_size: tuple[int, int] = (0, 0)
+        self._codes: list[np.ndarray] | None = None
+        self._styles: dict[str, Style] | None = None
+        self.repaints = 0  # whole-row repaints (tests read it: a new value alone repaints its text only)
 
     def show(self, cell: CellView) -> None:
-        """Take this cell's curve; nothing is redrawn when the value and the data are unchanged."""
+        """Take this cell's curve and repaint what changed: nothing, the value's text, or the whole row.
+
+        A new point rarely moves a dot of a 60-column chart spanning max_steps; then only the value
+        is repainted (a region refresh), which is most of what a busy grid costs per frame.
+        """
         curve = cell.curves[self.key]
         text = format_value(curve.latest, signed=self.key != "heldout_accuracy")
         key = (text, len(curve), curve.latest, id(curve.values.base), cell.x_range)
@@ -76,41 +86,72 @@ class MetricRow(Widget):
             return
         self._data_key = key
         self.value_text, self._curve, self._x_range = text, curve, cell.x_range
+        width, height = self.size
+        if self._strips is not None and self._strips_size == (width, height) and width > self.gutter_width:
+            codes, _ = raster([curve], cell.x_range, self._y_range, width - self.gutter_width, height)
+            if same_codes(codes, self._codes):
+                self._strips[0] = self._first_line(self._strips[0], width)
+                self.refresh(Region(0, 0, self.gutter_width, 1))
+                return
         self._strips = None
         self.refresh()
+
+    @property
+    def gutter_width(self) -> int:
+        return self.LABEL_WIDTH + self.VALUE_WIDTH + 1
+
+    @property
+    def _y_range(self) -> tuple[float, float] | None:
+        return (0.0, 1.0) if self.key == "heldout_accuracy" else None
 
     def notify_style_update(self) -> None:
         super().notify_style_update()
         self._strips = None
+        self._styles = None
+
+    def _style(self, name: str) -> Style:
+        """The row's styles, looked up once per style change (rich_style walks the ancestors: slow)."""
+        if self._styles is None:
+            base = self.rich_style
+            part = self.get_component_rich_style
+            self._styles = {
+                "base": base,
+                "label": base + part("metric-row--label", partial=True),
+                "value": base + part("metric-row--value", partial=True),
+                "nan": base + part("metric-row--nan", partial=True),
+                "curve": part("metric-row--curve", partial=True),
+            }
+        return self._styles[name]
 
     def render_line(self, y: int) -> Strip:
         width, height = self.size
         if self._strips is None or self._strips_size != (width, height):
             self._strips, self._strips_size = self._draw(width, height), (width, height)
-        return self._strips[y] if y < len(self._strips) else Strip.blank(width, self.rich_style)
+        return self._strips[y] if y < len(self._strips) else Strip.blank(width, self._style("base"))
 
     def _draw(self, width: int, height: int) -> list[Strip]:
-        base = self.rich_style
-        gutter = self.LABEL_WIDTH + self.VALUE_WIDTH + 1
-        chart_width = max(0, width - gutter)
+        self.repaints += 1
+        base = self._style("base")
+        chart_width = max(0, width - self.gutter_width)
         curves = [self._curve] if self._curve is not None else []
-        y_range = (0.0, 1.0) if self.key == "heldout_accuracy" else None
-        curve_style = self.get_component_rich_style("metric-row--curve", partial=True)
-        charts, _ = draw_curves(curves, self._x_range, y_range, chart_width, height, [curve_style], base)
-        label_style = base + self.get_component_rich_style("metric-row--label", partial=True)
-        nan = self.value_text == "nan"
-        value_style = base + self.get_component_rich_style(
-            "metric-row--nan" if nan else "metric-row--value", partial=True
-        )
-        first = Strip(
+        self._codes, _ = raster(curves, self._x_range, self._y_range, chart_width, height)
+        charts = strips_of(self._codes, [self._style("curve")], base, chart_width, height)
+        blank = Strip.blank(self.gutter_width, base)
+        rows = [Strip.join([self._gutter_strip() if row == 0 else blank, charts[row]]) for row in range(height)]
+        return [row.adjust_cell_length(width, base) for row in rows]
+
+    def _gutter_strip(self) -> Strip:
+        value_style = self._style("nan" if self.value_text == "nan" else "value")
+        return Strip(
             [
-                Segment(self.label[: self.LABEL_WIDTH].ljust(self.LABEL_WIDTH), label_style),
+                Segment(self.label[: self.LABEL_WIDTH].ljust(self.LABEL_WIDTH), self._style("label")),
                 Segment(self.value_text.rjust(self.VALUE_WIDTH) + " ", value_style),
             ]
         )
-        blank = Strip.blank(gutter, base)
-        rows = [Strip.join([first if row == 0 else blank, charts[row]]) for row in range(height)]
-        return [row.adjust_cell_length(width, base) for row in rows]
+
+    def _first_line(self, old: Strip, width: int) -> Strip:
+        chart = old.crop(self.gutter_width, width)
+        return Strip.join([self._gutter_strip(), chart]).adjust_cell_length(width, self._style("base"))
 
 
 class CellPanel(Vertical, can_focus=True):

@@ -108,14 +108,39 @@ def draw_curves(
     base: Style,
 ) -> tuple[list[Strip], tuple[float, float] | None]:
     """Strips (one per row) showing ``curves`` in ``width`` × ``height`` cells, and the value range drawn."""
+    codes, value_range = raster(curves, x_range, y_range, width, height)
+    return strips_of(codes, styles, base, width, height), value_range
+
+
+def raster(
+    curves: Sequence[Curve],
+    x_range: tuple[float, float],
+    y_range: tuple[float, float] | None,
+    width: int,
+    height: int,
+) -> tuple[list[np.ndarray], tuple[float, float] | None]:
+    """The braille codes (height × width) of each curve, and the value range drawn; [] when nothing shows.
+
+    Cheap (numpy, independent of the number of points): a widget compares the codes with the ones
+    on screen and repaints the chart only when a dot changed.
+    """
     x_min, x_max = x_range
     spans = [braille.column_spans(c.steps, c.values, x_min, x_max, width * 2) for c in curves]
     value_range = y_range or braille.value_range(spans)
     if value_range is None or width <= 0 or not curves:
-        return [Strip.blank(width, base) for _ in range(height)], value_range
+        return [], value_range
     low, high = value_range
-    codes = [braille.braille_codes(braille.pixel_grid(s, low, high, height * 4)) for s in spans]
-    return _strips(codes, [base + style for style in styles], base, width), value_range
+    return [braille.braille_codes(braille.pixel_grid(s, low, high, height * 4)) for s in spans], value_range
+
+
+def strips_of(codes: list[np.ndarray], styles: Sequence[Style], base: Style, width: int, height: int) -> list[Strip]:
+    if not codes:
+        return [Strip.blank(width, base) for _ in range(height)]
+    return _strips(codes, [base + style for style in styles], base, width)
+
+
+def same_codes(a: list[np.ndarray], b: list[np.ndarray] | None) -> bool:
+    return b is not None and len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
 def _last(curve: Curve) -> float:
