@@ -111,10 +111,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
     _require_training_packages()
     try:
         run_dir = jobs.create_run_dir(grid, args.out)
-        jobs.start_supervisor(run_dir)
+        where = jobs.start_cells(run_dir)
     except jobs.LaunchError as exc:
         raise UsageError(str(exc)) from None
-    print(f"prefwatch: started {len(grid.cells)} cells in {run_dir}")
+    print(f"prefwatch: started {len(grid.cells)} cells in {run_dir}" + (f" ({where})" if where else ""))
     if args.detach:
         print(f"  follow them with: prefwatch attach {run_dir}")
         return EXIT_OK
@@ -135,8 +135,11 @@ def _resume(args: argparse.Namespace) -> int:
     if not requeued:
         print(f"prefwatch: every cell in {run_dir} finished; nothing to resume")
         return EXIT_OK
-    jobs.start_supervisor(run_dir, resume=True)
-    print(f"prefwatch: resuming {', '.join(requeued)} in {run_dir}")
+    try:
+        where = jobs.start_cells(run_dir, resume=True)
+    except jobs.LaunchError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"prefwatch: resuming {', '.join(requeued)} in {run_dir}" + (f" ({where})" if where else ""))
     if args.detach:
         return EXIT_OK
     if args.headless:
@@ -266,8 +269,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     grid.poll()
     supervised = grid.supervisor_alive()
-    table = Table(title=Text(f"{plain(grid.name)}  (supervisor: {_supervisor_word(supervised)})"))
-    for column in ("cell", "state", "step", "device", "pid", "last log"):
+    from prefwatch import jobs
+
+    where = "Slurm" if grid.managed and jobs.backend_of(grid.root) == jobs.SLURM else None
+    where = where or f"supervisor: {_supervisor_word(supervised)}"
+    table = Table(title=Text(f"{plain(grid.name)}  ({where})"))
+    for column in ("cell", "state", "step", "device", "pid/job", "last log"):
         table.add_column(column)
     now = time.time()
     for cell in grid.cells:
@@ -283,7 +290,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                     status.describe(),
                     step,
                     str(status.raw.get("device", "–")),
-                    str(status.raw.get("pid", "–")),
+                    str(status.raw.get("job_id") or status.raw.get("pid", "–")),
                     age,
                 )
             )

@@ -35,7 +35,7 @@ class GridError(ValueError):
 
 @dataclass(frozen=True)
 class Field:
-    kind: str  # int, float, str, bool, int_list, str_list, str_or_list, fraction_or_path, devices
+    kind: str  # int, float, str, opt_str, int_list, str_list, str_or_list, fraction_or_path, devices
     default: Any
     check: Callable[[Any], str | None] | None = None
 
@@ -59,6 +59,34 @@ def _one_of(*choices: str) -> Callable[[Any], str | None]:
         return f"must be one of {', '.join(repr(c) for c in choices)}, got {value!r}{_suggest(value, choices)}"
 
     return check
+
+
+_SLURM_MEM = re.compile(r"^[0-9]+[KMGT]?$")
+_SLURM_TIME = re.compile(
+    r"^(?:[0-9]+|[0-9]+:[0-9]{1,2}(?::[0-9]{1,2})?|[0-9]+-[0-9]{1,2}(?::[0-9]{1,2}(?::[0-9]{1,2})?)?|UNLIMITED)$"
+)
+# sbatch options prefwatch sets itself for every cell: given again in [slurm] options they would break it.
+SBATCH_OWN_OPTIONS = ("--output", "--error", "--chdir", "--job-name", "--parsable", "--wrap", "--open-mode", "--array")
+
+
+def _slurm_mem(value: Any) -> str | None:
+    return None if _SLURM_MEM.match(value) else f"must be a Slurm memory size like 16G or 4000M, got {value!r}"
+
+
+def _slurm_time(value: Any) -> str | None:
+    if _SLURM_TIME.match(value):
+        return None
+    return f'must be a Slurm time limit like "02:00:00", "90" (minutes) or "1-12:00:00", got {value!r}'
+
+
+def _sbatch_options(value: Any) -> str | None:
+    for option in value:
+        name = option.split("=", 1)[0]
+        if not option.startswith("-") or any(c.isspace() for c in name):
+            return f'one sbatch option per entry, its value after "=" (like "--qos=high"), got {option!r}'
+        if name in ("-o", "-e", "-D", "-J", "-a", *SBATCH_OWN_OPTIONS):
+            return f"{name} is set by prefwatch for every cell (output goes to the cell's stdout.log)"
+    return None
 
 
 SCHEMA: dict[str, dict[str, Field]] = {
@@ -99,6 +127,17 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "cells_per_device": Field("int", 1, _positive),
         "max_parallel": Field("int", 0, _non_negative),
         "threads_per_cell": Field("int", 1, _positive),
+        "backend": Field("str", "local", _one_of("local", "slurm")),
+    },
+    # Read only with [resources] backend = "slurm": each cell becomes one sbatch job.
+    "slurm": {
+        "partition": Field("opt_str", None),
+        "gpus_per_cell": Field("int", 0, _non_negative),
+        "cpus_per_cell": Field("int", 0, _non_negative),  # 0: threads_per_cell
+        "mem": Field("opt_str", None, _slurm_mem),
+        "time": Field("opt_str", None, _slurm_time),
+        "account": Field("opt_str", None),
+        "options": Field("str_list", [], _sbatch_options),
     },
 }
 
@@ -266,6 +305,12 @@ class _Validator:
             if not isinstance(value, str) or not value:
                 raise bad("a non-empty string")
             return value
+        if kind == "opt_str":
+            if value is None:
+                return None
+            if not isinstance(value, str) or not value:
+                raise bad("a non-empty string")
+            return value
         if kind == "int_list":
             if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
                 raise bad("a list of integers")
@@ -333,6 +378,22 @@ class _Validator:
         resources, model = settings["resources"], settings["model"]
         if resources["devices"] == "cpu" and model["dtype"] in ("bf16", "fp16"):
             raise self.fail("model", "dtype", f'{model["dtype"]} conflicts with [resources] devices = "cpu"')
+        self.check_slurm(settings)
+
+    def check_slurm(self, settings: dict[str, Any]) -> None:
+        resources, slurm = settings["resources"], settings["slurm"]
+        if slurm["cpus_per_cell"] == 0:
+            slurm["cpus_per_cell"] = resources["threads_per_cell"]
+        elif resources["backend"] == "slurm" and resources["threads_per_cell"] > slurm["cpus_per_cell"]:
+            raise self.fail(
+                "resources",
+                "threads_per_cell",
+                f"{resources['threads_per_cell']} threads need at least as many [slurm] cpus_per_cell "
+                f"({slurm['cpus_per_cell']})",
+            )
+        dtype = settings["model"]["dtype"]
+        if resources["backend"] == "slurm" and slurm["gpus_per_cell"] == 0 and dtype in ("bf16", "fp16"):
+            raise self.fail("model", "dtype", f"{dtype} needs a GPU: set [slurm] gpus_per_cell")
 
     def check_list(self, table: str, key: str, values: list[Any]) -> None:
         if not values:

@@ -1,9 +1,17 @@
 """Start, follow and stop the detached processes that train a grid's cells.
 
-``launch`` writes the run directory and starts one supervisor per grid in a session of its own, so
-closing the terminal or losing SSH stops nothing. The supervisor (prefwatch.supervise) starts the
-cells as slots free up, each cell in its own session and process group, and records every outcome
-in the cell's status.json. This module never imports torch: it runs in the CLI and the monitor.
+``launch`` writes the run directory, then ``start_cells`` hands the cells to the grid's backend,
+chosen here and nowhere else (``[resources] backend``, kept in resources.json and in each cell's
+status.json):
+
+  local   one supervisor per grid in a session of its own, so closing the terminal or losing SSH
+          stops nothing. The supervisor (prefwatch.supervise) starts the cells as slots free up,
+          each cell in its own session and process group, and records every outcome in the cell's
+          status.json.
+  slurm   each cell is one sbatch job (prefwatch.slurm); its state comes from squeue / sacct, and
+          stopping is scancel.
+
+This module never imports torch: it runs in the CLI and the monitor.
 """
 
 from __future__ import annotations
@@ -26,6 +34,10 @@ from prefwatch.grid import Grid
 STOP_REQUEST = "stop.request"
 SUPERVISOR_LOG = "supervisor.log"
 STOP_GRACE_SECONDS = 10.0
+RESOURCES_FILE = "resources.json"
+
+LOCAL, SLURM = "local", "slurm"
+BACKENDS = (LOCAL, SLURM)
 
 QUEUED, RUNNING, FINISHED, FAILED, STOPPED, LOST = "queued", "running", "finished", "failed", "stopped", "lost"
 ENDED_STATES = frozenset({FINISHED, FAILED, STOPPED, LOST})
@@ -47,6 +59,12 @@ def create_run_dir(grid: Grid, out_root: Path) -> Path:
     target = out_root / grid.name
     if target.exists():
         raise LaunchError(f"{target}: the run directory exists already; use another name or --out")
+    resources = dict(grid.settings["resources"])
+    first_status: dict[str, Any] = {"state": QUEUED, "host": socket.gethostname()}
+    if resources.get("backend", LOCAL) == SLURM:
+        _require_slurm()
+        resources[SLURM] = grid.settings[SLURM]
+        first_status["backend"] = SLURM
     try:
         out_root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{grid.name}.", dir=out_root))
@@ -58,8 +76,8 @@ def create_run_dir(grid: Grid, out_root: Path) -> Path:
             cell_dir = staging / rundir.CELLS_DIR / cell.id
             cell_dir.mkdir(parents=True)
             rundir.write_json_atomic(cell_dir / rundir.CELL_FILE, cell.to_json(grid.name))
-            rundir.write_json_atomic(cell_dir / rundir.STATUS_FILE, {"state": QUEUED, "host": socket.gethostname()})
-        rundir.write_json_atomic(staging / "resources.json", grid.settings["resources"])
+            rundir.write_json_atomic(cell_dir / rundir.STATUS_FILE, first_status)
+        rundir.write_json_atomic(staging / RESOURCES_FILE, resources)
         os.rename(staging, target)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
@@ -67,6 +85,57 @@ def create_run_dir(grid: Grid, out_root: Path) -> Path:
             raise LaunchError(f"{target}: the run directory exists already; use another name or --out") from None
         raise LaunchError(f"{out_root}: cannot write the run directory ({exc.strerror or exc})") from None
     return target
+
+
+def backend_of(run_dir: Path) -> str:
+    """The grid's backend, from the resources.json its launch wrote (grids from before backends: local)."""
+    resources = rundir.read_json(run_dir / RESOURCES_FILE) or {}
+    backend = resources.get("backend", LOCAL)
+    return backend if backend in BACKENDS else LOCAL
+
+
+def start_cells(run_dir: Path, resume: bool = False) -> str | None:
+    """Hand the grid's queued cells to its backend; for Slurm, returns which jobs they became."""
+    if backend_of(run_dir) != SLURM:
+        start_supervisor(run_dir, resume=resume)
+        return None
+    from prefwatch import slurm
+
+    run_dir = run_dir.resolve()  # the job scripts run on other nodes, in the cell folders
+    settings = (rundir.read_json(run_dir / RESOURCES_FILE) or {}).get(SLURM) or {}
+    submitted: list[str] = []
+    for cell_dir in rundir.cell_dirs(run_dir):
+        if (rundir.read_json(cell_dir / rundir.STATUS_FILE) or {}).get("state", QUEUED) != QUEUED:
+            continue
+        try:
+            submitted.append(slurm.submit(cell_dir, run_dir.name, settings, resume=resume))
+        except slurm.SlurmError as exc:
+            _abandon_submission(run_dir, submitted)
+            raise LaunchError(str(exc)) from None
+    return f"Slurm job{'s' if len(submitted) != 1 else ''} {', '.join(submitted)}"
+
+
+def _abandon_submission(run_dir: Path, submitted: list[str]) -> None:
+    """sbatch refused a cell: cancel the jobs already submitted, so that no half grid runs unseen."""
+    from prefwatch import slurm
+
+    try:
+        slurm.cancel(submitted)
+    except slurm.SlurmError:
+        pass
+    for cell_dir in rundir.cell_dirs(run_dir):
+        raw = rundir.read_json(cell_dir / rundir.STATUS_FILE) or {}
+        if raw.get("state", QUEUED) == QUEUED:
+            rundir.write_json_atomic(cell_dir / rundir.STATUS_FILE, {**raw, "state": STOPPED, "end_time": time.time()})
+
+
+def _require_slurm() -> None:
+    from prefwatch import slurm
+
+    try:
+        slurm.require_sbatch()
+    except slurm.SlurmError as exc:
+        raise LaunchError(str(exc)) from None
 
 
 def start_supervisor(run_dir: Path, resume: bool = False, timeout: float = 15.0) -> int:
@@ -107,16 +176,26 @@ def requeue_unfinished(run_dir: Path) -> list[str]:
         raise LaunchError(f"{run_dir}: not a prefwatch run directory (no cells/ folder)")
     if supervisor_alive(run_dir):
         raise LaunchError(f"{run_dir}: its supervisor is still running; stop it first or attach")
+    statuses = {cell_dir: read_status(cell_dir, supervisor_alive=False) for cell_dir in rundir.cell_dirs(run_dir)}
+    for cell_dir, status in statuses.items():
+        if status.raw.get("backend") == SLURM and status.state in (QUEUED, RUNNING):
+            job = status.raw.get("job_id")
+            raise LaunchError(
+                f"{run_dir}: cell {cell_dir.name} is still {status.state} in Slurm (job {job}); stop it first"
+            )
+    slurm_grid = backend_of(run_dir) == SLURM
+    if slurm_grid:
+        _require_slurm()
     requeued = []
-    for cell_dir in rundir.cell_dirs(run_dir):
-        status = read_status(cell_dir, supervisor_alive=False)
+    for cell_dir, status in statuses.items():
         if status.state == FINISHED:
             continue
         (cell_dir / STOP_REQUEST).unlink(missing_ok=True)
         previous = {k: v for k, v in status.raw.items() if k != "previous"}
-        rundir.write_json_atomic(
-            cell_dir / rundir.STATUS_FILE, {"state": QUEUED, "host": socket.gethostname(), "previous": previous}
-        )
+        fresh: dict[str, Any] = {"state": QUEUED, "host": socket.gethostname(), "previous": previous}
+        if slurm_grid:
+            fresh["backend"] = SLURM
+        rundir.write_json_atomic(cell_dir / rundir.STATUS_FILE, fresh)
         requeued.append(cell_dir.name)
     return requeued
 
@@ -179,6 +258,12 @@ class CellStatus:
         return self.raw.get("signal")
 
     def describe(self) -> str:
+        if self.raw.get("backend") == SLURM:
+            from prefwatch import slurm
+
+            why = slurm.describe_failure(self.raw) if self.state == FAILED else None
+            if why:
+                return f"failed ({why})"
         if self.state == FAILED and self.signal:
             return f"failed (signal {self.signal})"
         if self.state == FAILED and self.exit_code is not None:
@@ -188,6 +273,11 @@ class CellStatus:
 
 def read_status(cell_dir: Path, supervisor_alive: bool | None = None) -> CellStatus:
     raw = rundir.read_json(cell_dir / rundir.STATUS_FILE) or {}
+    if raw.get("backend") == SLURM:  # Slurm's word, not the process table's
+        from prefwatch import slurm
+
+        slurm_state, merged = slurm.cell_state(cell_dir, raw)
+        return CellStatus(slurm_state, merged)
     state = raw.get("state", QUEUED)
     same_host = raw.get("host") in (None, socket.gethostname())
     if state == RUNNING and same_host and not is_alive(raw.get("pid"), raw.get("pid_start")):
@@ -238,14 +328,38 @@ def request_stop(run_dir: Path, cell_ids: list[str] | None = None, grace: float 
             continue
         (cell_dir / STOP_REQUEST).touch()
         stopped.append(cell_dir.name)
+    slurm_cells = [cells[c] for c in stopped if _is_slurm(cells[c])]
+    if slurm_cells:
+        _cancel_slurm(slurm_cells)
     deadline = time.monotonic() + grace
-    for cell_dir in (cells[c] for c in stopped):
+    for cell_dir in (cells[c] for c in stopped if not _is_slurm(cells[c])):
         status = read_status(cell_dir, supervised)
         if status.state == RUNNING:
             _terminate_group(status.raw, deadline)
         if not supervised:
             _record_stopped(cell_dir)
     return stopped
+
+
+def _is_slurm(cell_dir: Path) -> bool:
+    return (rundir.read_json(cell_dir / rundir.STATUS_FILE) or {}).get("backend") == SLURM
+
+
+def _cancel_slurm(cell_dirs: list[Path]) -> None:
+    """scancel the cells' jobs (Slurm sends SIGTERM, then SIGKILL after its KillWait) and record them stopped."""
+    from prefwatch import slurm
+
+    job_ids = []
+    for cell_dir in cell_dirs:
+        job_id = (rundir.read_json(cell_dir / rundir.STATUS_FILE) or {}).get("job_id")
+        if isinstance(job_id, str):
+            job_ids.append(job_id)
+    try:
+        slurm.cancel(job_ids)
+    except slurm.SlurmError as exc:
+        raise LaunchError(str(exc)) from None
+    for cell_dir in cell_dirs:
+        _record_stopped(cell_dir)
 
 
 def _terminate_group(raw: dict[str, Any], deadline: float) -> None:
