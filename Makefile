@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN = $(VENV)/bin
 
-.PHONY: demo test venv clean-runs sample-runs check-light
+.PHONY: demo test venv clean-runs sample-runs check-light slurm-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,19 @@ test: venv
 	$(BIN)/ruff format --check prefwatch tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+
+# The Slurm tests (tests/test_slurm.py) start a one-node cluster on this machine from Debian's packages;
+# installed here when missing (as root, with apt-get; the package index is refreshed only if needed).
+SLURM_PACKAGES = slurmd slurmctld slurm-client munge
+slurm-deps:
+	@if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null; then \
+	  echo "slurm-deps: $$(slurmctld -V) present"; \
+	elif [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y --no-install-recommends $(SLURM_PACKAGES) \
+	  || { apt-get update && apt-get install -y --no-install-recommends $(SLURM_PACKAGES); }; \
+	else \
+	  echo "slurm-deps: the Slurm tests need $(SLURM_PACKAGES) (Debian packages); install them as root" >&2; exit 1; \
+	fi
 
 # The monitor-only install (no torch): attach, replay and report must work from it.
 check-light:
