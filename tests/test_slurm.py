@@ -508,6 +508,25 @@ def test_grid_runs_through_sbatch_to_completion(cluster: Cluster, tmp_path: Path
     print(f"two-cell Slurm grid, 20 steps: {time.monotonic() - started:.1f} s")
 
 
+def monitor_text(run_dir: Path, until: str, count: int, timeout: float = 20.0) -> str:
+    """The live monitor, headless (Textual's Pilot), on the grid; its screen once ``until`` shows ``count`` times."""
+    import asyncio
+
+    from prefwatch.tui.app import MonitorApp
+
+    async def watch() -> str:
+        app = MonitorApp(open_path(run_dir), mode="live")
+        async with app.run_test(size=(120, 40)) as pilot:
+            deadline = time.monotonic() + timeout
+            while True:
+                text = "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+                if text.count(until) >= count or time.monotonic() > deadline:
+                    return text
+                await pilot.pause(0.2)
+
+    return asyncio.run(watch())
+
+
 def test_stop_cancels_through_scancel(cluster: Cluster, tmp_path: Path) -> None:
     out = tmp_path / "runs"
     launched = prefwatch("launch", str(slurm_grid(tmp_path, "slstop", 2000)), "--detach", "--out", str(out))
@@ -515,6 +534,8 @@ def test_stop_cancels_through_scancel(cluster: Cluster, tmp_path: Path) -> None:
     run_dir = out / "slstop"
     wait_for(lambda: last_step(run_dir, "dpo-r8") >= 2, 60, "dpo-r8 to log")
     job = rundir.read_json(run_dir / "cells" / "dpo-r8" / "status.json")["job_id"]
+    screen = monitor_text(run_dir, "running  step", 2)
+    assert screen.count("running  step") == 2 and "/2000" in screen, screen
 
     stopped = prefwatch("stop", str(run_dir), "dpo-r8")
     assert stopped.returncode == 0 and "dpo-r8" in stopped.stdout, stopped.stderr
@@ -532,6 +553,8 @@ def test_stop_cancels_through_scancel(cluster: Cluster, tmp_path: Path) -> None:
     time.sleep(1.5)
     assert last_step(run_dir, "dpo-r8") == steps  # the training process is gone, not just relabelled
     assert status(run_dir, "simpo-r8").state in (jobs.RUNNING, jobs.QUEUED)
+    screen = monitor_text(run_dir, "stopped  step", 1)
+    assert "stopped  step" in screen and "running  step" in screen, screen
 
     # resume refuses while a cell still runs in Slurm; stop the rest, then the grid reads stopped everywhere.
     refused = prefwatch("launch", str(run_dir), "--resume", "--detach")
