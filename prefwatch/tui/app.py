@@ -69,6 +69,7 @@ class MonitorApp(App[int]):
         poll: bool = False,
         redraw_interval: float = REDRAW_INTERVAL,
         heartbeat: float = HEARTBEAT_SECONDS,
+        export_dir: Path | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -78,6 +79,7 @@ class MonitorApp(App[int]):
         self.poll = poll
         self.redraw_interval = redraw_interval
         self.heartbeat = heartbeat
+        self.export_dir = export_dir  # where exports and screenshots go (default: the current directory)
         self.follower: Follower | None = None
         self.view: GridView | None = None
         self.refreshes = 0  # views drawn (tests and the benchmark read it)
@@ -203,7 +205,7 @@ class MonitorApp(App[int]):
     def on_cell_panel_selected(self, event: CellPanel.Selected) -> None:
         cell = self.view.cell(event.cell_id) if self.view else None
         if cell is not None:
-            self.push_screen(CellScreen(cell))
+            self.push_screen(CellScreen(cell, self.export_dir))
 
     # ---- actions -------------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ class Curve:
 
     steps: np.ndarray
     values: np.ndarray
+    times: np.ndarray | None = None  # wall time of each point (seconds since the epoch), where logged
 
     @property
     def latest(self) -> float | None:
@@ -73,6 +74,9 @@ class CellView:
     records: int
     rejected: int
     version: tuple[Any, ...]  # equal versions draw the same panel
+    # Every metric the cell logged, by name, then split ("train", "eval"): the cell screen's picker.
+    metrics: dict[str, dict[str, Curve]] = field(default_factory=dict)
+    peak_step: int | None = None  # where held-out accuracy peaked (the diagnosis' smoothed peak)
 
     @property
     def severity(self) -> str | None:
@@ -181,7 +185,22 @@ def cell_view(cell: CellAnalysis) -> CellView:
         records=series.records,
         rejected=rejected,
         version=version,
+        metrics=metric_curves(cell, curves["heldout_accuracy"]),
+        peak_step=cell.diagnosis.review.peak_heldout_step,
     )
+
+
+def metric_curves(cell: CellAnalysis, accuracy: Curve) -> dict[str, dict[str, Curve]]:
+    """Every logged metric as curves (numpy views, no copies), with the held-out accuracy per pair."""
+    series = cell.source.series
+    result: dict[str, dict[str, Curve]] = {}
+    for split in m.SPLITS:
+        part = series.split(split)
+        for name in part.names:
+            result.setdefault(name, {})[split] = Curve(part.steps, part.column(name), part.times)
+    if len(accuracy):
+        result.setdefault("heldout_accuracy (pairs)", {})["eval"] = accuracy
+    return dict(sorted(result.items()))
 
 
 def short_error(error: str | None, directory: Path) -> str | None:

@@ -16,6 +16,16 @@ HELP = """\
   ?                  this help
   q                  quit the monitor — the jobs keep running
 
+[b]In a cell's charts[/b] (enter)
+  [ ]                previous / next metric (train and held-out overlaid)
+  /                  filter the metrics by a regular expression
+  e                  EMA smoothing off, 0.6, 0.9, 0.99 (debiased; the raw curve stays, dimmed)
+  L                  log scale          o   y scale from the 1st to the 99th percentile
+  t                  x axis: step or wall time
+  left / right       cursor: exact values at a step (shift: ten columns)
+  x                  export the view's data as CSV and JSON   S   the screen as SVG
+  escape             back to the grid
+
 [b]A cell panel[/b]
   border             [$warning]yellow[/]: a warning finding   [$error]red[/]: an error finding or a read error
   chosen, rejected   train rewards of the chosen and rejected answers
@@ -23,6 +33,7 @@ HELP = """\
   ho margin          held-out margin at each evaluation
   ho acc             held-out accuracy: share of held-out pairs ranked right (per pair where logged)
   bottom line        the worst finding's message
+  green column       the held-out accuracy peak (cell charts)
 
 [b]The strip[/b]
   the verdict (which objective, which rank, decisive or not), its first reason,

@@ -70,7 +70,7 @@ class MetricRow(Widget):
         self._strips: list[Strip] | None = None
         self._strips_size: tuple[int, int] = (0, 0)
         self._codes: list[np.ndarray] | None = None
-        self._styles: dict[str, Style] | None = None
+        self._row_styles: dict[str, Style] | None = None
         self.repaints = 0  # whole-row repaints (tests read it: a new value alone repaints its text only)
 
     def show(self, cell: CellView) -> None:
@@ -107,21 +107,21 @@ class MetricRow(Widget):
     def notify_style_update(self) -> None:
         super().notify_style_update()
         self._strips = None
-        self._styles = None
+        self._row_styles = None
 
     def _style(self, name: str) -> Style:
         """The row's styles, looked up once per style change (rich_style walks the ancestors: slow)."""
-        if self._styles is None:
+        if self._row_styles is None:
             base = self.rich_style
             part = self.get_component_rich_style
-            self._styles = {
+            self._row_styles = {
                 "base": base,
                 "label": base + part("metric-row--label", partial=True),
                 "value": base + part("metric-row--value", partial=True),
                 "nan": base + part("metric-row--nan", partial=True),
                 "curve": part("metric-row--curve", partial=True),
             }
-        return self._styles[name]
+        return self._row_styles[name]
 
     def render_line(self, y: int) -> Strip:
         width, height = self.size

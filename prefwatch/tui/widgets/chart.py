@@ -33,6 +33,10 @@ class BrailleChart(Widget):
         "braille-chart--curve-1",
         "braille-chart--curve-2",
         "braille-chart--curve-3",
+        "braille-chart--raw-0",
+        "braille-chart--raw-1",
+        "braille-chart--cursor",
+        "braille-chart--peak",
     }
 
     DEFAULT_CSS = """
@@ -45,6 +49,10 @@ class BrailleChart(Widget):
     BrailleChart > .braille-chart--curve-1 { color: $warning; }
     BrailleChart > .braille-chart--curve-2 { color: $success; }
     BrailleChart > .braille-chart--curve-3 { color: $secondary; }
+    BrailleChart > .braille-chart--raw-0 { color: $accent 45%; }
+    BrailleChart > .braille-chart--raw-1 { color: $warning 45%; }
+    BrailleChart > .braille-chart--cursor { background: $foreground 35%; }
+    BrailleChart > .braille-chart--peak { background: $success 35%; }
     """
 
     def __init__(self, *, name: str | None = None, id: str | None = None, classes: str | None = None) -> None:
@@ -56,17 +64,33 @@ class BrailleChart(Widget):
         self._strips: list[Strip] | None = None
         self._strips_size: tuple[int, int] = (0, 0)
         self.drawn_range: tuple[float, float] | None = None
+        self._curve_classes: tuple[str, ...] | None = None
+        self._markers: tuple[tuple[float, str], ...] = ()
 
     def set_curves(
         self,
         curves: Sequence[Curve],
         x_range: tuple[float, float],
         y_range: tuple[float, float] | None = None,
+        classes: Sequence[str] | None = None,
+        markers: Sequence[tuple[float, str]] = (),
     ) -> None:
-        """Show these curves; nothing is redrawn when they are the same data as before."""
-        key = (tuple((len(c), _last(c), id(c.values.base)) for c in curves), x_range, y_range)
+        """Show these curves; nothing is redrawn when they are the same data as before.
+
+        ``classes`` names each curve's component class (default ``curve-0`` … in order); ``markers``
+        highlights the columns at some x values (``cursor``, ``peak``) across the chart's height.
+        """
+        key = (
+            tuple((len(c), _last(c), id(c.values), id(c.values.base)) for c in curves),
+            x_range,
+            y_range,
+            tuple(classes or ()),
+            tuple(markers),
+        )
         if key == self._data_key:
             return
+        self._curve_classes = tuple(classes) if classes else None
+        self._markers = tuple(markers)
         self._curves, self._x_range, self._y_range = tuple(curves), x_range, y_range
         self._data_key = key
         self._strips = None
@@ -88,14 +112,25 @@ class BrailleChart(Widget):
         return self._strips
 
     def _draw(self, width: int, height: int) -> list[Strip]:
-        styles = [
-            self.get_component_rich_style(f"braille-chart--curve-{i % 4}", partial=True)
-            for i in range(len(self._curves))
-        ]
+        names = self._curve_classes or [f"curve-{i % 4}" for i in range(len(self._curves))]
+        styles = [self.get_component_rich_style(f"braille-chart--{name}", partial=True) for name in names]
         strips, self.drawn_range = draw_curves(
             self._curves, self._x_range, self._y_range, width, height, styles, self.rich_style
         )
+        x_min, x_max = self._x_range
+        for x, name in self._markers:
+            if width <= 0 or not x_max > x_min or not x_min <= x <= x_max:
+                continue
+            column = min(width - 1, int(round((x - x_min) / (x_max - x_min) * (width * 2 - 1))) // 2)
+            style = self.get_component_rich_style(f"braille-chart--{name}", partial=True)
+            strips = [mark_column(strip, column, style) for strip in strips]
         return strips
+
+
+def mark_column(strip: Strip, column: int, style: Style) -> Strip:
+    """The strip with one cell restyled (a cursor or a marker line drawn down the chart)."""
+    before, cell, after = strip.divide([column, column + 1, strip.cell_length])[:3]
+    return Strip.join([before, cell.apply_style(style), after])
 
 
 def draw_curves(
