@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import sys
 import time
 import tracemalloc
@@ -75,19 +76,22 @@ def json_lines(path: Path) -> float:
     return time.perf_counter() - start
 
 
-def first_view(path: Path) -> float:
-    """Time to the tail of the file ready to draw: the last 64 KiB read first."""
-    from prefwatch.ingest.tail import Batch, decode_lines
-    from prefwatch.series import CellSeries
-
+def first_view(path: Path) -> tuple[float, int]:
+    """Time to the tail of the file ready to draw (CellSource.peek_tail), and the rows it holds."""
     start = time.perf_counter()
-    with open(path, "rb") as f:
-        f.seek(max(0, path.stat().st_size - (1 << 16)))
-        tail = f.read()
-    tail = tail[tail.find(b"\n") + 1 :]
-    batch = Batch()
-    decode_lines(tail, batch)
-    CellSeries().add_all(batch.records)
+    cell = open_path(path).cells[0]
+    cell.peek_tail()
+    elapsed = time.perf_counter() - start
+    return elapsed, len(cell.series.train)
+
+
+def pandas_lines(path: Path) -> float | None:
+    try:
+        import pandas
+    except ImportError:
+        return None
+    start = time.perf_counter()
+    pandas.read_json(path, lines=True)
     return time.perf_counter() - start
 
 
@@ -107,16 +111,23 @@ def main() -> None:
     prefwatch_replay(path)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
+    t_view, view_rows = first_view(path)
     t_orjson = orjson_lines(path)
     t_json = json_lines(path)
+    t_pandas = pandas_lines(path)
     print(f"msgspec floor (Struct, 1 core)   {t_floor:6.2f} s   1.00x")
     print(f"prefwatch replay to columns       {t_ours:6.2f} s   {t_ours / t_floor:.2f}x floor")
     if t_orjson is not None:
         print(f"orjson per line (parse only)      {t_orjson:6.2f} s   {t_orjson / t_floor:.2f}x floor")
     print(f"json per line (parse only)        {t_json:6.2f} s   {t_json / t_floor:.2f}x floor")
+    if t_pandas is not None:
+        print(f"pandas read_json(lines=True)      {t_pandas:6.2f} s   {t_pandas / t_floor:.2f}x floor")
+        print(f"prefwatch is {t_pandas / t_ours:.1f}x faster than pandas")
     print(f"stored: {values} values, {nbytes / values:.1f} bytes per value (capacity included)")
     print(f"parse peak (tracemalloc): {peak / 1e6:.0f} MB = {peak / nbytes:.2f}x the stored arrays")
-    print(f"first view (tail 64 KiB): {first_view(path) * 1000:.1f} ms")
+    print(f"first view (peek_tail, last 256 KiB): {t_view * 1000:.1f} ms, {view_rows} rows")
+    load = os.getloadavg()
+    print(f"machine load (1/5/15 min): {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

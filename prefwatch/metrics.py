@@ -7,6 +7,7 @@ to a (split, name) pair, so each name has a train and a held-out series.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Literal
 
 Split = Literal["train", "eval"]
@@ -43,6 +44,7 @@ ALIASES = {
 }
 
 
+@lru_cache(maxsize=4096)
 def canonical(key: str) -> tuple[Split, str]:
     """The split and canonical name of a logged key.
 

@@ -264,3 +264,48 @@ def test_columnar_path_takes_big_regular_blocks(tmp_path: Path) -> None:
     grid.poll()
     assert fast_blocks and all(b is not None for b in fast_blocks)
     assert_same_series(source.series, slow_series(b"".join(lines).decode()))
+
+
+def test_odd_lines_inside_big_blocks_take_the_exact_path_only_around_them(tmp_path: Path) -> None:
+    cell = tmp_path / "dpo-r8"
+    cell.mkdir()
+    lines = [line(s, loss=s / 10, **{"rewards/margins": s / 100}) for s in range(1, 40001)]
+    lines[12_345] = b'{"step": 12346, "time": 1.0, "loss": NaN}\n'
+    lines[23_456] = b'{"step": 23457, "time": 1.0, "loss": null}\n'
+    lines[30_000] = b'{"step": 30001, "train_runtime": 1.0, "train_loss": 0.2}\n'
+    lines[35_000] = line(100, loss=0.5)  # a resumed run
+    (cell / "metrics.jsonl").write_bytes(b"".join(lines))
+    grid = open_path(cell)
+    source = grid.cells[0]
+    exact_lines = []
+    import prefwatch.ingest.columnar as columnar
+
+    original = columnar._exact
+
+    def counting(series, block, decoder):  # noqa: ANN001
+        exact_lines.append(block.count(b"\n"))
+        original(series, block, decoder)
+
+    columnar._exact = counting
+    try:
+        grid.poll()
+    finally:
+        columnar._exact = original
+    assert_same_series(source.series, slow_series(b"".join(lines).decode()))
+    assert source.series.train.segments == 2 and source.series.finished
+    assert sum(exact_lines) < 2_000  # four odd lines, each in a small piece; the rest went column-wise
+
+
+def test_peek_tail_previews_then_poll_reads_everything(tmp_path: Path) -> None:
+    cell = tmp_path / "dpo-r8"
+    cell.mkdir()
+    lines = [line(s, loss=s / 10) for s in range(1, 20001)]
+    (cell / "metrics.jsonl").write_bytes(b"".join(lines))
+    source = open_path(cell).cells[0]
+    assert source.peek_tail(max_bytes=4096)
+    preview = source.series
+    assert source.preview and 0 < len(preview.train) < 100 and preview.train.steps[-1] == 20000
+    assert not preview.rejected  # the cut first line is skipped, not counted
+    source.poll()
+    assert not source.preview and list(source.series.train.steps) == list(range(1, 20001))
+    assert not source.peek_tail()  # only before the first poll

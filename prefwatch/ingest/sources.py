@@ -8,6 +8,7 @@ Each cell is a CellSource: it owns the readers of its files and the series built
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -89,6 +90,7 @@ class CellSource:
     trainer_state_dir: Path | None = None
     event_dir: Path | None = None  # TensorBoard event files in it or in its runs/*
     managed: bool = False  # started by prefwatch: has status.json and a supervisor
+    preview: bool = False  # the series holds only the tail of the log (peek_tail), not all of it
     _metrics_reader: TailReader | None = None
     _columnar: ColumnarDecoder = field(default_factory=ColumnarDecoder)
     _pairs_reader: TailReader | None = None
@@ -141,15 +143,47 @@ class CellSource:
     def _poll_metrics(self) -> bool:
         assert self._metrics_reader is not None
         blocks = 0
+        # After peek_tail() the series holds only the end of the log: the whole log is read into a
+        # new series, which replaces the preview when it is complete (the monitor never sees a gap).
+        series = CellSeries() if self.preview else self.series
 
         def take(block: bytes) -> None:
             nonlocal blocks
             blocks += 1
-            add_blocks(self.series, [block], self._columnar)
+            add_blocks(series, [block], self._columnar)
 
-        batch = self._metrics_reader.poll(on_block=take, on_restart=self._reset_series)
-        self.series.rejected.update(batch.rejected)
+        def restart() -> None:
+            nonlocal series
+            series = CellSeries()
+
+        batch = self._metrics_reader.poll(on_block=take, on_restart=restart)
+        series.rejected.update(batch.rejected)
+        self.series, self.preview = series, False
         return bool(blocks or batch.rejected or batch.restarted)
+
+    def peek_tail(self, max_bytes: int = 256 << 10) -> bool:
+        """Before the first poll(), fill the series from the last ``max_bytes`` of the metrics log
+        only, so a monitor can draw a large log at once; the next poll() reads the whole log.
+        True when a preview was made (a metrics log not yet read, with complete lines in its tail)."""
+        reader = self._metrics_reader
+        if reader is None or reader.started or self.metrics_path is None:
+            return False
+        try:
+            with open(self.metrics_path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                f.seek(max(0, size - max_bytes))
+                tail = f.read(max_bytes)
+        except OSError:
+            return False
+        if size > max_bytes:
+            tail = tail[tail.find(b"\n") + 1 :]  # the first line is cut
+        tail = tail[: tail.rfind(b"\n") + 1]
+        if not tail:
+            return False
+        preview = CellSeries()
+        add_blocks(preview, [tail], ColumnarDecoder())
+        self.series, self.preview = preview, True
+        return True
 
     def _reset_series(self) -> None:
         self.series = CellSeries()

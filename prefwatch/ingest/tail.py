@@ -48,6 +48,11 @@ class TailReader:
         self.error: str | None = None
         self._on_block: Callable[[bytes], None] = lambda block: None
 
+    @property
+    def started(self) -> bool:
+        """Whether anything has been read (or the file seen) yet."""
+        return self._inode is not None
+
     def poll(
         self,
         on_block: Callable[[bytes], None] | None = None,

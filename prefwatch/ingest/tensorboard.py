@@ -371,16 +371,17 @@ class _Collision(Exception):
 
 
 def _tag_words(buf: np.ndarray, at: np.ndarray, length: np.ndarray) -> list[np.ndarray]:
-    width = int(length.max()) if len(length) else 0
-    words = []
-    for offset in range(0, width, 8):
-        word = _gather(buf, at + offset, 8).view("<u8").ravel()
-        keep = np.clip(length - offset, 0, 8).astype(np.uint64)
-        mask = np.where(
-            keep >= 8, np.uint64(0xFFFFFFFFFFFFFFFF), (np.uint64(1) << (keep * np.uint64(8))) - np.uint64(1)
-        )
-        words.append(word & mask)
-    return words
+    """Each tag as little-endian 8-byte words, zero past its end (one gather of rows)."""
+    width = -(-int(length.max()) // 8) * 8 if len(length) else 0
+    if not width:
+        return []
+    block = _gather(buf, at, width)
+    shortest = int(length.min())
+    if shortest < width:  # zero the bytes past each tag's end (the words every tag fills need nothing)
+        keep = shortest // 8 * 8
+        block[:, keep:] *= np.arange(keep, width)[None, :] < length[:, None]
+    words = block.view("<u8")
+    return [words[:, i] for i in range(width // 8)]
 
 
 def _parse_event(data: bytes, start: int, end: int) -> list[tuple[str, int, float, float]]:
@@ -521,19 +522,22 @@ def _add_split(
     row_steps = steps[row_starts].astype(float)
     row_ends = np.append(row_starts[1:], len(steps)) - 1
     row_walls = walls[row_ends]
-    columns: dict[str, np.ndarray] = {}
     names = [name for _, name in canon]
-    present = np.unique(ids)
-    for tag in present.tolist():
-        pick = ids == tag
+    present = np.flatnonzero(np.bincount(ids, minlength=len(names)))
+    slot = np.zeros(len(names), dtype=np.int64)
+    slot[present] = np.arange(len(present))
+    # One scatter of every point into a rows x tags table, then a column per canonical name.
+    table = np.full((len(present), len(row_starts)), np.nan)
+    table[slot[ids], row_of] = values
+    columns: dict[str, np.ndarray] = {}
+    for tag, row in zip(present.tolist(), table):
         column = columns.get(names[tag])
-        if column is None:
-            column = columns[names[tag]] = np.full(len(row_starts), np.nan)
-        picked = values[pick]
-        column[row_of[pick]] = picked
-        bad = ~np.isfinite(picked)
-        if bad.any():
-            step = float(steps[pick][np.argmax(bad)])
+        columns[names[tag]] = row if column is None else np.where(np.isnan(row), column, row)
+    bad_points = ~np.isfinite(values)
+    if bad_points.any():
+        for tag in np.unique(ids[bad_points]).tolist():
+            pick = bad_points & (ids == tag)
+            step = float(steps[pick][0])
             key = (split, names[tag])
             series.first_non_finite[key] = min(step, series.first_non_finite.get(key, step))
     first = 0
@@ -547,7 +551,7 @@ def _add_split(
     if np.all(np.diff(row_steps[rest]) > 0) and (not len(target) or row_steps[first] > target.steps[-1]):
         target.extend(row_steps[rest], row_walls[rest], {name: column[rest] for name, column in columns.items()})
     else:  # a resumed run's steps go back: row by row, so the series starts a new segment
-        for row in range(first, len(row_steps)):
-            row_values = {name: float(c[row]) for name, c in columns.items() if not math.isnan(c[row])}
-            target.append(float(row_steps[row]), float(row_walls[row]), row_values)
+        for index in range(first, len(row_steps)):
+            row_values = {name: float(c[index]) for name, c in columns.items() if not math.isnan(c[index])}
+            target.append(float(row_steps[index]), float(row_walls[index]), row_values)
     series.records += len(row_steps) - first
