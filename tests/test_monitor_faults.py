@@ -182,6 +182,11 @@ def panel_lines(screen: str) -> list[str]:
     return lines[: len(lines) - 4]
 
 
+def same_screens(terminal: Terminal) -> None:
+    """Both monitors draw the same panels (waiting out a frame one of them has not drawn yet)."""
+    terminal.wait_for("one", lambda text: panel_lines(text) == panel_lines(terminal.screen("two")))
+
+
 def shows_all_steps(step: int) -> Callable[[str], bool]:
     return lambda text: text.count(f"running  step {step}/{MAX_STEPS}") == len(CELLS)
 
@@ -208,15 +213,15 @@ def test_two_monitors_on_one_grid_show_the_same_and_write_nothing(grid, terminal
     before = tree_state(grid.path)
     first = terminal.start("one", grid.path)
     second = terminal.start("two", grid.path)
-    one = terminal.wait_for("one", shows_all_steps(20))
-    two = terminal.wait_for("two", shows_all_steps(20))
-    assert panel_lines(one) == panel_lines(two)
+    terminal.wait_for("one", shows_all_steps(20))
+    terminal.wait_for("two", shows_all_steps(20))
+    same_screens(terminal)
     for objective, rank in CELLS:  # both follow the same appends
         append(grid.metrics(f"{objective}-r{rank}"), [record(21, objective)])
     after_append = tree_state(grid.path)
-    one = terminal.wait_for("one", shows_all_steps(21))
-    two = terminal.wait_for("two", shows_all_steps(21))
-    assert panel_lines(one) == panel_lines(two)
+    terminal.wait_for("one", shows_all_steps(21))
+    terminal.wait_for("two", shows_all_steps(21))
+    same_screens(terminal)
     for name in ("one", "two"):
         terminal.keys(name, "q")
     assert gone(first) and gone(second)

@@ -92,3 +92,27 @@ async def test_cell_screen_picks_smooths_scales_and_reads_values(tmp_path):
         await wait_for(pilot, lambda: len(list((tmp_path / "out").glob("*.svg"))) == 1)
         messages = [n.message for n in app._notifications]
         assert any(str(tmp_path / "out") in message for message in messages)  # the user is told where
+
+
+@run
+async def test_compare_puts_one_metric_of_every_cell_on_charts_by_objective(tmp_path):
+    from prefwatch.tui.screens.compare import CompareScreen
+
+    app = app_for(make_grid(tmp_path))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.view is not None and len(panels(app)) == 4)
+        await pilot.press("c")
+        await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
+        await wait_for(pilot, lambda: "simpo-r8" in screen_text(app))
+        text = screen_text(app)
+        assert "rewards/margins" in text and "dpo " in text and "simpo " in text  # one chart per objective
+        assert sum(g.display for g in app.screen.query(".group")) == 2
+        screen = app.screen
+        while "accurac" not in screen.metric:
+            await pilot.press("right_square_bracket")
+        await wait_for(pilot, lambda: sum(g.display for g in screen.query(".group")) == 1)
+        assert "all cells" in screen_text(app)
+        await pilot.press("v")
+        await wait_for(pilot, lambda: "held-out" in screen_text(app))
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, CompareScreen))

@@ -31,6 +31,7 @@ from prefwatch.ingest.watch import Follower
 from prefwatch.textsafe import plain
 from prefwatch.tui.model import CellView, GridView, cell_view, grid_view
 from prefwatch.tui.screens.cell import CellScreen
+from prefwatch.tui.screens.compare import CompareScreen
 from prefwatch.tui.screens.confirm import ConfirmScreen
 from prefwatch.tui.screens.grid import GridScreen
 from prefwatch.tui.screens.help import HelpScreen
@@ -58,6 +59,7 @@ class MonitorApp(App[int]):
     BINDINGS = [
         Binding("q", "quit_monitor", "Quit"),
         Binding("s", "stop_cell", "Stop cell"),
+        Binding("c", "compare", "Compare"),
         Binding("question_mark", "help", "Help"),
     ]
 
@@ -196,6 +198,8 @@ class MonitorApp(App[int]):
                 cell = view.cell(screen.cell.id)
                 if cell is not None and cell.version != screen.cell.version:
                     screen.show_cell(cell)
+            elif isinstance(screen, CompareScreen):
+                screen.show_grid(view)
 
     def _grid_screen(self) -> GridScreen:
         screen = self.screen_stack[0]
@@ -208,6 +212,11 @@ class MonitorApp(App[int]):
             self.push_screen(CellScreen(cell, self.export_dir))
 
     # ---- actions -------------------------------------------------------------------------------
+
+    def action_compare(self) -> None:
+        """One metric across every cell (one chart per objective where the scales differ)."""
+        if self.view is not None and not isinstance(self.screen, CompareScreen):
+            self.push_screen(CompareScreen(self.view))
 
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
