@@ -417,3 +417,37 @@ async def test_only_changed_cells_are_analysed_again(tmp_path):
         await wait_for(pilot, lambda: panels(app)["simpo-r8"].view.step == 21)
         assert incremental.analysed - before == 1
         assert app.view.headline  # the verdict is still decided over every cell
+
+
+@run
+async def test_a_failed_cell_rings_and_notifies_and_the_grid_can_be_stopped(tmp_path):
+    grid = make_grid(tmp_path, steps=5, state=jobs.QUEUED)
+    app = app_for(grid, mode="live")
+    bells = []
+    app.bell = lambda: bells.append(1)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.view is not None and app.follower is not None and len(panels(app)) == 4)
+        cell_dir = grid / "cells" / "dpo-r8"
+        rundir.write_json_atomic(cell_dir / rundir.STATUS_FILE, {"state": jobs.FAILED, "exit_code": 1, "host": None})
+        await wait_for(pilot, lambda: bells and any("dpo-r8: failed" in n.message for n in app._notifications))
+        await pilot.press("X")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: all(p.view.state in jobs.ENDED_STATES for p in panels(app).values()))
+        assert panels(app)["dpo-r16"].view.state == jobs.STOPPED
+        assert panels(app)["dpo-r8"].view.state == jobs.FAILED  # an ended cell is left as it was
+        await pilot.press("T")
+        assert app.theme == "textual-light"
+
+
+@run
+async def test_svg_snapshot_at_160x48(tmp_path):
+    app = app_for(make_grid(tmp_path))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait_for(pilot, lambda: app.view is not None and len(panels(app)) == 4)
+        await pilot.pause()
+        path = Path(app.save_screenshot("grid-160x48.svg", path=str(tmp_path)))
+    svg = path.read_text()
+    assert svg.startswith("<svg") and "verdict" in svg
+    for label in ("ho&#160;margin", "step&#160;30/40", "finished"):
+        assert svg.count(label) >= 4

@@ -39,6 +39,7 @@ from prefwatch.tui.text import literal
 from prefwatch.tui.widgets.cell_panel import CellPanel
 
 MODES = ("live", "replay")
+ALERT_STATES = frozenset({"finished", "failed", "stopped", "lost", "stalled"})
 REDRAW_INTERVAL = 0.1  # the throttle's shortest interval between refreshes while lines pour in
 REDRAW_BURST = 3  # near-simultaneous changes (cells logging the same second) are drawn at once
 MAX_REDRAW_INTERVAL = 1.0  # however busy, at least one refresh a second
@@ -60,6 +61,8 @@ class MonitorApp(App[int]):
         Binding("q", "quit_monitor", "Quit"),
         Binding("s", "stop_cell", "Stop cell"),
         Binding("c", "compare", "Compare"),
+        Binding("X", "stop_grid", "Stop grid"),
+        Binding("T", "toggle_theme", "Light/dark"),
         Binding("question_mark", "help", "Help"),
     ]
 
@@ -190,8 +193,10 @@ class MonitorApp(App[int]):
             return
         if self._error:
             self.log.error(self._error)
-        self.view = view
+        previous, self.view = self.view, view
         self.refreshes += 1
+        if previous is not None and self.mode == "live":
+            self._alert(previous, view)
         grid_screen.show(view, self.source_label, self._error)
         for screen in self.screen_stack:
             if isinstance(screen, CellScreen):
@@ -200,6 +205,27 @@ class MonitorApp(App[int]):
                     screen.show_cell(cell)
             elif isinstance(screen, CompareScreen):
                 screen.show_grid(view)
+
+    def _alert(self, before: GridView, after: GridView) -> None:
+        """Bell and a notification when a cell finishes, fails, stalls or is lost, or has a new finding."""
+        for cell in after.cells:
+            old = before.cell(cell.id)
+            if old is None:
+                continue
+            messages = []
+            if cell.state != old.state and cell.state in ALERT_STATES:
+                messages.append(f"{cell.id}: {cell.status}")
+            seen = {f.message for f in old.findings}
+            messages += [
+                f"{cell.id}: {f.message}" for f in cell.findings if f.message not in seen and f.severity != "info"
+            ]
+            for message in messages:
+                severity = "error" if cell.state in ("failed", "lost") or cell.severity == "error" else "warning"
+                if cell.state == "finished" and message.endswith(cell.status):
+                    severity = "information"
+                self.notify(plain(message), severity=severity, markup=False, timeout=10)
+            if messages:
+                self.bell()
 
     def _grid_screen(self) -> GridScreen:
         screen = self.screen_stack[0]
@@ -212,6 +238,26 @@ class MonitorApp(App[int]):
             self.push_screen(CellScreen(cell, self.export_dir))
 
     # ---- actions -------------------------------------------------------------------------------
+
+    def action_toggle_theme(self) -> None:
+        self.theme = "textual-light" if self.theme != "textual-light" else "textual-dark"
+
+    def action_stop_grid(self) -> None:
+        """Stop every cell that has not ended (asks first)."""
+        if self.view is None or not self.source.managed:
+            self.notify("Only a grid that prefwatch launched can be stopped from here.", severity="warning")
+            return
+        running = [c for c in self.view.cells if c.stoppable]
+        if not running:
+            self.notify("Every cell has ended already.")
+            return
+        question = Content(f"Stop the whole grid? {len(running)} cell(s) have not ended; running jobs get SIGTERM.")
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._stop(None)
+
+        self.push_screen(ConfirmScreen(question), answered)
 
     def action_compare(self) -> None:
         """One metric across every cell (one chart per objective where the scales differ)."""
@@ -259,15 +305,18 @@ class MonitorApp(App[int]):
         return None
 
     @work(thread=True, group="stop")
-    def _stop(self, cell_id: str) -> None:
-        """Ask the jobs layer to stop one cell; it may wait for the grace period, so not on the UI thread."""
+    def _stop(self, cell_id: str | None) -> None:
+        """Ask the jobs layer to stop one cell (None: the grid); it may wait out the grace period, so not on the UI thread."""
         try:
-            stopped = jobs.request_stop(self.source.root, [cell_id])
+            stopped = jobs.request_stop(self.source.root, [cell_id] if cell_id else None)
         except (jobs.LaunchError, OSError) as exc:
             self.call_from_thread(self.notify, plain(exc), severity="error", markup=False)
             return
-        text = "asked to stop" if stopped else "had ended already"
-        self.call_from_thread(self.notify, plain(f"{cell_id} {text}."), markup=False)
+        if cell_id is None:
+            text = f"asked {len(stopped)} cell(s) to stop: {', '.join(stopped)}" if stopped else "no cell to stop"
+        else:
+            text = f"{cell_id} " + ("asked to stop" if stopped else "had ended already")
+        self.call_from_thread(self.notify, plain(f"{text}."), markup=False)
         if self.follower is not None:
             self.follower.nudge()
 

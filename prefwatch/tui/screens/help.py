@@ -13,6 +13,9 @@ HELP = """\
   arrows / h j k l   select a cell
   enter              charts of the selected cell (escape to come back)
   s                  stop the selected cell (asks first; launched grids only)
+  X                  stop the whole grid (asks first)
+  c                  compare one metric across all cells ([ ] metric, v train / held-out)
+  T                  light or dark theme (more in the command palette, ctrl+p)
   ?                  this help
   q                  quit the monitor — the jobs keep running
 
@@ -38,6 +41,9 @@ HELP = """\
 [b]The strip[/b]
   the verdict (which objective, which rank, decisive or not), its first reason,
   and the mean held-out accuracy per objective and per rank.
+
+A cell that finishes, fails, stalls or is lost, or a new finding, rings the terminal bell and
+shows a notification (live mode).
 
 The monitor only reads the run directory; it never writes into a cell.
 """
