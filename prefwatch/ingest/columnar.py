@@ -28,6 +28,8 @@ from prefwatch.series import CellSeries
 
 # Pieces at most this long go record by record (after a failed fast decode, or to learn the keys).
 _EXACT_BYTES = 16 << 10
+# A live log brings a line or two per poll: for so little, records cost less than building columns.
+_SMALL_BYTES = 4 << 10
 
 
 class ColumnarDecoder:
@@ -121,7 +123,10 @@ def add_blocks(series: CellSeries, blocks: list[bytes], decoder: ColumnarDecoder
 def _add(series: CellSeries, block: bytes, decoder: ColumnarDecoder) -> None:
     if not block:
         return
-    if not decoder.ready:
+    if not decoder.ready or len(block) <= _SMALL_BYTES:
+        if len(block) <= _EXACT_BYTES:
+            _exact(series, block, decoder)
+            return
         # Learn the keys from the first lines, record by record; the rest of the block may go fast.
         head = _split_at_line(block, _EXACT_BYTES)
         _exact(series, block[:head], decoder)
