@@ -287,7 +287,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 Text(plain(v))
                 for v in (
                     cell.id,
-                    status.describe(),
+                    status.describe() + _slurm_reason(status),
                     step,
                     str(status.raw.get("device", "–")),
                     str(status.raw.get("job_id") or status.raw.get("pid", "–")),
@@ -297,6 +297,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     Console().print(table)
     return EXIT_OK
+
+
+def _slurm_reason(status: Any) -> str:
+    """Why Slurm keeps a cell waiting (Resources, Priority, QOSMaxJobsPerUserLimit, ...)."""
+    reason = status.raw.get("slurm_reason")
+    return f" ({reason})" if status.state == "queued" and reason else ""
 
 
 def _supervisor_word(alive: bool | None) -> str:

@@ -474,6 +474,8 @@ def test_grid_runs_through_sbatch_to_completion(cluster: Cluster, tmp_path: Path
     wait_for(lambda: all(status(run_dir, c).state == jobs.RUNNING for c in cells), 30, "both cells running")
     queued = status(bad_dir, "dpo-r8")
     assert queued.state == jobs.QUEUED and queued.raw.get("slurm_reason") in ("Resources", "Priority"), queued.raw
+    waiting = prefwatch("status", str(bad_dir))
+    assert f"queued ({queued.raw['slurm_reason']})" in waiting.stdout and "(Slurm)" in waiting.stdout, waiting.stdout
     wait_for(lambda: last_step(run_dir, "dpo-r8") >= 2, 60, "dpo-r8 to log")
     source = open_path(run_dir)
     source.poll()
@@ -563,6 +565,16 @@ def test_stop_cancels_through_scancel(cluster: Cluster, tmp_path: Path) -> None:
     assert rest.returncode == 0 and "simpo-r8" in rest.stdout
     shown = prefwatch("status", str(run_dir))
     assert shown.stdout.count("stopped") == 2, shown.stdout
+
+    # resume submits both again, as new jobs running `prefwatch.train --resume`; then stop them for good.
+    resumed = prefwatch("launch", str(run_dir), "--resume", "--detach")
+    assert resumed.returncode == 0 and "Slurm jobs" in resumed.stdout, resumed.stderr
+    again = rundir.read_json(run_dir / "cells" / "dpo-r8" / "status.json")
+    assert again["job_id"] != job and again["previous"]["state"] == "stopped"
+    assert "--resume" in (run_dir / "cells" / "dpo-r8" / "job.sh").read_text()
+    wait_for(lambda: status(run_dir, "dpo-r8").state == jobs.RUNNING, 30, "the resumed cell to run")
+    assert prefwatch("stop", str(run_dir)).returncode == 0
+    assert [status(run_dir, c).state for c in ("dpo-r8", "simpo-r8")] == [jobs.STOPPED] * 2
     wait_for(
         lambda: not subprocess.run(["squeue", "-h", "-t", "PD,R,CG"], capture_output=True, text=True).stdout.strip(),
         30,
