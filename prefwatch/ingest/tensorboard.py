@@ -138,13 +138,15 @@ def concat(pieces: list[Scalars]) -> Scalars:
 
 def decode_records(data: bytes) -> tuple[Scalars, int]:
     """The scalars of the complete records at the start of ``data``, and how many bytes they span."""
-    starts = _frame_fast(data)
-    if starts is None:
+    framed = _frame_fast(data)
+    buf = np.frombuffer(data, dtype=np.uint8)
+    if framed is None:
         starts = _frame_exact(data)
+        lengths = _gather(buf, starts, 8).view("<u8").ravel().astype(np.int64)
+    else:
+        starts, lengths = framed
     if not len(starts):
         return Scalars(), 0
-    buf = np.frombuffer(data, dtype=np.uint8)
-    lengths = _u32(buf, starts)
     used = int(starts[-1] + _HEADER + lengths[-1] + _FOOTER)
     return _decode_events(data, buf, starts + _HEADER, lengths), used
 
@@ -165,41 +167,46 @@ def _gather(buf: np.ndarray, at: np.ndarray, width: int) -> np.ndarray:
     return rows
 
 
-def _u32(buf: np.ndarray, at: np.ndarray) -> np.ndarray:
-    return _gather(buf, at, 4).view("<u4").ravel().astype(np.int64)
-
-
-def _frame_fast(data: bytes) -> np.ndarray | None:
-    """Record starts found from their headers and checked to chain exactly; None when in doubt."""
+def _frame_fast(data: bytes) -> tuple[np.ndarray, np.ndarray] | None:
+    """Record starts and data lengths, found from their headers and checked to chain exactly; None
+    when in doubt."""
     n = len(data)
     if n < _HEADER + 1:
-        return np.empty(0, dtype=np.int64)
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
     buf = np.frombuffer(data, dtype=np.uint8)
     # An Event begins with wall_time (field 1, fixed64: tag byte 0x09), 12 bytes after the record start.
-    cand = np.flatnonzero(buf[_HEADER:] == 0x09)
-    cand = cand[cand + _HEADER + 1 <= n]
-    cand = cand[_gather(buf, cand, 8).view("<u8").ravel() < _MAX_RECORD]
+    # Scanned in slices, so the temporaries stay small.
+    step = 1 << 22
+    found = [np.flatnonzero(buf[at + _HEADER : at + step + _HEADER] == 0x09) + at for at in range(0, n, step)]
+    cand = np.concatenate(found)
+    lengths = _gather(buf, cand, 8).view("<u8").ravel()
+    plausible = lengths < _MAX_RECORD
+    cand = cand[plausible]
     if not len(cand) or cand[0] != 0:
         return None
-    ends = cand + _HEADER + _u32(buf, cand) + _FOOTER
-    is_start = np.zeros(n + 1, dtype=bool)
-    is_start[cand] = True
-    chained = is_start[np.minimum(ends, n)] & (ends < n)
-    # Keep the first record and every one another candidate points at; then it must be one chain.
-    keep = np.zeros(n + 1, dtype=bool)
+    ends = cand + (_HEADER + _FOOTER) + lengths[plausible].astype(np.int64)
+    # Keep the first record and every candidate another one ends at; then they must form one chain.
+    # A record's end is nearly always one of the next few candidates; the rest are searched for.
+    keep = np.zeros(len(cand), dtype=bool)
     keep[0] = True
-    keep[ends[chained]] = True
-    starts = cand[keep[cand]]
-    ends = cand[keep[cand]] + _HEADER + _u32(buf, starts) + _FOOTER
+    unmatched = np.ones(len(cand), dtype=bool)
+    for k in (1, 2, 3):
+        hit = np.flatnonzero(ends[:-k] == cand[k:])
+        keep[hit + k] = True
+        unmatched[hit] = False
+    rest = np.flatnonzero(unmatched)
+    if len(rest):
+        at = np.minimum(np.searchsorted(cand, ends[rest]), len(cand) - 1)
+        keep[at[cand[at] == ends[rest]]] = True
+    starts, ends = cand[keep], ends[keep]
     if len(starts) > 1 and not np.array_equal(ends[:-1], starts[1:]):
         return None
-    complete = ends <= n
-    if not complete[-1]:
+    if ends[-1] > n:
         starts, ends = starts[:-1], ends[:-1]
-    rest = int(ends[-1]) if len(ends) else 0
-    if _complete_record_at(data, rest):
+    done = int(ends[-1]) if len(ends) else 0
+    if _complete_record_at(data, done):
         return None  # a whole record the headers did not find: let the exact framing take it
-    return starts
+    return starts, ends - starts - (_HEADER + _FOOTER)
 
 
 def _complete_record_at(data: bytes, at: int) -> bool:
