@@ -312,3 +312,35 @@ def test_parse_label() -> None:
     for bad in ("run-a", "=dpo:16", "x=ppo:8", "x=dpo:0", "x=dpo:r8", "x=:"):
         with pytest.raises(SourceError):
             parse_label(bad)
+
+
+def test_transformers_tensorboard_callback_output_dir(tmp_path: Path) -> None:
+    """The event files of transformers' own TensorBoardCallback (what report_to="tensorboard" adds),
+    driven with DPO-shaped logs: found under output_dir/runs/<date>_<host>/ and read."""
+    pytest.importorskip("tensorboard")
+    integration = pytest.importorskip("transformers.integrations.integration_utils")
+    from types import SimpleNamespace
+
+    out = tmp_path / "dpo-r16-run"
+    args = SimpleNamespace(output_dir=str(out), to_json_string=lambda: "{}")
+    state = SimpleNamespace(is_world_process_zero=True, is_hyper_param_search=False, global_step=0)
+    callback = integration.TensorBoardCallback()
+    callback.on_train_begin(args, state, None)
+    for step in range(1, 31):
+        state.global_step = step
+        logs = {"loss": 1 / step, "rewards/chosen": step / 10, "rewards/margins": step / 5, "epoch": step / 30}
+        callback.on_log(args, state, None, logs=logs)
+        if step % 10 == 0:
+            callback.on_log(args, state, None, logs={"eval_loss": 0.5, "eval_rewards/accuracies": step / 40})
+    callback.on_log(args, state, None, logs={"train_runtime": 12.0, "train_loss": 0.4, "epoch": 1.0})
+    callback.on_train_end(args, state, None)
+    assert list(out.glob("runs/*/events.out.tfevents.*"))
+    grid = open_path(out)
+    grid.poll()
+    cell = grid.cells[0]
+    assert (cell.objective, cell.rank) == ("dpo", 16)
+    series = cell.series
+    assert list(series.train.steps) == list(range(1, 31)) and list(series.eval.steps) == [10, 20, 30]
+    np.testing.assert_allclose(series.train.column("rewards/margins"), [s / 5 for s in range(1, 31)], rtol=1e-6)
+    np.testing.assert_allclose(series.eval.column("rewards/accuracies"), [0.25, 0.5, 0.75])
+    assert series.finished and series.end_record is not None and "train/train_runtime" in series.end_record
