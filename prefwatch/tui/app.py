@@ -43,7 +43,7 @@ ALERT_STATES = frozenset({"finished", "failed", "stopped", "lost", "stalled"})
 REDRAW_INTERVAL = 0.1  # the throttle's shortest interval between refreshes while lines pour in
 REDRAW_BURST = 3  # near-simultaneous changes (cells logging the same second) are drawn at once
 MAX_REDRAW_INTERVAL = 1.0  # however busy, at least one refresh a second
-CPU_BUDGET = 0.022  # share of a core the whole monitor aims at; the throttle widens above it (charts.md)
+CPU_BUDGET = 0.02  # share of a core the whole monitor aims at; the throttle widens above it (charts.md)
 HEARTBEAT_SECONDS = 5.0  # re-check states that change without a file changing (stalled, lost)
 READ_SHARE = 0.33  # reading and analysing may take at most this share of a core: huge logs refresh less often
 
@@ -147,8 +147,13 @@ class MonitorApp(App[int]):
         with self._read_lock:
             started = time.perf_counter()
             try:
+                had_error = self._error is not None
                 view: GridView | None = self._incremental.view()
                 self._error = None
+                if view is None and not had_error:
+                    self._pace(time.perf_counter() - started)
+                    return  # nothing new (a trailing event of a write already read): no frame
+                view = view or self._incremental.last
             except Exception as exc:  # an analysis bug must not take the monitor down with it
                 self._error = plain(f"could not read the logs: {type(exc).__name__}: {exc}")
                 view = None
@@ -215,9 +220,11 @@ class MonitorApp(App[int]):
             messages = []
             if cell.state != old.state and cell.state in ALERT_STATES:
                 messages.append(f"{cell.id}: {cell.status}")
-            seen = {f.message for f in old.findings}
+            seen = {(f.kind, f.severity) for f in old.findings}
             messages += [
-                f"{cell.id}: {f.message}" for f in cell.findings if f.message not in seen and f.severity != "info"
+                f"{cell.id}: {f.message}"
+                for f in cell.findings
+                if (f.kind, f.severity) not in seen and f.severity != "info"
             ]
             for message in messages:
                 severity = "error" if cell.state in ("failed", "lost") or cell.severity == "error" else "warning"
@@ -343,8 +350,10 @@ class IncrementalAnalysis:
         self._cells: dict[str, tuple[tuple[object, ...], CellAnalysis]] = {}
         self._views: dict[str, tuple[CellAnalysis, CellView]] = {}
         self._full_at = float("-inf")
+        self.last: GridView | None = None
 
-    def view(self) -> GridView:
+    def view(self) -> GridView | None:
+        """A new view of the grid, or None when nothing changed since the last one."""
         source = self.source
         for cell in source.cells:
             cell.poll()
@@ -359,6 +368,8 @@ class IncrementalAnalysis:
             cached = self._cells.get(cell.id)
             if full or cached is None or cached[0] != key:
                 stale.append((cell, key))
+        if not stale and self.last is not None:
+            return None
         if stale:
             part = analyse(GridSource(source.name, source.root, [c for c, _ in stale], source.managed), now=now)
             for (cell, key), result in zip(stale, part.cells):
@@ -372,7 +383,8 @@ class IncrementalAnalysis:
             view = previous[1] if previous and previous[0] is cell else cell_view(cell)
             views[cell.source.id] = (cell, view)
         self._views = views
-        return grid_view(GridAnalysis(source, cells, verdict), [v for _, v in views.values()])
+        self.last = grid_view(GridAnalysis(source, cells, verdict), [v for _, v in views.values()])
+        return self.last
 
 
 def _cell_key(cell: CellSource, supervised: bool | None) -> tuple[object, ...]:

@@ -54,6 +54,7 @@ class FindingView:
     severity: str
     message: str
     step: int | None
+    kind: str = ""  # what was found (non_finite, stalled, …): the message's numbers change, the kind does not
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,7 @@ def cell_view(cell: CellAnalysis) -> CellView:
     series = source.series
     state = cell.state
     status = "stalled" if state == "stalled" else cell.status.describe()
-    findings = tuple(FindingView(f.severity, f.message, f.step) for f in cell.diagnosis.findings)
+    findings = tuple(FindingView(f.severity, f.message, f.step, f.kind) for f in cell.diagnosis.findings)
     curves = cell_curves(cell)
     rejected = sum(series.rejected.values())
     version = (
