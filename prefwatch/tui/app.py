@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from textual import work
@@ -30,6 +31,7 @@ from prefwatch.ingest.sources import CellSource, GridSource, open_path
 from prefwatch.ingest.watch import Follower
 from prefwatch.textsafe import plain
 from prefwatch.tui.model import CellView, GridView, cell_view, grid_view
+from prefwatch.tui.replay import ReplayGrid
 from prefwatch.tui.screens.cell import CellScreen
 from prefwatch.tui.screens.compare import CompareScreen
 from prefwatch.tui.screens.confirm import ConfirmScreen
@@ -39,6 +41,7 @@ from prefwatch.tui.text import literal
 from prefwatch.tui.widgets.cell_panel import CellPanel
 
 MODES = ("live", "replay")
+REPLAY_TICK = 0.25  # seconds between replay frames
 ALERT_STATES = frozenset({"finished", "failed", "stopped", "lost", "stalled"})
 REDRAW_INTERVAL = 0.1  # the throttle's shortest interval between refreshes while lines pour in
 REDRAW_BURST = 3  # near-simultaneous changes (cells logging the same second) are drawn at once
@@ -63,6 +66,13 @@ class MonitorApp(App[int]):
         Binding("c", "compare", "Compare"),
         Binding("X", "stop_grid", "Stop grid"),
         Binding("T", "toggle_theme", "Light/dark"),
+        Binding("space", "replay_toggle", "Play/pause"),
+        Binding("plus,equals_sign", "replay_speed(1)", "Faster", key_display="+"),
+        Binding("minus", "replay_speed(-1)", "Slower", key_display="-"),
+        Binding("greater_than_sign,full_stop", "replay_jump(0.05)", "Jump", key_display=">"),
+        Binding("less_than_sign,comma", "replay_jump(-0.05)", "Back", key_display="<"),
+        Binding("home", "replay_seek(0)", "Start", show=False),
+        Binding("end", "replay_seek(1)", "End", show=False),
         Binding("question_mark", "help", "Help"),
     ]
 
@@ -75,6 +85,7 @@ class MonitorApp(App[int]):
         redraw_interval: float = REDRAW_INTERVAL,
         heartbeat: float = HEARTBEAT_SECONDS,
         export_dir: Path | None = None,
+        speed: float | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -95,6 +106,9 @@ class MonitorApp(App[int]):
         self._unmounted = False
         self._error: str | None = None
         self._incremental = IncrementalAnalysis(source, heartbeat)
+        # Replay as a time-lapse at ``speed`` times real time (None: everything at once, the default).
+        self.speed = speed if mode == "replay" else None
+        self.replay: ReplayGrid | None = None
         self._cpu_sample = (time.monotonic(), time.process_time())
         self._interval = redraw_interval
 
@@ -103,6 +117,8 @@ class MonitorApp(App[int]):
 
     @property
     def source_label(self) -> str:
+        if self.replay is not None:
+            return self.replay.label()
         if self.mode == "replay":
             return "replay"
         if self.follower is None:
@@ -120,6 +136,11 @@ class MonitorApp(App[int]):
     @work(thread=True, exclusive=True, group="read")
     def _first_read(self) -> None:
         """Read everything there is (a finished log can be large), then follow it in live mode."""
+        if self.speed is not None:
+            replay = ReplayGrid(self.source, self.speed, time.monotonic)
+            self._incremental = IncrementalAnalysis(replay.source, float("inf"), replay.clock.now)
+            self.replay = replay
+            self.call_from_thread(self.set_interval, REPLAY_TICK, self._replay_tick)
         self._read_and_post()
         if self.mode == "live":
             self._start_following()
@@ -137,6 +158,19 @@ class MonitorApp(App[int]):
             follower.nudge()
             self.follower = follower
         self.post_message(ViewReady())  # the strip names the follower's mode now
+
+    def _replay_tick(self) -> None:
+        if self.replay is not None:
+            self._replay_step()
+
+    @work(thread=True, exclusive=True, group="read")
+    def _replay_step(self) -> None:
+        """Cut the grid at the replay clock and draw it (or just the strip, when the clock stands still)."""
+        assert self.replay is not None
+        if self.replay.update():
+            self._read_and_post()
+        else:
+            self.post_message(ViewReady())
 
     def _nudge(self) -> None:
         if self.follower is not None:
@@ -246,6 +280,35 @@ class MonitorApp(App[int]):
 
     # ---- actions -------------------------------------------------------------------------------
 
+    # ---- replay controls (a timed replay only) ---------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action.startswith("replay_"):
+            return self.replay is not None
+        if action in ("stop_cell", "stop_grid"):
+            return self.mode == "live"  # a replay's jobs ended long ago
+        return True
+
+    def action_replay_toggle(self) -> None:
+        if self.replay is not None:
+            self.replay.clock.toggle()
+            self._replay_step()
+
+    def action_replay_speed(self, factor: int) -> None:
+        if self.replay is not None:
+            self.replay.clock.faster(factor)
+            self._replay_step()
+
+    def action_replay_jump(self, fraction: float) -> None:
+        if self.replay is not None:
+            self.replay.clock.jump(fraction)
+            self._replay_step()
+
+    def action_replay_seek(self, fraction: float) -> None:
+        if self.replay is not None:
+            self.replay.clock.seek(fraction)
+            self._replay_step()
+
     def action_toggle_theme(self) -> None:
         self.theme = "textual-light" if self.theme != "textual-light" else "textual-dark"
 
@@ -343,8 +406,11 @@ class IncrementalAnalysis:
     the clock: stalled, idle). The verdict is always decided over all cells.
     """
 
-    def __init__(self, source: GridSource, heartbeat: float = HEARTBEAT_SECONDS) -> None:
+    def __init__(
+        self, source: GridSource, heartbeat: float = HEARTBEAT_SECONDS, clock: Callable[[], float] = time.time
+    ) -> None:
         self.source = source
+        self.clock = clock  # "now" for findings that depend on it (a replay passes its own clock)
         self.heartbeat = heartbeat
         self.analysed = 0  # cells analysed (tests and the benchmark read it)
         self._cells: dict[str, tuple[tuple[object, ...], CellAnalysis]] = {}
@@ -357,7 +423,7 @@ class IncrementalAnalysis:
         source = self.source
         for cell in source.cells:
             cell.poll()
-        now = time.time()
+        now = self.clock()
         full = time.monotonic() - self._full_at >= self.heartbeat
         if full:
             self._full_at = time.monotonic()
@@ -416,14 +482,19 @@ def cell_result(cell: CellAnalysis) -> CellResult:
     )
 
 
-def run_monitor(path: Path, *, mode: str = "live", poll: bool = False) -> int:
+def run_monitor(
+    path: Path, *, mode: str = "live", poll: bool = False, speed: float | None = None, export_dir: Path | None = None
+) -> int:
     """Open the logs at ``path`` and run the monitor until the user quits; 0 on a normal quit.
 
     ``mode`` "live" follows growing files (launch, attach); "replay" reads finished logs once and
-    shows them. ``poll`` forces polling for file systems that deliver no change events (NFS).
+    shows them: all at once, or with ``speed`` as a time-lapse at that many times real time, by
+    the logs' own timestamps (space pauses, + and - change the speed, < and > jump). ``poll``
+    forces polling for file systems that deliver no change events (NFS). ``export_dir`` is where
+    the cell screen's exports and screenshots go (default: the current directory).
     Raises ``SourceError`` when the path holds nothing readable (the CLI prints it).
     """
     source = open_path(path)
-    app = MonitorApp(source, mode=mode, poll=poll)
+    app = MonitorApp(source, mode=mode, poll=poll, speed=speed, export_dir=export_dir)
     result = app.run()
     return 0 if result is None else int(result)

@@ -1,0 +1,203 @@
+"""Replay as a time-lapse: finished logs played back by their own timestamps.
+
+The logs are read whole once (the grid's own ``GridSource``); a ``ReplayGrid`` then shows each cell as
+it stood at a moment of the run: the rows logged up to that time, the evaluations up to there, and the
+state "running" until the cell's last line. The clock runs at ``speed`` times real time and can be
+paused, sped up, slowed down and moved. Rows without a time are shown from the start.
+
+No Textual here: the app ticks the clock and analyses the cut grid like a live one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from prefwatch import jobs
+from prefwatch.ingest.sources import CellSource, GridSource, PairLog
+from prefwatch.series import CellSeries, SplitSeries
+
+
+@dataclasses.dataclass
+class ReplayCell(CellSource):
+    """A cell cut at the replay clock: reads nothing (poll is a no-op), says "running" until its end."""
+
+    ended: bool = False
+    final_status: jobs.CellStatus | None = None
+
+    def __post_init__(self) -> None:  # no readers: the data comes from the full source
+        pass
+
+    def poll(self) -> bool:
+        return False
+
+    @property
+    def read_error(self) -> str | None:
+        return None
+
+    def status(self, supervisor_alive: bool | None = None) -> jobs.CellStatus:
+        if self.ended and self.final_status is not None:
+            return self.final_status
+        return jobs.CellStatus(jobs.RUNNING if self.series.records else jobs.QUEUED, {})
+
+
+def time_span(grid: GridSource) -> tuple[float, float] | None:
+    """First and last logged time over every cell (None when no row carries a time)."""
+    lows, highs = [], []
+    for cell in grid.cells:
+        for split in (cell.series.train, cell.series.eval):
+            times = split.times[np.isfinite(split.times)]
+            if len(times):
+                lows.append(float(times.min()))
+                highs.append(float(times.max()))
+    return (min(lows), max(highs)) if lows else None
+
+
+def cut_split(split: SplitSeries, until: float) -> SplitSeries:
+    """The rows of ``split`` logged at or before ``until`` (rows without a time are kept)."""
+    times = split.times
+    keep = ~(times > until)  # NaN compares False: kept
+    rows = int(np.count_nonzero(keep))
+    if rows == len(split) and rows:
+        index = slice(None)
+    else:
+        index = np.flatnonzero(keep)
+    cut = SplitSeries()
+    if rows:
+        cut.extend(split.steps[index], times[index], {name: split.column(name)[index] for name in split.names})
+    return cut
+
+
+def cut_cell(cell: CellSource, until: float, last_time: float | None) -> ReplayCell:
+    full = cell.series
+    series = CellSeries()
+    series.train, series.eval = cut_split(full.train, until), cut_split(full.eval, until)
+    series.records = len(series.train) + len(series.eval)
+    series.rejected = full.rejected.copy()
+    last_step = series.last_step
+    series.first_non_finite = {k: v for k, v in full.first_non_finite.items() if v <= last_step}
+    ended = last_time is None or until >= last_time
+    if ended:
+        series.end_record = full.end_record
+    eval_steps = set(series.eval.steps.tolist())
+    pairs = PairLog(pair_ids=list(cell.pairs.pair_ids))
+    for step, chosen, rejected in zip(cell.pairs.steps, cell.pairs.chosen, cell.pairs.rejected):
+        if step in eval_steps or (step <= last_step and not len(full.eval)):
+            pairs.steps.append(step)
+            pairs.chosen.append(chosen)
+            pairs.rejected.append(rejected)
+    final = cell.status() if ended else None
+    return ReplayCell(
+        id=cell.id,
+        directory=cell.directory,
+        objective=cell.objective,
+        rank=cell.rank,
+        seed=cell.seed,
+        info=cell.info,
+        series=series,
+        pairs=pairs,
+        data_stats=cell.data_stats,
+        managed=False,
+        ended=ended,
+        final_status=final,
+    )
+
+
+class ReplayClock:
+    """Virtual time over the run's span: play/pause, speed, jumps; ``now()`` is where the replay stands."""
+
+    SPEEDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+
+    def __init__(self, start: float, end: float, speed: float, clock: Callable[[], float]) -> None:
+        self.start, self.end = start, end
+        self.speed = speed
+        self.playing = True
+        self._clock = clock
+        self._at = start
+        self._since = clock()
+
+    def now(self) -> float:
+        if self.playing:
+            self._at = min(self.end, self._at + (self._clock() - self._since) * self.speed)
+        self._since = self._clock()
+        if self._at >= self.end:
+            self.playing = False
+        return self._at
+
+    @property
+    def finished(self) -> bool:
+        return self.now() >= self.end
+
+    @property
+    def fraction(self) -> float:
+        span = self.end - self.start
+        return 1.0 if span <= 0 else (self.now() - self.start) / span
+
+    def toggle(self) -> None:
+        self.now()
+        if self._at >= self.end:
+            self._at = self.start  # play again from the start
+        self.playing = not self.playing
+
+    def faster(self, factor: int) -> None:
+        self.now()
+        faster = [s for s in self.SPEEDS if s > self.speed]
+        slower = [s for s in self.SPEEDS if s < self.speed]
+        if factor > 0 and faster:
+            self.speed = faster[0]
+        elif factor < 0 and slower:
+            self.speed = slower[-1]
+
+    def jump(self, fraction: float) -> None:
+        """Move by a share of the whole run (negative: back)."""
+        self.now()
+        self._at = min(self.end, max(self.start, self._at + fraction * (self.end - self.start)))
+
+    def seek(self, fraction: float) -> None:
+        self.now()
+        self._at = self.start + min(1.0, max(0.0, fraction)) * (self.end - self.start)
+
+
+class ReplayGrid:
+    """The grid as it stood at the replay clock's time, rebuilt when the clock has moved."""
+
+    def __init__(self, full: GridSource, speed: float, clock: Callable[[], float]) -> None:
+        self.full = full
+        full.poll()  # everything there is, once
+        span = time_span(full) or (0.0, 0.0)
+        self.clock = ReplayClock(span[0], span[1], speed, clock)
+        self._last_times = {c.id: _last_time(c) for c in full.cells}
+        self.source = GridSource(full.name, full.root, [], full.managed)
+        self._cut_at: float | None = None
+        self.update()
+
+    def update(self) -> bool:
+        """Cut the cells at the clock's time; False when the clock has not moved since the last cut."""
+        now = self.clock.now()
+        if now == self._cut_at:
+            return False
+        self._cut_at = now
+        self.source.cells = [cut_cell(c, now, self._last_times[c.id]) for c in self.full.cells]
+        return True
+
+    def label(self) -> str:
+        state = "▶" if self.clock.playing else "⏸"
+        speed = f"{self.clock.speed:g}×"
+        elapsed = self.clock.now() - self.clock.start
+        total = self.clock.end - self.clock.start
+        return f"replay {state} {speed}  {_duration(elapsed)} / {_duration(total)}"
+
+
+def _last_time(cell: CellSource) -> float | None:
+    last = cell.series.last_time
+    return None if last is None or math.isnan(last) else last
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
