@@ -8,6 +8,7 @@ Each cell is a CellSource: it owns the readers of its files and the series built
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -97,6 +98,7 @@ class CellSource:
     _state_seen: tuple[Path, int, int] | None = None
     _history_used: int = 0
     _event_readers: dict[Path, EventFileReader] = field(default_factory=dict)
+    _data_checked: float = -math.inf
 
     def __post_init__(self) -> None:
         if self.metrics_path is not None:
@@ -111,11 +113,14 @@ class CellSource:
 
     @property
     def read_error(self) -> str | None:
-        reader = self._metrics_reader
-        if reader is not None and reader.error:
-            return reader.error
-        if reader is not None and reader.missing:
-            return f"{reader.path}: deleted"
+        readers: list[TailReader | EventFileReader] = [*self._event_readers.values()]
+        if self._metrics_reader is not None:
+            readers.insert(0, self._metrics_reader)
+        for reader in readers:
+            if reader.error:
+                return reader.error
+            if reader.missing:
+                return f"{reader.path}: deleted"
         return None
 
     def watched_paths(self) -> list[Path]:
@@ -135,7 +140,8 @@ class CellSource:
         else:
             changed = self._poll_trainer_state()
         changed |= self._poll_pairs()
-        if self.data_stats is None:
+        if self.data_stats is None and time.monotonic() - self._data_checked > 1.0:
+            self._data_checked = time.monotonic()
             self.data_stats = rundir.read_json(self.directory / rundir.DATA_FILE)
             changed |= self.data_stats is not None
         return changed

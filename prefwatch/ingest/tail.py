@@ -8,7 +8,9 @@ and the caller is told so it can drop what it built from the old file.
 from __future__ import annotations
 
 import json
+import math
 import os
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +21,8 @@ import msgspec
 import numpy as np
 
 MAX_LINE_BYTES = 1 << 20
+# A file that looks unchanged is opened again after this long anyway (network file systems).
+REOPEN_SECONDS = 0.25
 _CHUNK_BYTES = 1 << 22
 
 _decoder = msgspec.json.Decoder()
@@ -47,6 +51,8 @@ class TailReader:
         self.missing = False
         self.error: str | None = None
         self._on_block: Callable[[bytes], None] = lambda block: None
+        self._opened_at = -math.inf
+        self._seen: tuple[int, int] = (-1, -1)  # size and mtime at the last read
 
     @property
     def started(self) -> bool:
@@ -66,9 +72,12 @@ class TailReader:
         """
         batch = Batch()
         self._on_block = on_block or batch.blocks.append
+        if self._unchanged():
+            return batch
         try:
             with open(self.path, "rb") as f:
                 stat = os.fstat(f.fileno())
+                self._opened_at, self._seen = time.monotonic(), (stat.st_size, stat.st_mtime_ns)
                 inode = (stat.st_dev, stat.st_ino)
                 if self._inode is not None and (inode != self._inode or stat.st_size < self._offset):
                     self._restart()
@@ -92,6 +101,21 @@ class TailReader:
             for block in batch.blocks:
                 decode_lines(block, batch)
         return batch
+
+    def _unchanged(self) -> bool:
+        """Whether a stat shows the file as it was at the last read, which was recent.
+
+        A stat costs less than an open, and an open wakes every watcher of the folder. But network
+        file systems cache a file's attributes and refresh them on open (close-to-open consistency),
+        so the file is opened again at least every REOPEN_SECONDS however unchanged it looks.
+        """
+        if self._inode is None or time.monotonic() - self._opened_at > REOPEN_SECONDS:
+            return False
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return False
+        return (stat.st_dev, stat.st_ino) == self._inode and (stat.st_size, stat.st_mtime_ns) == self._seen
 
     def _restart(self) -> None:
         self._offset = 0
