@@ -13,6 +13,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from prefwatch.ingest import columnar
 from prefwatch.ingest.sources import open_path
 from prefwatch.ingest.tail import MAX_LINE_BYTES, TailReader
 from prefwatch.series import CellSeries, minmax_buckets
@@ -204,12 +205,24 @@ def assert_same_series(a: CellSeries, b: CellSeries) -> None:
             np.testing.assert_array_equal(x.column(name), y.column(name), err_msg=f"{split} {name}")
 
 
-record_kinds = st.sampled_from(["train", "train", "train", "eval", "nan", "newkey", "back", "garbage", "end"])
+record_kinds = st.sampled_from(
+    ["train"] * 10 + ["eval"] * 3 + ["nan", "newkey", "back", "garbage", "end", "null", "text", "bool", "bigint"]
+)
 
 
 @settings(max_examples=40, deadline=None)
-@given(kinds=st.lists(record_kinds, max_size=80), cuts=st.lists(st.integers(0, 20_000), max_size=6))
+@given(kinds=st.lists(record_kinds, min_size=5, max_size=80), cuts=st.lists(st.integers(0, 20_000), max_size=6))
 def test_columnar_fast_path_equals_the_record_path(tmp_path_factory, kinds, cuts) -> None:
+    # Small thresholds, so these small files take the column-wise path and its bisection too.
+    saved = columnar._SMALL_BYTES, columnar._EXACT_BYTES
+    columnar._SMALL_BYTES, columnar._EXACT_BYTES = 0, 100
+    try:
+        check_columnar_equals_records(tmp_path_factory, kinds, cuts)
+    finally:
+        columnar._SMALL_BYTES, columnar._EXACT_BYTES = saved
+
+
+def check_columnar_equals_records(tmp_path_factory, kinds, cuts) -> None:  # noqa: ANN001
     lines, step = [], 0
     for kind in kinds:
         step += 1
@@ -228,6 +241,14 @@ def test_columnar_fast_path_equals_the_record_path(tmp_path_factory, kinds, cuts
             lines.append(json.dumps({"loss": 0.1, "rewards/margins": 0.2, "step": step, "time": 4.0}))
         elif kind == "garbage":
             lines.append("garbage{")
+        elif kind == "null":
+            lines.append(json.dumps({"loss": None, "rewards/margins": 0.5, "step": step, "time": 5.0}))
+        elif kind == "text":
+            lines.append(json.dumps({"loss": "high", "step": step, "time": 5.0}))
+        elif kind == "bool":
+            lines.append(json.dumps({"loss": True, "step": step, "time": 5.0}))
+        elif kind == "bigint":
+            lines.append(json.dumps({"loss": 2**60 + 1, "step": step, "time": 5.0}))
         else:
             lines.append(json.dumps({"train_runtime": 1.0, "train_loss": 0.3, "step": step}))
     text = "".join(f"{record}\n" for record in lines)
@@ -278,8 +299,6 @@ def test_odd_lines_inside_big_blocks_take_the_exact_path_only_around_them(tmp_pa
     grid = open_path(cell)
     source = grid.cells[0]
     exact_lines = []
-    import prefwatch.ingest.columnar as columnar
-
     original = columnar._exact
 
     def counting(series, block, decoder):  # noqa: ANN001
