@@ -1,4 +1,4 @@
-"""Write a large TRL-shaped DPO metrics.jsonl (train lines, an eval line every 100 steps) for the benchmarks."""
+"""Write a large TRL-shaped DPO metrics.jsonl (train lines only) and TensorBoard event files for the benchmarks."""
 
 from __future__ import annotations
 
