@@ -451,3 +451,40 @@ async def test_svg_snapshot_at_160x48(tmp_path):
     assert svg.startswith("<svg") and "verdict" in svg
     for label in ("ho&#160;margin", "step&#160;30/40", "finished"):
         assert svg.count(label) >= 4
+
+
+@run
+async def test_restart_resumes_unfinished_cells_once_the_supervisor_has_ended(tmp_path, monkeypatch):
+    grid = make_grid(tmp_path, steps=5, cells=[("dpo", 16), ("dpo", 8)])
+    rundir.write_json_atomic(
+        grid / "cells" / "dpo-r16" / rundir.STATUS_FILE, {"state": jobs.FAILED, "exit_code": 1, "host": None}
+    )
+    calls = []
+    monkeypatch.delattr(jobs, "restart_cells", raising=False)
+    monkeypatch.setattr(jobs, "requeue_unfinished", lambda root: calls.append(("requeue", root)) or ["dpo-r16"])
+    monkeypatch.setattr(jobs, "start_cells", lambda root, resume: calls.append(("start", resume)))
+    app = app_for(grid, mode="live")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.view is not None and len(panels(app)) == 2)
+        await pilot.pause()
+        await pilot.press("right", "r")  # dpo-r8 finished: nothing to restart
+        await pilot.pause()
+        assert not isinstance(app.screen, ConfirmScreen)
+        await pilot.press("left", "r")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: len(calls) == 2)
+        assert calls == [("requeue", grid), ("start", True)]
+
+
+@run
+async def test_the_command_palette_offers_the_monitors_actions(tmp_path):
+    app = app_for(make_grid(tmp_path))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.view is not None and len(panels(app)) == 4)
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert "Compare cells" in titles and "Toggle light/dark theme" in titles
+        assert "Stop the whole grid" not in titles  # a replay has nothing to stop
+        command = next(c for c in app.get_system_commands(app.screen) if c.title == "Compare cells")
+        command.callback()
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "CompareScreen")

@@ -13,16 +13,18 @@ The monitor reads only; quitting leaves every job running.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from textual import work
-from textual.app import App
+from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.content import Content
 from textual.message import Message
+from textual.screen import Screen
 
 from prefwatch import jobs
 from prefwatch.analysis import CellAnalysis, GridAnalysis, analyse
@@ -43,6 +45,7 @@ from prefwatch.tui.widgets.cell_panel import CellPanel
 MODES = ("live", "replay")
 REPLAY_TICK = 0.25  # seconds between replay frames
 ALERT_STATES = frozenset({"finished", "failed", "stopped", "lost", "stalled"})
+RESTARTABLE = frozenset({"failed", "stopped", "lost"})
 REDRAW_INTERVAL = 0.1  # the throttle's shortest interval between refreshes while lines pour in
 REDRAW_BURST = 3  # near-simultaneous changes (cells logging the same second) are drawn at once
 MAX_REDRAW_INTERVAL = 1.0  # however busy, at least one refresh a second
@@ -65,6 +68,7 @@ class MonitorApp(App[int]):
         Binding("s", "stop_cell", "Stop cell"),
         Binding("c", "compare", "Compare"),
         Binding("X", "stop_grid", "Stop grid"),
+        Binding("r", "restart_cell", "Restart"),
         Binding("T", "toggle_theme", "Light/dark"),
         Binding("space", "replay_toggle", "Play/pause"),
         Binding("plus,equals_sign", "replay_speed(1)", "Faster", key_display="+"),
@@ -111,6 +115,33 @@ class MonitorApp(App[int]):
         self.replay: ReplayGrid | None = None
         self._cpu_sample = (time.monotonic(), time.process_time())
         self._interval = redraw_interval
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """The command palette (ctrl+p): Textual's own commands and the monitor's actions."""
+        yield from super().get_system_commands(screen)
+        commands = [
+            ("Compare cells", "One metric across every cell", "compare"),
+            ("Toggle light/dark theme", "Switch between the light and the dark theme", "toggle_theme"),
+            ("Help: keys and colours", "What every key does", "help"),
+        ]
+        if self.mode == "live":
+            commands += [
+                ("Stop the selected cell", "SIGTERM to its job, after a confirmation", "stop_cell"),
+                ("Stop the whole grid", "Every cell that has not ended, after a confirmation", "stop_grid"),
+                (
+                    "Restart the selected cell",
+                    "A failed, stopped or lost cell, from its last checkpoint",
+                    "restart_cell",
+                ),
+            ]
+        if self.replay is not None:
+            commands += [
+                ("Replay: play or pause", "The time-lapse of the logs", "replay_toggle"),
+                ("Replay: to the start", "Back to the first logged line", "replay_seek(0)"),
+                ("Replay: to the end", "Every line, as the run ended", "replay_seek(1)"),
+            ]
+        for title, help, action in commands:
+            yield SystemCommand(title, help, functools.partial(self.call_later, self.run_action, action))
 
     def get_default_screen(self) -> GridScreen:
         return GridScreen()
@@ -285,7 +316,7 @@ class MonitorApp(App[int]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action.startswith("replay_"):
             return self.replay is not None
-        if action in ("stop_cell", "stop_grid"):
+        if action in ("stop_cell", "stop_grid", "restart_cell"):
             return self.mode == "live"  # a replay's jobs ended long ago
         return True
 
@@ -311,6 +342,66 @@ class MonitorApp(App[int]):
 
     def action_toggle_theme(self) -> None:
         self.theme = "textual-light" if self.theme != "textual-light" else "textual-dark"
+
+    def action_restart_cell(self) -> None:
+        """Start a failed, stopped or lost cell again, from its last checkpoint (asks first).
+
+        With a per-cell restart in the jobs layer (``jobs.restart_cells``) only the selected cell
+        starts again. Without it, and once the grid's supervisor has ended, this resumes every
+        unfinished cell, as ``prefwatch launch --resume`` does.
+        """
+        cell = self._selected_cell()
+        if cell is None:
+            self.notify("Select a cell first (arrow keys).", severity="warning")
+            return
+        if not (self.source.managed and cell.managed):
+            self.notify("Only cells that prefwatch launched can be restarted from here.", severity="warning")
+            return
+        if cell.state not in RESTARTABLE:
+            self.notify(plain(f"{cell.id} is {cell.status}: only a failed, stopped or lost cell restarts."))
+            return
+        per_cell = getattr(jobs, "restart_cells", None)
+        if per_cell is None and self.source.supervisor_alive():
+            self.notify(
+                "The grid's supervisor still runs other cells: restart this one when it has ended "
+                "(r then resumes every unfinished cell), or run: prefwatch launch --resume",
+                severity="warning",
+                timeout=10,
+            )
+            return
+        if per_cell is not None:
+            targets = [cell.id]
+            text = f"Restart cell {cell.id} from its last checkpoint? It is {cell.status}."
+        else:
+            targets = [c.id for c in self.view.cells if c.state != jobs.FINISHED] if self.view else []
+            text = (
+                f"Resume the grid's unfinished cells ({', '.join(targets)}) from their last checkpoints, "
+                "as prefwatch launch --resume does?"
+            )
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._restart(targets, per_cell is not None)
+
+        self.push_screen(ConfirmScreen(literal(text), yes_label="Restart (y)"), answered)
+
+    @work(thread=True, group="stop")
+    def _restart(self, cell_ids: list[str], per_cell: bool) -> None:
+        root = self.source.root
+        try:
+            if per_cell:
+                started = jobs.restart_cells(root, cell_ids)  # type: ignore[attr-defined]
+            else:
+                started = jobs.requeue_unfinished(root)
+                if started:
+                    jobs.start_cells(root, resume=True)
+        except (jobs.LaunchError, OSError) as exc:
+            self.call_from_thread(self.notify, plain(exc), severity="error", markup=False)
+            return
+        text = f"restarting {', '.join(started)}." if started else "nothing to restart."
+        self.call_from_thread(self.notify, plain(text), markup=False)
+        if self.follower is not None:
+            self.follower.nudge()
 
     def action_stop_grid(self) -> None:
         """Stop every cell that has not ended (asks first)."""

@@ -27,15 +27,16 @@ class ConfirmScreen(ModalScreen[bool]):
         Binding("n,escape", "answer(False)", "No"),
     ]
 
-    def __init__(self, question: Content) -> None:
+    def __init__(self, question: Content, yes_label: str = "Stop it (y)") -> None:
         super().__init__()
         self.question = question
+        self.yes_label = yes_label
 
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Static(self.question, classes="question")
             with Horizontal():
-                yield Button("Stop it (y)", variant="error", id="yes")
+                yield Button(self.yes_label, variant="error", id="yes")
                 yield Button("Cancel (n)", variant="primary", id="no")
 
     def on_mount(self) -> None:

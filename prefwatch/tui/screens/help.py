@@ -14,8 +14,10 @@ HELP = """\
   enter              charts of the selected cell (escape to come back)
   s                  stop the selected cell (asks first; launched grids only)
   X                  stop the whole grid (asks first)
+  r                  restart a failed, stopped or lost cell from its last checkpoint (asks first)
   c                  compare one metric across all cells ([ ] metric, v train / held-out)
   T                  light or dark theme (more in the command palette, ctrl+p)
+  space + - < >      a timed replay: play/pause, faster, slower, jump back/forward (home, end)
   ?                  this help
   q                  quit the monitor — the jobs keep running
 
