@@ -67,9 +67,9 @@ class MonitorApp(App[int]):
         Binding("q", "quit_monitor", "Quit"),
         Binding("s", "stop_cell", "Stop cell"),
         Binding("c", "compare", "Compare"),
-        Binding("X", "stop_grid", "Stop grid"),
-        Binding("r", "restart_cell", "Restart"),
-        Binding("T", "toggle_theme", "Light/dark"),
+        Binding("X", "stop_grid", "Stop grid", show=False),
+        Binding("r", "restart_cell", "Restart", show=False),
+        Binding("T", "toggle_theme", "Light/dark", show=False),
         Binding("space", "replay_toggle", "Play/pause"),
         Binding("plus,equals_sign", "replay_speed(1)", "Faster", key_display="+"),
         Binding("minus", "replay_speed(-1)", "Slower", key_display="-"),
@@ -109,6 +109,7 @@ class MonitorApp(App[int]):
         self._follow_lock = threading.Lock()
         self._unmounted = False
         self._error: str | None = None
+        self._alerted: set[tuple[str, str, str]] = set()
         self._incremental = IncrementalAnalysis(source, heartbeat)
         # Replay as a time-lapse at ``speed`` times real time (None: everything at once, the default).
         self.speed = speed if mode == "replay" else None
@@ -277,27 +278,39 @@ class MonitorApp(App[int]):
                 screen.show_grid(view)
 
     def _alert(self, before: GridView, after: GridView) -> None:
-        """Bell and a notification when a cell finishes, fails, stalls or is lost, or has a new finding."""
+        """Bell and one short notification when cells finish, fail, stall or are lost, or show a new finding.
+
+        One line per event (the cell and what happened; the full message is in its panel), one toast
+        per refresh, and each finding of a cell once per session, however often it comes and goes.
+        """
+        lines: list[str] = []
+        worst = 0
         for cell in after.cells:
             old = before.cell(cell.id)
             if old is None:
                 continue
-            messages = []
             if cell.state != old.state and cell.state in ALERT_STATES:
-                messages.append(f"{cell.id}: {cell.status}")
-            seen = {(f.kind, f.severity) for f in old.findings}
-            messages += [
-                f"{cell.id}: {f.message}"
-                for f in cell.findings
-                if (f.kind, f.severity) not in seen and f.severity != "info"
-            ]
-            for message in messages:
-                severity = "error" if cell.state in ("failed", "lost") or cell.severity == "error" else "warning"
-                if cell.state == "finished" and message.endswith(cell.status):
-                    severity = "information"
-                self.notify(plain(message), severity=severity, markup=False, timeout=10)
-            if messages:
-                self.bell()
+                lines.append(f"{cell.id}: {cell.status}")
+                worst = max(worst, 2 if cell.state in ("failed", "lost") else 0 if cell.state == "finished" else 1)
+            for finding in cell.findings:
+                key = (cell.id, finding.kind or finding.message, finding.severity)
+                if finding.severity == "info" or key in self._alerted:
+                    continue
+                self._alerted.add(key)
+                if any(f.kind == finding.kind and f.severity == finding.severity for f in old.findings):
+                    continue  # present before this session's first view changed: not news
+                lines.append(f"{cell.id}: {(finding.kind or finding.message).replace('_', ' ')}")
+                worst = max(worst, 2 if finding.severity == "error" else 1)
+        if not lines:
+            return
+        severity = ("information", "warning", "error")[worst]
+        self.notify(
+            plain("\n".join(lines[:4] + ([f"and {len(lines) - 4} more"] if len(lines) > 4 else []))),
+            severity=severity,
+            markup=False,
+            timeout=6,
+        )
+        self.bell()
 
     def _grid_screen(self) -> GridScreen:
         screen = self.screen_stack[0]
