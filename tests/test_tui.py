@@ -488,3 +488,14 @@ async def test_the_command_palette_offers_the_monitors_actions(tmp_path):
         command = next(c for c in app.get_system_commands(app.screen) if c.title == "Compare cells")
         command.callback()
         await wait_for(pilot, lambda: type(app.screen).__name__ == "CompareScreen")
+
+
+@run
+async def test_a_view_posted_while_the_app_closes_is_dropped(tmp_path):
+    from prefwatch.tui.app import ViewReady
+
+    app = app_for(make_grid(tmp_path))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: app.view is not None)
+    app._mailbox = app.view
+    app.on_view_ready(ViewReady())  # no screens left: nothing to draw, nothing raised

@@ -258,6 +258,8 @@ class MonitorApp(App[int]):
         """Draw the newest view waiting in the mailbox (or, with none, refresh the strip's message)."""
         with self._mailbox_lock:
             view, self._mailbox = self._mailbox, None
+        if not self.screen_stack or not isinstance(self.screen_stack[0], GridScreen):
+            return  # the app is closing: a reading thread posted once more on its way out
         grid_screen = self._grid_screen()
         if view is None:
             grid_screen.show_status(self.source_label, self._error)
