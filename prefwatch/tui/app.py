@@ -172,7 +172,10 @@ class MonitorApp(App[int]):
             replay = ReplayGrid(self.source, self.speed, time.monotonic)
             self._incremental = IncrementalAnalysis(replay.source, float("inf"), replay.clock.now)
             self.replay = replay
-            self.call_from_thread(self.set_interval, REPLAY_TICK, self._replay_tick)
+            try:
+                self.call_from_thread(self.set_interval, REPLAY_TICK, self._replay_tick)
+            except RuntimeError:  # the app closed while the logs were read
+                return
         self._read_and_post()
         if self.mode == "live":
             self._start_following()
