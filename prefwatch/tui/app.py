@@ -592,7 +592,13 @@ def cell_result(cell: CellAnalysis) -> CellResult:
 
 
 def run_monitor(
-    path: Path, *, mode: str = "live", poll: bool = False, speed: float | None = None, export_dir: Path | None = None
+    path: Path,
+    *,
+    mode: str = "live",
+    poll: bool = False,
+    speed: float | None = None,
+    export_dir: Path | None = None,
+    labels: dict[str, tuple[str | None, int | None]] | None = None,
 ) -> int:
     """Open the logs at ``path`` and run the monitor until the user quits; 0 on a normal quit.
 
@@ -600,10 +606,11 @@ def run_monitor(
     shows them: all at once, or with ``speed`` as a time-lapse at that many times real time, by
     the logs' own timestamps (space pauses, + and - change the speed, < and > jump). ``poll``
     forces polling for file systems that deliver no change events (NFS). ``export_dir`` is where
-    the cell screen's exports and screenshots go (default: the current directory).
+    the cell screen's exports and screenshots go (default: the current directory). ``labels``
+    names the objective and rank of cells whose folders do not say (``--label``).
     Raises ``SourceError`` when the path holds nothing readable (the CLI prints it).
     """
-    source = open_path(path)
+    source = open_path(path, labels) if labels else open_path(path)
     app = MonitorApp(source, mode=mode, poll=poll, speed=speed, export_dir=export_dir)
     result = app.run()
     return 0 if result is None else int(result)
