@@ -152,6 +152,8 @@ class Terminal:
 
     def close(self) -> None:
         self.tmux("kill-server")
+        folder = Path(os.environ.get("TMUX_TMPDIR", "/tmp")) / f"tmux-{os.getuid()}"
+        (folder / self.socket).unlink(missing_ok=True)  # tmux leaves its socket file behind
 
 
 @pytest.fixture
