@@ -44,16 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     launch.add_argument("--poll", action="store_true", help="poll files instead of file events (NFS)")
 
-    for name, text in (
-        ("attach", "open the monitor on a grid whose jobs run (or ran)"),
-        ("replay", "play finished logs from disk"),
-    ):
-        sub = commands.add_parser(name, help=text)
+    label_help = "objective and LoRA rank of a cell whose folder name does not say (repeatable)"
+    attach = commands.add_parser("attach", help="open the monitor on a grid whose jobs run (or ran)")
+    replay = commands.add_parser("replay", help="play finished logs from disk (instantly, or as a time-lapse)")
+    replay.add_argument(
+        "--speed", type=float, metavar="X", help="play back at X times the logs' own pace (default: all at once)"
+    )
+    report = commands.add_parser("report", help="findings and verdict without a screen")
+    status = commands.add_parser("status", help="what runs where")
+    for sub in (attach, replay, report, status):
         sub.add_argument("path", type=Path, help="a run directory, a cell, a metrics.jsonl or TRL output dirs")
+        sub.add_argument("--label", action="append", default=[], metavar="NAME=OBJECTIVE:RANK", help=label_help)
+    for sub in (attach, replay):
         sub.add_argument("--poll", action="store_true", help="poll files instead of file events (NFS)")
 
-    report = commands.add_parser("report", help="findings and verdict without a screen")
-    report.add_argument("path", type=Path)
     report.add_argument("--format", choices=("terminal", "md", "json"), default="terminal")
     report.add_argument(
         "--heldout-pairs", type=int, metavar="N", help="held-out size, for logs without per-pair results"
@@ -61,9 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--plot", type=Path, metavar="FILE.png", help="also draw every cell's curves with findings marked"
     )
-
-    status = commands.add_parser("status", help="what runs where")
-    status.add_argument("path", type=Path)
 
     stop = commands.add_parser("stop", help="stop a cell, or every cell of the grid")
     stop.add_argument("path", type=Path, help="the run directory")
@@ -205,22 +206,45 @@ def _print_report(path: Path, console: Any) -> None:
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
-    return _monitor(args.path, "live", args.poll)
+    return _monitor(args.path, "live", args.poll, labels=_labels(args))
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    return _monitor(args.path, "replay", args.poll)
+    if args.speed is not None and args.speed <= 0:
+        raise UsageError(f"--speed: must be > 0, got {args.speed}")
+    return _monitor(args.path, "replay", args.poll, labels=_labels(args), speed=args.speed)
 
 
-def _monitor(path: Path, mode: str, poll: bool) -> int:
+def _monitor(path: Path, mode: str, poll: bool, **options: Any) -> int:
     from prefwatch.ingest.sources import SourceError
 
     try:
         from prefwatch.tui.app import run_monitor
 
-        return run_monitor(path, mode=mode, poll=poll)
+        return run_monitor(path, mode=mode, poll=poll, **options)
     except SourceError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _labels(args: argparse.Namespace) -> dict[str, tuple[str | None, int | None]]:
+    from prefwatch.ingest.sources import SourceError, parse_label
+
+    try:
+        return dict(parse_label(text) for text in args.label)
+    except SourceError as exc:
+        raise UsageError(f"--label: {exc}") from None
+
+
+def _open(args: argparse.Namespace) -> Any:
+    """The logs at args.path, with --label applied; bad input is a one-line UsageError."""
+    from prefwatch.ingest.sources import SourceError, open_path
+
+    try:
+        grid = open_path(args.path, labels=_labels(args) or None)
+    except SourceError as exc:
+        raise UsageError(str(exc)) from None
+    grid.poll()
+    return grid
 
 
 # ---- report, status, stop --------------------------------------------------------------------
@@ -230,15 +254,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from prefwatch.analysis import analyse
-    from prefwatch.ingest.sources import SourceError, open_path
     from prefwatch.report import render_json, render_markdown, render_terminal
 
-    try:
-        grid = open_path(args.path)
-    except SourceError as exc:
-        raise UsageError(str(exc)) from None
-    grid.poll()
-    analysis = analyse(grid, heldout_pairs=args.heldout_pairs)
+    analysis = analyse(_open(args), heldout_pairs=args.heldout_pairs)
     if args.format == "json":
         print(render_json(analysis))
     elif args.format == "md":
@@ -260,25 +278,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    from prefwatch.ingest.sources import SourceError, open_path
+    from prefwatch import jobs
     from prefwatch.textsafe import plain
 
-    try:
-        grid = open_path(args.path)
-    except SourceError as exc:
-        raise UsageError(str(exc)) from None
-    grid.poll()
+    grid = _open(args)
     supervised = grid.supervisor_alive()
-    from prefwatch import jobs
-
+    statuses = [cell.status(supervised) for cell in grid.cells]
+    all_ended = all(s.state in jobs.ENDED_STATES - {jobs.LOST} for s in statuses)
     where = "Slurm" if grid.managed and jobs.backend_of(grid.root) == jobs.SLURM else None
-    where = where or f"supervisor: {_supervisor_word(supervised)}"
+    where = where or f"supervisor: {_supervisor_word(supervised, all_ended)}"
     table = Table(title=Text(f"{plain(grid.name)}  ({where})"))
     for column in ("cell", "state", "step", "device", "pid/job", "last log"):
         table.add_column(column)
     now = time.time()
-    for cell in grid.cells:
-        status = cell.status(supervised)
+    for cell, status in zip(grid.cells, statuses):
         step = f"{cell.series.last_step}" + (f"/{cell.max_steps}" if cell.max_steps else "")
         last = cell.series.last_time
         age = f"{now - last:.0f} s ago" if last else "–"
@@ -305,8 +318,10 @@ def _slurm_reason(status: Any) -> str:
     return f" ({reason})" if status.state == "queued" and reason else ""
 
 
-def _supervisor_word(alive: bool | None) -> str:
-    return {True: "running", False: "gone", None: "none"}[alive]
+def _supervisor_word(alive: bool | None, all_ended: bool) -> str:
+    if alive is False:
+        return "exited" if all_ended else "gone"
+    return "running" if alive else "none"
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

@@ -78,3 +78,22 @@ def test_init_fits_the_gpus_it_finds() -> None:
     assert 'dtype = "bf16"' in big and "cells_per_device = 2" in big and "batch_size = 6" in big
     old = render("Qwen/Qwen2.5-0.5B-Instruct", None, "q", [Gpu(0, "T4", 15_000, 7.5)])
     assert 'dtype = "fp16"' in old and "cells_per_device = 1" in old
+
+
+def test_labels_place_cells_whose_folders_do_not_say(tmp_path, capsys) -> None:
+    import shutil
+    from pathlib import Path
+
+    from prefwatch.cli import main
+
+    sample = Path(__file__).resolve().parent.parent / "sample_runs" / "tiny-demo" / "cells"
+    for name, source in (("run-a", "dpo-r8"), ("run-b", "simpo-r8")):
+        shutil.copy(sample / source / "metrics.jsonl", (tmp_path / name).mkdir() or tmp_path / name / "metrics.jsonl")
+    main(["report", str(tmp_path), "--format", "json", "--heldout-pairs", "100"])
+    unlabelled = json.loads(capsys.readouterr().out)["cells"]
+    assert [(c["objective"], c["rank"]) for c in unlabelled] == [(None, None), (None, None)]
+    main(["report", str(tmp_path), "--format", "json", "--label", "run-a=dpo:8", "--label", "run-b=simpo:8"])
+    cells = json.loads(capsys.readouterr().out)["cells"]
+    assert [(c["objective"], c["rank"]) for c in cells] == [("dpo", 8), ("simpo", 8)]
+    assert main(["report", str(tmp_path), "--label", "run-a"]) == 2
+    assert "NAME=OBJECTIVE:RANK" in capsys.readouterr().err
