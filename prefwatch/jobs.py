@@ -188,16 +188,62 @@ def requeue_unfinished(run_dir: Path) -> list[str]:
         _require_slurm()
     requeued = []
     for cell_dir, status in statuses.items():
-        if status.state == FINISHED:
-            continue
-        (cell_dir / STOP_REQUEST).unlink(missing_ok=True)
-        previous = {k: v for k, v in status.raw.items() if k != "previous"}
-        fresh: dict[str, Any] = {"state": QUEUED, "host": socket.gethostname(), "previous": previous}
-        if slurm_grid:
-            fresh["backend"] = SLURM
-        rundir.write_json_atomic(cell_dir / rundir.STATUS_FILE, fresh)
-        requeued.append(cell_dir.name)
+        if status.state != FINISHED:
+            _requeue(cell_dir, status, slurm_grid)
+            requeued.append(cell_dir.name)
     return requeued
+
+
+def _requeue(cell_dir: Path, status: CellStatus, slurm_grid: bool) -> None:
+    """Queue a cell again; "previous" keeps its last run's record and tells the starter to resume it."""
+    (cell_dir / STOP_REQUEST).unlink(missing_ok=True)
+    previous = {k: v for k, v in status.raw.items() if k != "previous"}
+    fresh: dict[str, Any] = {"state": QUEUED, "host": socket.gethostname(), "previous": previous}
+    if slurm_grid:
+        fresh["backend"] = SLURM
+    rundir.write_json_atomic(cell_dir / rundir.STATUS_FILE, fresh)
+
+
+RESTARTABLE = frozenset({FAILED, STOPPED, LOST})
+
+
+def restart_cells(run_dir: Path, cell_ids: list[str]) -> list[str]:
+    """Start failed, stopped or lost cells again from their last checkpoint, while the rest run on.
+
+    A live supervisor picks the requeued cells up (it resumes any cell queued with a previous run);
+    with none, one is started. Under Slurm the cells are submitted again.
+    """
+    cells = {p.name: p for p in rundir.cell_dirs(run_dir)}
+    unknown = [c for c in cell_ids if c not in cells]
+    if unknown:
+        raise LaunchError(f"{run_dir}: no cell named {unknown[0]!r} (cells: {', '.join(cells)})")
+    supervised = supervisor_alive(run_dir)
+    statuses = {c: read_status(cells[c], supervised) for c in cell_ids}
+    stuck = [f"{c} is {s.state}" for c, s in statuses.items() if s.state not in RESTARTABLE]
+    if stuck:
+        raise LaunchError(f"{run_dir}: only failed, stopped or lost cells restart ({'; '.join(stuck)})")
+    slurm_grid = backend_of(run_dir) == SLURM
+    for cell_id, status in statuses.items():
+        _requeue(cells[cell_id], status, slurm_grid)
+    if slurm_grid:
+        start_cells(run_dir, resume=True)
+    else:
+        _hand_to_a_supervisor(run_dir, [cells[c] for c in cell_ids])
+    return list(cell_ids)
+
+
+def _hand_to_a_supervisor(run_dir: Path, cell_dirs: list[Path], wait: float = 1.0) -> None:
+    """A running supervisor takes queued cells within a fraction of a second; one that was just
+    finishing may exit without them, so start a new one unless they leave the queue."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if not supervisor_alive(run_dir):
+            break
+        if all((rundir.read_json(d / rundir.STATUS_FILE) or {}).get("state") != QUEUED for d in cell_dirs):
+            return
+        time.sleep(0.05)
+    if not supervisor_alive(run_dir):
+        start_supervisor(run_dir, resume=True)
 
 
 # ---------------------------------------------------------------------------------------------

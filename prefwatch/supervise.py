@@ -137,9 +137,12 @@ class Supervisor:
         return waiting
 
     def command(self, cell_dir: Path) -> list[str]:
-        """The cell's training job, as an argument list: nothing from the grid file reaches a shell."""
+        """The cell's training job, as an argument list: nothing from the grid file reaches a shell.
+
+        A cell queued again after a run of its own (restart, resume) continues from its checkpoint."""
         command = [sys.executable, "-m", "prefwatch.train", str(cell_dir / rundir.CELL_FILE)]
-        return command + ["--resume"] if self.resume else command
+        status = rundir.read_json(cell_dir / rundir.STATUS_FILE) or {}
+        return command + ["--resume"] if self.resume or "previous" in status else command
 
     def start(self, cell_dir: Path, slot: Slot) -> None:
         cell = rundir.read_json(cell_dir / rundir.CELL_FILE) or {}

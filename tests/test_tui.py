@@ -460,15 +460,13 @@ async def test_svg_snapshot_at_160x48_is_stable(tmp_path):
 
 
 @run
-async def test_restart_resumes_unfinished_cells_once_the_supervisor_has_ended(tmp_path, monkeypatch):
+async def test_restart_asks_then_restarts_only_the_selected_failed_cell(tmp_path, monkeypatch):
     grid = make_grid(tmp_path, steps=5, cells=[("dpo", 16), ("dpo", 8)])
     rundir.write_json_atomic(
         grid / "cells" / "dpo-r16" / rundir.STATUS_FILE, {"state": jobs.FAILED, "exit_code": 1, "host": None}
     )
     calls = []
-    monkeypatch.delattr(jobs, "restart_cells", raising=False)
-    monkeypatch.setattr(jobs, "requeue_unfinished", lambda root: calls.append(("requeue", root)) or ["dpo-r16"])
-    monkeypatch.setattr(jobs, "start_cells", lambda root, resume: calls.append(("start", resume)))
+    monkeypatch.setattr(jobs, "restart_cells", lambda root, ids: calls.append((root, ids)) or ids)
     app = app_for(grid, mode="live")
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: app.view is not None and len(panels(app)) == 2)
@@ -479,8 +477,8 @@ async def test_restart_resumes_unfinished_cells_once_the_supervisor_has_ended(tm
         await pilot.press("left", "r")
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         await pilot.press("y")
-        await wait_for(pilot, lambda: len(calls) == 2)
-        assert calls == [("requeue", grid), ("start", True)]
+        await wait_for(pilot, lambda: len(calls) == 1)
+        assert calls == [(grid, ["dpo-r16"])]
 
 
 @run

@@ -24,11 +24,12 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.content import Content
 from textual.message import Message
+from textual.notifications import SeverityLevel
 from textual.screen import Screen
 
 from prefwatch import jobs
-from prefwatch.analysis import CellAnalysis, GridAnalysis, analyse
-from prefwatch.decide import CellResult, decide
+from prefwatch.analysis import CellAnalysis, GridAnalysis, analyse, cell_result
+from prefwatch.decide import decide
 from prefwatch.ingest.sources import CellSource, GridSource, open_path
 from prefwatch.ingest.watch import Follower
 from prefwatch.textsafe import plain
@@ -45,7 +46,6 @@ from prefwatch.tui.widgets.cell_panel import CellPanel
 MODES = ("live", "replay")
 REPLAY_TICK = 0.25  # seconds between replay frames
 ALERT_STATES = frozenset({"finished", "failed", "stopped", "lost", "stalled"})
-RESTARTABLE = frozenset({"failed", "stopped", "lost"})
 REDRAW_INTERVAL = 0.1  # the throttle's shortest interval between refreshes while lines pour in
 REDRAW_BURST = 3  # near-simultaneous changes (cells logging the same second) are drawn at once
 MAX_REDRAW_INTERVAL = 1.0  # however busy, at least one refresh a second
@@ -308,7 +308,7 @@ class MonitorApp(App[int]):
                 worst = max(worst, 2 if finding.severity == "error" else 1)
         if not lines:
             return
-        severity = ("information", "warning", "error")[worst]
+        severity: SeverityLevel = ("information", "warning", "error")[worst]
         self.notify(
             plain("\n".join(lines[:4] + ([f"and {len(lines) - 4} more"] if len(lines) > 4 else []))),
             severity=severity,
@@ -362,12 +362,7 @@ class MonitorApp(App[int]):
         self.theme = "textual-light" if self.theme != "textual-light" else "textual-dark"
 
     def action_restart_cell(self) -> None:
-        """Start a failed, stopped or lost cell again, from its last checkpoint (asks first).
-
-        With a per-cell restart in the jobs layer (``jobs.restart_cells``) only the selected cell
-        starts again. Without it, and once the grid's supervisor has ended, this resumes every
-        unfinished cell, as ``prefwatch launch --resume`` does.
-        """
+        """Start a failed, stopped or lost cell again, from its last checkpoint (asks first)."""
         cell = self._selected_cell()
         if cell is None:
             self.notify("Select a cell first (arrow keys).", severity="warning")
@@ -375,49 +370,25 @@ class MonitorApp(App[int]):
         if not (self.source.managed and cell.managed):
             self.notify("Only cells that prefwatch launched can be restarted from here.", severity="warning")
             return
-        if cell.state not in RESTARTABLE:
+        if cell.state not in jobs.RESTARTABLE:
             self.notify(plain(f"{cell.id} is {cell.status}: only a failed, stopped or lost cell restarts."))
             return
-        per_cell = getattr(jobs, "restart_cells", None)
-        if per_cell is None and self.source.supervisor_alive():
-            self.notify(
-                "The grid's supervisor still runs other cells: restart this one when it has ended "
-                "(r then resumes every unfinished cell), or run: prefwatch launch --resume",
-                severity="warning",
-                timeout=10,
-            )
-            return
-        if per_cell is not None:
-            targets = [cell.id]
-            text = f"Restart cell {cell.id} from its last checkpoint? It is {cell.status}."
-        else:
-            targets = [c.id for c in self.view.cells if c.state != jobs.FINISHED] if self.view else []
-            text = (
-                f"Resume the grid's unfinished cells ({', '.join(targets)}) from their last checkpoints, "
-                "as prefwatch launch --resume does?"
-            )
 
         def answered(yes: bool | None) -> None:
             if yes:
-                self._restart(targets, per_cell is not None)
+                self._restart([cell.id])
 
+        text = f"Restart cell {cell.id} from its last checkpoint? It is {cell.status}."
         self.push_screen(ConfirmScreen(literal(text), yes_label="Restart (y)"), answered)
 
     @work(thread=True, group="stop")
-    def _restart(self, cell_ids: list[str], per_cell: bool) -> None:
-        root = self.source.root
+    def _restart(self, cell_ids: list[str]) -> None:
         try:
-            if per_cell:
-                started = jobs.restart_cells(root, cell_ids)  # type: ignore[attr-defined]
-            else:
-                started = jobs.requeue_unfinished(root)
-                if started:
-                    jobs.start_cells(root, resume=True)
+            started = jobs.restart_cells(self.source.root, cell_ids)
         except (jobs.LaunchError, OSError) as exc:
             self.call_from_thread(self.notify, plain(exc), severity="error", markup=False)
             return
-        text = f"restarting {', '.join(started)}." if started else "nothing to restart."
-        self.call_from_thread(self.notify, plain(text), markup=False)
+        self.call_from_thread(self.notify, plain(f"restarting {', '.join(started)}."), markup=False)
         if self.follower is not None:
             self.follower.nudge()
 
@@ -553,10 +524,10 @@ class IncrementalAnalysis:
         cells = [self._cells[c.id][1] for c in source.cells]
         verdict = decide([cell_result(c) for c in cells])
         views = {}
-        for cell in cells:
-            previous = self._views.get(cell.source.id)
-            view = previous[1] if previous and previous[0] is cell else cell_view(cell)
-            views[cell.source.id] = (cell, view)
+        for analysed in cells:
+            previous = self._views.get(analysed.source.id)
+            view = previous[1] if previous and previous[0] is analysed else cell_view(analysed)
+            views[analysed.source.id] = (analysed, view)
         self._views = views
         self.last = grid_view(GridAnalysis(source, cells, verdict), [v for _, v in views.values()])
         return self.last
@@ -575,19 +546,6 @@ def _cell_key(cell: CellSource, supervised: bool | None) -> tuple[object, ...]:
         status.state,
         status.describe(),
         id(series),
-    )
-
-
-def cell_result(cell: CellAnalysis) -> CellResult:
-    """What decide() needs of an analysed cell (as analyse() builds it)."""
-    return CellResult(
-        cell.source.id,
-        cell.source.objective,
-        cell.source.rank,
-        cell.source.seed,
-        finished=cell.status.state == jobs.FINISHED,
-        diagnosis=cell.diagnosis,
-        wins=cell.source.pairs.wins(),
     )
 
 

@@ -61,6 +61,7 @@ def cut_split(split: SplitSeries, until: float) -> SplitSeries:
     times = split.times
     keep = ~(times > until)  # NaN compares False: kept
     rows = int(np.count_nonzero(keep))
+    index: slice | np.ndarray
     if rows == len(split) and rows:
         index = slice(None)
     else:
