@@ -61,6 +61,10 @@ def test_kill_stop_resume_with_real_jobs(tmp_path: Path) -> None:
     seen_after = wait_for(lambda: status(run_dir, "dpo-r16").state == jobs.FAILED, 2.0, "failed by signal 9")
     assert status(run_dir, "dpo-r16").signal == 9 and seen_after < 2.0
 
+    # restart it while the grid runs on: the live supervisor queues it again.
+    assert jobs.restart_cells(run_dir, ["dpo-r16"]) == ["dpo-r16"]
+    assert status(run_dir, "dpo-r16").state in (jobs.QUEUED, jobs.RUNNING)
+
     # stop another after its first checkpoint: stopped, not failed.
     wait_for(lambda: last_step(run_dir, "dpo-r8") >= 25, 180, "dpo-r8 to pass its checkpoint")
     stopped = prefwatch("stop", str(run_dir), "dpo-r8")
@@ -69,9 +73,11 @@ def test_kill_stop_resume_with_real_jobs(tmp_path: Path) -> None:
 
     # the other cells finish with complete logs.
     wait_for(
-        lambda: all(status(run_dir, c).state in jobs.ENDED_STATES for c in ("simpo-r16", "simpo-r8")), 240, "the rest"
+        lambda: all(status(run_dir, c).state in jobs.ENDED_STATES for c in ("dpo-r16", "simpo-r16", "simpo-r8")),
+        240,
+        "the rest",
     )
-    for cell in ("simpo-r16", "simpo-r8"):
+    for cell in ("dpo-r16", "simpo-r16", "simpo-r8"):
         assert status(run_dir, cell).state == jobs.FINISHED
         lines = (run_dir / "cells" / cell / "metrics.jsonl").read_text().splitlines()
         assert "train_runtime" in "".join(lines[-2:]) and last_step(run_dir, cell) == 60
@@ -80,12 +86,11 @@ def test_kill_stop_resume_with_real_jobs(tmp_path: Path) -> None:
     again = prefwatch("launch", str(grid), "--detach", "--out", str(tmp_path / "runs"))
     assert again.returncode == 2 and "exists already" in again.stderr
 
-    # resume: the killed and the stopped cell continue (the stopped one from its checkpoint) and finish.
+    # resume: the stopped cell continues from its checkpoint and finishes.
     stopped_at = last_step(run_dir, "dpo-r8")
     resumed = prefwatch("launch", str(run_dir), "--resume", "--headless")
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    for cell in ("dpo-r16", "dpo-r8"):
-        assert status(run_dir, cell).state == jobs.FINISHED
+    assert status(run_dir, "dpo-r8").state == jobs.FINISHED
     out = (run_dir / "cells" / "dpo-r8" / "stdout.log").read_text()
     assert "checkpoint-20" in out or "checkpoint-40" in out
     source = open_path(run_dir)
