@@ -8,43 +8,10 @@ embedded defaults that train on the CPU.
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
+from prefwatch.gpus import Gpu, detect_gpus
 from prefwatch.grid import EMBEDDED_DATA, EMBEDDED_MODEL
-
-
-@dataclass(frozen=True)
-class Gpu:
-    index: int
-    name: str
-    free_mib: int
-    capability: float
-
-
-def detect_gpus() -> list[Gpu]:
-    if not shutil.which("nvidia-smi"):
-        return []
-    query = "index,name,memory.free,compute_cap"
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    gpus = []
-    for line in out.splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        try:
-            gpus.append(Gpu(int(parts[0]), parts[1], int(parts[2]), float(parts[3])))
-        except (IndexError, ValueError):
-            continue
-    return gpus
 
 
 def batch_size_for(free_mib: int, cells_per_gpu: int) -> int:

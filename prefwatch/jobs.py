@@ -138,6 +138,24 @@ def _require_slurm() -> None:
         raise LaunchError(str(exc)) from None
 
 
+def spawn_detached(
+    command: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A process in a session of its own (so a terminal's SIGHUP never reaches it), stdin closed,
+    stdout and stderr appended to ``log``."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            cwd=cwd,
+            env=env,
+        )
+
+
 def start_supervisor(run_dir: Path, resume: bool = False, timeout: float = 15.0) -> int:
     """Start the grid's supervisor detached (its own session, stdin closed, output to supervisor.log),
     and return once it holds the run's lock: a supervisor that dies at start is an error here, not a
@@ -146,16 +164,7 @@ def start_supervisor(run_dir: Path, resume: bool = False, timeout: float = 15.0)
     command = [sys.executable, "-m", "prefwatch.supervise", str(run_dir)]
     if resume:
         command.append("--resume")
-    with open(run_dir / SUPERVISOR_LOG, "ab") as log:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-            cwd=run_dir,
-        )
+    process = spawn_detached(command, run_dir / SUPERVISOR_LOG, run_dir)
     deadline = time.monotonic() + timeout
     while not supervisor_alive(run_dir):
         if process.poll() is not None or time.monotonic() > deadline:

@@ -12,7 +12,6 @@ import argparse
 import fcntl
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from prefwatch import rundir
+from prefwatch.gpus import detect_gpus
 from prefwatch.jobs import (
     FAILED,
     FINISHED,
@@ -31,6 +31,7 @@ from prefwatch.jobs import (
     STOP_REQUEST,
     STOPPED,
     process_start_time,
+    spawn_detached,
 )
 
 POLL_SECONDS = 0.2
@@ -69,18 +70,7 @@ def visible_gpus() -> list[int]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
         return [int(v) for v in visible.split(",") if v.strip().isdigit()]
-    if not shutil.which("nvidia-smi"):
-        return []
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [int(line) for line in out.split() if line.strip().isdigit()]
+    return [gpu.index for gpu in detect_gpus()]
 
 
 def cell_environment(cell: dict[str, Any], slot: Slot) -> dict[str, str]:
@@ -147,17 +137,7 @@ class Supervisor:
     def start(self, cell_dir: Path, slot: Slot) -> None:
         cell = rundir.read_json(cell_dir / rundir.CELL_FILE) or {}
         command = self.command(cell_dir)
-        with open(cell_dir / rundir.STDOUT_FILE, "ab") as out:
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-                cwd=cell_dir,
-                env=cell_environment(cell, slot),
-            )
+        process = spawn_detached(command, cell_dir / rundir.STDOUT_FILE, cell_dir, cell_environment(cell, slot))
         status = {
             "state": RUNNING,
             "pid": process.pid,
