@@ -127,12 +127,15 @@ def decide(cells: list[CellResult]) -> Verdict:
         verdict.needs.append("evaluations on held-out pairs (eval_every)")
         return verdict
     by_objective = _group(scored, lambda c: c.objective or "?")
+    waiting = sorted({c.objective or "?" for c in cells} - set(by_objective))
+    if waiting:
+        verdict.reasons.append(f"no held-out evaluation of {', '.join(waiting)} cells yet")
     objective, decisive_objective = _choose_objective(by_objective, verdict)
     verdict.objective = objective
     rank, rank_cells = _choose_rank(by_objective.get(objective, []), verdict)
     verdict.rank = rank
     seeds_ok = _seed_spread_ok(by_objective, objective, verdict)
-    unfinished = [c.id for c in cells if not c.finished]
+    unfinished = [c.id for c in cells if not c.finished]  # waiting objectives are unfinished too
     if unfinished:
         verdict.needs.append(f"the cells still running to finish ({', '.join(unfinished)})")
     verdict.decisive = decisive_objective and seeds_ok and not unfinished
@@ -165,7 +168,8 @@ def _choose_objective(by_objective: dict[str, list[CellResult]], verdict: Verdic
     dpo, simpo = by_objective.get("dpo"), by_objective.get("simpo")
     if not (dpo and simpo):
         only = next(iter(by_objective))
-        verdict.reasons.append(f"only {only} cells to compare: the objective is not in question")
+        if not verdict.reasons:  # no other objective waits for its first evaluation
+            verdict.reasons.append(f"only {only} cells to compare: the objective is not in question")
         return only, True
     if _unstable(dpo) and _unstable(simpo):
         verdict.reasons.append(

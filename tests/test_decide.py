@@ -137,3 +137,12 @@ def test_both_objectives_unstable_suggests_orpo() -> None:
     assert "unstable" in verdict.reasons[0]
     steady = decide([cell("dpo-r8", 60), cell("simpo-r8", 60)])
     assert steady.objective == "dpo"
+
+
+def test_an_objective_without_evaluations_yet_is_waited_for() -> None:
+    waiting = cell("simpo-r8", 0)
+    waiting.diagnosis.review.__dict__["heldout_pairs_won"] = None
+    waiting.finished = False
+    verdict = decide([cell("dpo-r8", 60), waiting])
+    assert verdict.reasons[0] == "no held-out evaluation of simpo cells yet"
+    assert not verdict.decisive
