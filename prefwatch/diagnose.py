@@ -31,8 +31,10 @@ class Thresholds:
     # ...and the train margin after the peak to exceed the margin at the peak by this fraction of
     # the margin's own scale: rewards of different objectives live on different scales.
     margin_rise: float = 0.25
-    # Likelihood displacement: the chosen log-probability falls by at least this many nats.
+    # Likelihood displacement: the chosen log-probability falls by at least this many nats, and by
+    # more than this many standard errors of the difference between the halves' means.
     logp_drop: float = 1.0
+    logp_noise: float = 3.0
     # Saturation: late train loss below this with every train batch ranked right.
     saturated_loss: float = 0.01
     # Reference equal to policy: this many train rows with rewards exactly zero and loss at ln 2.
@@ -360,29 +362,38 @@ def overoptimization(series: CellSeries, pairs: Any | None, t: Thresholds) -> Fi
     )
 
 
+def falls(values: np.ndarray, by: float, noise: float) -> tuple[float, float] | None:
+    """(early mean, late mean) when the second half's mean lies below the first half's by more than
+    ``by`` and more than ``noise`` standard errors of the difference; else None. Per-batch log-probs
+    of summed tokens swing by tens of nats, so a fixed drop alone would fire on noise."""
+    finite = values[np.isfinite(values)]
+    half = len(finite) // 2
+    if half < 4:
+        return None
+    early, late_ = finite[:half], finite[half:]
+    drop = early.mean() - late_.mean()
+    error = math.sqrt(early.var(ddof=1) / len(early) + late_.var(ddof=1) / len(late_))
+    return (float(early.mean()), float(late_.mean())) if drop > max(by, noise * error) else None
+
+
 def likelihood_displacement(series: CellSeries, t: Thresholds) -> Finding | None:
     train = series.train
-    chosen = smooth(train.column(m.LOGPS_CHOSEN), 5)
-    rejected = train.column(m.LOGPS_REJECTED)
+    chosen = falls(train.column(m.LOGPS_CHOSEN), t.logp_drop, t.logp_noise)
+    rejected = falls(train.column(m.LOGPS_REJECTED), 0.0, t.logp_noise)
     margins = train.column(m.MARGINS)
-    if not np.isfinite(chosen).any() or len(chosen) < 8:
-        return None
-    half = len(chosen) // 2
-    chosen_early, chosen_late = window_mean(chosen[:half]), window_mean(chosen[half:])
-    rejected_early, rejected_late = window_mean(rejected[:half]), window_mean(rejected[half:])
+    half = len(margins) // 2
     margin_early, margin_late = window_mean(margins[:half]), window_mean(margins[half:])
-    if None in (chosen_early, chosen_late, rejected_early, rejected_late, margin_early, margin_late):
+    if chosen is None or rejected is None or margin_early is None or margin_late is None:
         return None
-    falling = chosen_late < chosen_early - t.logp_drop and rejected_late < rejected_early  # type: ignore[operator]
-    if not falling or margin_late <= margin_early:  # type: ignore[operator]
+    if margin_late <= margin_early:
         return None
-    start = int(train.steps[int(np.nanargmax(chosen))])
+    peak = int(np.nanargmax(smooth(train.column(m.LOGPS_CHOSEN), 5)))
     return Finding(
         "likelihood_displacement",
         WARN,
-        f"chosen log-prob fell {chosen_early:.3g} -> {chosen_late:.3g} while the margin rose: both answers "
-        "lose probability, which may move to unwanted answers",
-        start,
+        f"chosen log-prob fell {chosen[0]:.3g} -> {chosen[1]:.3g} (rejected {rejected[0]:.3g} -> {rejected[1]:.3g}) "
+        "while the margin rose: both answers lose probability, which may move to unwanted answers",
+        int(train.steps[peak]),
     )
 
 
