@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +98,20 @@ def test_labels_place_cells_whose_folders_do_not_say(tmp_path, capsys) -> None:
     assert [(c["objective"], c["rank"]) for c in cells] == [("dpo", 8), ("simpo", 8)]
     assert main(["report", str(tmp_path), "--label", "run-a"]) == 2
     assert "NAME=OBJECTIVE:RANK" in capsys.readouterr().err
+
+
+def test_no_color_is_honoured() -> None:
+    def report(**env: str) -> str:
+        import os
+
+        return subprocess.run(
+            [sys.executable, "-m", "prefwatch", "report", "sample_runs/tiny-demo"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "FORCE_COLOR": "1", **env},
+            cwd=Path(__file__).resolve().parent.parent,
+        ).stdout
+
+    colour = "\x1b[3"  # a foreground colour sequence
+    assert colour in report()
+    assert colour not in report(NO_COLOR="1")
