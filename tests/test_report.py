@@ -51,3 +51,15 @@ def test_plot_draws_a_png(tmp_path: Path) -> None:
     target = tmp_path / "grid.png"
     main(["report", str(SAMPLE), "--plot", str(target), "--format", "json"])
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_text_from_logs_is_printed_literally(tmp_path: Path, capsys) -> None:
+    import shutil
+
+    hostile = tmp_path / "[bold red]dpo-r8\x1b[31m"
+    hostile.mkdir()
+    shutil.copy(SAMPLE / "cells" / "dpo-r8" / "metrics.jsonl", hostile / "metrics.jsonl")
+    main(["report", str(tmp_path), "--heldout-pairs", "100"])
+    out = capsys.readouterr().out
+    assert "[bold red]dpo-r8\\x1b[31m" in out.replace("\n", "")
+    assert "\x1b" not in out
