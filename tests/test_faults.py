@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from helpers import last_step, prefwatch, status, wait_for
 
 from prefwatch import jobs
 from prefwatch.ingest.sources import open_path
@@ -23,29 +22,6 @@ def write_grid(tmp_path: Path, name: str, steps: int) -> Path:
     path = tmp_path / f"{name}.toml"
     path.write_text(text)
     return path
-
-
-def prefwatch(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "prefwatch", *args], capture_output=True, text=True, timeout=300)
-
-
-def status(run_dir: Path, cell: str) -> jobs.CellStatus:
-    return jobs.read_status(run_dir / "cells" / cell)
-
-
-def last_step(run_dir: Path, cell: str) -> int:
-    path = run_dir / "cells" / cell / "metrics.jsonl"
-    steps = [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
-    return max(steps, default=0)
-
-
-def wait_for(predicate, timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_kill_stop_resume_with_real_jobs(tmp_path: Path) -> None:

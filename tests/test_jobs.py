@@ -9,10 +9,10 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_for
 
 from prefwatch import jobs, rundir
 from prefwatch.grid import load_grid
@@ -43,15 +43,6 @@ def supervise(run_dir: Path, scripts: dict[str, str], slots: int = 2) -> threadi
     thread = threading.Thread(target=supervisor.run, daemon=True)
     thread.start()
     return thread
-
-
-def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 def state(run_dir: Path, cell: str) -> jobs.CellStatus:

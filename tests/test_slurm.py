@@ -10,7 +10,6 @@ as a warning). ``.ci/run`` installs the packages and sets PREFWATCH_REQUIRE_SLUR
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import re
@@ -19,7 +18,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -27,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import last_step, prefwatch, status, wait_for
 
 from prefwatch import jobs, rundir, slurm
 from prefwatch.grid import load_grid
@@ -427,29 +426,6 @@ def _shut_down(daemons: list[subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def prefwatch(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "prefwatch", *args], capture_output=True, text=True, timeout=120)
-
-
-def status(run_dir: Path, cell: str) -> jobs.CellStatus:
-    return jobs.read_status(run_dir / "cells" / cell)
-
-
-def last_step(run_dir: Path, cell: str) -> int:
-    path = run_dir / "cells" / cell / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return max((json.loads(line)["step"] for line in lines if line.strip()), default=0)
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def test_grid_runs_through_sbatch_to_completion(cluster: Cluster, tmp_path: Path) -> None:
