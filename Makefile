@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN = $(VENV)/bin
 
-.PHONY: demo test venv clean-runs sample-runs check-light slurm-deps
+.PHONY: demo test golden venv clean-runs sample-runs check-light slurm-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: venv
 	$(BIN)/ruff format --check prefwatch tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
+
+# Regenerate the monitor's golden screens (tests/__snapshots__/test_golden/*.svg) after a deliberate
+# visual change; open the SVGs in a browser, look at them, and commit them with the change.
+golden: venv
+	$(BIN)/python -m pytest tests/test_golden.py --snapshot-update -q
 
 # The Slurm tests (tests/test_slurm.py) start a one-node cluster on this machine from Debian's packages;
 # installed here when missing (as root, with apt-get; the package index is refreshed only if needed).
