@@ -103,6 +103,10 @@ class CellScreen(Screen[None]):
     CellScreen > #filter.-shown { display: block; }
     """
 
+    # Nothing takes the focus on opening: the screen's keys (left and right move the cursor) must reach
+    # the screen, not the output log or the hidden filter field.
+    AUTO_FOCUS = ""
+
     BINDINGS = [
         Binding("escape,backspace", "back", "Back"),
         Binding("left_square_bracket", "metric(-1)", "Prev metric", key_display="["),
@@ -144,12 +148,15 @@ class CellScreen(Screen[None]):
             yield ChartBlock("held-out accuracy", [("heldout_accuracy", "accuracy")], fixed=(0.0, 1.0))
         yield Static(id="table")
         yield Static(id="findings")
-        yield Log(id="output", highlight=False, max_lines=TAIL_LINES * 5)
+        output = Log(id="output", highlight=False, max_lines=TAIL_LINES * 5)
+        # Never focused, not even by the screen's auto-focus before on_mount: left and right move the
+        # chart's cursor, and a focused Log would take them to scroll itself.
+        output.can_focus = False
+        yield output
         yield Input(placeholder="filter metrics by regular expression (enter to apply, escape to close)", id="filter")
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#output", Log).can_focus = False  # left and right move the chart's cursor
         self.show_cell(self.cell)
 
     # ---- what is picked ----------------------------------------------------------------------------
