@@ -217,10 +217,15 @@ class CellSource:
         batch = self._pairs_reader.poll()
         if batch.restarted:
             self.pairs = PairLog()
+        # A line the reader could not decode (not JSON, over 1 MiB) is as bad as one that is no result:
+        # counted with them, never dropped silently.
+        bad = sum(batch.rejected.values())
         for record in batch.records:
             if not self.pairs.add(record):
-                self.series.rejected["bad eval_pairs line"] += 1
-        return bool(batch.records)
+                bad += 1
+        if bad:
+            self.series.rejected["bad eval_pairs line"] += bad
+        return bool(batch.records or bad)
 
     def _poll_trainer_state(self, history: bool = True) -> bool:
         """Re-read the newest trainer_state.json when it changes; add only history not yet seen.
