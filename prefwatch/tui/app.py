@@ -64,20 +64,34 @@ class MonitorApp(App[int]):
     CSS_PATH = Path(__file__).with_name("prefwatch.tcss")  # absolute: subclasses elsewhere find it too
     TITLE = "prefwatch"
     BINDINGS = [
-        Binding("q", "quit_monitor", "Quit"),
-        Binding("s", "stop_cell", "Stop cell"),
-        Binding("c", "compare", "Compare"),
-        Binding("X", "stop_grid", "Stop grid", show=False),
-        Binding("r", "restart_cell", "Restart", show=False),
-        Binding("T", "toggle_theme", "Light/dark", show=False),
-        Binding("space", "replay_toggle", "Play/pause"),
-        Binding("plus,equals_sign", "replay_speed(1)", "Faster", key_display="+"),
-        Binding("minus", "replay_speed(-1)", "Slower", key_display="-"),
-        Binding("greater_than_sign,full_stop", "replay_jump(0.05)", "Jump", key_display=">"),
-        Binding("less_than_sign,comma", "replay_jump(-0.05)", "Back", key_display="<"),
-        Binding("home", "replay_seek(0)", "Start", show=False),
-        Binding("end", "replay_seek(1)", "End", show=False),
-        Binding("question_mark", "help", "Help"),
+        Binding("q", "quit_monitor", "Quit", tooltip="quit the monitor — the jobs keep running"),
+        Binding("s", "stop_cell", "Stop cell", tooltip="stop the selected cell (asks first; launched grids only)"),
+        Binding("c", "compare", "Compare", tooltip="compare one metric across all cells"),
+        Binding("X", "stop_grid", "Stop grid", show=False, tooltip="stop the whole grid (asks first)"),
+        Binding(
+            "r",
+            "restart_cell",
+            "Restart",
+            show=False,
+            tooltip="restart a failed, stopped or lost cell from its checkpoint (asks)",
+        ),
+        Binding("T", "toggle_theme", "Light/dark", show=False, tooltip="light or dark theme"),
+        Binding("space", "replay_toggle", "Play/pause", tooltip="a timed replay: play or pause"),
+        Binding("plus,equals_sign", "replay_speed(1)", "Faster", key_display="+", tooltip="a timed replay: faster"),
+        Binding("minus", "replay_speed(-1)", "Slower", key_display="-", tooltip="a timed replay: slower"),
+        Binding(
+            "greater_than_sign,full_stop",
+            "replay_jump(0.05)",
+            "Jump",
+            key_display=">",
+            tooltip="a timed replay: jump forward",
+        ),
+        Binding(
+            "less_than_sign,comma", "replay_jump(-0.05)", "Back", key_display="<", tooltip="a timed replay: jump back"
+        ),
+        Binding("home", "replay_seek(0)", "Start", show=False, tooltip="a timed replay: to the start"),
+        Binding("end", "replay_seek(1)", "End", show=False, tooltip="a timed replay: to the end"),
+        Binding("question_mark", "help", "Help", tooltip="this help"),
     ]
 
     def __init__(

@@ -108,20 +108,25 @@ class CellScreen(Screen[None]):
     AUTO_FOCUS = ""
 
     BINDINGS = [
-        Binding("escape,backspace", "back", "Back"),
-        Binding("left_square_bracket", "metric(-1)", "Prev metric", key_display="["),
-        Binding("right_square_bracket", "metric(1)", "Next metric", key_display="]"),
-        Binding("slash", "filter", "Filter", key_display="/"),
-        Binding("e", "smoothing", "Smooth"),
-        Binding("L", "log_scale", "Log"),
-        Binding("o", "robust", "Robust y"),
-        Binding("t", "time_axis", "Step/time"),
-        Binding("left", "cursor(-1)", "Cursor", show=False),
-        Binding("right", "cursor(1)", "Cursor", show=False),
-        Binding("shift+left", "cursor(-10)", "Cursor ×10", show=False),
-        Binding("shift+right", "cursor(10)", "Cursor ×10", show=False),
-        Binding("x", "export", "Export"),
-        Binding("S", "screenshot", "SVG"),
+        Binding("escape,backspace", "back", "Back", tooltip="back to the grid"),
+        Binding("left_square_bracket", "metric(-1)", "Prev metric", key_display="[", tooltip="previous metric"),
+        Binding("right_square_bracket", "metric(1)", "Next metric", key_display="]", tooltip="next metric"),
+        Binding("slash", "filter", "Filter", key_display="/", tooltip="filter the metrics by a regular expression"),
+        Binding(
+            "e",
+            "smoothing",
+            "Smooth",
+            tooltip="EMA smoothing: off, 0.6, 0.9, 0.99 (the raw curve stays, dimmed)",
+        ),
+        Binding("L", "log_scale", "Log", tooltip="log scale"),
+        Binding("o", "robust", "Robust y", tooltip="y scale from the 1st to the 99th percentile"),
+        Binding("t", "time_axis", "Step/time", tooltip="x axis: step or wall time"),
+        Binding("left", "cursor(-1)", "Cursor", show=False, tooltip="cursor one column left: exact values"),
+        Binding("right", "cursor(1)", "Cursor", show=False, tooltip="cursor one column right"),
+        Binding("shift+left", "cursor(-10)", "Cursor ×10", show=False, tooltip="cursor ten columns left"),
+        Binding("shift+right", "cursor(10)", "Cursor ×10", show=False, tooltip="cursor ten columns right"),
+        Binding("x", "export", "Export", tooltip="export the view's data as CSV and JSON"),
+        Binding("S", "screenshot", "SVG", tooltip="the screen as SVG"),
     ]
 
     def __init__(self, cell: CellView, export_dir: Path | None = None) -> None:

@@ -54,10 +54,10 @@ class CompareScreen(Screen[None]):
     """
 
     BINDINGS = [
-        Binding("escape,backspace", "app.pop_screen", "Back"),
-        Binding("left_square_bracket", "metric(-1)", "Prev metric", key_display="["),
-        Binding("right_square_bracket", "metric(1)", "Next metric", key_display="]"),
-        Binding("v", "split", "Train/held-out"),
+        Binding("escape,backspace", "app.pop_screen", "Back", tooltip="back to the grid"),
+        Binding("left_square_bracket", "metric(-1)", "Prev metric", key_display="[", tooltip="previous metric"),
+        Binding("right_square_bracket", "metric(1)", "Next metric", key_display="]", tooltip="next metric"),
+        Binding("v", "split", "Train/held-out", tooltip="train or held-out curves"),
     ]
 
     def __init__(self, grid: GridView) -> None:

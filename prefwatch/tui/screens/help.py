@@ -1,36 +1,74 @@
-"""HelpScreen: the keys, and what the colours mean."""
+"""HelpScreen: the keys, and what the colours mean.
+
+The keys are read from the bindings themselves (each Binding's tooltip says what it does), so the
+help cannot drift from what the keys do: a new binding shows up here, a removed one disappears.
+"""
 
 from __future__ import annotations
 
-from textual.app import ComposeResult
-from textual.binding import Binding
+from collections.abc import Iterable
+
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
+from textual.content import Content
+from textual.keys import format_key
 from textual.screen import ModalScreen
 from textual.widgets import Static
 
-HELP = """\
-[b]Keys[/b]
-  arrows / h j k l   select a cell
-  enter              charts of the selected cell (escape to come back)
-  s                  stop the selected cell (asks first; launched grids only)
-  X                  stop the whole grid (asks first)
-  r                  restart a failed, stopped or lost cell from its last checkpoint (asks first)
-  c                  compare one metric across all cells ([ ] metric, v train / held-out)
-  T                  light or dark theme (more in the command palette, ctrl+p)
-  space + - < >      a timed replay: play/pause, faster, slower, jump back/forward (home, end)
-  ?                  this help
-  q                  quit the monitor — the jobs keep running
+KEY_WIDTH = 18  # the column of keys; what they do follows
 
-[b]In a cell's charts[/b] (enter)
-  [ ]                previous / next metric (train and held-out overlaid)
-  /                  filter the metrics by a regular expression
-  e                  EMA smoothing off, 0.6, 0.9, 0.99 (debiased; the raw curve stays, dimmed)
-  L                  log scale          o   y scale from the 1st to the 99th percentile
-  t                  x axis: step or wall time
-  left / right       cursor: exact values at a step (shift: ten columns)
-  x                  export the view's data as CSV and JSON   S   the screen as SVG
-  escape             back to the grid
 
+def key_rows(bindings: Iterable[BindingType]) -> list[tuple[list[str], str]]:
+    """One row per action, in the order bound: every key that triggers it, and what it does (the
+    binding's tooltip, else its footer description)."""
+    rows: dict[str, tuple[list[str], str]] = {}
+    for binding in Binding.make_bindings(bindings):
+        keys, _ = rows.setdefault(binding.action, ([], binding.tooltip or binding.description))
+        label = format_key(binding.key)
+        if label not in keys:
+            keys.append(label)
+    return list(rows.values())
+
+
+def help_sections(app: App[object]) -> list[tuple[str, list[tuple[list[str], str]]]]:
+    """The keys of each place in the monitor, from the bindings of the classes that handle them."""
+    from prefwatch.tui.screens.cell import CellScreen
+    from prefwatch.tui.screens.compare import CompareScreen
+    from prefwatch.tui.widgets.cell_grid import CellGrid
+    from prefwatch.tui.widgets.cell_panel import CellPanel
+
+    palette = [
+        Binding(
+            app.COMMAND_PALETTE_BINDING,
+            "command_palette",
+            "Palette",
+            tooltip="command palette: every action, the theme, screenshots",
+        )
+    ]
+    grid = key_rows(
+        [*CellGrid.BINDINGS, *CellPanel.BINDINGS, *app.BINDINGS, *(palette if app.ENABLE_COMMAND_PALETTE else [])]
+    )
+    return [
+        ("Keys", grid),
+        ("In a cell's charts (enter)", key_rows(CellScreen.BINDINGS)),
+        ("In compare (c)", key_rows(CompareScreen.BINDINGS)),
+        ("Here", key_rows(HelpScreen.BINDINGS)),
+    ]
+
+
+def keys_text(sections: list[tuple[str, list[tuple[list[str], str]]]]) -> Content:
+    """The sections as literal text (a key such as [ is not markup)."""
+    parts = []
+    for title, rows in sections:
+        parts.append(Content.styled(title, "bold"))
+        for keys, text in rows:
+            parts.append(Content(f"  {' '.join(keys):<{KEY_WIDTH}} {text}"))
+        parts.append(Content(""))
+    return Content("\n").join(parts)
+
+
+LEGEND = """\
 [b]A cell panel[/b]
   border             [$warning]yellow[/]: a warning finding   [$error]red[/]: an error finding or a read error
   chosen, rejected   train rewards of the chosen and rejected answers
@@ -60,11 +98,12 @@ class HelpScreen(ModalScreen[None]):
     }
     """
 
-    BINDINGS = [Binding("escape,q,question_mark", "close", "Close")]
+    BINDINGS = [Binding("escape,q,question_mark", "close", "Close", tooltip="close this help")]
 
     def compose(self) -> ComposeResult:
         with VerticalScroll():
-            yield Static(HELP)  # our own text: markup is intended here, no log text in it
+            yield Static(keys_text(help_sections(self.app)), id="keys")
+            yield Static(LEGEND, id="legend")  # our own text: markup is intended here, no log text in it
 
     def action_close(self) -> None:
         self.dismiss(None)

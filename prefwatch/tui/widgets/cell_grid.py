@@ -26,10 +26,10 @@ class CellGrid(ScrollableContainer, can_focus=False, inherit_bindings=False):
     """
 
     BINDINGS = [
-        Binding("up,k", "move(-1, 0)", "Up", show=False),
-        Binding("down,j", "move(1, 0)", "Down", show=False),
-        Binding("left,h", "move(0, -1)", "Left", show=False),
-        Binding("right,l", "move(0, 1)", "Right", show=False),
+        Binding("up,k", "move(-1, 0)", "Up", show=False, tooltip="select the cell above"),
+        Binding("down,j", "move(1, 0)", "Down", show=False, tooltip="select the cell below"),
+        Binding("left,h", "move(0, -1)", "Left", show=False, tooltip="select the cell to the left"),
+        Binding("right,l", "move(0, 1)", "Right", show=False, tooltip="select the cell to the right"),
     ]
 
     DEFAULT_CSS = """

@@ -11,6 +11,7 @@ import numpy as np
 from rich.segment import Segment
 from rich.style import Style
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Vertical
 from textual.content import Content
 from textual.geometry import Region
@@ -185,7 +186,7 @@ class CellPanel(Vertical, can_focus=True):
             super().__init__()
             self.cell_id = cell_id
 
-    BINDINGS = [("enter", "open", "Chart")]
+    BINDINGS = [Binding("enter", "open", "Chart", tooltip="charts of the selected cell (escape to come back)")]
 
     def __init__(self, cell: CellView, position: tuple[int, int]) -> None:
         super().__init__()
