@@ -53,7 +53,7 @@ def test_events_deliver_an_append_at_once(cell):
     with Follower([cell], calls, interval=60) as follower:  # the fallback poll cannot be what fires
         assert follower.mode == "events"
         written = append(cell / "metrics.jsonl")
-        assert calls.wait_for(1, timeout=2)
+        assert calls.wait_for(1, timeout=30)
         assert calls.times[0] - written < 0.5
         assert calls.threads == {"prefwatch-follower"}
 
@@ -65,7 +65,7 @@ def test_forced_polling_sees_appends_without_events(cell):
         time.sleep(0.3)
         assert calls.count == 0  # nothing changed, nothing said
         append(cell / "metrics.jsonl")
-        assert calls.wait_for(1, timeout=2)
+        assert calls.wait_for(1, timeout=30)
 
 
 def test_fallback_poll_covers_a_file_system_without_events(cell, monkeypatch):
@@ -74,9 +74,9 @@ def test_fallback_poll_covers_a_file_system_without_events(cell, monkeypatch):
     with Follower([cell], calls, interval=0.1) as follower:
         assert follower.mode == "polling"
         append(cell / "metrics.jsonl")
-        assert calls.wait_for(1, timeout=2)
+        assert calls.wait_for(1, timeout=30)
         (cell / "status.json").write_text("{}")  # a new file is a change too
-        assert calls.wait_for(2, timeout=2)
+        assert calls.wait_for(2, timeout=30)
 
 
 def test_reading_in_the_callback_does_not_wake_the_follower_again(cell):
@@ -129,7 +129,7 @@ def test_a_failing_callback_does_not_stop_following(cell):
 
     with Follower([cell], flaky, poll=True):
         append(cell / "metrics.jsonl")
-        deadline = time.monotonic() + 2
+        deadline = time.monotonic() + 30
         while len(failures) < 1 and time.monotonic() < deadline:
             time.sleep(0.02)
         append(cell / "metrics.jsonl")
@@ -150,13 +150,13 @@ def test_missing_folder_is_watched_by_polling_until_it_appears(tmp_path):
 def test_a_few_simultaneous_changes_pass_the_bucket_at_once(cell):
     """Four cells logging the same instant are drawn without waiting; a stream is spaced out."""
     calls = Calls()
-    with Follower([cell], calls, interval=60, min_interval=3.0, burst=3) as follower:
+    with Follower([cell], calls, interval=600, min_interval=60.0, burst=3) as follower:
         follower.nudge()
-        assert calls.wait_for(1)
+        assert calls.wait_for(1, timeout=30)
         follower.nudge()
-        assert calls.wait_for(2, timeout=2.0)  # the second token: no 3 s wait
+        assert calls.wait_for(2, timeout=30)  # the second token: no 60 s wait
         start = time.monotonic()
         while time.monotonic() - start < 1.0:
             follower.nudge()
             time.sleep(0.01)
-    assert calls.count <= 3 + 1  # the bucket's three, then at most one more per 3 s
+    assert calls.count <= 3 + 1  # the bucket's three, then at most one more per 60 s
