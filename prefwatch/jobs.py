@@ -16,6 +16,7 @@ This module never imports torch: it runs in the CLI and the monitor.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -59,11 +60,11 @@ def create_run_dir(grid: Grid, out_root: Path) -> Path:
     target = out_root / grid.name
     if target.exists():
         raise LaunchError(f"{target}: the run directory exists already; use another name or --out")
-    resources = dict(grid.settings["resources"])
+    resources: dict[str, Any] = dataclasses.asdict(grid.settings.resources)
     first_status: dict[str, Any] = {"state": QUEUED, "host": socket.gethostname()}
     if resources.get("backend", LOCAL) == SLURM:
         _require_slurm()
-        resources[SLURM] = grid.settings[SLURM]
+        resources[SLURM] = dataclasses.asdict(grid.settings.slurm)
         first_status["backend"] = SLURM
     try:
         out_root.mkdir(parents=True, exist_ok=True)

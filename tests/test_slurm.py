@@ -28,7 +28,7 @@ import pytest
 from helpers import last_step, prefwatch, status, wait_for
 
 from prefwatch import jobs, rundir, slurm
-from prefwatch.grid import load_grid
+from prefwatch.grid import SlurmSettings, load_grid
 from prefwatch.ingest.sources import open_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,18 +57,10 @@ def slurm_grid(folder: Path, name: str, steps: int, objectives: str = '["dpo", "
 
 def test_slurm_grid_validates_and_resolves(tmp_path: Path) -> None:
     grid = load_grid(slurm_grid(tmp_path, "g", 20))
-    assert grid.settings["resources"]["backend"] == "slurm"
-    assert grid.settings["slurm"] == {
-        "partition": None,
-        "gpus_per_cell": 0,
-        "cpus_per_cell": 1,
-        "mem": None,
-        "time": "00:10:00",
-        "account": None,
-        "options": ["--comment=prefwatch test"],
-    }
+    assert grid.settings.resources.backend == "slurm"
+    assert grid.settings.slurm == SlurmSettings(cpus_per_cell=1, time="00:10:00", options=["--comment=prefwatch test"])
     assert [c.id for c in grid.cells] == ["dpo-r8", "simpo-r8"]
-    assert load_grid(ROOT / "examples" / "tiny-grid.toml").settings["resources"]["backend"] == "local"
+    assert load_grid(ROOT / "examples" / "tiny-grid.toml").settings.resources.backend == "local"
 
 
 def test_sbatch_command_is_an_argument_list(tmp_path: Path) -> None:
