@@ -109,20 +109,25 @@ def _end_with_parent() -> None:
         pass
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str]) -> tuple[Path, bool, int, list[str]]:
+    """cell.json, --resume, --gpus and the command after ``--`` (options before it are the job's own)."""
     parser = argparse.ArgumentParser(prog="python -m prefwatch.job", description="Run and record one cell's job.")
     parser.add_argument("cell", type=Path, help="the cell's cell.json; its folder holds status.json")
     parser.add_argument("--resume", action="store_true", help="the trainer continues from its newest checkpoint")
     parser.add_argument("--gpus", type=int, default=0, help="GPUs of this job (more than one: torchrun)")
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- a command to run instead of the trainer")
-    args = parser.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    cell_json = args.cell.resolve()
+    parser.epilog = "After --: a command to run instead of the trainer."
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    return args.cell.resolve(), args.resume, args.gpus, argv[split + 1 :]
+
+
+def main(argv: list[str] | None = None) -> int:
+    cell_json, resume, gpus, command = parse(sys.argv[1:] if argv is None else argv)
     if not (cell_json.parent / rundir.CELL_FILE).is_file():
         print(f"prefwatch.job: {cell_json}: no such cell", file=sys.stderr)
         return 2
     try:
-        return Job(cell_json, args.resume, args.gpus, command).run()
+        return Job(cell_json, resume, gpus, command).run()
     except (OSError, rundir.RecordError) as exc:
         print(f"prefwatch.job: cannot record the job in {cell_json.parent}: {exc}", file=sys.stderr)
         return 1

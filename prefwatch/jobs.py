@@ -53,6 +53,7 @@ QUEUED, RUNNING, FINISHED, FAILED = CellState.QUEUED, CellState.RUNNING, CellSta
 STOPPED, LOST = CellState.STOPPED, CellState.LOST
 LOCAL, SLURM = rundir.Backend.LOCAL, rundir.Backend.SLURM
 RESTARTABLE = frozenset({FAILED, STOPPED, LOST})
+STOP_REQUEST = rundir.STOP_REQUEST
 
 __all__ = [
     "ENDED_STATES",

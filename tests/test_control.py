@@ -22,6 +22,7 @@ from helpers import last_step, prefwatch, status, wait_for
 from prefwatch import backend, jobs, rundir
 from prefwatch.backend import LaunchSpec, LocalBackend, launch_spec, process_start_time
 from prefwatch.grid import load_grid
+from prefwatch.job import Job, parse
 from prefwatch.supervise import hold_lock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,6 +113,18 @@ def test_stop_never_signals_group_0_1_or_its_own(
     for pgid in (0, 1, own):
         backend.signal_job(rundir.StatusRecord(state=jobs.RUNNING, pid=pgid, pgid=pgid), signal.SIGTERM)
     assert sent == []
+
+
+def test_the_job_passes_its_options_to_the_trainer(tmp_path: Path) -> None:
+    cell_json = tmp_path / "cell.json"
+    assert parse([str(cell_json), "--resume"]) == (cell_json, True, 0, [])
+    assert Job(cell_json, True, 0).argv[-2:] == [str(cell_json), "--resume"]
+    assert parse([str(cell_json), "--gpus=2", "--", "python", "--resume"]) == (
+        cell_json,
+        False,
+        2,
+        ["python", "--resume"],
+    )
 
 
 def stand_in(cell_dir: Path, program: str) -> LaunchSpec:

@@ -549,6 +549,8 @@ def test_stop_cancels_through_scancel(cluster: Cluster, tmp_path: Path) -> None:
     assert rundir.read_json(run_dir / "cells" / "simpo-r8" / "status.json")["job_id"] == other
     assert "--resume" in (run_dir / "cells" / "dpo-r8" / "job.sh").read_text()
     wait_for(lambda: status(run_dir, "dpo-r8").state == jobs.RUNNING, 30, "the resumed cell to run")
+    log = run_dir / "cells" / "dpo-r8" / "stdout.log"
+    wait_for(lambda: log.read_text().count("[dpo-r8] start:") == 2, 60, "the resumed trainer to start")
     rest = prefwatch("stop", str(run_dir))
     assert rest.returncode == 0 and "simpo-r8" in rest.stdout
     assert [status(run_dir, c).state for c in ("dpo-r8", "simpo-r8")] == [jobs.STOPPED] * 2
