@@ -267,7 +267,10 @@ class LocalBackend:
         refused: dict[Path, str] = {}
         proven = []
         for cell_dir in cells:
-            record = rundir.read_status(cell_dir)
+            try:
+                record = rundir.read_status(cell_dir)
+            except rundir.RecordError:
+                continue  # nothing in it can name a job to signal
             if record.state != CellState.RUNNING:
                 continue
             why = prove_job(cell_dir, record)

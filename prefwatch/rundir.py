@@ -76,19 +76,23 @@ def cell_dirs(grid_dir: Path) -> list[Path]:
     dirs = [p for p in root.iterdir() if p.is_dir()]
 
     def order(p: Path) -> tuple[int, str]:
-        cell = read_json(p / CELL_FILE) or {}
-        index = cell.get("index")
-        return (index if isinstance(index, int) else 1 << 30, p.name)
+        try:
+            index = read_cell(p).index
+        except RecordError:
+            index = None
+        return (index if index is not None else 1 << 30, p.name)
 
     return sorted(dirs, key=order)
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object from disk, or None when the file is missing, partial or not an object."""
+def read_json(path: Path, limit: int = 64 << 20) -> dict[str, Any] | None:
+    """A JSON object from disk, or None when the file is missing, partial, larger than ``limit``, nested
+    too deep or not an object."""
     try:
         with open(path, "rb") as f:
-            value = json.loads(f.read())
-    except (OSError, ValueError):
+            data = f.read(limit + 1)
+        value = json.loads(data) if len(data) <= limit else None
+    except (OSError, ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
 
@@ -96,6 +100,57 @@ def read_json(path: Path) -> dict[str, Any] | None:
 def write_json_atomic(path: Path, value: dict[str, Any]) -> None:
     """Write a temporary file beside the target, then rename: readers see the old or the new file, whole."""
     _write_atomic(path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode())
+
+
+class RecordError(ValueError):
+    """A run-directory record that cannot be read as what it should be; str() is one line naming the file."""
+
+
+# ---------------------------------------------------------------------------------------------
+# cell.json: the settings of a cell, as the launcher resolved them
+
+
+class CellRecord(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    """What readers use of cell.json, typed; the tables stay plain (the trainer fills their defaults)."""
+
+    id: str | None = None
+    index: int | None = None
+    grid: str | None = None
+    objective: str | None = None
+    rank: int | None = None
+    seed: int | None = None
+    model: dict[str, Any] = msgspec.field(default_factory=dict)
+    data: dict[str, Any] = msgspec.field(default_factory=dict)
+    train: dict[str, Any] = msgspec.field(default_factory=dict)
+    objective_params: dict[str, Any] = msgspec.field(default_factory=dict)
+    lora: dict[str, Any] = msgspec.field(default_factory=dict)
+    threads: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return msgspec.structs.asdict(self)
+
+
+_CELL_DECODER = msgspec.json.Decoder(CellRecord)
+
+
+def read_cell(cell_dir: Path) -> CellRecord:
+    """The cell's cell.json, typed. Raises RecordError (one line naming the file and the field) for a
+    file that is missing, too large, not JSON, nested too deep, or holds a field of the wrong type."""
+    return _decode(cell_dir / CELL_FILE, _CELL_DECODER, "cell settings")
+
+
+def _decode(path: Path, decoder: Any, what: str) -> Any:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_RECORD_BYTES + 1)
+    except OSError as exc:
+        raise RecordError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if len(data) > MAX_RECORD_BYTES:
+        raise RecordError(f"{path}: larger than {MAX_RECORD_BYTES >> 20} MiB: not {what}")
+    try:
+        return decoder.decode(data)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise RecordError(f"{path}: not {what} ({' '.join(str(exc).split())[:200]})") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,10 +208,6 @@ class StatusRecord(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unkn
         return self.state in RECORDED_ENDS
 
 
-class RecordError(ValueError):
-    """A run-directory record that cannot be read as what it should be; str() is one line naming the file."""
-
-
 _STATUS_DECODER = msgspec.json.Decoder(StatusRecord)
 
 
@@ -167,19 +218,9 @@ def read_status(cell_dir: Path) -> StatusRecord:
     not JSON, nested too deep, a field of the wrong type.
     """
     path = cell_dir / STATUS_FILE
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_RECORD_BYTES + 1)
-    except FileNotFoundError:
+    if not path.exists():
         return StatusRecord(state=CellState.QUEUED)
-    except OSError as exc:
-        raise RecordError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    if len(data) > MAX_RECORD_BYTES:
-        raise RecordError(f"{path}: larger than {MAX_RECORD_BYTES >> 20} MiB: not a status record")
-    try:
-        return _STATUS_DECODER.decode(data)
-    except (msgspec.DecodeError, RecursionError) as exc:
-        raise RecordError(f"{path}: not a status record ({' '.join(str(exc).split())[:200]})") from None
+    return _decode(path, _STATUS_DECODER, "a status record")
 
 
 def write_status(cell_dir: Path, record: StatusRecord) -> None:

@@ -93,6 +93,7 @@ class CellSource:
     event_dir: Path | None = None  # TensorBoard event files in it or in its runs/*
     managed: bool = False  # started by prefwatch: has status.json and a supervisor
     handed_status: CellStatus | None = None  # a launched cell's state, handed in by the jobs layer
+    record_error: str | None = None  # cell.json could not be read (one line naming the file and field)
     preview: bool = False  # the series holds only the tail of the log (peek_tail), not all of it
     _metrics_reader: TailReader | None = None
     _columnar: ColumnarDecoder = field(default_factory=ColumnarDecoder)
@@ -115,6 +116,8 @@ class CellSource:
 
     @property
     def read_error(self) -> str | None:
+        if self.record_error:
+            return self.record_error
         readers: list[TailReader | EventFileReader] = [*self._event_readers.values()]
         if self._metrics_reader is not None:
             readers.insert(0, self._metrics_reader)
@@ -411,17 +414,21 @@ def _cell_at(path: Path) -> CellSource | None:
 
 
 def _prefwatch_cell(path: Path) -> CellSource:
-    info = rundir.read_json(path / rundir.CELL_FILE) or {}
+    try:
+        cell, problem = rundir.read_cell(path), None
+    except rundir.RecordError as exc:  # shown as the cell's read error; the logs are still read
+        cell, problem = rundir.CellRecord(), str(exc)
     guess_objective, guess_rank = guess_labels(path)
     return CellSource(
         id=path.name,
         directory=path,
-        objective=info.get("objective", guess_objective),
-        rank=info.get("rank", guess_rank),
-        seed=info.get("seed"),
-        info=info,
+        objective=cell.objective if cell.objective is not None else guess_objective,
+        rank=cell.rank if cell.rank is not None else guess_rank,
+        seed=cell.seed,
+        info=cell.to_dict() if problem is None else {},
         metrics_path=path / rundir.METRICS_FILE,
         managed=rundir.is_launched_cell(path),
+        record_error=problem,
     )
 
 

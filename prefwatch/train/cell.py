@@ -31,8 +31,8 @@ def load_cell(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         raw = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CellError(f"{path}: cannot read ({e})") from None
+    except (OSError, ValueError, RecursionError) as e:
+        raise CellError(f"{path}: cannot read ({' '.join(str(e).split())[:200]})") from None
     if not isinstance(raw, dict):
         raise CellError(f"{path}: not a JSON object")
     return resolve_cell(raw, path)
