@@ -33,6 +33,7 @@ from msgspec.structs import replace
 from prefwatch import rundir
 from prefwatch.backend import (
     STOP_GRACE_SECONDS,
+    Backend,
     LaunchSpec,
     LocalBackend,
     backend_for,
@@ -243,8 +244,11 @@ def restart_cells(run_dir: Path, cell_ids: list[str]) -> list[str]:
     cells = _cells(run_dir, cell_ids)
     supervised = supervisor_alive(run_dir)
     statuses = {c: read_status(cells[c], supervised) for c in cell_ids}
-    stuck = [f"{c} is {s.state}" for c, s in statuses.items() if s.state not in RESTARTABLE]
-    stuck += [f"{c} still runs" for c, s in statuses.items() if _still_running(cells[c], s) and c not in stuck]
+    stuck = [
+        f"{c} is {s.state}" if s.state not in RESTARTABLE else f"{c} still runs"
+        for c, s in statuses.items()
+        if s.state not in RESTARTABLE or _still_running(cells[c], s)
+    ]
     if stuck:
         raise LaunchError(f"{run_dir}: only failed, stopped or lost cells restart ({'; '.join(stuck)})")
     slurm_grid = backend_of(run_dir) == SLURM
@@ -299,13 +303,9 @@ def read_status(cell_dir: Path, supervisor_alive: bool | None = None) -> CellSta
         record = rundir.read_status(cell_dir)
     except RecordError as exc:
         return CellStatus(LOST, StatusRecord(state=LOST), error=str(exc))
-    if record.backend == SLURM:
-        from prefwatch.slurm import SlurmBackend
-
-        return SlurmBackend({}).state(cell_dir, record, supervisor_alive)
-    if supervisor_alive is None and record.state == RUNNING:
+    if supervisor_alive is None and record.state == RUNNING and record.backend == LOCAL:
         supervisor_alive = _supervisor_of(cell_dir)
-    return LocalBackend().state(cell_dir, record, supervisor_alive)
+    return backend_for_record(record).state(cell_dir, record, supervisor_alive)
 
 
 def grid_statuses(run_dir: Path, cell_dirs: list[Path] | None = None) -> dict[str, CellStatus]:
@@ -327,11 +327,17 @@ def hand_statuses(grid: GridSource) -> None:
 
 
 def describe(status: CellStatus) -> str:
-    """A cell's state as a person reads it, with what Slurm adds (why a job waits)."""
-    text = status.describe()
-    if status.state == QUEUED and status.slurm_reason:
-        text += f" ({status.slurm_reason})"
-    return text
+    """A cell's state as a person reads it, in its backend's words."""
+    backend = backend_for_record(status.record)
+    return backend.describe(status)
+
+
+def backend_for_record(record: StatusRecord) -> Backend:
+    if record.backend == SLURM:
+        from prefwatch.slurm import SlurmBackend
+
+        return SlurmBackend({})
+    return LocalBackend()
 
 
 def supervisor_alive(run_dir: Path) -> bool | None:
@@ -384,7 +390,7 @@ def request_stop(run_dir: Path, cell_ids: list[str] | None = None, grace: float 
         by_backend.setdefault(record.backend if record else LOCAL, []).append(cell_dir)
     refused: dict[Path, str] = {}
     for kind, dirs in by_backend.items():
-        backend = backend_for(run_dir) if kind == SLURM else LocalBackend()
+        backend = backend_for(run_dir) if kind == SLURM else LocalBackend()  # Slurm needs its settings
         try:
             refused.update(backend.cancel(dirs, grace))
         except RuntimeError as exc:  # scancel failed

@@ -288,7 +288,7 @@ class CellStatus:
         return self.record.signal
 
     def describe(self) -> str:
-        """The state as a person reads it: "failed (exit 1)", "failed (timeout)", "lost (...)"."""
+        """The state as a person reads it: "failed (exit 1)", "failed (timeout)", "queued (Resources)"."""
         if self.state == CellState.FAILED:
             if self.slurm_state in SLURM_FAILURE_WORDS:
                 return f"failed ({SLURM_FAILURE_WORDS[self.slurm_state]})"
@@ -298,6 +298,8 @@ class CellStatus:
                 return f"failed (exit {self.exit_code})"
         if self.error and self.state == CellState.LOST:
             return f"lost ({self.error})"
+        if self.state == CellState.QUEUED and self.slurm_reason:  # why Slurm keeps it waiting
+            return f"queued ({self.slurm_reason})"
         return str(self.state)
 
 

@@ -175,8 +175,7 @@ class SlurmBackend:
         return {}
 
     def describe(self, status: CellStatus) -> str:
-        text = status.describe()
-        return f"{text} ({status.slurm_reason})" if status.state == CellState.QUEUED and status.slurm_reason else text
+        return status.describe()  # Slurm's words (its reason, timeout, out of memory) are in the status
 
 
 def _record(cell_dir: Path) -> StatusRecord | None:

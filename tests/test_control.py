@@ -213,6 +213,9 @@ def test_resume_after_the_supervisor_died_follows_the_running_job(tmp_path: Path
     train_steps = [s for s in steps if isinstance(s, int)]
     assert train_steps == sorted(train_steps) and train_steps[-1] == 40  # one writer: nothing interleaved
     assert "(pid" in (run_dir / "supervisor.log").read_text().split("following dpo-r8")[1][:20]
+    wait_for(lambda: jobs.supervisor_alive(run_dir) is False, 30, "the supervisor to exit")
+    again = prefwatch("launch", str(run_dir), "--resume", "--detach")
+    assert again.returncode == 0 and "nothing to resume" in again.stdout  # a finished job is left alone
 
 
 def test_a_job_that_outlives_its_supervisor_records_its_end(tmp_path: Path) -> None:

@@ -182,7 +182,7 @@ def test_squeue_and_sacct_answers_parse() -> None:
 @pytest.mark.parametrize(
     ("info", "recorded", "state", "described"),
     [
-        (slurm.JobInfo("PENDING", "Resources"), {}, jobs.QUEUED, "queued"),
+        (slurm.JobInfo("PENDING", "Resources"), {}, jobs.QUEUED, "queued (Resources)"),
         (slurm.JobInfo("RUNNING", node="n7"), {}, jobs.RUNNING, "running"),
         (slurm.JobInfo("COMPLETING", node="n7"), {}, jobs.RUNNING, "running"),
         (slurm.JobInfo("COMPLETED", exit_code=0), {}, jobs.FINISHED, "finished"),
