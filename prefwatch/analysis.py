@@ -9,21 +9,21 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from prefwatch import jobs
 from prefwatch.decide import CellResult, Verdict, decide
 from prefwatch.diagnose import DEFAULT, Diagnosis, Thresholds, diagnose
 from prefwatch.ingest.sources import CellSource, GridSource
+from prefwatch.rundir import CellState, CellStatus
 
 
 @dataclass
 class CellAnalysis:
     source: CellSource
-    status: jobs.CellStatus
+    status: CellStatus
     diagnosis: Diagnosis
 
     @property
     def state(self) -> str:
-        if self.status.state == jobs.RUNNING and self.diagnosis.has("stalled"):
+        if self.status.state == CellState.RUNNING and self.diagnosis.has("stalled"):
             return "stalled"
         return self.status.state
 
@@ -73,10 +73,9 @@ def analyse(
     thresholds: Thresholds = DEFAULT,
 ) -> GridAnalysis:
     now = time.time() if now is None else now
-    supervised = grid.supervisor_alive()
     cells = []
     for source in grid.cells:
-        status = source.status(supervised)
+        status = source.status()  # a launched cell's was handed in by the jobs layer
         diagnosis = diagnose(
             source.series,
             source.pairs,
@@ -84,7 +83,7 @@ def analyse(
             source.objective,
             heldout_pairs,
             now=now,
-            alive=status.state == jobs.RUNNING,
+            alive=status.state == CellState.RUNNING,
             t=thresholds,
         )
         cells.append(CellAnalysis(source, status, diagnosis))
@@ -98,7 +97,7 @@ def cell_result(cell: CellAnalysis) -> CellResult:
         cell.source.objective,
         cell.source.rank,
         cell.source.seed,
-        finished=cell.status.state == jobs.FINISHED,
+        finished=cell.status.state == CellState.FINISHED,
         diagnosis=cell.diagnosis,
         wins=cell.source.pairs.wins(),
     )

@@ -128,19 +128,28 @@ def _resume(args: argparse.Namespace) -> int:
     from prefwatch import jobs
 
     _require_training_packages()
+    from prefwatch.textsafe import plain
+
     run_dir = args.grid
     try:
-        requeued = jobs.requeue_unfinished(run_dir)
+        resumed = jobs.requeue_unfinished(run_dir)
     except jobs.LaunchError as exc:
         raise UsageError(str(exc)) from None
-    if not requeued:
-        print(f"prefwatch: every cell in {run_dir} finished; nothing to resume")
+    if not resumed.requeued and not resumed.running:
+        print(plain(f"prefwatch: every cell in {run_dir} finished; nothing to resume"))
         return EXIT_OK
     try:
-        where = jobs.start_cells(run_dir, resume=True)
+        # Local: a new supervisor, which follows the jobs still running; Slurm keeps running its own.
+        where = (
+            jobs.start_cells(run_dir, resume=True)
+            if resumed.requeued or jobs.backend_of(run_dir) != jobs.SLURM
+            else None
+        )
     except jobs.LaunchError as exc:
         raise UsageError(str(exc)) from None
-    print(f"prefwatch: resuming {', '.join(requeued)} in {run_dir}" + (f" ({where})" if where else ""))
+    parts = [f"resuming {', '.join(resumed.requeued)}"] if resumed.requeued else []
+    parts += [f"following {', '.join(resumed.running)} (still running)"] if resumed.running else []
+    print(plain(f"prefwatch: {'; '.join(parts)} in {run_dir}" + (f" ({where})" if where else "")))
     if args.detach:
         return EXIT_OK
     if args.headless:
@@ -177,12 +186,12 @@ def follow_headless(run_dir: Path) -> int:
         tasks = {cell.id: progress.add_task(cell.id, total=cell.max_steps, state=jobs.QUEUED) for cell in grid.cells}
         while True:
             grid.poll()
-            supervised = grid.supervisor_alive()
+            jobs.hand_statuses(grid)
             states = {}
             for cell in grid.cells:
-                status = cell.status(supervised)
+                status = cell.status()
                 states[cell.id] = status.state
-                progress.update(tasks[cell.id], completed=cell.series.last_step, state=status.describe())
+                progress.update(tasks[cell.id], completed=cell.series.last_step, state=jobs.describe(status))
             if all(state in jobs.ENDED_STATES for state in states.values()):
                 break
             time.sleep(0.5)
@@ -193,12 +202,14 @@ def follow_headless(run_dir: Path) -> int:
 
 
 def _print_report(path: Path, console: Any) -> None:
+    from prefwatch import jobs
     from prefwatch.analysis import analyse
     from prefwatch.ingest.sources import open_path
     from prefwatch.report import render_terminal
 
     grid = open_path(path)
     grid.poll()
+    jobs.hand_statuses(grid)
     render_terminal(analyse(grid), console)
 
 
@@ -236,7 +247,9 @@ def _labels(args: argparse.Namespace) -> dict[str, tuple[str | None, int | None]
 
 
 def _open(args: argparse.Namespace) -> Any:
-    """The logs at args.path, with --label applied; bad input is a one-line UsageError."""
+    """The logs at args.path, with --label applied and each launched cell's status handed in by the jobs
+    layer; bad input is a one-line UsageError."""
+    from prefwatch import jobs
     from prefwatch.ingest.sources import SourceError, open_path
 
     try:
@@ -244,6 +257,7 @@ def _open(args: argparse.Namespace) -> Any:
     except SourceError as exc:
         raise UsageError(str(exc)) from None
     grid.poll()
+    jobs.hand_statuses(grid)
     return grid
 
 
@@ -282,8 +296,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from prefwatch.textsafe import plain
 
     grid = _open(args)
-    supervised = grid.supervisor_alive()
-    statuses = [cell.status(supervised) for cell in grid.cells]
+    supervised = grid.supervised
+    statuses = [cell.status() for cell in grid.cells]
     all_ended = all(s.state in jobs.ENDED_STATES - {jobs.LOST} for s in statuses)
     where = "Slurm" if grid.managed and jobs.backend_of(grid.root) == jobs.SLURM else None
     where = where or f"supervisor: {_supervisor_word(supervised, all_ended)}"
@@ -300,22 +314,16 @@ def cmd_status(args: argparse.Namespace) -> int:
                 Text(plain(v))
                 for v in (
                     cell.id,
-                    status.describe() + _slurm_reason(status),
+                    jobs.describe(status),
                     step,
-                    str(status.raw.get("device", "–")),
-                    str(status.raw.get("job_id") or status.raw.get("pid", "–")),
+                    status.record.device or "–",
+                    str(status.record.job_id or status.record.pid or "–"),
                     age,
                 )
             )
         )
     Console().print(table)
     return EXIT_OK
-
-
-def _slurm_reason(status: Any) -> str:
-    """Why Slurm keeps a cell waiting (Resources, Priority, QOSMaxJobsPerUserLimit, ...)."""
-    reason = status.raw.get("slurm_reason")
-    return f" ({reason})" if status.state == "queued" and reason else ""
 
 
 def _supervisor_word(alive: bool | None, all_ended: bool) -> str:
@@ -329,12 +337,19 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
     if not rundir.is_grid_dir(args.path):
         raise UsageError(f"{args.path}: not a prefwatch run directory (no cells/ folder)")
+    from prefwatch.textsafe import plain
+
     try:
-        stopped = jobs.request_stop(args.path, args.cells or None, grace=args.grace)
+        outcome = jobs.request_stop(args.path, args.cells or None, grace=args.grace)
     except jobs.LaunchError as exc:
         raise UsageError(str(exc)) from None
-    print(f"prefwatch: stopped {', '.join(stopped)}" if stopped else "prefwatch: nothing was running or queued")
-    return EXIT_OK
+    for line in outcome.refused:  # a status.json that names a process prefwatch cannot prove is the cell's job
+        print(plain(f"prefwatch: {line}"), file=sys.stderr)
+    if outcome.stopped:
+        print(plain(f"prefwatch: stopped {', '.join(outcome.stopped)}"))
+    elif not outcome.refused:
+        print("prefwatch: nothing was running or queued")
+    return EXIT_FAILED if outcome.refused else EXIT_OK
 
 
 def cmd_init(args: argparse.Namespace) -> int:

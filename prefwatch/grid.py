@@ -9,6 +9,7 @@ The grid file is data: nothing in it is evaluated, and commands built from it ar
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import itertools
 import re
@@ -89,65 +90,199 @@ def _sbatch_options(value: Any) -> str | None:
     return None
 
 
-SCHEMA: dict[str, dict[str, Field]] = {
-    "model": {
-        "name": Field("str", EMBEDDED_MODEL),
-        "dtype": Field("str", "auto", _one_of("auto", "bf16", "fp16", "fp32")),
-    },
-    "data": {
-        "name": Field("str", EMBEDDED_DATA),
-        "heldout": Field("fraction_or_path", 0.2),
-        "max_length": Field("int", 128, _positive),
-        "seed": Field("int", 1234),
-    },
-    "train": {
-        "max_steps": Field("int", 100, _positive),
-        "learning_rate": Field("float", 5e-4, _positive),
-        "batch_size": Field("int", 8, _positive),
-        "eval_batch_size": Field("int", 10, _positive),
-        "grad_accum": Field("int", 1, _positive),
-        "eval_every": Field("int", 10, _positive),
-        "log_every": Field("int", 1, _positive),
-        "save_every": Field("int", 50, _positive),
-        "lr_scheduler": Field("str", "constant", _one_of("constant", "linear", "cosine")),
-        "warmup_steps": Field("int", 0, _non_negative),
-        "seeds": Field("int_list", [0]),
-    },
-    "grid": {
-        "objectives": Field("str_list", ["dpo", "simpo"]),
-        "ranks": Field("int_list", [16, 8]),
-    },
-    "lora": {
-        "alpha": Field("int", 32, _positive),
-        "dropout": Field("float", 0.0, _unit_interval),
-        "target_modules": Field("str_or_list", "all-linear"),
-    },
-    "resources": {
-        "devices": Field("devices", "auto"),
-        "cells_per_device": Field("int", 1, _positive),
-        "max_parallel": Field("int", 0, _non_negative),
-        "threads_per_cell": Field("int", 1, _positive),
-        "backend": Field("str", "local", _one_of("local", "slurm")),
-    },
-    # Read only with [resources] backend = "slurm": each cell becomes one sbatch job.
-    "slurm": {
-        "partition": Field("opt_str", None),
-        "gpus_per_cell": Field("int", 0, _non_negative),
-        "cpus_per_cell": Field("int", 0, _non_negative),  # 0: threads_per_cell
-        "mem": Field("opt_str", None, _slurm_mem),
-        "time": Field("opt_str", None, _slurm_time),
-        "account": Field("opt_str", None),
-        "options": Field("str_list", [], _sbatch_options),
-    },
-}
+def setting(default: Any, kind: str, check: Callable[[Any], str | None] | None = None, doc: str = "") -> Any:
+    """A grid key: its default, its kind and check (the validator's), and the comment ``init`` writes beside it.
 
-OBJECTIVE_SCHEMA: dict[str, dict[str, Field]] = {
-    "dpo": {"beta": Field("float", 0.1, _positive)},
-    "simpo": {"beta": Field("float", 2.0, _positive), "gamma": Field("float", 1.0, _non_negative)},
-    "orpo": {"beta": Field("float", 0.1, _positive)},
+    The dataclasses below are the one place a key and its default are declared: the validator, the
+    launcher, the supervisor, the Slurm backend, the trainer's cell defaults and ``init`` all read them.
+    """
+    meta = {"spec": Field(kind, default, check), "doc": doc}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelSettings:
+    """[model]: the model every cell tunes."""
+
+    name: str = setting(EMBEDDED_MODEL, "str", doc='"tiny" (embedded), a Hugging Face id or a local path')
+    dtype: str = setting(
+        "auto", "str", _one_of("auto", "bf16", "fp16", "fp32"), doc="auto: bf16 on GPUs that support it, else fp32"
+    )
+
+
+@dataclass
+class DataSettings:
+    """[data]: the preference pairs and the held-out share every cell is judged on."""
+
+    name: str = setting(
+        EMBEDDED_DATA,
+        "str",
+        doc='"tiny-sales" (embedded), a JSONL file (prompt/chosen/rejected) or a data set id',
+    )
+    heldout: float | str = setting(
+        0.2, "fraction_or_path", doc="held-out share, or a JSONL file; every cell is judged on the same pairs"
+    )
+    max_length: int = setting(128, "int", _positive)
+    seed: int = setting(1234, "int")
+
+
+@dataclass
+class TrainSettings:
+    """[train]: the optimisation, shared by every cell."""
+
+    max_steps: int = setting(100, "int", _positive)
+    learning_rate: float = setting(5e-4, "float", _positive)
+    batch_size: int = setting(8, "int", _positive)
+    eval_batch_size: int = setting(10, "int", _positive, doc="divides the 100 held-out pairs of the tiny data")
+    grad_accum: int = setting(1, "int", _positive)
+    eval_every: int = setting(10, "int", _positive)
+    log_every: int = setting(1, "int", _positive)
+    save_every: int = setting(50, "int", _positive)
+    lr_scheduler: str = setting("constant", "str", _one_of("constant", "linear", "cosine"))
+    warmup_steps: int = setting(0, "int", _non_negative)
+    seeds: list[int] = setting(
+        [0], "int_list", doc="add seeds to see whether a difference is larger than the spread across runs"
+    )
+
+
+@dataclass
+class GridAxes:
+    """[grid]: the axes whose product is the grid's cells."""
+
+    objectives: list[str] = setting(["dpo", "simpo"], "str_list")
+    ranks: list[int] = setting([16, 8], "int_list")
+
+
+@dataclass
+class LoraSettings:
+    """[lora]: the adapter every cell trains (its rank is a grid axis)."""
+
+    alpha: int = setting(32, "int", _positive)
+    dropout: float = setting(0.0, "float", _unit_interval)
+    target_modules: str | list[str] = setting("all-linear", "str_or_list")
+
+
+@dataclass
+class ResourcesSettings:
+    """[resources]: where cells run (kept in the run directory's resources.json)."""
+
+    devices: str | list[int] = setting(
+        "auto", "devices", doc='"auto": the visible GPUs, else the CPU; "cpu"; or a list of GPU indices'
+    )
+    cells_per_device: int = setting(1, "int", _positive)
+    max_parallel: int = setting(0, "int", _non_negative, doc="0: as many as there are slots")
+    threads_per_cell: int = setting(1, "int", _positive)
+    backend: str = setting("local", "str", _one_of("local", "slurm"))
+
+
+@dataclass
+class SlurmSettings:
+    """[slurm]: read only with [resources] backend = "slurm": each cell becomes one sbatch job."""
+
+    partition: str | None = setting(None, "opt_str")
+    gpus_per_cell: int = setting(0, "int", _non_negative)
+    cpus_per_cell: int = setting(0, "int", _non_negative, doc="0: threads_per_cell")
+    mem: str | None = setting(None, "opt_str", _slurm_mem)
+    time: str | None = setting(None, "opt_str", _slurm_time)
+    account: str | None = setting(None, "opt_str")
+    options: list[str] = setting([], "str_list", _sbatch_options)
+
+
+@dataclass
+class DpoParams:
+    """[objectives.dpo]"""
+
+    beta: float = setting(0.1, "float", _positive)
+
+
+@dataclass
+class SimpoParams:
+    """[objectives.simpo]: SimPO's reward is beta x the mean token log-prob, so its beta is larger than DPO's."""
+
+    beta: float = setting(2.0, "float", _positive)
+    gamma: float = setting(1.0, "float", _non_negative, doc="target margin")
+
+
+@dataclass
+class OrpoParams:
+    """[objectives.orpo]"""
+
+    beta: float = setting(0.1, "float", _positive)
+
+
+TABLES: dict[str, type] = {
+    "model": ModelSettings,
+    "data": DataSettings,
+    "train": TrainSettings,
+    "grid": GridAxes,
+    "lora": LoraSettings,
+    "resources": ResourcesSettings,
+    "slurm": SlurmSettings,
 }
+OBJECTIVE_TABLES: dict[str, type] = {"dpo": DpoParams, "simpo": SimpoParams, "orpo": OrpoParams}
+
+
+def table_fields(cls: type) -> dict[str, Field]:
+    """The validator's view of a settings dataclass: key -> kind, default and check."""
+    return {f.name: f.metadata["spec"] for f in dataclasses.fields(cls)}
+
+
+def table_docs(cls: type) -> dict[str, str]:
+    """The comment ``init`` writes beside each key of a table."""
+    return {f.name: f.metadata["doc"] for f in dataclasses.fields(cls)}
+
+
+SCHEMA: dict[str, dict[str, Field]] = {table: table_fields(cls) for table, cls in TABLES.items()}
+OBJECTIVE_SCHEMA: dict[str, dict[str, Field]] = {name: table_fields(cls) for name, cls in OBJECTIVE_TABLES.items()}
 
 TOP_LEVEL = ("name", *SCHEMA, "objectives")
+
+
+@dataclass
+class Settings:
+    """Every table of a grid, validated and typed: the one value launcher, supervisor and backends read."""
+
+    model: ModelSettings
+    data: DataSettings
+    train: TrainSettings
+    grid: GridAxes
+    lora: LoraSettings
+    resources: ResourcesSettings
+    slurm: SlurmSettings
+    objectives: dict[str, Any]  # objective -> DpoParams | SimpoParams | OrpoParams
+
+
+def default_settings() -> Settings:
+    """Every default, typed: what a grid file that sets nothing means."""
+    tables = {table: cls() for table, cls in TABLES.items()}
+    return Settings(**tables, objectives={name: cls() for name, cls in OBJECTIVE_TABLES.items()})
+
+
+def cell_defaults() -> dict[str, Any]:
+    """The defaults of a cell.json (the trainer fills what a hand-written cell leaves out), from the same tables."""
+    s = default_settings()
+    data = dataclasses.asdict(s.data)
+    return {
+        "id": None,  # the cell folder's name when missing
+        "index": 0,
+        "grid": None,
+        "objective": "dpo",
+        "rank": s.grid.ranks[0],
+        "seed": s.train.seeds[0],
+        "model": dataclasses.asdict(s.model),
+        # split: which split of a data set id the pairs come from (not a grid key)
+        "data": {**data, "split": "train"},
+        "train": {k: v for k, v in dataclasses.asdict(s.train).items() if k != "seeds"},
+        "objective_params": {},  # filled per objective from objective_defaults()
+        "lora": dataclasses.asdict(s.lora),
+        "threads": s.resources.threads_per_cell,
+    }
+
+
+def objective_defaults() -> dict[str, dict[str, float]]:
+    return {name: dataclasses.asdict(cls()) for name, cls in OBJECTIVE_TABLES.items()}
 
 
 @dataclass(frozen=True)
@@ -159,7 +294,7 @@ class Cell:
     objective: str
     rank: int
     seed: int
-    settings: dict[str, Any] = field(compare=False)
+    settings: Settings = field(compare=False)
 
     def to_json(self, grid_name: str) -> dict[str, Any]:
         s = self.settings
@@ -170,12 +305,12 @@ class Cell:
             "objective": self.objective,
             "rank": self.rank,
             "seed": self.seed,
-            "model": s["model"],
-            "data": s["data"],
-            "train": {k: v for k, v in s["train"].items() if k != "seeds"},
-            "objective_params": s["objectives"][self.objective],
-            "lora": s["lora"],
-            "threads": s["resources"]["threads_per_cell"],
+            "model": dataclasses.asdict(s.model),
+            "data": dataclasses.asdict(s.data),
+            "train": {k: v for k, v in dataclasses.asdict(s.train).items() if k != "seeds"},
+            "objective_params": dataclasses.asdict(s.objectives[self.objective]),
+            "lora": dataclasses.asdict(s.lora),
+            "threads": s.resources.threads_per_cell,
         }
 
 
@@ -183,16 +318,16 @@ class Cell:
 class Grid:
     name: str
     path: Path
-    settings: dict[str, Any]
+    settings: Settings
     cells: tuple[Cell, ...]
 
     @property
     def objectives(self) -> list[str]:
-        return list(self.settings["grid"]["objectives"])
+        return list(self.settings.grid.objectives)
 
     @property
     def ranks(self) -> list[int]:
-        return list(self.settings["grid"]["ranks"])
+        return list(self.settings.grid.ranks)
 
 
 def load_grid(path: Path | str) -> Grid:
@@ -263,7 +398,11 @@ class _Validator:
             settings[table] = self.table(table, raw.get(table, {}), fields)
         settings["objectives"] = self.objective_tables(raw.get("objectives", {}))
         self.cross_checks(settings)
-        return Grid(name=name, path=self.path, settings=settings, cells=tuple(self.cells(settings)))
+        typed = Settings(
+            **{table: cls(**settings[table]) for table, cls in TABLES.items()},
+            objectives={name: OBJECTIVE_TABLES[name](**values) for name, values in settings["objectives"].items()},
+        )
+        return Grid(name=name, path=self.path, settings=typed, cells=tuple(self.cells(typed)))
 
     def name(self, value: Any) -> str:
         if not isinstance(value, str):
@@ -414,9 +553,9 @@ class _Validator:
                     raise self.fail("data", key, f"no such file: {resolved}")
                 data[key] = str(resolved)
 
-    def cells(self, settings: dict[str, Any]) -> list[Cell]:
-        grid, seeds = settings["grid"], settings["train"]["seeds"]
-        combos = itertools.product(grid["objectives"], grid["ranks"], seeds)
+    def cells(self, settings: Settings) -> list[Cell]:
+        seeds = settings.train.seeds
+        combos = itertools.product(settings.grid.objectives, settings.grid.ranks, seeds)
         cells = []
         for index, (objective, rank, seed) in enumerate(combos):
             cell_id = f"{objective}-r{rank}" + (f"-seed{seed}" if len(seeds) > 1 else "")

@@ -2,16 +2,20 @@
 
 The machine is read without importing torch: nvidia-smi gives each GPU's name, free memory and
 compute capability (bf16 needs 8.0 or newer). Without a GPU, or with nothing named, the grid uses the
-embedded defaults that train on the CPU.
+embedded defaults that train on the CPU. Keys, defaults and comments come from the grid's settings
+tables (prefwatch.grid), so a file ``init`` writes always says what the validator reads.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 from pathlib import Path
+from typing import Any
 
 from prefwatch.gpus import Gpu, detect_gpus
-from prefwatch.grid import EMBEDDED_DATA, EMBEDDED_MODEL
+from prefwatch.grid import EMBEDDED_DATA, EMBEDDED_MODEL, OBJECTIVE_TABLES, TABLES, table_docs
 
 
 def batch_size_for(free_mib: int, cells_per_gpu: int) -> int:
@@ -20,80 +24,93 @@ def batch_size_for(free_mib: int, cells_per_gpu: int) -> int:
     return max(1, min(16, int(per_cell // 6)))
 
 
+# What init writes of each table (the rest keeps its default and stays out of the file).
+SHOWN: dict[str, tuple[str, ...]] = {
+    "model": ("name", "dtype"),
+    "data": ("name", "heldout", "max_length"),
+    "train": (
+        "max_steps",
+        "learning_rate",
+        "batch_size",
+        "grad_accum",
+        "eval_every",
+        "log_every",
+        "save_every",
+        "lr_scheduler",
+        "warmup_steps",
+        "seeds",
+    ),
+    "grid": ("objectives", "ranks"),
+    "objectives.dpo": ("beta",),
+    "objectives.simpo": ("beta", "gamma"),
+    "lora": ("alpha", "dropout"),
+    "resources": ("devices", "cells_per_device"),
+}
+
+
+def choices(model: str | None, gpus: list[Gpu]) -> dict[str, dict[str, Any]]:
+    """What differs from the defaults on this machine: a real model on GPUs gets a real schedule."""
+    chosen: dict[str, dict[str, Any]] = {"objectives.simpo": {"gamma": 0.5}}
+    if not gpus or model in (None, EMBEDDED_MODEL):
+        return chosen
+    free = min(g.free_mib for g in gpus)
+    cells_per_gpu = 2 if free >= 40 * 1024 else 1
+    batch = batch_size_for(free, cells_per_gpu)
+    chosen["model"] = {"dtype": "bf16" if all(g.capability >= 8.0 for g in gpus) else "fp16"}
+    chosen["data"] = {"heldout": 0.1, "max_length": 1024}
+    chosen["train"] = dict(
+        max_steps=1000,
+        learning_rate=5e-6,
+        batch_size=batch,
+        grad_accum=max(1, 16 // batch),
+        eval_every=50,
+        log_every=10,
+        save_every=200,
+        lr_scheduler="cosine",
+        warmup_steps=50,
+    )
+    chosen["lora"] = {"dropout": 0.05}
+    chosen["resources"] = {"cells_per_device": cells_per_gpu}
+    return chosen
+
+
 def render(model: str | None, data: str | None, name: str, gpus: list[Gpu]) -> str:
+    """The grid file, table by table from the grid's settings schema: its defaults, this machine's choices
+    and each key's own comment."""
     embedded = model in (None, EMBEDDED_MODEL)
-    model = model or EMBEDDED_MODEL
-    data = data or EMBEDDED_DATA
     if gpus and not embedded:
-        free = min(g.free_mib for g in gpus)
-        cells_per_gpu = 2 if free >= 40 * 1024 else 1
-        batch = batch_size_for(free, cells_per_gpu)
-        dtype = "bf16" if all(g.capability >= 8.0 for g in gpus) else "fp16"
         machine = ", ".join(f"{g.name} ({g.free_mib // 1024} GiB free)" for g in gpus)
-        train = dict(
-            max_steps=1000,
-            learning_rate="5e-6",
-            batch_size=batch,
-            grad_accum=max(1, 16 // batch),
-            eval_every=50,
-            log_every=10,
-            save_every=200,
-            lr_scheduler='"cosine"',
-            warmup_steps=50,
-        )
-        max_length, heldout = 1024, 0.1
     else:
-        cells_per_gpu, dtype = 1, "auto"
         machine = ", ".join(g.name for g in gpus) if gpus else "no GPU: cells train on the CPU, one per core"
-        train = dict(
-            max_steps=100,
-            learning_rate="5e-4",
-            batch_size=8,
-            grad_accum=1,
-            eval_every=10,
-            log_every=1,
-            save_every=50,
-            lr_scheduler='"constant"',
-            warmup_steps=0,
-        )
-        max_length, heldout = 128, 0.2
-    train_lines = "\n".join(f"{k} = {v}" for k, v in train.items())
-    return f"""# Written by `prefwatch init` for: {machine}
-# Check it with `prefwatch launch {{this file}} --check`, then launch it.
-name = "{name}"
+    chosen = choices(model, gpus)
+    chosen.setdefault("model", {})["name"] = model or EMBEDDED_MODEL
+    chosen.setdefault("data", {})["name"] = data or EMBEDDED_DATA
+    lines = [
+        f"# Written by `prefwatch init` for: {machine}",
+        "# Check it with `prefwatch launch {this file} --check`, then launch it.",
+        f"name = {_toml(name)}",
+    ]
+    for table, keys in SHOWN.items():
+        cls = OBJECTIVE_TABLES[table.split(".")[1]] if table.startswith("objectives.") else TABLES[table]
+        doc = (cls.__doc__ or "").split(": ", 1)
+        defaults, docs = dataclasses.asdict(cls()), table_docs(cls)
+        lines += ["", f"[{table}]" + (f"    # {doc[1]}" if len(doc) == 2 else "")]
+        for key in keys:
+            value = chosen.get(table, {}).get(key, defaults[key])
+            comment = f"    # {docs[key]}" if docs[key] else ""
+            lines.append(f"{key} = {_toml(value)}{comment}")
+    return "\n".join(lines) + "\n"
 
-[model]
-name = "{model}"    # "tiny" (embedded), a Hugging Face id or a local path
-dtype = "{dtype}"    # auto: bf16 on GPUs that support it, else fp32
 
-[data]
-name = "{data}"    # "tiny-sales" (embedded), a JSONL file (prompt/chosen/rejected) or a data set id
-heldout = {heldout}    # held-out share, or a JSONL file; every cell is judged on the same held-out pairs
-max_length = {max_length}
-
-[train]
-{train_lines}
-seeds = [0]    # add seeds to see whether a difference is larger than the spread across runs
-
-[grid]
-objectives = ["dpo", "simpo"]
-ranks = [16, 8]
-
-[objectives.dpo]
-beta = 0.1
-
-[objectives.simpo]
-beta = 2.0     # SimPO's reward is beta x the mean token log-prob: its beta is larger than DPO's
-gamma = 0.5    # target margin
-
-[lora]
-alpha = 32
-dropout = {0.05 if not embedded else 0.0}
-
-[resources]
-devices = "auto"
-cells_per_device = {cells_per_gpu}
-"""
+def _toml(value: Any) -> str:
+    """A TOML value: strings quoted with escapes (JSON's form is valid TOML), numbers and lists as written."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value), ensure_ascii=False)
 
 
 def default_name(model: str | None) -> str:

@@ -1,46 +1,70 @@
-"""Start, follow and stop the detached processes that train a grid's cells.
+"""Start, follow and stop the jobs that train a grid's cells: the jobs layer, on top of the backends.
 
-``launch`` writes the run directory, then ``start_cells`` hands the cells to the grid's backend,
-chosen here and nowhere else (``[resources] backend``, kept in resources.json and in each cell's
-status.json):
+``launch`` writes the run directory, then ``start_cells`` hands the queued cells to the grid's backend
+(prefwatch.backend: local or Slurm, chosen once at launch and kept in resources.json):
 
   local   one supervisor per grid in a session of its own, so closing the terminal or losing SSH
-          stops nothing. The supervisor (prefwatch.supervise) starts the cells as slots free up,
-          each cell in its own session and process group, and records every outcome in the cell's
-          status.json.
-  slurm   each cell is one sbatch job (prefwatch.slurm); its state comes from squeue / sacct, and
-          stopping is scancel.
+          stops nothing. The supervisor (prefwatch.supervise) starts the cells' jobs as slots free up,
+          each job in its own session and process group, and follows jobs already running.
+  slurm   each cell's job is one sbatch job (prefwatch.slurm); its state comes from squeue / sacct.
+
+Either way the job (prefwatch.job) records its own start and exit in status.json. This layer reads
+every cell's status (``read_status``, ``grid_statuses``) and hands it to the analysis, the CLI and the
+monitor: the log readers (prefwatch.ingest) never ask for it.
 
 This module never imports torch: it runs in the CLI and the monitor.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from msgspec.structs import replace
 
 from prefwatch import rundir
+from prefwatch.backend import (
+    STOP_GRACE_SECONDS,
+    Backend,
+    LaunchSpec,
+    LocalBackend,
+    backend_for,
+    is_alive,
+    job_alive,
+    launch_spec,
+    process_start_time,
+    spawn_detached,
+)
 from prefwatch.grid import Grid
+from prefwatch.rundir import ENDED_STATES, CellState, CellStatus, RecordError, StatusRecord
 
-STOP_REQUEST = "stop.request"
-SUPERVISOR_LOG = "supervisor.log"
-STOP_GRACE_SECONDS = 10.0
-RESOURCES_FILE = "resources.json"
+if TYPE_CHECKING:
+    from prefwatch.ingest.sources import GridSource
 
-LOCAL, SLURM = "local", "slurm"
-BACKENDS = (LOCAL, SLURM)
+# The states under their old names, for callers that compare with them.
+QUEUED, RUNNING, FINISHED, FAILED = CellState.QUEUED, CellState.RUNNING, CellState.FINISHED, CellState.FAILED
+STOPPED, LOST = CellState.STOPPED, CellState.LOST
+LOCAL, SLURM = rundir.Backend.LOCAL, rundir.Backend.SLURM
+RESTARTABLE = frozenset({FAILED, STOPPED, LOST})
+STOP_REQUEST = rundir.STOP_REQUEST
 
-QUEUED, RUNNING, FINISHED, FAILED, STOPPED, LOST = "queued", "running", "finished", "failed", "stopped", "lost"
-ENDED_STATES = frozenset({FINISHED, FAILED, STOPPED, LOST})
+__all__ = [
+    "ENDED_STATES",
+    "STOP_GRACE_SECONDS",
+    "CellStatus",
+    "LaunchSpec",
+    "is_alive",
+    "process_start_time",
+    "spawn_detached",
+]
 
 
 class LaunchError(RuntimeError):
@@ -59,12 +83,12 @@ def create_run_dir(grid: Grid, out_root: Path) -> Path:
     target = out_root / grid.name
     if target.exists():
         raise LaunchError(f"{target}: the run directory exists already; use another name or --out")
-    resources = dict(grid.settings["resources"])
-    first_status: dict[str, Any] = {"state": QUEUED, "host": socket.gethostname()}
-    if resources.get("backend", LOCAL) == SLURM:
+    resources: dict[str, Any] = dataclasses.asdict(grid.settings.resources)
+    first = StatusRecord(state=QUEUED, host=socket.gethostname())
+    if grid.settings.resources.backend == SLURM:
         _require_slurm()
-        resources[SLURM] = grid.settings[SLURM]
-        first_status["backend"] = SLURM
+        resources[SLURM] = dataclasses.asdict(grid.settings.slurm)
+        first = replace(first, backend=SLURM)
     try:
         out_root.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{grid.name}.", dir=out_root))
@@ -76,8 +100,8 @@ def create_run_dir(grid: Grid, out_root: Path) -> Path:
             cell_dir = staging / rundir.CELLS_DIR / cell.id
             cell_dir.mkdir(parents=True)
             rundir.write_json_atomic(cell_dir / rundir.CELL_FILE, cell.to_json(grid.name))
-            rundir.write_json_atomic(cell_dir / rundir.STATUS_FILE, first_status)
-        rundir.write_json_atomic(staging / RESOURCES_FILE, resources)
+            rundir.write_status(cell_dir, first)
+        rundir.write_resources(staging, resources)
         os.rename(staging, target)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
@@ -87,11 +111,8 @@ def create_run_dir(grid: Grid, out_root: Path) -> Path:
     return target
 
 
-def backend_of(run_dir: Path) -> str:
-    """The grid's backend, from the resources.json its launch wrote (grids from before backends: local)."""
-    resources = rundir.read_json(run_dir / RESOURCES_FILE) or {}
-    backend = resources.get("backend", LOCAL)
-    return backend if backend in BACKENDS else LOCAL
+def backend_of(run_dir: Path) -> rundir.Backend:
+    return rundir.backend_of(run_dir)
 
 
 def start_cells(run_dir: Path, resume: bool = False) -> str | None:
@@ -102,13 +123,16 @@ def start_cells(run_dir: Path, resume: bool = False) -> str | None:
     from prefwatch import slurm
 
     run_dir = run_dir.resolve()  # the job scripts run on other nodes, in the cell folders
-    settings = (rundir.read_json(run_dir / RESOURCES_FILE) or {}).get(SLURM) or {}
+    backend = backend_for(run_dir)
+    gpus = int((rundir.read_resources(run_dir).get(SLURM) or {}).get("gpus_per_cell") or 0)
     submitted: list[str] = []
     for cell_dir in rundir.cell_dirs(run_dir):
-        if (rundir.read_json(cell_dir / rundir.STATUS_FILE) or {}).get("state", QUEUED) != QUEUED:
+        record = _record_or_none(cell_dir)
+        if record is None or record.state != QUEUED:
             continue
+        spec = launch_spec(cell_dir, resume or record.previous is not None, gpus=gpus, scheduler_places_gpus=True)
         try:
-            submitted.append(slurm.submit(cell_dir, run_dir.name, settings, resume=resume))
+            submitted.append(backend.start(cell_dir, spec).job_id or "?")
         except slurm.SlurmError as exc:
             _abandon_submission(run_dir, submitted)
             raise LaunchError(str(exc)) from None
@@ -124,9 +148,9 @@ def _abandon_submission(run_dir: Path, submitted: list[str]) -> None:
     except slurm.SlurmError:
         pass
     for cell_dir in rundir.cell_dirs(run_dir):
-        raw = rundir.read_json(cell_dir / rundir.STATUS_FILE) or {}
-        if raw.get("state", QUEUED) == QUEUED:
-            rundir.write_json_atomic(cell_dir / rundir.STATUS_FILE, {**raw, "state": STOPPED, "end_time": time.time()})
+        rundir.update_status(
+            cell_dir, lambda r: replace(r, state=STOPPED, end_time=time.time()) if r.state == QUEUED else None
+        )
 
 
 def _require_slurm() -> None:
@@ -138,24 +162,6 @@ def _require_slurm() -> None:
         raise LaunchError(str(exc)) from None
 
 
-def spawn_detached(
-    command: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    """A process in a session of its own (so a terminal's SIGHUP never reaches it), stdin closed,
-    stdout and stderr appended to ``log``."""
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-            cwd=cwd,
-            env=env,
-        )
-
-
 def start_supervisor(run_dir: Path, resume: bool = False, timeout: float = 15.0) -> int:
     """Start the grid's supervisor detached (its own session, stdin closed, output to supervisor.log),
     and return once it holds the run's lock: a supervisor that dies at start is an error here, not a
@@ -164,81 +170,103 @@ def start_supervisor(run_dir: Path, resume: bool = False, timeout: float = 15.0)
     command = [sys.executable, "-m", "prefwatch.supervise", str(run_dir)]
     if resume:
         command.append("--resume")
-    process = spawn_detached(command, run_dir / SUPERVISOR_LOG, run_dir)
+    log = run_dir / rundir.SUPERVISOR_LOG
+    process = spawn_detached(command, log, run_dir)
     deadline = time.monotonic() + timeout
     while not supervisor_alive(run_dir):
         if process.poll() is not None or time.monotonic() > deadline:
-            lines = (run_dir / SUPERVISOR_LOG).read_text(errors="replace").strip().splitlines()
+            lines = log.read_text(errors="replace").strip().splitlines()
             reason = lines[-1] if lines else f"exit status {process.returncode}"
-            raise LaunchError(f"{run_dir / SUPERVISOR_LOG}: the supervisor did not start: {reason}")
+            raise LaunchError(f"{log}: the supervisor did not start: {reason}")
         time.sleep(0.02)
     return process.pid
 
 
-def requeue_unfinished(run_dir: Path) -> list[str]:
-    """Mark every cell that did not finish as queued again, for ``launch --resume``.
+@dataclass
+class Resumed:
+    """What ``launch --resume`` did: cells queued again, and cells whose job still runs (followed, not restarted)."""
 
-    The supervisor then restarts them with ``--resume``: from their last checkpoint where one
-    exists, appending to their logs (the reader shows the resumed segment).
+    requeued: list[str] = field(default_factory=list)
+    running: list[str] = field(default_factory=list)
+
+
+def requeue_unfinished(run_dir: Path) -> Resumed:
+    """Queue every cell that did not finish again, for ``launch --resume``; leave running jobs alone.
+
+    A cell whose job still runs (a local job proven to be the cell's, or a job Slurm still holds) is
+    adopted: the new supervisor follows it, nothing starts a second copy. The others restart with
+    ``--resume``: from their last checkpoint where one exists, appending to their logs.
     """
     if not rundir.is_grid_dir(run_dir):
         raise LaunchError(f"{run_dir}: not a prefwatch run directory (no cells/ folder)")
     if supervisor_alive(run_dir):
         raise LaunchError(f"{run_dir}: its supervisor is still running; stop it first or attach")
-    statuses = {cell_dir: read_status(cell_dir, supervisor_alive=False) for cell_dir in rundir.cell_dirs(run_dir)}
-    for cell_dir, status in statuses.items():
-        if status.raw.get("backend") == SLURM and status.state in (QUEUED, RUNNING):
-            job = status.raw.get("job_id")
-            raise LaunchError(
-                f"{run_dir}: cell {cell_dir.name} is still {status.state} in Slurm (job {job}); stop it first"
-            )
     slurm_grid = backend_of(run_dir) == SLURM
     if slurm_grid:
         _require_slurm()
-    requeued = []
-    for cell_dir, status in statuses.items():
-        if status.state != FINISHED:
-            _requeue(cell_dir, status, slurm_grid)
-            requeued.append(cell_dir.name)
-    return requeued
+    resumed = Resumed()
+    for cell_dir in rundir.cell_dirs(run_dir):
+        status = read_status(cell_dir, supervisor_alive=False)
+        if status.state == FINISHED:
+            continue
+        if _still_running(cell_dir, status):
+            resumed.running.append(cell_dir.name)
+            continue
+        _requeue(cell_dir, status.record, slurm_grid)
+        resumed.requeued.append(cell_dir.name)
+    return resumed
 
 
-def _requeue(cell_dir: Path, status: CellStatus, slurm_grid: bool) -> None:
-    """Queue a cell again; "previous" keeps its last run's record and tells the starter to resume it."""
-    (cell_dir / STOP_REQUEST).unlink(missing_ok=True)
-    previous = {k: v for k, v in status.raw.items() if k != "previous"}
-    fresh: dict[str, Any] = {"state": QUEUED, "host": socket.gethostname(), "previous": previous}
-    if slurm_grid:
-        fresh["backend"] = SLURM
-    rundir.write_json_atomic(cell_dir / rundir.STATUS_FILE, fresh)
+def _still_running(cell_dir: Path, status: CellStatus) -> bool:
+    if status.record.backend == SLURM:
+        return status.state in (QUEUED, RUNNING) and status.record.job_id is not None
+    return status.record.state == RUNNING and job_alive(cell_dir, status.record)
 
 
-RESTARTABLE = frozenset({FAILED, STOPPED, LOST})
+def _requeue(cell_dir: Path, record: StatusRecord, slurm_grid: bool) -> None:
+    """Queue a cell again; ``previous`` keeps its last run's record and tells the starter to resume it."""
+    rundir.clear_stop(cell_dir)
+    fresh = StatusRecord(
+        state=QUEUED,
+        host=socket.gethostname(),
+        backend=SLURM if slurm_grid else LOCAL,
+        previous=replace(record, previous=None),
+    )
+    rundir.update_status(cell_dir, lambda _: fresh)
 
 
 def restart_cells(run_dir: Path, cell_ids: list[str]) -> list[str]:
     """Start failed, stopped or lost cells again from their last checkpoint, while the rest run on.
 
     A live supervisor picks the requeued cells up (it resumes any cell queued with a previous run);
-    with none, one is started. Under Slurm the cells are submitted again.
+    with none, one is started (and follows the cells still running). Under Slurm they are submitted again.
     """
-    cells = {p.name: p for p in rundir.cell_dirs(run_dir)}
-    unknown = [c for c in cell_ids if c not in cells]
-    if unknown:
-        raise LaunchError(f"{run_dir}: no cell named {unknown[0]!r} (cells: {', '.join(cells)})")
+    cells = _cells(run_dir, cell_ids)
     supervised = supervisor_alive(run_dir)
     statuses = {c: read_status(cells[c], supervised) for c in cell_ids}
-    stuck = [f"{c} is {s.state}" for c, s in statuses.items() if s.state not in RESTARTABLE]
+    stuck = [
+        f"{c} is {s.state}" if s.state not in RESTARTABLE else f"{c} still runs"
+        for c, s in statuses.items()
+        if s.state not in RESTARTABLE or _still_running(cells[c], s)
+    ]
     if stuck:
         raise LaunchError(f"{run_dir}: only failed, stopped or lost cells restart ({'; '.join(stuck)})")
     slurm_grid = backend_of(run_dir) == SLURM
     for cell_id, status in statuses.items():
-        _requeue(cells[cell_id], status, slurm_grid)
+        _requeue(cells[cell_id], status.record, slurm_grid)
     if slurm_grid:
         start_cells(run_dir, resume=True)
     else:
         _hand_to_a_supervisor(run_dir, [cells[c] for c in cell_ids])
     return list(cell_ids)
+
+
+def _cells(run_dir: Path, cell_ids: list[str] | None) -> dict[str, Path]:
+    cells = {p.name: p for p in rundir.cell_dirs(run_dir)}
+    unknown = [c for c in cell_ids or [] if c not in cells]
+    if unknown:
+        raise LaunchError(f"{run_dir}: no cell named {unknown[0]!r} (cells: {', '.join(cells)})")
+    return cells
 
 
 def _hand_to_a_supervisor(run_dir: Path, cell_dirs: list[Path], wait: float = 1.0) -> None:
@@ -248,7 +276,7 @@ def _hand_to_a_supervisor(run_dir: Path, cell_dirs: list[Path], wait: float = 1.
     while time.monotonic() < deadline:
         if not supervisor_alive(run_dir):
             break
-        if all((rundir.read_json(d / rundir.STATUS_FILE) or {}).get("state") != QUEUED for d in cell_dirs):
+        if all((_record_or_none(d) or StatusRecord(state=QUEUED)).state != QUEUED for d in cell_dirs):
             return
         time.sleep(0.05)
     if not supervisor_alive(run_dir):
@@ -256,93 +284,60 @@ def _hand_to_a_supervisor(run_dir: Path, cell_dirs: list[Path], wait: float = 1.
 
 
 # ---------------------------------------------------------------------------------------------
-# Liveness
+# Status: handed to the analysis, the CLI and the monitor
 
 
-def process_start_time(pid: int) -> float | None:
-    """The kernel's start time of a process (clock ticks since boot), or None when it does not exist.
-
-    A pid alone is not an identity: pids are reused. pid plus start time is.
-    """
+def _record_or_none(cell_dir: Path) -> StatusRecord | None:
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return _start_time_without_proc(pid)
-    # The command name (field 2) may contain spaces and parentheses; fields after it are plain.
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    if fields[0] == b"Z":
+        return rundir.read_status(cell_dir)
+    except RecordError:
         return None
-    return float(fields[19])
-
-
-def _start_time_without_proc(pid: int) -> float | None:
-    if sys.platform.startswith("linux"):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    return 0.0
-
-
-def is_alive(pid: Any, start: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    now = process_start_time(pid)
-    if now is None:
-        return False
-    return start is None or now == start
-
-
-@dataclass(frozen=True)
-class CellStatus:
-    """A cell's status.json, with its state corrected by what the process table says now."""
-
-    state: str
-    raw: dict[str, Any]
-
-    @property
-    def exit_code(self) -> int | None:
-        return self.raw.get("exit_code")
-
-    @property
-    def signal(self) -> int | None:
-        return self.raw.get("signal")
-
-    def describe(self) -> str:
-        if self.raw.get("backend") == SLURM:
-            from prefwatch import slurm
-
-            why = slurm.describe_failure(self.raw) if self.state == FAILED else None
-            if why:
-                return f"failed ({why})"
-        if self.state == FAILED and self.signal:
-            return f"failed (signal {self.signal})"
-        if self.state == FAILED and self.exit_code is not None:
-            return f"failed (exit {self.exit_code})"
-        return self.state
 
 
 def read_status(cell_dir: Path, supervisor_alive: bool | None = None) -> CellStatus:
-    raw = rundir.read_json(cell_dir / rundir.STATUS_FILE) or {}
-    if raw.get("backend") == SLURM:  # Slurm's word, not the process table's
-        from prefwatch import slurm
+    """A cell's state now: its status.json corrected by its backend (the process table, or Slurm).
 
-        slurm_state, merged = slurm.cell_state(cell_dir, raw)
-        return CellStatus(slurm_state, merged)
-    state = raw.get("state", QUEUED)
-    same_host = raw.get("host") in (None, socket.gethostname())
-    if state == RUNNING and same_host and not is_alive(raw.get("pid"), raw.get("pid_start")):
-        # The supervisor records the end within a fraction of a second; a job that is gone while
-        # its status still says running had no supervisor to record it.
-        if supervisor_alive is False or supervisor_alive is None and not _has_live_supervisor(cell_dir):
-            state = LOST
-    elif state == QUEUED and same_host and supervisor_alive is False:
-        state = LOST
-    return CellStatus(state, raw)
+    An unreadable status.json reads "lost", with the reason in one line; never an exception.
+    """
+    try:
+        record = rundir.read_status(cell_dir)
+    except RecordError as exc:
+        return CellStatus(LOST, StatusRecord(state=LOST), error=str(exc))
+    if supervisor_alive is None and record.state == RUNNING and record.backend == LOCAL:
+        supervisor_alive = _supervisor_of(cell_dir)
+    return backend_for_record(record).state(cell_dir, record, supervisor_alive)
+
+
+def grid_statuses(run_dir: Path, cell_dirs: list[Path] | None = None) -> dict[str, CellStatus]:
+    """Every cell's status by cell id, with one look at the supervisor for the grid."""
+    supervised = supervisor_alive(run_dir)
+    dirs = rundir.cell_dirs(run_dir) if cell_dirs is None else cell_dirs
+    return {d.name: read_status(d, supervised) for d in dirs}
+
+
+def hand_statuses(grid: GridSource) -> None:
+    """Read the status of every launched cell of ``grid`` and hand it to the cell's reader: the analysis,
+    the CLI and the monitor then use it; the readers themselves never look at processes or Slurm."""
+    if not grid.managed:
+        return
+    grid.supervised = supervisor_alive(grid.root)
+    for cell in grid.cells:
+        if cell.managed:
+            cell.handed_status = read_status(cell.directory, grid.supervised)
+
+
+def describe(status: CellStatus) -> str:
+    """A cell's state as a person reads it, in its backend's words."""
+    backend = backend_for_record(status.record)
+    return backend.describe(status)
+
+
+def backend_for_record(record: StatusRecord) -> Backend:
+    if record.backend == SLURM:
+        from prefwatch.slurm import SlurmBackend
+
+        return SlurmBackend({})
+    return LocalBackend()
 
 
 def supervisor_alive(run_dir: Path) -> bool | None:
@@ -355,87 +350,68 @@ def supervisor_alive(run_dir: Path) -> bool | None:
     return is_alive(lock.get("pid"), lock.get("pid_start"))
 
 
-def _has_live_supervisor(cell_dir: Path) -> bool:
-    run_dir = cell_dir.parent.parent
-    return bool(supervisor_alive(run_dir))
+def _supervisor_of(cell_dir: Path) -> bool | None:
+    return supervisor_alive(cell_dir.parent.parent)
 
 
 # ---------------------------------------------------------------------------------------------
 # Stopping
 
 
-def request_stop(run_dir: Path, cell_ids: list[str] | None = None, grace: float = STOP_GRACE_SECONDS) -> list[str]:
+@dataclass
+class StopOutcome:
+    """The cells asked to stop, and one line for each cell whose job could not be proven its own."""
+
+    stopped: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+
+def request_stop(run_dir: Path, cell_ids: list[str] | None = None, grace: float = STOP_GRACE_SECONDS) -> StopOutcome:
     """Stop cells: queued ones never start; running ones get SIGTERM to their process group, then SIGKILL.
 
-    Returns the ids of the cells that were asked to stop. The supervisor records them as stopped;
-    where there is no live supervisor, this function records it.
+    stop.request is written before the job's pid is read, and the job records its pid before it looks
+    for stop.request: a stop during a start is never lost. Only a job proven to be the cell's is
+    signalled (prefwatch.backend.prove_job); for any other, one line says why and nothing is signalled.
+    The job (or the supervisor) records the cell stopped; where neither can, this function does.
     """
-    cells = {p.name: p for p in rundir.cell_dirs(run_dir)}
-    unknown = [c for c in cell_ids or [] if c not in cells]
-    if unknown:
-        raise LaunchError(f"{run_dir}: no cell named {unknown[0]!r} (cells: {', '.join(cells)})")
+    cells = _cells(run_dir, cell_ids)
     targets = [cells[c] for c in cell_ids] if cell_ids else list(cells.values())
     supervised = supervisor_alive(run_dir)
-    stopped = []
+    asked = []
     for cell_dir in targets:
-        status = read_status(cell_dir, supervised)
-        if status.state in ENDED_STATES:
+        if read_status(cell_dir, supervised).state in ENDED_STATES:
             continue
-        (cell_dir / STOP_REQUEST).touch()
-        stopped.append(cell_dir.name)
-    slurm_cells = [cells[c] for c in stopped if _is_slurm(cells[c])]
-    if slurm_cells:
-        _cancel_slurm(slurm_cells)
-    deadline = time.monotonic() + grace
-    for cell_dir in (cells[c] for c in stopped if not _is_slurm(cells[c])):
-        status = read_status(cell_dir, supervised)
-        if status.state == RUNNING:
-            _terminate_group(status.raw, deadline)
+        rundir.request_stop(cell_dir)
+        asked.append(cell_dir)
+    outcome = StopOutcome()
+    by_backend: dict[rundir.Backend, list[Path]] = {}
+    for cell_dir in asked:
+        record = _record_or_none(cell_dir)
+        by_backend.setdefault(record.backend if record else LOCAL, []).append(cell_dir)
+    refused: dict[Path, str] = {}
+    for kind, dirs in by_backend.items():
+        backend = backend_for(run_dir) if kind == SLURM else LocalBackend()  # Slurm needs its settings
+        try:
+            refused.update(backend.cancel(dirs, grace))
+        except RuntimeError as exc:  # scancel failed
+            raise LaunchError(str(exc)) from None
+    for cell_dir in asked:
+        if cell_dir in refused:
+            rundir.clear_stop(cell_dir)
+            outcome.refused.append(refused[cell_dir])
+            continue
+        outcome.stopped.append(cell_dir.name)
         if not supervised:
             _record_stopped(cell_dir)
-    return stopped
-
-
-def _is_slurm(cell_dir: Path) -> bool:
-    return (rundir.read_json(cell_dir / rundir.STATUS_FILE) or {}).get("backend") == SLURM
-
-
-def _cancel_slurm(cell_dirs: list[Path]) -> None:
-    """scancel the cells' jobs (Slurm sends SIGTERM, then SIGKILL after its KillWait) and record them stopped."""
-    from prefwatch import slurm
-
-    job_ids = []
-    for cell_dir in cell_dirs:
-        job_id = (rundir.read_json(cell_dir / rundir.STATUS_FILE) or {}).get("job_id")
-        if isinstance(job_id, str):
-            job_ids.append(job_id)
-    try:
-        slurm.cancel(job_ids)
-    except slurm.SlurmError as exc:
-        raise LaunchError(str(exc)) from None
-    for cell_dir in cell_dirs:
-        _record_stopped(cell_dir)
-
-
-def _terminate_group(raw: dict[str, Any], deadline: float) -> None:
-    pgid, pid, start = raw.get("pgid"), raw.get("pid"), raw.get("pid_start")
-    if not isinstance(pgid, int) or not is_alive(pid, start):
-        return
-    _signal_group(pgid, signal.SIGTERM)
-    while time.monotonic() < deadline and is_alive(pid, start):
-        time.sleep(0.05)
-    if is_alive(pid, start):
-        _signal_group(pgid, signal.SIGKILL)
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+    return outcome
 
 
 def _record_stopped(cell_dir: Path) -> None:
-    raw = rundir.read_json(cell_dir / rundir.STATUS_FILE) or {}
-    raw.update(state=STOPPED, end_time=time.time())
-    rundir.write_json_atomic(cell_dir / rundir.STATUS_FILE, raw)
+    """No supervisor lives to record the end: record it, unless the job still runs (it records it itself)."""
+
+    def stopped(record: StatusRecord) -> StatusRecord | None:
+        if record.ended or (record.backend == LOCAL and job_alive(cell_dir, record)):
+            return None
+        return replace(record, state=STOPPED, end_time=time.time())
+
+    rundir.update_status(cell_dir, stopped)

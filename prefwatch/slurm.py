@@ -1,50 +1,48 @@
 """The Slurm backend: each cell is one ``sbatch`` job; Slurm, not prefwatch, schedules them.
 
-prefwatch.jobs chooses the backend (``[resources] backend`` in the grid, ``"backend"`` in each cell's
-status.json) and calls in here. For each cell, submission writes a small job script into the cell
-folder (``job.sh``: every value in it quoted, nothing from the grid file reaches a shell unquoted)
-and calls ``sbatch`` with an argument list; the job id goes into status.json (written atomically).
+prefwatch.backend chooses the backend (``[resources] backend`` in the grid, kept in resources.json and
+in each cell's status.json); ``SlurmBackend`` is its Slurm side. For each cell, submission writes a
+small job script into the cell folder (``job.sh``: the launch spec's environment and argument list,
+every value quoted, nothing from the grid file reaches a shell unquoted) and calls ``sbatch`` with an
+argument list; the job id goes into status.json.
 
 The state of a cell comes from Slurm while Slurm knows its job: one ``squeue -t all`` call for all
 of a grid's jobs (cached for a moment, so a monitor does not hammer the controller), then ``sacct``
-where the cluster keeps accounting. The job script also records the job's start and its exit code
-in status.json, so a cell keeps its outcome after Slurm forgets the job (``MinJobAge``) on clusters
-without accounting. ``prefwatch stop`` is ``scancel``.
+where the cluster keeps accounting. The job (prefwatch.job, the same on both backends) records its
+start and its exit code in status.json, so a cell keeps its outcome after Slurm forgets the job
+(``MinJobAge``) on clusters without accounting. ``prefwatch stop`` is ``scancel``.
 
 Cells asking for more than one GPU run under ``torchrun --standalone`` (``python -m
 torch.distributed.run``): one process per GPU, on a free rendezvous port, so that two such cells on
 one node do not collide. The trainer's metrics callback writes on the main process only, and TRL
 gathers the reward metrics across processes before they are logged.
-
-``python -m prefwatch.slurm started|ended CELL_DIR [EXIT_STATUS]`` is what the job script calls.
 This module never imports torch.
 """
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefwatch import rundir
+from msgspec.structs import replace
 
-BACKEND = "slurm"
-JOB_SCRIPT = "job.sh"
+from prefwatch import rundir
+from prefwatch.backend import LaunchSpec
+from prefwatch.rundir import CellState, CellStatus, StatusRecord
+
+JOB_SCRIPT = rundir.JOB_SCRIPT
 QUERY_SECONDS = 2.0  # how long one squeue answer serves every cell of a grid
 COMMAND_TIMEOUT = 30.0
-STOP_REQUEST = "stop.request"  # the same name as jobs.STOP_REQUEST (kept here to avoid an import cycle)
 
 # Slurm job states (squeue's and sacct's long names) onto prefwatch's cell states.
 _QUEUED = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
 _RUNNING = {"RUNNING", "COMPLETING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "RESIZING", "STOPPED"}
-_FAILED = {"FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE", "PREEMPTED", "REVOKED"}
 
 
 class SlurmError(RuntimeError):
@@ -70,34 +68,17 @@ class JobInfo:
 # Submitting
 
 
-def train_command(cell_dir: Path, gpus: int = 0, resume: bool = False, python: str = sys.executable) -> list[str]:
-    """The cell's training command as an argument list; several GPUs: one process each under torchrun."""
-    job = ["-m", "prefwatch.train", str(cell_dir / rundir.CELL_FILE)] + (["--resume"] if resume else [])
-    if gpus > 1:
-        return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", *job]
-    return [python, *job]
+def job_script(cell_dir: Path, cell: dict[str, Any], spec: LaunchSpec) -> str:
+    """The cell's sbatch script: the launch spec's environment, then its job. Every value is quoted.
 
-
-def job_script(cell_dir: Path, cell: dict[str, Any], slurm: dict[str, Any], resume: bool = False) -> str:
-    """The cell's sbatch script: environment, start record, training, exit record. Every value is quoted."""
+    The job (prefwatch.job) records its own start and exit in status.json."""
     q = shlex.quote
-    python = sys.executable
-    threads = int(cell.get("threads", 1))
-    gpus = int(slurm.get("gpus_per_cell", 0))
     lines = [
         "#!/bin/sh",
         f"# prefwatch: the Slurm job of cell {cell.get('id', cell_dir.name)} (written at launch; do not edit)",
-        f"export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false",
-    ]
-    if gpus == 0:  # sbatch passes the submitting shell's environment on; a CPU cell must not see its GPUs
-        lines.append("export CUDA_VISIBLE_DEVICES=")
-    lines += [
+        "export " + " ".join(f"{name}={q(value)}" for name, value in spec.env.items()),
         f"cd {q(str(cell_dir))} || exit 1",
-        f"{q(python)} -m prefwatch.slurm started {q(str(cell_dir))}",
-        " ".join(q(arg) for arg in train_command(cell_dir, gpus, resume, python)),
-        "code=$?",
-        f'{q(python)} -m prefwatch.slurm ended {q(str(cell_dir))} "$code"',
-        'exit "$code"',
+        "exec " + " ".join(q(arg) for arg in spec.argv),
     ]
     return "\n".join(lines) + "\n"
 
@@ -137,11 +118,11 @@ def require_sbatch() -> None:
         )
 
 
-def submit(cell_dir: Path, grid_name: str, slurm: dict[str, Any], resume: bool = False) -> str:
-    """Write the cell's job script, hand it to sbatch and record the job id in status.json; returns the id."""
+def submit(cell_dir: Path, grid_name: str, slurm: dict[str, Any], spec: LaunchSpec) -> StatusRecord:
+    """Write the cell's job script, hand it to sbatch and record the job id in status.json."""
     cell = rundir.read_json(cell_dir / rundir.CELL_FILE) or {}
     script = cell_dir / JOB_SCRIPT
-    script.write_text(job_script(cell_dir, cell, slurm, resume))
+    script.write_text(job_script(cell_dir, cell, spec))
     script.chmod(0o755)
     command = sbatch_command(cell_dir, grid_name, slurm, script)
     result = _run(command)
@@ -150,19 +131,58 @@ def submit(cell_dir: Path, grid_name: str, slurm: dict[str, Any], resume: bool =
     job_id = result.stdout.strip().split(";")[0]
     if not job_id.isdigit() and "_" not in job_id:
         raise SlurmError(f"sbatch gave no job id for cell {cell_dir.name}: {_one_line(result.stdout)}")
-    previous = (rundir.read_json(cell_dir / rundir.STATUS_FILE) or {}).get("previous")
-    status: dict[str, Any] = {
-        "state": "queued",
-        "backend": BACKEND,
-        "job_id": job_id,
-        "host": socket.gethostname(),
-        "submit_time": time.time(),
-        "command": command,
-    }
-    if previous:
-        status["previous"] = previous
-    rundir.write_json_atomic(cell_dir / rundir.STATUS_FILE, status)
-    return job_id
+    submitted = StatusRecord(
+        state=CellState.QUEUED,
+        backend=rundir.Backend.SLURM,
+        job_id=job_id,
+        host=socket.gethostname(),
+        submit_time=time.time(),
+        command=command,
+    )
+    # The job may have recorded its start already (a fast scheduler): then only the job id is added.
+    return rundir.update_status(
+        cell_dir,
+        lambda r: (
+            replace(r, job_id=job_id, command=command, submit_time=submitted.submit_time)
+            if r.pid is not None and r.state != CellState.QUEUED
+            else replace(submitted, previous=r.previous)
+        ),
+    )
+
+
+class SlurmBackend:
+    """Cells as sbatch jobs; Slurm schedules, squeue / sacct say where they are, scancel stops them."""
+
+    name = rundir.Backend.SLURM
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = settings
+
+    def start(self, cell_dir: Path, spec: LaunchSpec) -> StatusRecord:
+        return submit(cell_dir, cell_dir.parent.parent.name, self.settings, spec)
+
+    def state(self, cell_dir: Path, record: StatusRecord, supervised: bool | None) -> CellStatus:
+        return cell_state(cell_dir, record)
+
+    def cancel(self, cells: list[Path], grace: float) -> dict[Path, str]:
+        """scancel the cells' jobs (Slurm sends SIGTERM, then SIGKILL after its KillWait) and record them stopped."""
+        records = {d: _record(d) for d in cells}
+        cancel([r.job_id for r in records.values() if r is not None and r.job_id])
+        for cell_dir in cells:
+            rundir.update_status(
+                cell_dir, lambda r: None if r.ended else replace(r, state=CellState.STOPPED, end_time=time.time())
+            )
+        return {}
+
+    def describe(self, status: CellStatus) -> str:
+        return status.describe()  # Slurm's words (its reason, timeout, out of memory) are in the status
+
+
+def _record(cell_dir: Path) -> StatusRecord | None:
+    try:
+        return rundir.read_status(cell_dir)
+    except rundir.RecordError:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,8 +283,9 @@ def job_info(cell_dir: Path, job_id: str) -> JobInfo | None:
         return cached[1]
     siblings = [job_id]
     for other in rundir.cell_dirs(cell_dir.parent.parent):
-        other_id = (rundir.read_json(other / rundir.STATUS_FILE) or {}).get("job_id")
-        if isinstance(other_id, str) and other_id not in siblings:
+        other_record = _record(other)
+        other_id = other_record.job_id if other_record is not None else None
+        if other_id is not None and other_id not in siblings:
             held = _cache.get(other_id)
             if not (held and held[1] is not None and held[1].ended):
                 siblings.append(other_id)
@@ -278,59 +299,51 @@ def forget_cache() -> None:
     _cache.clear()
 
 
-def cell_state(cell_dir: Path, raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """A Slurm cell's state and status fields: Slurm's word while it knows the job, else what was recorded.
+def cell_state(cell_dir: Path, record: StatusRecord) -> CellStatus:
+    """A Slurm cell's state: Slurm's word while it knows the job, else what was recorded.
 
-    stopped (prefwatch stop recorded it) wins; a job Slurm no longer knows keeps an end the job
-    script recorded; one that never recorded an end is lost.
+    stopped (prefwatch stop recorded it) wins; a job Slurm no longer knows keeps the end the job
+    recorded; one that never recorded an end is lost.
     """
-    recorded = raw.get("state", "queued")
-    job_id = raw.get("job_id")
-    if not isinstance(job_id, str):  # not submitted (yet): sbatch refused, or a launch is under way
-        return recorded, raw
+    recorded = record.state
+    if record.job_id is None:  # not submitted (yet): sbatch refused, or a launch is under way
+        return CellStatus(recorded, record)
     try:
-        info = job_info(cell_dir, job_id)
+        info = job_info(cell_dir, record.job_id)
     except SlurmError as exc:
-        return recorded, {**raw, "slurm_error": str(exc)}
+        return CellStatus(recorded, record, error=str(exc))
     if info is None:
-        return (recorded if recorded in ("finished", "failed", "stopped") else "lost"), raw
-    merged = {**raw, "slurm_state": info.state}
+        return CellStatus(recorded if record.ended else CellState.LOST, record)
     if info.node:
-        merged["node"] = info.node
-        merged["device"] = _device(info.node, raw)
-    if info.reason and info.reason != "None":
-        merged["slurm_reason"] = info.reason
-    if recorded == "stopped":  # prefwatch stop cancelled it; Slurm may still be winding it down
-        return "stopped", merged
+        record = replace(record, node=info.node, device=_device(info.node, record))
+    reason = info.reason if info.reason and info.reason != "None" else None
+
+    def status(state: CellState, final: StatusRecord = record) -> CellStatus:
+        return CellStatus(state, final, slurm_state=info.state, slurm_reason=reason)
+
+    if recorded == CellState.STOPPED:  # prefwatch stop cancelled it; Slurm may still be winding it down
+        return status(CellState.STOPPED)
     if info.state in _QUEUED:
-        return "queued", merged
+        return status(CellState.QUEUED)
     if info.state in _RUNNING:
-        return "running", merged
+        return status(CellState.RUNNING)
     if info.state == "COMPLETED":
-        return "finished", merged
+        return status(CellState.FINISHED)
     if info.state == "CANCELLED":
-        return "stopped", merged
-    # FAILED and its kin: the job script's own record of the exit is exact (a signal shows in sh as 128+n).
-    if "exit_code" not in raw and "signal" not in raw:
+        return status(CellState.STOPPED)
+    # FAILED and its kin: the job's own record of the exit is exact.
+    if record.exit_code is None and record.signal is None:
         if info.signal:
-            merged["signal"] = info.signal
+            record = replace(record, signal=info.signal)
         elif info.exit_code is not None:
-            merged["exit_code"] = info.exit_code
-    return "failed", merged
+            record = replace(record, exit_code=info.exit_code)
+    return status(CellState.FAILED, record)
 
 
-def _device(node: str, raw: dict[str, Any]) -> str:
-    command = raw.get("command") or []
-    gres = next((a.split(":", 1)[1] for a in command if isinstance(a, str) and a.startswith("--gres=gpu:")), None)
+def _device(node: str, record: StatusRecord) -> str:
+    command = record.command or []
+    gres = next((a.split(":", 1)[1] for a in command if a.startswith("--gres=gpu:")), None)
     return f"{node} ({gres} GPU)" if gres else node
-
-
-def describe_failure(raw: dict[str, Any]) -> str | None:
-    """Why a Slurm cell failed where Slurm says more than an exit status (time limit, memory, node)."""
-    state = raw.get("slurm_state")
-    if state in _FAILED and state != "FAILED":
-        return state.lower().replace("_", " ")
-    return None
 
 
 def cancel(job_ids: list[str]) -> None:
@@ -341,35 +354,6 @@ def cancel(job_ids: list[str]) -> None:
         raise SlurmError(f"scancel failed: {_one_line(result.stderr or result.stdout)}")
     for job_id in job_ids:
         _cache.pop(job_id, None)
-
-
-# ---------------------------------------------------------------------------------------------
-# The job script's records
-
-
-def record(cell_dir: Path, event: str, exit_status: int | None = None) -> None:
-    """The job's own record in status.json: its start (node, time), then its exit code or signal."""
-    status = rundir.read_json(cell_dir / rundir.STATUS_FILE) or {"backend": BACKEND}
-    if event == "started":
-        status.update(
-            node=socket.gethostname(),
-            start_time=time.time(),
-            slurm_job=os.environ.get("SLURM_JOB_ID", status.get("job_id")),
-        )
-        if status.get("state") != "stopped":
-            status["state"] = "running"
-    else:
-        code = exit_status if exit_status is not None else 1
-        status["end_time"] = time.time()
-        if code > 128:  # sh reports a child killed by signal n as 128 + n
-            status["signal"] = code - 128
-        else:
-            status["exit_code"] = code
-        if status.get("state") != "stopped" and not (cell_dir / STOP_REQUEST).exists():
-            status["state"] = "finished" if code == 0 else "failed"
-        else:
-            status["state"] = "stopped"
-    rundir.write_json_atomic(cell_dir / rundir.STATUS_FILE, status)
 
 
 def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
@@ -385,20 +369,3 @@ def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
 
 def _one_line(text: str) -> str:
     return " ".join((text or "").split()) or "no message"
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) < 2 or args[0] not in ("started", "ended"):
-        print("usage: python -m prefwatch.slurm started|ended CELL_DIR [EXIT_STATUS]", file=sys.stderr)
-        return 2
-    exit_status = int(args[2]) if len(args) > 2 and args[2].isdigit() else None
-    try:
-        record(Path(args[1]), args[0], exit_status)
-    except OSError as exc:  # the record is a courtesy: never let it change the job's outcome
-        print(f"prefwatch.slurm: cannot record {args[0]} in {args[1]}: {exc}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,15 +1,17 @@
 """The grid supervisor: ``python -m prefwatch.supervise RUN_DIR [--resume]``.
 
 Started detached by ``prefwatch launch``. It holds launch.lock (an flock, released by the kernel
-when the supervisor dies, so it can never go stale), starts cells as slots free up, and writes
-each cell's status.json atomically when the cell starts and when it ends. A cell's own process
-group is the unit of stopping; the supervisor is outside it and survives the stop to record it.
+when the supervisor dies, so it can never go stale), follows the jobs still running from a supervisor
+before it, and starts queued cells as slots free up (prefwatch.backend's launch spec). Each job records
+its own start and end (prefwatch.job); the supervisor records an end only where the job could not
+(killed with SIGKILL). A job's own process group is the unit of stopping; the supervisor is outside it.
 """
 
 from __future__ import annotations
 
 import argparse
 import fcntl
+import functools
 import json
 import os
 import signal
@@ -21,18 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import msgspec
+from msgspec.structs import replace
+
 from prefwatch import rundir
+from prefwatch.backend import LaunchSpec, LocalBackend, is_alive, job_alive, launch_spec, process_start_time, signal_job
 from prefwatch.gpus import detect_gpus
-from prefwatch.jobs import (
-    FAILED,
-    FINISHED,
-    QUEUED,
-    RUNNING,
-    STOP_REQUEST,
-    STOPPED,
-    process_start_time,
-    spawn_detached,
-)
+from prefwatch.grid import ResourcesSettings
+from prefwatch.rundir import CellState, StatusRecord
 
 POLL_SECONDS = 0.2
 
@@ -46,22 +44,33 @@ class Slot:
 
 @dataclass
 class Running:
+    """A job the supervisor follows: one it started (``process``), or one it adopted (running before it)."""
+
     cell_dir: Path
-    process: subprocess.Popen[bytes]
     slot: Slot
-    status: dict[str, Any]
+    record: StatusRecord
+    process: subprocess.Popen[bytes] | None = None
 
 
-def plan_slots(resources: dict[str, Any]) -> list[Slot]:
+def read_resources(run_dir: Path) -> ResourcesSettings:
+    """[resources] as launched; the defaults where resources.json is missing or damaged."""
+    raw = {k: v for k, v in rundir.read_resources(run_dir).items() if k in ResourcesSettings.__dataclass_fields__}
+    try:
+        return msgspec.convert(raw, ResourcesSettings)
+    except msgspec.ValidationError:
+        return ResourcesSettings()
+
+
+def plan_slots(resources: ResourcesSettings) -> list[Slot]:
     """Slots from [resources]: cells_per_device on each visible GPU, else one per core's worth of threads."""
-    devices = resources.get("devices", "auto")
-    gpus = visible_gpus() if devices == "auto" else ([] if devices == "cpu" else list(devices))
+    devices = resources.devices
+    gpus = visible_gpus() if devices == "auto" else ([] if devices == "cpu" else [int(d) for d in devices])
     if gpus:
-        slots = [Slot(gpu) for gpu in gpus for _ in range(resources.get("cells_per_device", 1))]
+        slots = [Slot(gpu) for gpu in gpus for _ in range(resources.cells_per_device)]
     else:
-        threads = max(1, resources.get("threads_per_cell", 1))
+        threads = max(1, resources.threads_per_cell)
         slots = [Slot(None)] * max(1, (os.cpu_count() or 1) // threads)
-    limit = resources.get("max_parallel", 0)
+    limit = resources.max_parallel
     return slots[:limit] if limit else slots
 
 
@@ -73,29 +82,14 @@ def visible_gpus() -> list[int]:
     return [gpu.index for gpu in detect_gpus()]
 
 
-def cell_environment(cell: dict[str, Any], slot: Slot) -> dict[str, str]:
-    env = dict(os.environ)
-    threads = str(cell.get("threads", 1))
-    env.update(
-        OMP_NUM_THREADS=threads,
-        MKL_NUM_THREADS=threads,
-        PYTHONUNBUFFERED="1",
-        TOKENIZERS_PARALLELISM="false",
-        CUDA_VISIBLE_DEVICES="" if slot.gpu is None else str(slot.gpu),
-    )
-    if cell.get("model", {}).get("name") == "tiny":
-        env["HF_HUB_OFFLINE"] = "1"
-    return env
-
-
 class Supervisor:
     def __init__(self, run_dir: Path, resume: bool, log: TextIO) -> None:
         self.run_dir = run_dir
         self.resume = resume
         self.log = log
-        resources = rundir.read_json(run_dir / "resources.json") or {}
-        self.free = plan_slots(resources)
+        self.free = plan_slots(read_resources(run_dir))
         self.running: list[Running] = []
+        self.backend = LocalBackend()
         self.host = socket.gethostname()
 
     def say(self, message: str) -> None:
@@ -104,6 +98,7 @@ class Supervisor:
 
     def run(self) -> int:
         self.say(f"supervising {self.run_dir} with {len(self.free)} slot(s)")
+        self.adopt()
         while True:
             self.reap()
             waiting = self.waiting_cells()
@@ -114,79 +109,101 @@ class Supervisor:
                 return 0
             time.sleep(POLL_SECONDS)
 
+    def adopt(self) -> None:
+        """Follow the jobs that still run from before this supervisor (its predecessor died): each keeps its
+        slot, nothing starts a second copy, and the job records its own end."""
+        for cell_dir in rundir.cell_dirs(self.run_dir):
+            record = _record(cell_dir)
+            if record is None or record.state != CellState.RUNNING or not job_alive(cell_dir, record):
+                continue
+            slot = next((s for s in self.free if record.device == ("cpu" if s.gpu is None else f"cuda:{s.gpu}")), None)
+            slot = slot or (self.free[0] if self.free else Slot(None))
+            if slot in self.free:
+                self.free.remove(slot)
+            self.running.append(Running(cell_dir, slot, record))
+            self.say(f"following {cell_dir.name} (pid {record.pid}), still running from before")
+
     def waiting_cells(self) -> list[Path]:
         waiting = []
+        following = {job.cell_dir for job in self.running}
         for cell_dir in rundir.cell_dirs(self.run_dir):
-            status = rundir.read_json(cell_dir / rundir.STATUS_FILE) or {}
-            if status.get("state", QUEUED) != QUEUED:
+            record = _record(cell_dir)
+            if record is None or record.state != CellState.QUEUED or cell_dir in following:
                 continue
-            if (cell_dir / STOP_REQUEST).exists():
-                self.write_status(cell_dir, {**status, "state": STOPPED, "end_time": time.time()})
+            if rundir.stop_requested(cell_dir):
+                rundir.update_status(
+                    cell_dir,
+                    lambda r: (
+                        replace(r, state=CellState.STOPPED, end_time=time.time())
+                        if r.state == CellState.QUEUED
+                        else None
+                    ),
+                )
                 continue
             waiting.append(cell_dir)
         return waiting
 
-    def command(self, cell_dir: Path) -> list[str]:
-        """The cell's training job, as an argument list: nothing from the grid file reaches a shell.
-
-        A cell queued again after a run of its own (restart, resume) continues from its checkpoint."""
-        command = [sys.executable, "-m", "prefwatch.train", str(cell_dir / rundir.CELL_FILE)]
-        status = rundir.read_json(cell_dir / rundir.STATUS_FILE) or {}
-        return command + ["--resume"] if self.resume or "previous" in status else command
-
     def start(self, cell_dir: Path, slot: Slot) -> None:
-        cell = rundir.read_json(cell_dir / rundir.CELL_FILE) or {}
-        command = self.command(cell_dir)
-        process = spawn_detached(command, cell_dir / rundir.STDOUT_FILE, cell_dir, cell_environment(cell, slot))
-        status = {
-            "state": RUNNING,
-            "pid": process.pid,
-            "pgid": process.pid,
-            "pid_start": process_start_time(process.pid),
-            "host": self.host,
-            "device": "cpu" if slot.gpu is None else f"cuda:{slot.gpu}",
-            "start_time": time.time(),
-            "command": command,
-        }
-        self.write_status(cell_dir, status)
-        self.running.append(Running(cell_dir, process, slot, status))
-        self.say(f"started {cell_dir.name} (pid {process.pid}, {status['device']})")
+        """Start the cell's job; a cell queued again after a run of its own (restart, resume) resumes it."""
+        record = _record(cell_dir)
+        resume = self.resume or (record is not None and record.previous is not None)
+        spec = self.spec(cell_dir, resume, slot)
+        started = self.backend.start(cell_dir, spec)
+        process = self.backend.processes.pop(cell_dir)
+        self.running.append(Running(cell_dir, slot, started, process))
+        self.say(f"started {cell_dir.name} (pid {process.pid}, {spec.device})")
+
+    def spec(self, cell_dir: Path, resume: bool, slot: Slot) -> LaunchSpec:
+        """The cell's job: the one launch spec both backends share."""
+        return launch_spec(cell_dir, resume, gpu_index=slot.gpu)
 
     def reap(self) -> None:
         for job in list(self.running):
-            code = job.process.poll()
-            if code is None:
+            if job.process is not None:
+                code = job.process.poll()
+                if code is None:
+                    continue
+            elif is_alive(job.record.pid, job.record.pid_start):
                 continue
+            else:
+                code = None
             self.running.remove(job)
             self.free.append(job.slot)
-            self.write_status(job.cell_dir, self.outcome(job, code))
-            self.say(f"{job.cell_dir.name} ended with {code}")
+            final = rundir.update_status(job.cell_dir, functools.partial(self.outcome, job, code=code))
+            self.say(f"{job.cell_dir.name} ended: {final.state}" + (f" ({code})" if code is not None else ""))
 
-    def outcome(self, job: Running, code: int) -> dict[str, Any]:
-        status = {**job.status, "end_time": time.time()}
-        if code < 0:
-            status["signal"] = -code
+    def outcome(self, job: Running, record: StatusRecord, code: int | None) -> StatusRecord | None:
+        """The end of a job that did not record it itself (killed with SIGKILL, or failed before recording)."""
+        if record.ended or (record.pid not in (None, job.record.pid)):
+            return None
+        if rundir.stop_requested(job.cell_dir):
+            state = CellState.STOPPED
+        elif code is None:  # an adopted job: no exit status to be had
+            state = CellState.LOST
         else:
-            status["exit_code"] = code
-        if (job.cell_dir / STOP_REQUEST).exists():
-            status["state"] = STOPPED
-        else:
-            status["state"] = FINISHED if code == 0 else FAILED
-        return status
-
-    def write_status(self, cell_dir: Path, status: dict[str, Any]) -> None:
-        rundir.write_json_atomic(cell_dir / rundir.STATUS_FILE, status)
+            state = CellState.FINISHED if code == 0 else CellState.FAILED
+        fields: dict[str, Any] = {"state": state, "end_time": time.time()}
+        if code is not None and code < 0:
+            fields["signal"] = -code
+        elif code is not None:
+            fields["exit_code"] = code
+        return replace(record, **fields)
 
     def stop_all(self, signum: int, _frame: Any) -> None:
-        """SIGTERM to the supervisor stops the grid: every cell is asked to stop, then recorded."""
+        """SIGTERM to the supervisor stops the grid: every cell is asked to stop; the jobs record their end."""
         self.say(f"signal {signum}: stopping every cell")
         for cell_dir in rundir.cell_dirs(self.run_dir):
-            (cell_dir / STOP_REQUEST).touch()
+            rundir.request_stop(cell_dir)
         for job in self.running:
-            try:
-                os.killpg(job.process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            if job_alive(job.cell_dir, job.record):
+                signal_job(job.record, signal.SIGTERM)
+
+
+def _record(cell_dir: Path) -> StatusRecord | None:
+    try:
+        return rundir.read_status(cell_dir)
+    except rundir.RecordError:
+        return None
 
 
 def hold_lock(run_dir: Path) -> TextIO | None:

@@ -46,7 +46,7 @@ def test_relative_data_files_resolve_beside_the_grid(tmp_path: Path) -> None:
     path.write_text('[data]\nname = "pairs.jsonl"\n')
     grid = load_grid(path)
     assert grid.name == "g"
-    assert grid.settings["data"]["name"] == str(tmp_path / "pairs.jsonl")
+    assert grid.settings.data.name == str(tmp_path / "pairs.jsonl")
 
 
 @pytest.mark.parametrize("path", BAD, ids=lambda p: p.stem)

@@ -15,19 +15,21 @@ import pytest
 from helpers import wait_for
 
 from prefwatch import jobs, rundir
-from prefwatch.grid import load_grid
-from prefwatch.supervise import Supervisor, hold_lock, plan_slots
+from prefwatch.backend import LaunchSpec
+from prefwatch.grid import ResourcesSettings, load_grid
+from prefwatch.supervise import Slot, Supervisor, hold_lock, plan_slots
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 class StandInSupervisor(Supervisor):
-    """Runs a short Python program per cell instead of training: the program is the cell's 'script'."""
+    """Runs the real job (prefwatch.job) with a short Python program per cell instead of the trainer."""
 
     scripts: dict[str, str] = {}
 
-    def command(self, cell_dir: Path) -> list[str]:
-        return [sys.executable, "-c", self.scripts[cell_dir.name]]
+    def spec(self, cell_dir: Path, resume: bool, slot: Slot) -> LaunchSpec:
+        real = super().spec(cell_dir, resume, slot)
+        return LaunchSpec([*real.argv, "--", sys.executable, "-c", self.scripts[cell_dir.name]], real.env, real.device)
 
 
 @pytest.fixture
@@ -135,7 +137,7 @@ def test_stop_terminates_the_group_and_says_stopped(run_dir: Path) -> None:
     thread = supervise(run_dir, scripts, slots=2)
     wait_for(lambda: state(run_dir, "dpo-r16").state == jobs.RUNNING and state(run_dir, "dpo-r8").state == jobs.RUNNING)
     pgid = rundir.read_json(run_dir / "cells" / "dpo-r16" / "status.json")["pgid"]
-    stopped = jobs.request_stop(run_dir, grace=0.5)
+    stopped = jobs.request_stop(run_dir, grace=0.5).stopped
     assert set(stopped) == {"dpo-r16", "dpo-r8", "simpo-r16", "simpo-r8"}
     thread.join(timeout=20)
     assert [state(run_dir, c).state for c in ("dpo-r16", "dpo-r8", "simpo-r16", "simpo-r8")] == [jobs.STOPPED] * 4
@@ -198,8 +200,8 @@ def test_lock_is_exclusive_and_released_by_death(run_dir: Path) -> None:
 
 
 def test_slots_follow_resources() -> None:
-    assert len(plan_slots({"devices": [0, 1], "cells_per_device": 2})) == 4
-    assert [s.gpu for s in plan_slots({"devices": [3], "cells_per_device": 1})] == [3]
-    cpu = plan_slots({"devices": "cpu", "threads_per_cell": 1})
+    assert len(plan_slots(ResourcesSettings(devices=[0, 1], cells_per_device=2))) == 4
+    assert [s.gpu for s in plan_slots(ResourcesSettings(devices=[3], cells_per_device=1))] == [3]
+    cpu = plan_slots(ResourcesSettings(devices="cpu", threads_per_cell=1))
     assert len(cpu) == (os.cpu_count() or 1) and all(s.gpu is None for s in cpu)
-    assert len(plan_slots({"devices": "cpu", "max_parallel": 1})) == 1
+    assert len(plan_slots(ResourcesSettings(devices="cpu", max_parallel=1))) == 1

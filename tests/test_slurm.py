@@ -10,6 +10,7 @@ as a warning). ``.ci/run`` installs the packages and sets PREFWATCH_REQUIRE_SLUR
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
@@ -18,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -28,7 +30,8 @@ import pytest
 from helpers import last_step, prefwatch, status, wait_for
 
 from prefwatch import jobs, rundir, slurm
-from prefwatch.grid import load_grid
+from prefwatch.backend import launch_spec, train_command
+from prefwatch.grid import SlurmSettings, load_grid
 from prefwatch.ingest.sources import open_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,18 +60,10 @@ def slurm_grid(folder: Path, name: str, steps: int, objectives: str = '["dpo", "
 
 def test_slurm_grid_validates_and_resolves(tmp_path: Path) -> None:
     grid = load_grid(slurm_grid(tmp_path, "g", 20))
-    assert grid.settings["resources"]["backend"] == "slurm"
-    assert grid.settings["slurm"] == {
-        "partition": None,
-        "gpus_per_cell": 0,
-        "cpus_per_cell": 1,
-        "mem": None,
-        "time": "00:10:00",
-        "account": None,
-        "options": ["--comment=prefwatch test"],
-    }
+    assert grid.settings.resources.backend == "slurm"
+    assert grid.settings.slurm == SlurmSettings(cpus_per_cell=1, time="00:10:00", options=["--comment=prefwatch test"])
     assert [c.id for c in grid.cells] == ["dpo-r8", "simpo-r8"]
-    assert load_grid(ROOT / "examples" / "tiny-grid.toml").settings["resources"]["backend"] == "local"
+    assert load_grid(ROOT / "examples" / "tiny-grid.toml").settings.resources.backend == "local"
 
 
 def test_sbatch_command_is_an_argument_list(tmp_path: Path) -> None:
@@ -109,21 +104,16 @@ def test_sbatch_command_is_an_argument_list(tmp_path: Path) -> None:
 def test_multi_gpu_cells_start_under_torchrun(tmp_path: Path) -> None:
     """Several GPUs per cell: one process per GPU under torchrun --standalone (a free rendezvous port,
     so two such cells on one node do not collide). Only the command is checked: no GPU here."""
-    cell_dir = tmp_path / "c"
-    assert slurm.train_command(cell_dir, gpus=0, python="py") == [
+    cell_json = tmp_path / "c" / "cell.json"
+    assert train_command(cell_json, gpus=0, python="py") == ["py", "-m", "prefwatch.train", str(cell_json)]
+    assert train_command(cell_json, gpus=1, resume=True, python="py") == [
         "py",
         "-m",
         "prefwatch.train",
-        f"{cell_dir}/cell.json",
-    ]
-    assert slurm.train_command(cell_dir, gpus=1, resume=True, python="py") == [
-        "py",
-        "-m",
-        "prefwatch.train",
-        f"{cell_dir}/cell.json",
+        str(cell_json),
         "--resume",
     ]
-    assert slurm.train_command(cell_dir, gpus=4, python="py") == [
+    assert train_command(cell_json, gpus=4, python="py") == [
         "py",
         "-m",
         "torch.distributed.run",
@@ -131,14 +121,14 @@ def test_multi_gpu_cells_start_under_torchrun(tmp_path: Path) -> None:
         "--nproc-per-node=4",
         "-m",
         "prefwatch.train",
-        f"{cell_dir}/cell.json",
+        str(cell_json),
     ]
     # torchrun as installed accepts exactly these flags (parsed, not run).
     from torch.distributed.run import get_args_parser
 
-    parsed = get_args_parser().parse_args(slurm.train_command(cell_dir, gpus=4, python="py")[3:])
+    parsed = get_args_parser().parse_args(train_command(cell_json, gpus=4, python="py")[3:])
     assert parsed.standalone and parsed.nproc_per_node == "4" and parsed.module
-    assert parsed.training_script == "prefwatch.train" and parsed.training_script_args == [f"{cell_dir}/cell.json"]
+    assert parsed.training_script == "prefwatch.train" and parsed.training_script_args == [str(cell_json)]
 
 
 def test_metrics_are_written_by_the_main_process_only() -> None:
@@ -149,18 +139,27 @@ def test_metrics_are_written_by_the_main_process_only() -> None:
     assert "gather_for_metrics" in (ROOT / "prefwatch" / "train" / "pairs.py").read_text()
 
 
-def test_job_script_quotes_every_value(tmp_path: Path) -> None:
+def test_job_script_quotes_every_value_and_shares_the_launch_spec(tmp_path: Path) -> None:
     cell_dir = tmp_path / "it's a $dir" / "cells" / "dpo-r8"
-    script = slurm.job_script(cell_dir, {"id": "dpo-r8", "threads": 2}, {"gpus_per_cell": 2}, resume=True)
+    cell_dir.mkdir(parents=True)
+    cell = {"id": "dpo-r8", "threads": 2, "model": {"name": "tiny"}, "data": {"name": "tiny-sales"}}
+    (cell_dir / "cell.json").write_text(json.dumps(cell))
+    spec = launch_spec(cell_dir, resume=True, gpus=2, scheduler_places_gpus=True)
+    script = slurm.job_script(cell_dir, cell, spec)
     lines = script.splitlines()
-    assert lines[0] == "#!/bin/sh" and "export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2" in script
-    assert "CUDA_VISIBLE_DEVICES=" not in script  # Slurm sets it for a GPU cell
-    train_line = next(line for line in lines if "prefwatch.train" in line)
-    assert shlex.split(train_line) == slurm.train_command(cell_dir, 2, True)
+    assert lines[0] == "#!/bin/sh" and "OMP_NUM_THREADS=2" in script and "MKL_NUM_THREADS=2" in script
+    assert "CUDA_VISIBLE_DEVICES" not in script  # Slurm sets it for a GPU cell
+    job_line = next(line for line in lines if line.startswith("exec "))
+    assert shlex.split(job_line)[1:] == spec.argv
+    assert spec.argv[1:] == ["-m", "prefwatch.job", str(cell_dir / "cell.json"), "--resume", "--gpus=2"]
     assert f"cd {shlex.quote(str(cell_dir))} || exit 1" in lines
     assert subprocess.run(["sh", "-n"], input=script, text=True).returncode == 0
-    cpu = slurm.job_script(cell_dir, {"id": "dpo-r8", "threads": 1}, {"gpus_per_cell": 0})
-    assert "export CUDA_VISIBLE_DEVICES=" in cpu
+    # One spec for both backends: the same environment, offline hub access included (it once drifted).
+    local = launch_spec(cell_dir, resume=True, gpu_index=None)
+    assert local.argv[:4] == spec.argv[:4] and "HF_HUB_OFFLINE=1" in script
+    assert {k: v for k, v in local.env.items() if k != "CUDA_VISIBLE_DEVICES"} == spec.env
+    cpu = slurm.job_script(cell_dir, cell, launch_spec(cell_dir, resume=False, scheduler_places_gpus=True))
+    assert "CUDA_VISIBLE_DEVICES=''" in cpu  # sbatch passes the submitting shell's GPUs on; a CPU cell sees none
 
 
 def test_squeue_and_sacct_answers_parse() -> None:
@@ -183,7 +182,7 @@ def test_squeue_and_sacct_answers_parse() -> None:
 @pytest.mark.parametrize(
     ("info", "recorded", "state", "described"),
     [
-        (slurm.JobInfo("PENDING", "Resources"), {}, jobs.QUEUED, "queued"),
+        (slurm.JobInfo("PENDING", "Resources"), {}, jobs.QUEUED, "queued (Resources)"),
         (slurm.JobInfo("RUNNING", node="n7"), {}, jobs.RUNNING, "running"),
         (slurm.JobInfo("COMPLETING", node="n7"), {}, jobs.RUNNING, "running"),
         (slurm.JobInfo("COMPLETED", exit_code=0), {}, jobs.FINISHED, "finished"),
@@ -225,22 +224,26 @@ def test_unreachable_slurm_keeps_the_recorded_state_and_says_why(tmp_path: Path,
     monkeypatch.setenv("PATH", str(tmp_path))  # no squeue
     slurm.forget_cache()
     status = jobs.read_status(cell_dir)
-    assert status.state == jobs.RUNNING and "squeue not found" in status.raw["slurm_error"]
+    assert status.state == jobs.RUNNING and "squeue not found" in (status.error or "")
 
 
-def test_job_script_records_start_and_end(tmp_path: Path) -> None:
+def test_the_job_records_its_start_and_end(tmp_path: Path) -> None:
+    """The job (prefwatch.job, what job.sh runs) records its node and Slurm job, then its exit, itself."""
     cell_dir = tmp_path / "c"
     cell_dir.mkdir()
+    (cell_dir / "cell.json").write_text("{}")
+    job = [sys.executable, "-m", "prefwatch.job", str(cell_dir / "cell.json"), "--", sys.executable, "-c"]
+    env = {**os.environ, "SLURM_JOB_ID": "5"}
     rundir.write_json_atomic(cell_dir / "status.json", {"state": "queued", "backend": "slurm", "job_id": "5"})
-    assert slurm.main(["started", str(cell_dir)]) == 0
+    ran = subprocess.run([*job, "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], env=env)
+    assert ran.returncode == 128 + 9
     raw = rundir.read_json(cell_dir / "status.json")
-    assert raw["state"] == "running" and raw["node"] == socket.gethostname() and raw["job_id"] == "5"
-    slurm.main(["ended", str(cell_dir), "137"])
-    raw = rundir.read_json(cell_dir / "status.json")
-    assert raw["state"] == "failed" and raw["signal"] == 9
+    assert raw["state"] == "failed" and raw["signal"] == 9 and raw["job_id"] == raw["slurm_job"] == "5"
+    assert raw["node"] == socket.gethostname() and raw["end_time"] >= raw["start_time"]
+    # A cell stopped before its job started: the job leaves it stopped and runs nothing.
     rundir.write_json_atomic(cell_dir / "status.json", {"state": "stopped", "backend": "slurm"})
-    slurm.main(["ended", str(cell_dir), "0"])
-    assert rundir.read_json(cell_dir / "status.json")["state"] == "stopped"
+    assert subprocess.run([*job, "raise SystemExit(3)"], env=env).returncode == 0
+    assert rundir.read_json(cell_dir / "status.json") == {"state": "stopped", "backend": "slurm"}
 
 
 def test_launch_without_sbatch_is_one_clear_line(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -449,14 +452,15 @@ def test_grid_runs_through_sbatch_to_completion(cluster: Cluster, tmp_path: Path
     # live: both run on the node while the third job waits for a CPU; the monitor's source says the same.
     wait_for(lambda: all(status(run_dir, c).state == jobs.RUNNING for c in cells), 30, "both cells running")
     queued = status(bad_dir, "dpo-r8")
-    assert queued.state == jobs.QUEUED and queued.raw.get("slurm_reason") in ("Resources", "Priority"), queued.raw
+    assert queued.state == jobs.QUEUED and queued.slurm_reason in ("Resources", "Priority"), queued
     waiting = prefwatch("status", str(bad_dir))
-    assert f"queued ({queued.raw['slurm_reason']})" in waiting.stdout and "(Slurm)" in waiting.stdout, waiting.stdout
+    assert f"queued ({queued.slurm_reason})" in waiting.stdout and "(Slurm)" in waiting.stdout, waiting.stdout
     wait_for(lambda: last_step(run_dir, "dpo-r8") >= 2, 60, "dpo-r8 to log")
     source = open_path(run_dir)
     source.poll()
-    assert source.supervisor_alive() is None
-    assert {c.id: c.status(None).state for c in source.cells} == dict.fromkeys(cells, jobs.RUNNING)
+    jobs.hand_statuses(source)
+    assert source.supervised is None
+    assert {c.id: c.status().state for c in source.cells} == dict.fromkeys(cells, jobs.RUNNING)
     assert next(c for c in source.cells if c.id == "dpo-r8").series.last_step >= 2
     shown = prefwatch("status", str(run_dir))
     assert shown.returncode == 0 and "running" in shown.stdout and "localhost" in shown.stdout
@@ -464,8 +468,8 @@ def test_grid_runs_through_sbatch_to_completion(cluster: Cluster, tmp_path: Path
     wait_for(lambda: all(status(run_dir, c).state in jobs.ENDED_STATES for c in cells), 90, "the grid to end")
     for cell in cells:
         done = status(run_dir, cell)
-        assert done.state == jobs.FINISHED and done.raw["slurm_state"] == "COMPLETED", done.raw
-        assert done.raw["exit_code"] == 0 and done.raw["node"] == "localhost"
+        assert done.state == jobs.FINISHED and done.slurm_state == "COMPLETED", done
+        assert done.exit_code == 0 and done.record.node == "localhost"
         assert last_step(run_dir, cell) == 20
         assert "train_runtime" in (run_dir / "cells" / cell / "metrics.jsonl").read_text().splitlines()[-1]
         assert f"[{cell}] done: 20 steps" in (run_dir / "cells" / cell / "stdout.log").read_text()
@@ -475,7 +479,7 @@ def test_grid_runs_through_sbatch_to_completion(cluster: Cluster, tmp_path: Path
 
     wait_for(lambda: status(bad_dir, "dpo-r8").state in jobs.ENDED_STATES, 60, "the bad cell to end")
     failed = status(bad_dir, "dpo-r8")
-    assert failed.state == jobs.FAILED and failed.describe() == "failed (exit 2)", failed.raw
+    assert failed.state == jobs.FAILED and failed.describe() == "failed (exit 2)", failed
     assert "not valid JSON" in (bad_dir / "cells" / "dpo-r8" / "stdout.log").read_text()
 
     # Slurm's record and the job script's agree; with Slurm's record gone (MinJobAge), the job's own stays.
@@ -526,7 +530,7 @@ def test_stop_cancels_through_scancel(cluster: Cluster, tmp_path: Path) -> None:
     wait_for(cancelled_in_slurm, 30, "Slurm to say CANCELLED")
     slurm.forget_cache()
     after = status(run_dir, "dpo-r8")
-    assert after.state == jobs.STOPPED and after.raw["slurm_state"] == "CANCELLED"
+    assert after.state == jobs.STOPPED and after.slurm_state == "CANCELLED"
     steps = last_step(run_dir, "dpo-r8")
     time.sleep(1.5)
     assert last_step(run_dir, "dpo-r8") == steps  # the training process is gone, not just relabelled
@@ -534,23 +538,24 @@ def test_stop_cancels_through_scancel(cluster: Cluster, tmp_path: Path) -> None:
     screen = monitor_text(run_dir, "stopped  step", 1)
     assert "stopped  step" in screen and "running  step" in screen, screen
 
-    # resume refuses while a cell still runs in Slurm; stop the rest, then the grid reads stopped everywhere.
-    refused = prefwatch("launch", str(run_dir), "--resume", "--detach")
-    assert refused.returncode == 2 and "still" in refused.stderr and "Slurm" in refused.stderr
-    rest = prefwatch("stop", str(run_dir))
-    assert rest.returncode == 0 and "simpo-r8" in rest.stdout
-    shown = prefwatch("status", str(run_dir))
-    assert shown.stdout.count("stopped") == 2, shown.stdout
-
-    # resume submits both again, as new jobs running `prefwatch.train --resume`; then stop them for good.
+    # resume follows the cell Slurm still runs (no second job) and submits the stopped one again, as a new
+    # job running `prefwatch.train --resume`; then stop both for good.
+    other = rundir.read_json(run_dir / "cells" / "simpo-r8" / "status.json")["job_id"]
     resumed = prefwatch("launch", str(run_dir), "--resume", "--detach")
-    assert resumed.returncode == 0 and "Slurm jobs" in resumed.stdout, resumed.stderr
+    assert resumed.returncode == 0 and "Slurm job " in resumed.stdout, resumed.stderr
+    assert "resuming dpo-r8" in resumed.stdout and "following simpo-r8 (still running)" in resumed.stdout
     again = rundir.read_json(run_dir / "cells" / "dpo-r8" / "status.json")
     assert again["job_id"] != job and again["previous"]["state"] == "stopped"
+    assert rundir.read_json(run_dir / "cells" / "simpo-r8" / "status.json")["job_id"] == other
     assert "--resume" in (run_dir / "cells" / "dpo-r8" / "job.sh").read_text()
     wait_for(lambda: status(run_dir, "dpo-r8").state == jobs.RUNNING, 30, "the resumed cell to run")
-    assert prefwatch("stop", str(run_dir)).returncode == 0
+    log = run_dir / "cells" / "dpo-r8" / "stdout.log"
+    wait_for(lambda: log.read_text().count("[dpo-r8] start:") == 2, 60, "the resumed trainer to start")
+    rest = prefwatch("stop", str(run_dir))
+    assert rest.returncode == 0 and "simpo-r8" in rest.stdout
     assert [status(run_dir, c).state for c in ("dpo-r8", "simpo-r8")] == [jobs.STOPPED] * 2
+    shown = prefwatch("status", str(run_dir))
+    assert shown.stdout.count("stopped") == 2, shown.stdout
     wait_for(
         lambda: not subprocess.run(["squeue", "-h", "-t", "PD,R,CG"], capture_output=True, text=True).stdout.strip(),
         30,

@@ -18,17 +18,18 @@ from typing import Any
 
 import numpy as np
 
-from prefwatch import jobs, rundir
+from prefwatch import rundir
 from prefwatch.ingest.columnar import ColumnarDecoder, add_blocks
 from prefwatch.ingest.tail import TailReader, decode_line
 from prefwatch.ingest.tensorboard import EVENT_FILE_PREFIX, EventFileReader, add_scalars, event_files
+from prefwatch.rundir import CellState, CellStatus
 from prefwatch.series import CellSeries
 
 OBJECTIVE_TOKENS = {"dpo": "dpo", "simpo": "simpo", "cpo": "simpo", "orpo": "orpo"}
 TRAINER_STATE = "trainer_state.json"
 # Logs of a job prefwatch did not start, unfinished and unchanged for this long, are called idle.
 IDLE_AFTER_SECONDS = 600.0
-IDLE = "idle"
+IDLE = CellState.IDLE
 
 
 class SourceError(ValueError):
@@ -91,6 +92,8 @@ class CellSource:
     trainer_state_dir: Path | None = None
     event_dir: Path | None = None  # TensorBoard event files in it or in its runs/*
     managed: bool = False  # started by prefwatch: has status.json and a supervisor
+    handed_status: CellStatus | None = None  # a launched cell's state, handed in by the jobs layer
+    record_error: str | None = None  # cell.json could not be read (one line naming the file and field)
     preview: bool = False  # the series holds only the tail of the log (peek_tail), not all of it
     _metrics_reader: TailReader | None = None
     _columnar: ColumnarDecoder = field(default_factory=ColumnarDecoder)
@@ -113,6 +116,8 @@ class CellSource:
 
     @property
     def read_error(self) -> str | None:
+        if self.record_error:
+            return self.record_error
         readers: list[TailReader | EventFileReader] = [*self._event_readers.values()]
         if self._metrics_reader is not None:
             readers.insert(0, self._metrics_reader)
@@ -263,17 +268,20 @@ class CellSource:
             self.series.end_record = self.series.end_record or {"global_step": step}
         return True
 
-    def status(self, supervisor_alive: bool | None = None) -> jobs.CellStatus:
-        if self.managed:
-            return jobs.read_status(self.directory, supervisor_alive)
+    def status(self) -> CellStatus:
+        """The state the jobs layer handed in (prefwatch.jobs.hand_statuses), else what the logs say.
+
+        Readers never ask the process table or Slurm: that is the jobs layer's, which hands it in."""
+        if self.handed_status is not None:
+            return self.handed_status
         if self.series.finished:
-            return jobs.CellStatus(jobs.FINISHED, {})
+            return CellStatus(CellState.FINISHED)
         if not self.series.records:
-            return jobs.CellStatus(jobs.QUEUED, {})
+            return CellStatus(CellState.QUEUED)
         # No process is known for logs prefwatch did not start: recent writes are all that says "running".
         last = self.series.last_time
         recent = last is not None and time.time() - last < IDLE_AFTER_SECONDS
-        return jobs.CellStatus(jobs.RUNNING if recent or last is None and self._recently_written() else IDLE, {})
+        return CellStatus(CellState.RUNNING if recent or last is None and self._recently_written() else IDLE)
 
     def _recently_written(self) -> bool:
         log = self.metrics_path or newest_trainer_state(self.trainer_state_dir or self.directory)
@@ -300,8 +308,7 @@ class GridSource:
             changed |= cell.poll()
         return changed
 
-    def supervisor_alive(self) -> bool | None:
-        return jobs.supervisor_alive(self.root) if self.managed else None
+    supervised: bool | None = None  # whether the grid's supervisor runs, handed in with the statuses
 
     @property
     def objectives(self) -> list[str]:
@@ -412,17 +419,21 @@ def _cell_at(path: Path) -> CellSource | None:
 
 
 def _prefwatch_cell(path: Path) -> CellSource:
-    info = rundir.read_json(path / rundir.CELL_FILE) or {}
+    try:
+        cell, problem = rundir.read_cell(path), None
+    except rundir.RecordError as exc:  # shown as the cell's read error; the logs are still read
+        cell, problem = rundir.CellRecord(), str(exc)
     guess_objective, guess_rank = guess_labels(path)
     return CellSource(
         id=path.name,
         directory=path,
-        objective=info.get("objective", guess_objective),
-        rank=info.get("rank", guess_rank),
-        seed=info.get("seed"),
-        info=info,
+        objective=cell.objective if cell.objective is not None else guess_objective,
+        rank=cell.rank if cell.rank is not None else guess_rank,
+        seed=cell.seed,
+        info=cell.to_dict() if problem is None else {},
         metrics_path=path / rundir.METRICS_FILE,
-        managed=(path / rundir.STATUS_FILE).is_file(),
+        managed=rundir.is_launched_cell(path),
+        record_error=problem,
     )
 
 

@@ -12,9 +12,9 @@ import sys
 import traceback
 from pathlib import Path
 
+from prefwatch.backend import job_environment
 from prefwatch.train.cell import CellError, load_cell
-from prefwatch.train.data import TINY_SALES, DataError
-from prefwatch.train.tiny import TINY_MODEL_NAME
+from prefwatch.train.data import DataError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,17 +37,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def set_environment(cell) -> None:
-    """Thread counts before torch loads; no hub access when everything needed is embedded or local."""
-    threads = str(cell["threads"])
-    os.environ.setdefault("OMP_NUM_THREADS", threads)
-    os.environ.setdefault("MKL_NUM_THREADS", threads)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    """Thread counts before torch loads; no hub access when everything needed is embedded or local.
+
+    The job's launch spec (prefwatch.backend.job_environment) sets the same on either backend; this
+    fills it in for a trainer started by hand."""
+    for name, value in job_environment(cell).items():
+        os.environ.setdefault(name, value)
     os.environ.setdefault("TQDM_DISABLE", "1")  # TRL's progress bars would flood stdout.log
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # CPO and ORPO live in trl.experimental
-    data_name = cell["data"]["name"]
-    if cell["model"]["name"] == TINY_MODEL_NAME and (data_name == TINY_SALES or Path(data_name).is_file()):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 def fail(message: str, status: int) -> int:

@@ -183,6 +183,7 @@ class MonitorApp(App[int]):
     def _first_read(self) -> None:
         """Read everything there is (a finished log can be large), then follow it in live mode."""
         if self.speed is not None:
+            jobs.hand_statuses(self.source)  # each cell's recorded end, shown when the replay reaches it
             replay = ReplayGrid(self.source, self.speed, time.monotonic)
             self._incremental = IncrementalAnalysis(replay.source, float("inf"), replay.clock.now)
             self.replay = replay
@@ -472,10 +473,13 @@ class MonitorApp(App[int]):
     def _stop(self, cell_id: str | None) -> None:
         """Ask the jobs layer to stop one cell (None: the grid); it may wait out the grace period, so not on the UI thread."""
         try:
-            stopped = jobs.request_stop(self.source.root, [cell_id] if cell_id else None)
+            outcome = jobs.request_stop(self.source.root, [cell_id] if cell_id else None)
         except (jobs.LaunchError, OSError) as exc:
             self.call_from_thread(self.notify, plain(exc), severity="error", markup=False)
             return
+        for line in outcome.refused:
+            self.call_from_thread(self.notify, plain(line), severity="error", markup=False)
+        stopped = outcome.stopped
         if cell_id is None:
             text = f"asked {len(stopped)} cell(s) to stop: {', '.join(stopped)}" if stopped else "no cell to stop"
         else:
@@ -521,10 +525,10 @@ class IncrementalAnalysis:
         full = time.monotonic() - self._full_at >= self.heartbeat
         if full:
             self._full_at = time.monotonic()
-        supervised = source.supervisor_alive()
+        jobs.hand_statuses(source)
         stale = []
         for cell in source.cells:
-            key = _cell_key(cell, supervised)
+            key = _cell_key(cell)
             cached = self._cells.get(cell.id)
             if full or cached is None or cached[0] != key:
                 stale.append((cell, key))
@@ -547,8 +551,8 @@ class IncrementalAnalysis:
         return self.last
 
 
-def _cell_key(cell: CellSource, supervised: bool | None) -> tuple[object, ...]:
-    status = cell.status(supervised)
+def _cell_key(cell: CellSource) -> tuple[object, ...]:
+    status = cell.status()
     series = cell.series
     return (
         series.records,

@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from prefwatch import jobs
 from prefwatch.ingest.sources import CellSource, GridSource, PairLog
+from prefwatch.rundir import CellState, CellStatus
 from prefwatch.series import CellSeries, SplitSeries
 
 
@@ -26,7 +26,7 @@ class ReplayCell(CellSource):
     """A cell cut at the replay clock: reads nothing (poll is a no-op), says "running" until its end."""
 
     ended: bool = False
-    final_status: jobs.CellStatus | None = None
+    final_status: CellStatus | None = None
 
     def __post_init__(self) -> None:  # no readers: the data comes from the full source
         pass
@@ -38,10 +38,10 @@ class ReplayCell(CellSource):
     def read_error(self) -> str | None:
         return None
 
-    def status(self, supervisor_alive: bool | None = None) -> jobs.CellStatus:
+    def status(self) -> CellStatus:
         if self.ended and self.final_status is not None:
             return self.final_status
-        return jobs.CellStatus(jobs.RUNNING if self.series.records else jobs.QUEUED, {})
+        return CellStatus(CellState.RUNNING if self.series.records else CellState.QUEUED)
 
 
 def time_span(grid: GridSource) -> tuple[float, float] | None:
