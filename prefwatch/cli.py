@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except UsageError as exc:
-        print(f"prefwatch: {exc}", file=sys.stderr)
+        from prefwatch.textsafe import plain
+
+        print(f"prefwatch: {plain(exc)}", file=sys.stderr)  # paths and cell names in it are data
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
@@ -169,21 +171,25 @@ def follow_headless(run_dir: Path) -> int:
     """Rich progress per cell until every cell has ended; 0 only when all finished."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.text import Text
 
     from prefwatch import jobs
     from prefwatch.ingest.sources import open_path
+    from prefwatch.textsafe import plain
 
     grid = open_path(run_dir)
     console = Console(stderr=False)
     columns = (
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # cell ids and states are data, not markup
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[state]}"),
+        TextColumn("{task.fields[state]}", markup=False),
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console) as progress:
-        tasks = {cell.id: progress.add_task(cell.id, total=cell.max_steps, state=jobs.QUEUED) for cell in grid.cells}
+        tasks = {
+            cell.id: progress.add_task(plain(cell.id), total=cell.max_steps, state=jobs.QUEUED) for cell in grid.cells
+        }
         while True:
             grid.poll()
             jobs.hand_statuses(grid)
@@ -196,7 +202,7 @@ def follow_headless(run_dir: Path) -> int:
                 break
             time.sleep(0.5)
     finished = sum(state == jobs.FINISHED for state in states.values())
-    console.print(f"{finished} of {len(states)} cells finished in {run_dir}")
+    console.print(Text(f"{finished} of {len(states)} cells finished in {plain(run_dir)}"))
     _print_report(run_dir, console)
     return EXIT_OK if finished == len(states) else EXIT_FAILED
 

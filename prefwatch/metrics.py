@@ -7,6 +7,8 @@ to a (split, name) pair, so each name has a train and a held-out series.
 
 from __future__ import annotations
 
+import math
+import re
 from functools import lru_cache
 from typing import Literal
 
@@ -22,6 +24,18 @@ LOGPS_REJECTED = "logps/rejected"
 LOSS = "loss"
 GRAD_NORM = "grad_norm"
 LEARNING_RATE = "learning_rate"
+
+# A cell keeps at most this many distinct metric names per split. TRL's DPO, SimPO and ORPO trainers
+# log 15 to 25 names per split, so 64 leaves room for a user's own metrics; past it a log that invents
+# a name per line (hostile or broken) would add a column of 8 bytes per row for every new name, and
+# memory would grow with the square of the input. Values under names past the cap are counted, not kept.
+MAX_NAMES = 64
+# A metric name longer than this, or holding a control character, a quote or a backslash, is not one a
+# trainer logs: its values are counted as rejected ("bad metric name") rather than shown.
+MAX_NAME_CHARS = 200
+_BAD_NAME = re.compile(r'["\\\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]')
+# Steps are counts of optimizer steps: a whole number from 0 up to what a float64 holds exactly.
+MAX_STEP = float(1 << 53)
 
 # Keys that index a record rather than measure anything.
 INDEX_KEYS = frozenset({"step", "time", "epoch"})
@@ -62,6 +76,24 @@ def canonical(key: str) -> tuple[Split, str]:
     elif name.startswith("train/"):
         name = name[6:]
     return split, ALIASES.get(name, name)
+
+
+def valid_name(key: str) -> bool:
+    """Whether a logged key can be a metric name: short printable text without quotes or backslashes
+    (the columnar decoder's field names cannot hold those, and no trainer writes them)."""
+    return 0 < len(key) <= MAX_NAME_CHARS and _BAD_NAME.search(key) is None
+
+
+def valid_step(value: object) -> float | None:
+    """A logged step as a float, or None when it is not a finite whole-ish number in 0..2^53
+    (NaN, Infinity, 1e400 and negative steps would truncate or poison a series)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        step = float(value)
+    except OverflowError:  # an int beyond a float's range
+        return None
+    return step if math.isfinite(step) and 0 <= step <= MAX_STEP else None
 
 
 def is_end_record(record: dict[str, object]) -> bool:

@@ -6,6 +6,7 @@ Cell ids, metric names and messages come from logs: they are rendered as plain t
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from rich import box
@@ -109,7 +110,7 @@ def render_terminal(analysis: GridAnalysis, console: Console) -> None:
 def verdict_text(analysis: GridAnalysis) -> Text:
     verdict = analysis.verdict
     text = Text()
-    text.append(verdict.headline + "\n", style="bold green" if verdict.decisive else "bold yellow")
+    text.append(plain(verdict.headline) + "\n", style="bold green" if verdict.decisive else "bold yellow")
     for reason in verdict.reasons:
         text.append(f"  • {plain(reason)}\n")
     for comparison in verdict.comparisons:
@@ -136,7 +137,7 @@ def render_markdown(analysis: GridAnalysis) -> str:
             lines.append(f"- **{f.severity}** `{_md(cell.source.id)}` {f.kind}{at}: {_md(f.message)}")
     lines += [f"\n**Brevity:** {_md(line)}" for line in brevity_lines(analysis)]
     verdict = analysis.verdict
-    lines += ["", f"### Verdict: {verdict.headline}", ""]
+    lines += ["", f"### Verdict: {_md(verdict.headline)}", ""]
     lines += [f"- {_md(r)}" for r in verdict.reasons]
     lines += [f"- {_md(c.describe())}" for c in verdict.comparisons]
     lines += [f"- held-out accuracy by {k}: {_md(v)}" for k, v in verdict.effects.items()]
@@ -149,4 +150,23 @@ def _md(text: str) -> str:
 
 
 def render_json(analysis: GridAnalysis) -> str:
-    return json.dumps(analysis.to_json(), indent=2, allow_nan=False, default=str)
+    """Strict JSON (RFC 8259): NaN and infinities from the logs, data.json or cell.json become null."""
+    return json.dumps(json_safe(analysis.to_json()), indent=2, allow_nan=False, default=str)
+
+
+# Deeper than this, a value copied from a data file (data.json's statistics) is not one prefwatch wrote.
+MAX_JSON_DEPTH = 32
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
+    """``value`` with every float that JSON cannot hold (NaN, ±Infinity) as None, keys as strings,
+    and anything nested deeper than MAX_JSON_DEPTH as None, so that encoding it cannot fail."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if depth >= MAX_JSON_DEPTH and isinstance(value, (dict, list, tuple)):
+        return None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v, depth + 1) for v in value]
+    return value

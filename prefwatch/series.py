@@ -47,6 +47,14 @@ class SplitSeries:
     def names(self) -> list[str]:
         return sorted(self._columns)
 
+    @property
+    def width(self) -> int:
+        """How many distinct metric names the split holds."""
+        return len(self._columns)
+
+    def has(self, name: str) -> bool:
+        return name in self._columns
+
     def column(self, name: str) -> np.ndarray:
         """The values of a metric, aligned with ``steps``; all NaN for a metric never logged."""
         column = self._columns.get(name)
@@ -156,13 +164,14 @@ class CellSeries:
             self.end_record = record
             self.records += 1
             return
-        step = _number(record.get("step"))
+        step = metrics.valid_step(record.get("step"))
         if step is None:
-            self.rejected["no step"] += 1
+            self.rejected["no step" if _number(record.get("step")) is None else "bad step"] += 1
             return
         time = _number(record.get("time"))
         values: dict[str, float] = {}
         split = metrics.record_split(record)
+        target = self.split(split)
         for key, raw in record.items():
             if key in metrics.INDEX_KEYS and key != "epoch":
                 continue
@@ -170,12 +179,26 @@ class CellSeries:
             if value is None:
                 self.rejected["wrong type"] += 1
                 continue
-            name = metrics.canonical(key)[1]
+            name = self._admit(target, key, values)
+            if name is None:
+                continue
             values[name] = value
             if not math.isfinite(value) and (split, name) not in self.first_non_finite:
                 self.first_non_finite[split, name] = step
-        self.split(split).append(step, math.nan if time is None else time, values)
+        target.append(step, math.nan if time is None or not math.isfinite(time) else time, values)
         self.records += 1
+
+    def _admit(self, target: SplitSeries, key: str, pending: dict[str, float]) -> str | None:
+        """The canonical name a key's value is kept under, or None (counted) for a name that is not
+        a metric name or would pass the cap of distinct names per split (see metrics.MAX_NAMES)."""
+        if not isinstance(key, str) or not metrics.valid_name(key):
+            self.rejected["bad metric name"] += 1
+            return None
+        name = metrics.canonical(key)[1]
+        if name not in pending and not target.has(name) and target.width + len(pending) >= metrics.MAX_NAMES:
+            self.rejected[f"metric names past {metrics.MAX_NAMES} per split"] += 1
+            return None
+        return name
 
     def add_all(self, records: Iterable[Any]) -> None:
         for record in records:
@@ -188,21 +211,20 @@ class CellSeries:
         step, or steps going back): the caller then adds its records one by one.
         """
         steps = columns.get("step")
-        if steps is None or not len(steps) or np.isnan(steps).any():
-            return False
-        times = columns.get("time", np.full(len(steps), np.nan))
+        if steps is None or not len(steps) or not np.all((steps >= 0) & (steps <= metrics.MAX_STEP)):
+            return False  # NaN fails both comparisons: a bad step goes the exact way, which counts it
+        times = columns.get("time")
+        times = np.full(len(steps), np.nan) if times is None else np.where(np.isfinite(times), times, np.nan)
         is_eval = np.zeros(len(steps), dtype=bool)
         for key, column in columns.items():
             if metrics.canonical(key)[0] == "eval":
                 is_eval |= ~np.isnan(column)
         parts = [(self.train, ~is_eval), (self.eval, is_eval)]
+        blocks = []
         for target, rows in parts:
             chosen = steps[rows]
             if len(chosen) and (np.any(np.diff(chosen) < 0) or len(target) and chosen[0] < target.steps[-1]):
                 return False
-        for target, rows in parts:
-            if not rows.any():
-                continue
             values = {}
             for key, column in columns.items():
                 if key in metrics.INDEX_KEYS and key != "epoch":
@@ -210,7 +232,12 @@ class CellSeries:
                 part = column[rows]
                 if not np.isnan(part).all():
                     values[metrics.canonical(key)[1]] = part
-            target.extend(steps[rows], times[rows], values)
+            if target.width + sum(not target.has(name) for name in values) > metrics.MAX_NAMES:
+                return False  # past the cap of names: the exact way counts what it drops
+            blocks.append((target, rows, values))
+        for target, rows, values in blocks:
+            if rows.any():
+                target.extend(steps[rows], times[rows], values)
         self.records += len(steps)
         return True
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import struct
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -160,7 +161,7 @@ def test_non_finite_scalars_are_points(tmp_path: Path) -> None:
 
 def exact(data: bytes) -> list[tuple[str, int, float, float]]:
     out = []
-    for start in tb._frame_exact(data).tolist():
+    for start in tb._frame_exact(data, Counter())[0].tolist():
         (length,) = struct.unpack_from("<Q", data, start)
         try:
             out += tb._parse_event(data, start + 12, start + 12 + length)

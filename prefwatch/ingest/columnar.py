@@ -30,6 +30,9 @@ from prefwatch.series import CellSeries
 _EXACT_BYTES = 16 << 10
 # A live log brings a line or two per poll: for so little, records cost less than building columns.
 _SMALL_BYTES = 4 << 10
+# The most keys a decoder learns: a cell keeps at most MAX_NAMES names per split (train and eval keys
+# differ), plus the index keys. A Struct of thousands of fields would be rebuilt at every new key.
+MAX_KEYS = 2 * metrics.MAX_NAMES + len(metrics.INDEX_KEYS)
 
 
 class ColumnarDecoder:
@@ -55,11 +58,16 @@ class ColumnarDecoder:
             for record in records
             if isinstance(record, dict) and not metrics.is_end_record(record)
             for key, value in record.items()
-            if key not in seen and isinstance(value, (int, float)) and not isinstance(value, bool)
+            if key not in seen
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and (key in metrics.INDEX_KEYS or metrics.valid_name(key))
         ]
+        # Keys past the cap are never learned: lines holding them take the exact path, which counts them.
+        new = list(dict.fromkeys(new))[: max(0, MAX_KEYS - len(self.keys))]
         if not new:
             return
-        self.keys = tuple(dict.fromkeys([*self.keys, *new]))
+        self.keys = (*self.keys, *new)
         # A missing key decodes as NaN; null or a string is a validation error (the exact path counts it).
         fields = [(f"f{i}", float, math.nan) for i in range(len(self.keys))]
         rename = {f"f{i}": key for i, key in enumerate(self.keys)}
@@ -95,7 +103,7 @@ class ColumnarDecoder:
             return None
         try:
             rows = self._decoder.decode_lines(block)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, RecursionError):
             return None
         n = len(rows)
         width = self._row_bytes

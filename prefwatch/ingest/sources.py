@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from prefwatch import rundir
+from prefwatch import metrics, rundir
 from prefwatch.ingest.columnar import ColumnarDecoder, add_blocks
 from prefwatch.ingest.tail import TailReader, decode_line
 from prefwatch.ingest.tensorboard import EVENT_FILE_PREFIX, EventFileReader, add_scalars, event_files
@@ -48,11 +48,13 @@ class PairLog:
     def add(self, record: Any) -> bool:
         if not isinstance(record, dict):
             return False
+        step = metrics.valid_step(record.get("step"))
+        if step is None:
+            return False
         try:
             chosen = np.asarray(record["chosen"], dtype=float)
             rejected = np.asarray(record["rejected"], dtype=float)
-            step = int(record["step"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, RecursionError):
             return False
         if chosen.shape != rejected.shape or chosen.ndim != 1:
             return False
@@ -63,7 +65,7 @@ class PairLog:
         if self.steps and step < self.steps[-1]:
             keep = int(np.searchsorted(self.steps, step, side="left"))
             del self.steps[keep:], self.chosen[keep:], self.rejected[keep:]
-        self.steps.append(step)
+        self.steps.append(int(step))
         self.chosen.append(chosen)
         self.rejected.append(rejected)
         return True
@@ -111,8 +113,9 @@ class CellSource:
 
     @property
     def max_steps(self) -> int | None:
-        value = self.info.get("train", {}).get("max_steps")
-        return value if isinstance(value, int) else None
+        train = self.info.get("train")
+        value = train.get("max_steps") if isinstance(train, dict) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
     @property
     def read_error(self) -> str | None:

@@ -153,7 +153,7 @@ def decode_lines(lines: bytes, batch: Batch) -> None:
         try:
             batch.records.extend(_decoder.decode_lines(lines))
             return
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             pass
     for line in lines.split(b"\n"):
         if not line.strip():
@@ -161,10 +161,8 @@ def decode_lines(lines: bytes, batch: Batch) -> None:
         if len(line) > MAX_LINE_BYTES:
             batch.rejected["line over 1 MiB"] += 1
             continue
-        record = decode_line(line)
-        if record is None:
-            batch.rejected["not JSON"] += 1
-        else:
+        record = decode_line(line, batch.rejected)
+        if record is not None:
             batch.records.append(record)
 
 
@@ -175,13 +173,20 @@ def longest_line(lines: bytes) -> int:
     return int(np.diff(ends, prepend=-1).max())
 
 
-def decode_line(line: bytes) -> Any | None:
-    """One JSON value, accepting the NaN and Infinity tokens Python's json writes for non-finite floats."""
+def decode_line(line: bytes, rejected: Counter[str] | None = None) -> Any | None:
+    """One JSON value, accepting the NaN and Infinity tokens Python's json writes for non-finite floats;
+    None (counted in ``rejected`` by reason) for text that is not JSON or is nested too deep to decode
+    (both decoders recurse: a line of a thousand ``[`` would otherwise raise RecursionError)."""
     try:
         return _decoder.decode(line)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         pass
     try:
         return json.loads(line)
+    except RecursionError:
+        reason = "nested too deep"
     except ValueError:
-        return None
+        reason = "not JSON"
+    if rejected is not None:
+        rejected[reason] += 1
+    return None

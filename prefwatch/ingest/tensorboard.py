@@ -42,7 +42,10 @@ EVENT_FILE_PREFIX = "events.out.tfevents."
 _HEADER = 12  # uint64 length + uint32 crc
 _FOOTER = 4
 _MAX_RECORD = 1 << 28
+# The shortest Event holding a scalar is longer than this (header, wall time, step, summary, footer).
+_MIN_RECORD = 16
 _CHUNK_BYTES = 1 << 26
+_U64 = (1 << 64) - 1
 _FLOAT_DTYPES = {1: "<f4", 2: "<f8", 19: "<f2"}  # DT_FLOAT, DT_DOUBLE, DT_HALF
 
 
@@ -137,18 +140,20 @@ def concat(pieces: list[Scalars]) -> Scalars:
 
 
 def decode_records(data: bytes) -> tuple[Scalars, int]:
-    """The scalars of the complete records at the start of ``data``, and how many bytes they span."""
+    """The scalars of the complete records at the start of ``data``, and how many bytes they span
+    (with any damaged stretch skipped, see ``_frame_exact``: only an incomplete record is left over)."""
     framed = _frame_fast(data)
     buf = np.frombuffer(data, dtype=np.uint8)
+    rejected: Counter[str] = Counter()
     if framed is None:
-        starts = _frame_exact(data)
+        starts, used = _frame_exact(data, rejected)
         lengths = _gather(buf, starts, 8).view("<u8").ravel().astype(np.int64)
     else:
         starts, lengths = framed
-    if not len(starts):
-        return Scalars(), 0
-    used = int(starts[-1] + _HEADER + lengths[-1] + _FOOTER)
-    return _decode_events(data, buf, starts + _HEADER, lengths), used
+        used = int(starts[-1] + _HEADER + lengths[-1] + _FOOTER) if len(starts) else 0
+    scalars = _decode_events(data, buf, starts + _HEADER, lengths) if len(starts) else Scalars()
+    scalars.rejected.update(rejected)
+    return scalars, used
 
 
 def _gather(buf: np.ndarray, at: np.ndarray, width: int) -> np.ndarray:
@@ -177,7 +182,11 @@ def _frame_fast(data: bytes) -> tuple[np.ndarray, np.ndarray] | None:
     # An Event begins with wall_time (field 1, fixed64: tag byte 0x09), 12 bytes after the record start.
     # Scanned in slices, so the temporaries stay small.
     step = 1 << 22
-    found = [np.flatnonzero(buf[at + _HEADER : at + step + _HEADER] == 0x09) + at for at in range(0, n, step)]
+    found = []
+    for piece in range(0, n, step):
+        found.append(np.flatnonzero(buf[piece + _HEADER : piece + step + _HEADER] == 0x09) + piece)
+        if len(found[-1]) > step // _MIN_RECORD:
+            return None  # more candidates than records could fit (0x09 filler): the exact framing copes
     cand = np.concatenate(found)
     lengths = _gather(buf, cand, 8).view("<u8").ravel()
     plausible = lengths < _MAX_RECORD
@@ -213,23 +222,79 @@ def _complete_record_at(data: bytes, at: int) -> bool:
     if len(data) - at < _HEADER:
         return False
     (length,) = struct.unpack_from("<Q", data, at)
-    return length > _MAX_RECORD or at + _HEADER + length + _FOOTER <= len(data)
+    # Or damage (a length no record has, a wrong header CRC): the exact framing skips it.
+    return length > _MAX_RECORD or at + _HEADER + length + _FOOTER <= len(data) or not _header_ok(data, at)
 
 
-def _frame_exact(data: bytes) -> np.ndarray:
+def _frame_exact(data: bytes, rejected: Counter[str]) -> tuple[np.ndarray, int]:
+    """Record starts, record by record, and the offset reading stops at.
+
+    A header that cannot start a record (a length above _MAX_RECORD, or an incomplete record whose
+    header CRC is wrong: a writer never leaves one) is damage: it is counted, and reading goes on at
+    the next header whose CRC holds, so the records after it are kept. Where none follows, all but
+    the last few bytes are dropped: the carried-over tail stays small however long the damage runs.
+    """
     starts = []
     at, n = 0, len(data)
     unpack = struct.unpack_from
     while n - at >= _HEADER:
         (length,) = unpack("<Q", data, at)
-        if length > _MAX_RECORD:
-            break  # not a record header: the rest of this buffer cannot be framed
         end = at + _HEADER + length + _FOOTER
-        if end > n:
+        if length <= _MAX_RECORD and (end <= n or _header_ok(data, at)):
+            if end > n:
+                break  # a record still being written
+            starts.append(at)
+            at = end
+            continue
+        rejected["damaged record header"] += 1
+        found = _resync(data, at + 1)
+        if found is None:
+            at = max(at + 1, n - _HEADER)
             break
-        starts.append(at)
-        at = end
-    return np.array(starts, dtype=np.int64)
+        at = found
+    return np.array(starts, dtype=np.int64), at
+
+
+def _crc_table() -> np.ndarray:
+    table = np.arange(256, dtype=np.uint32)
+    for _ in range(8):
+        table = np.where(table & 1, (table >> 1) ^ np.uint32(0x82F63B78), table >> 1).astype(np.uint32)
+    return table
+
+
+_CRC32C = _crc_table()
+
+
+def _masked_crc32c(rows: np.ndarray) -> np.ndarray:
+    """TFRecord's masked CRC32C of each row of bytes (rows of the 8 length bytes of a header)."""
+    crc = np.full(len(rows), 0xFFFFFFFF, dtype=np.uint32)
+    for column in rows.T:
+        crc = _CRC32C[(crc ^ column) & 0xFF] ^ (crc >> 8)
+    crc ^= np.uint32(0xFFFFFFFF)
+    return ((crc >> 15) | (crc << 17)) + np.uint32(0xA282EAD8)
+
+
+def _header_ok(data: bytes, at: int) -> bool:
+    row = np.frombuffer(data, dtype=np.uint8, count=8, offset=at)[None, :]
+    return int(_masked_crc32c(row)[0]) == struct.unpack_from("<I", data, at + 8)[0]
+
+
+def _resync(data: bytes, start: int) -> int | None:
+    """The first offset at or after ``start`` holding a plausible header with a correct CRC and an
+    Event's first byte after it; searched in slices so the temporaries stay small."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    step = 1 << 20
+    for at in range(start, len(buf) - _HEADER, step):
+        cand = np.flatnonzero(buf[at + _HEADER : at + step + _HEADER] == 0x09) + at
+        if not len(cand):
+            continue
+        rows = _gather(buf, cand, 12)
+        lengths = np.ascontiguousarray(rows[:, :8]).view("<u8").ravel()
+        stored = np.ascontiguousarray(rows[:, 8:]).view("<u4").ravel()
+        good = (lengths <= _MAX_RECORD) & (_masked_crc32c(rows[:, :8]) == stored)
+        if good.any():
+            return int(cand[np.argmax(good)])
+    return None
 
 
 def _decode_events(data: bytes, buf: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> Scalars:
@@ -433,6 +498,8 @@ def _parse_tensor(data: bytes, start: int, end: int) -> float | None:
             content = data[v[0] : v[1]]
         elif number in (5, 6) and wire == 2:  # packed float_val / double_val
             fmt = "<f" if number == 5 else "<d"
+            if (v[1] - v[0]) % struct.calcsize(fmt):
+                raise ValueError("packed values not a whole number of floats")
             values += [x for (x,) in struct.iter_unpack(fmt, data[v[0] : v[1]])]
         elif number == 5 and wire == 5:
             values.append(struct.unpack_from("<f", data, v)[0])
@@ -479,7 +546,7 @@ def _varint(data: bytes, at: int, end: int) -> tuple[int, int]:
         at += 1
         value |= (byte & 0x7F) << shift
         if byte < 0x80:
-            return value, at
+            return value & _U64, at  # a tenth byte may carry bits past 64: protobuf drops them
         shift += 7
         if shift > 63:
             break
@@ -493,6 +560,7 @@ def add_scalars(series: CellSeries, scalars: Scalars) -> None:
     the end-of-training values (``train/train_runtime``...) mark the cell finished.
     """
     series.rejected.update(scalars.rejected)
+    scalars = _usable(series, scalars)
     if not len(scalars):
         return
     canon = [metrics.canonical(tag) for tag in scalars.tags]
@@ -509,6 +577,44 @@ def add_scalars(series: CellSeries, scalars: Scalars) -> None:
             continue
         ids, steps, walls, values = (a[mask] for a in (scalars.tag_ids, scalars.steps, scalars.walls, scalars.values))
         _add_split(series, "train" if split == "train" else "eval", canon, ids, steps, walls, values)
+
+
+def _usable(series: CellSeries, scalars: Scalars) -> Scalars:
+    """The points a series may take: a step in 0..2^53 (a 10-byte varint reads negative), a tag that
+    is a metric name, and, per split, no more distinct names than metrics.MAX_NAMES (a file with a new
+    tag per step would otherwise build a table of steps x tags). The rest are counted by reason."""
+    if not len(scalars):
+        return scalars
+    keep = (scalars.steps >= 0) & (scalars.steps <= int(metrics.MAX_STEP))
+    named = np.array([metrics.valid_name(tag) for tag in scalars.tags] + [False])[scalars.tag_ids]
+    checks = [("bad step", keep), ("bad metric name", named)]
+    if len(scalars.tags) > metrics.MAX_NAMES // 2:  # only a wide file can reach the cap
+        admitted = _admitted(series, scalars.tags, scalars.tag_ids[keep & named])
+        checks.append((f"metric names past {metrics.MAX_NAMES} per split", admitted[scalars.tag_ids]))
+    for reason, passed in checks:
+        dropped = int((keep & ~passed).sum())
+        if dropped:
+            series.rejected[reason] += dropped
+        keep &= passed
+    if keep.all():
+        return scalars
+    return Scalars(scalars.tags, scalars.tag_ids[keep], scalars.steps[keep], scalars.walls[keep], scalars.values[keep])
+
+
+def _admitted(series: CellSeries, tags: list[str], ids: np.ndarray) -> np.ndarray:
+    """Which tags fit each split's cap, in order of first appearance (names the split holds always do)."""
+    admitted = np.zeros(len(tags) + 1, dtype=bool)
+    _, first = np.unique(ids, return_index=True)
+    pending: dict[metrics.Split, set[str]] = {"train": set(), "eval": set()}
+    for tag in ids[np.sort(first)].tolist():
+        split, name = metrics.canonical(tags[tag])
+        target = series.split(split)
+        if target.has(name) or name in pending[split]:
+            admitted[tag] = True
+        elif target.width + len(pending[split]) < metrics.MAX_NAMES:
+            pending[split].add(name)
+            admitted[tag] = True
+    return admitted
 
 
 def _add_split(

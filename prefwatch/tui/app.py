@@ -386,7 +386,9 @@ class MonitorApp(App[int]):
             self.notify("Only cells that prefwatch launched can be restarted from here.", severity="warning")
             return
         if cell.state not in jobs.RESTARTABLE:
-            self.notify(plain(f"{cell.id} is {cell.status}: only a failed, stopped or lost cell restarts."))
+            self.notify(
+                plain(f"{cell.id} is {cell.status}: only a failed, stopped or lost cell restarts."), markup=False
+            )
             return
 
         def answered(yes: bool | None) -> None:
