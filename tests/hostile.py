@@ -14,7 +14,7 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
-from test_ingest_tensorboard import event, field, file_version_event, record, simple_value, varint
+from test_ingest_tensorboard import event, field, file_version_event, record, simple_value, tensor_value, varint
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_runs" / "tiny-demo"
 GOOD_CELL = "dpo-r8"
@@ -113,6 +113,12 @@ def ten_byte_step() -> bytes:
     return b"\x09" + struct.pack("<d", 1.7e9) + b"\x10" + step + field(5, field(1, simple_value("train/loss", 0.5)))
 
 
+def ten_byte_step_tensor() -> bytes:
+    """The same step in TensorFlow 2's tensor layout, which the exact parser reads."""
+    step = b"\xff" * 9 + b"\x7f"
+    return b"\x09" + struct.pack("<d", 1.7e9) + b"\x10" + step + field(5, field(1, tensor_value("train/loss", 0.5)))
+
+
 def huge_length_record() -> bytes:
     """A TFRecord header whose length is above 2^28, followed by good records."""
     header = struct.pack("<Q", (1 << 28) + 5)
@@ -179,6 +185,7 @@ CASES: dict[str, Builder] = {
     "trainer_state NaN step": _trainer_state(b'{"log_history": [{"step": NaN, "loss": 1}], "max_steps": NaN}'),
     "tensorboard odd float_val": _events(tb_file([odd_float_val()])),
     "tensorboard 10-byte step": _events(tb_file([ten_byte_step()])),
+    "tensorboard 10-byte step (tensor)": _events(tb_file([ten_byte_step_tensor()])),
     "tensorboard length over 2^28": _events(tb_file([]) + huge_length_record()),
 }
 

@@ -105,7 +105,8 @@ class EventFileReader:
                 self.missing, self.error = False, None
                 if stat.st_size > self._offset:
                     f.seek(self._offset)
-                    while chunk := f.read(_CHUNK_BYTES):
+                    # Read what the file holds (f.read(n) would allocate n bytes up front), at most a chunk.
+                    while chunk := f.read(min(_CHUNK_BYTES, max(stat.st_size - self._offset, 1 << 16))):
                         self._offset += len(chunk)
                         data = self._partial + chunk if self._partial else chunk
                         scalars, used = decode_records(data)
@@ -585,12 +586,13 @@ def _usable(series: CellSeries, scalars: Scalars) -> Scalars:
     tag per step would otherwise build a table of steps x tags). The rest are counted by reason."""
     if not len(scalars):
         return scalars
-    keep = (scalars.steps >= 0) & (scalars.steps <= int(metrics.MAX_STEP))
+    stepped = (scalars.steps >= 0) & (scalars.steps <= int(metrics.MAX_STEP))
     named = np.array([metrics.valid_name(tag) for tag in scalars.tags] + [False])[scalars.tag_ids]
-    checks = [("bad step", keep), ("bad metric name", named)]
+    checks = [("bad step", stepped), ("bad metric name", named)]
     if len(scalars.tags) > metrics.MAX_NAMES // 2:  # only a wide file can reach the cap
-        admitted = _admitted(series, scalars.tags, scalars.tag_ids[keep & named])
+        admitted = _admitted(series, scalars.tags, scalars.tag_ids[stepped & named])
         checks.append((f"metric names past {metrics.MAX_NAMES} per split", admitted[scalars.tag_ids]))
+    keep = np.ones(len(scalars), dtype=bool)
     for reason, passed in checks:
         dropped = int((keep & ~passed).sum())
         if dropped:
