@@ -22,7 +22,8 @@ from typing import Any
 OBJECTIVES = ("dpo", "simpo", "orpo")
 EMBEDDED_MODEL = "tiny"
 EMBEDDED_DATA = "tiny-sales"
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# \Z, not $: "$" also matches before a final newline, and "name\n" is no folder name.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 
 
 class GridError(ValueError):
@@ -62,9 +63,9 @@ def _one_of(*choices: str) -> Callable[[Any], str | None]:
     return check
 
 
-_SLURM_MEM = re.compile(r"^[0-9]+[KMGT]?$")
+_SLURM_MEM = re.compile(r"^[0-9]+[KMGT]?\Z")
 _SLURM_TIME = re.compile(
-    r"^(?:[0-9]+|[0-9]+:[0-9]{1,2}(?::[0-9]{1,2})?|[0-9]+-[0-9]{1,2}(?::[0-9]{1,2}(?::[0-9]{1,2})?)?|UNLIMITED)$"
+    r"^(?:[0-9]+|[0-9]+:[0-9]{1,2}(?::[0-9]{1,2})?|[0-9]+-[0-9]{1,2}(?::[0-9]{1,2}(?::[0-9]{1,2})?)?|UNLIMITED)\Z"
 )
 # sbatch options prefwatch sets itself for every cell: given again in [slurm] options they would break it.
 SBATCH_OWN_OPTIONS = ("--output", "--error", "--chdir", "--job-name", "--parsable", "--wrap", "--open-mode", "--array")
@@ -80,14 +81,46 @@ def _slurm_time(value: Any) -> str | None:
     return f'must be a Slurm time limit like "02:00:00", "90" (minutes) or "1-12:00:00", got {value!r}'
 
 
+# sbatch's short options that take no value: in a cluster like "-vo/path" the letter after them is
+# another option; after any other letter the rest of the entry is that option's value.
+SBATCH_SHORT_FLAGS = "HkOQsvWhVu"
+SBATCH_OWN_SHORT = {"o": "--output", "e": "--error", "D": "--chdir", "J": "--job-name", "a": "--array"}
+
+
 def _sbatch_options(value: Any) -> str | None:
     for option in value:
         name = option.split("=", 1)[0]
-        if not option.startswith("-") or any(c.isspace() for c in name):
+        if not option.startswith("-") or any(c.isspace() for c in name) or any(ord(c) < 32 for c in option):
             return f'one sbatch option per entry, its value after "=" (like "--qos=high"), got {option!r}'
-        if name in ("-o", "-e", "-D", "-J", "-a", *SBATCH_OWN_OPTIONS):
-            return f"{name} is set by prefwatch for every cell (output goes to the cell's stdout.log)"
+        own = sbatch_own_option(option)
+        if own:
+            return f"{own} is set by prefwatch for every cell (output goes to the cell's stdout.log): {option!r} would override it"
     return None
+
+
+def sbatch_own_option(option: str) -> str | None:
+    """Which of prefwatch's own sbatch options ``option`` would set, by sbatch's own reading of it.
+
+    sbatch parses with getopt_long: a long option may be abbreviated to any prefix that is unambiguous
+    (``--outp=x`` is ``--output=x``; an ambiguous one like ``--o`` is an error at submission, refused
+    here too), and short options take their value attached (``-o/path``, ``-Jname``) after any number
+    of flags that take none (``-vo/path``). Options given after prefwatch's own override them.
+    """
+    if option.startswith("--"):
+        name = option[2:].split("=", 1)[0]
+        return next((own for own in SBATCH_OWN_OPTIONS if own[2:].startswith(name)), None)
+    for letter in option[1:]:
+        if letter in SBATCH_OWN_SHORT:
+            return SBATCH_OWN_SHORT[letter]
+        if letter not in SBATCH_SHORT_FLAGS:
+            return None  # the rest is this option's value
+    return None
+
+
+def _seeds(value: Any) -> str | None:
+    """Seeds go to numpy, which takes 0..2^32-1: any other makes every cell fail as it starts."""
+    bad = [seed for seed in value if not 0 <= seed < 1 << 32]
+    return f"a seed must be in 0..{(1 << 32) - 1}, got {bad[0]}" if bad else None
 
 
 def setting(default: Any, kind: str, check: Callable[[Any], str | None] | None = None, doc: str = "") -> Any:
@@ -143,7 +176,7 @@ class TrainSettings:
     lr_scheduler: str = setting("constant", "str", _one_of("constant", "linear", "cosine"))
     warmup_steps: int = setting(0, "int", _non_negative)
     seeds: list[int] = setting(
-        [0], "int_list", doc="add seeds to see whether a difference is larger than the spread across runs"
+        [0], "int_list", _seeds, doc="add seeds to see whether a difference is larger than the spread across runs"
     )
 
 
@@ -548,7 +581,7 @@ class _Validator:
             if not isinstance(value, str) or value == EMBEDDED_DATA:
                 continue
             if _looks_like_file(value):
-                resolved = (base / value).resolve()
+                resolved = (base / Path(value).expanduser()).resolve()  # "~/data.jsonl" is the user's home
                 if not resolved.is_file():
                     raise self.fail("data", key, f"no such file: {resolved}")
                 data[key] = str(resolved)

@@ -70,3 +70,40 @@ def test_bad_grid_creates_nothing(path: Path, tmp_path: Path, capsys: pytest.Cap
     assert re.match(rf"prefwatch: {re.escape(str(path))}:\d+: ", err), err
     assert err.count("\n") == 1
     assert not out.exists()
+
+
+def test_tilde_in_a_data_path_is_the_home_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "pairs.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
+    path = tmp_path / "g.toml"
+    path.write_text('[data]\nname = "~/pairs.jsonl"\n')
+    assert load_grid(path).settings.data.name == str(tmp_path / "home" / "pairs.jsonl")
+
+
+@pytest.mark.parametrize(
+    ("option", "own"),
+    [
+        ("--qos=high", None),
+        ("--exclusive", None),
+        ("--export=ALL", None),
+        ("-pgpu", None),  # -p takes its value attached: "gpu", not -g -p -u
+        ("-n4", None),
+        ("-xo1", None),  # -x's value is "o1" (nodes to exclude), not -o
+        ("--outp=/x", "--output"),
+        ("--out=/x", "--output"),
+        ("--o=/x", "--output"),  # ambiguous to sbatch (--output, --open-mode): an error there, refused here
+        ("-o/x", "--output"),
+        ("-vo/x", "--output"),  # -v takes no value: the o is the next option
+        ("-Jx", "--job-name"),
+        ("--chd=/tmp", "--chdir"),
+        ("--wra=true", "--wrap"),
+        ("--open-mode=truncate", "--open-mode"),
+        ("--pars", "--parsable"),
+        ("-a1-3", "--array"),
+    ],
+)
+def test_sbatch_abbreviations_of_prefwatchs_own_options(option: str, own: str | None) -> None:
+    from prefwatch.grid import sbatch_own_option
+
+    assert sbatch_own_option(option) == own
