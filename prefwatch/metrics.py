@@ -84,6 +84,13 @@ def valid_name(key: str) -> bool:
     return 0 < len(key) <= MAX_NAME_CHARS and _BAD_NAME.search(key) is None
 
 
+@lru_cache(maxsize=4096)
+def metric_name(key: str) -> str | None:
+    """The canonical name a logged key's values are kept under, or None when the key is not a metric
+    name (cached: a log repeats the same few keys on every line)."""
+    return canonical(key)[1] if valid_name(key) else None
+
+
 def valid_step(value: object) -> float | None:
     """A logged step as a float, or None when it is not a finite whole-ish number in 0..2^53
     (NaN, Infinity, 1e400 and negative steps would truncate or poison a series)."""

@@ -172,6 +172,7 @@ class CellSeries:
         values: dict[str, float] = {}
         split = metrics.record_split(record)
         target = self.split(split)
+        room = metrics.MAX_NAMES - target.width  # new names this split may still take (see metrics.MAX_NAMES)
         for key, raw in record.items():
             if key in metrics.INDEX_KEYS and key != "epoch":
                 continue
@@ -179,26 +180,20 @@ class CellSeries:
             if value is None:
                 self.rejected["wrong type"] += 1
                 continue
-            name = self._admit(target, key, values)
+            name = metrics.metric_name(key)
             if name is None:
+                self.rejected["bad metric name"] += 1
                 continue
+            if name not in values and not target.has(name):
+                if room <= 0:
+                    self.rejected[f"metric names past {metrics.MAX_NAMES} per split"] += 1
+                    continue
+                room -= 1
             values[name] = value
             if not math.isfinite(value) and (split, name) not in self.first_non_finite:
                 self.first_non_finite[split, name] = step
         target.append(step, math.nan if time is None or not math.isfinite(time) else time, values)
         self.records += 1
-
-    def _admit(self, target: SplitSeries, key: str, pending: dict[str, float]) -> str | None:
-        """The canonical name a key's value is kept under, or None (counted) for a name that is not
-        a metric name or would pass the cap of distinct names per split (see metrics.MAX_NAMES)."""
-        if not isinstance(key, str) or not metrics.valid_name(key):
-            self.rejected["bad metric name"] += 1
-            return None
-        name = metrics.canonical(key)[1]
-        if name not in pending and not target.has(name) and target.width + len(pending) >= metrics.MAX_NAMES:
-            self.rejected[f"metric names past {metrics.MAX_NAMES} per split"] += 1
-            return None
-        return name
 
     def add_all(self, records: Iterable[Any]) -> None:
         for record in records:
