@@ -299,3 +299,37 @@ def test_any_event_file_reports(tmp_path_factory, capsys, records: list[bytes], 
     scalars, _ = tb.EventFileReader(cell / "events.out.tfevents.1700000000.host").poll()
     assert all(isinstance(v, float) for v in scalars.values.tolist())
     assert not any(math.isnan(s) for s in scalars.steps.astype(float).tolist())
+
+
+@st.composite
+def hostile_cells(draw: st.DrawFn) -> list[tuple[str, bytes]]:
+    """A folder's worth of cells, each one log of one kind: (relative file path, bytes)."""
+    cells = []
+    for index in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["jsonl", "state", "tb"]))
+        if kind == "jsonl":
+            data = b"\n".join(draw(st.lists(RAW_LINES, max_size=12))) + b"\n"
+            cells.append((f"dpo-r{index + 1}/metrics.jsonl", data))
+        elif kind == "state":
+            history = draw(st.one_of(st.lists(RECORDS, max_size=8), JSON_VALUES))
+            cells.append((f"simpo-r{index + 1}/trainer_state.json", json.dumps({"log_history": history}).encode()))
+        else:
+            data = record(file_version_event()) + b"".join(draw(st.lists(tb_records(), max_size=10)))
+            cells.append((f"orpo-r{index + 1}/events.out.tfevents.1700000000.host", data))
+    return cells
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cells=hostile_cells())
+def test_any_folder_of_hostile_logs_in_a_subprocess(tmp_path_factory, baseline_rss: int, cells) -> None:
+    """The whole command in its own process: exit 0, 2 or 3, no traceback, peak RSS bounded by the input."""
+    root = tmp_path_factory.mktemp("folder")
+    for name, data in cells:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    size = sum(len(data) for _, data in cells)
+    for args in (["report", "--format", "json"], ["status"]):
+        status, out, err, peak = run_cli(*args, str(root))
+        assert status in (0, 2, 3) and "Traceback" not in err, err
+        assert status == 2 or args[0] == "status" or strict_json(out)
+        assert peak - baseline_rss <= MB_PER_MB * size + (8 << 20)
