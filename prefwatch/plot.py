@@ -12,6 +12,7 @@ import numpy as np
 from prefwatch import metrics as m
 from prefwatch.analysis import CellAnalysis, GridAnalysis
 from prefwatch.diagnose import heldout_accuracy_series
+from prefwatch.textsafe import plain
 
 SEVERITY_COLOURS = {"error": "tab:red", "warn": "tab:orange", "info": "tab:blue"}
 
@@ -45,7 +46,8 @@ def save_plot(analysis: GridAnalysis, path: Path) -> None:
     for (row, col), ax in np.ndenumerate(np.array(axes, dtype=object)):
         if (row, col) not in placed:
             ax.set_visible(False)
-    figure.suptitle(f"{analysis.grid.name}: {analysis.verdict.headline}", fontsize=11)
+    # Names and objectives are data: no mathtext ("$...$" would be parsed, and fail), controls made visible.
+    figure.suptitle(plain(f"{analysis.grid.name}: {analysis.verdict.headline}"), fontsize=11, parse_math=False)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -74,7 +76,7 @@ def _draw_cell(ax, cell: CellAnalysis) -> None:  # noqa: ANN001 (a matplotlib Ax
         if finding.step is not None:
             ax.axvline(finding.step, color=SEVERITY_COLOURS[finding.severity], linewidth=1.2, alpha=0.8)
     kinds = ", ".join(sorted({f.kind for f in cell.diagnosis.findings})) or "no findings"
-    ax.set_title(f"{cell.source.id} ({cell.state}): {kinds}", fontsize=9)
+    ax.set_title(plain(f"{cell.source.id} ({cell.state}): {kinds}"), fontsize=9, parse_math=False)
     handles = ax.get_legend_handles_labels()[0] + accuracy_axis.get_legend_handles_labels()[0]
     ax.legend(handles=handles, fontsize=7, loc="upper left")
 

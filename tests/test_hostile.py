@@ -125,6 +125,17 @@ def test_objective_escapes_print_literally_in_the_headline(tmp_path: Path, capsy
     assert strict_json(out)["cells"][0]["objective"].startswith("dpo\x1b[2J")
 
 
+def test_mathtext_in_an_objective_is_drawn_literally(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("matplotlib")
+    grid = sample_grid(tmp_path)
+    for cell in grid.glob("cells/dpo-*/cell.json"):
+        data = json.loads(cell.read_text())
+        data["objective"] = "dpo$\\frac{$"  # matplotlib would parse it as mathtext, and fail
+        cell.write_text(json.dumps(data))
+    status, _ = report(capsys, "report", str(grid), "--plot", str(tmp_path / "curves.png"))
+    assert status in (0, 3) and (tmp_path / "curves.png").stat().st_size > 10_000
+
+
 def test_markup_in_a_run_dir_name_is_not_interpreted_in_errors(tmp_path: Path, capsys) -> None:
     strange = tmp_path / "[bold]x\x1b[31m"
     status = cli.main(["stop", str(strange)])
