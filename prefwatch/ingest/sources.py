@@ -91,6 +91,7 @@ class CellSource:
     metrics_path: Path | None = None
     trainer_state_dir: Path | None = None
     event_dir: Path | None = None  # TensorBoard event files in it or in its runs/*
+    tracker: Any = None  # a run in trackio's, MLflow's or W&B's store (ingest/trackers.py StoreReader)
     managed: bool = False  # started by prefwatch: has status.json and a supervisor
     handed_status: CellStatus | None = None  # a launched cell's state, handed in by the jobs layer
     record_error: str | None = None  # cell.json could not be read (one line naming the file and field)
@@ -118,17 +119,19 @@ class CellSource:
     def read_error(self) -> str | None:
         if self.record_error:
             return self.record_error
-        readers: list[TailReader | EventFileReader] = [*self._event_readers.values()]
+        readers: list[Any] = [*self._event_readers.values(), *([self.tracker] if self.tracker else [])]
         if self._metrics_reader is not None:
             readers.insert(0, self._metrics_reader)
         for reader in readers:
             if reader.error:
                 return reader.error
-            if reader.missing:
+            if getattr(reader, "missing", False):
                 return f"{reader.path}: deleted"
         return None
 
     def watched_paths(self) -> list[Path]:
+        if self.tracker is not None:
+            return list(dict.fromkeys([self.directory, *self.tracker.watched()]))
         if self.event_dir is None:
             return [self.directory]
         runs = self.event_dir / "runs"
@@ -137,7 +140,9 @@ class CellSource:
 
     def poll(self) -> bool:
         """Read what was appended since the last poll; True when anything changed."""
-        if self._metrics_reader:
+        if self.tracker is not None:
+            changed = self._poll_tracker()
+        elif self._metrics_reader:
             changed = self._poll_metrics()
         elif self.event_dir is not None:
             changed = self._poll_events()
@@ -217,6 +222,15 @@ class CellSource:
             changed |= bool(len(scalars) or scalars.rejected)
         return changed
 
+    def _poll_tracker(self) -> bool:
+        batch = self.tracker.poll()
+        if batch.restarted:
+            self._reset_series()
+        add_scalars(self.series, batch.scalars)
+        if batch.end:
+            self.series.end_record = {**(self.series.end_record or {}), **batch.end}
+        return bool(batch.restarted or len(batch.scalars) or batch.scalars.rejected or batch.end)
+
     def _poll_pairs(self) -> bool:
         assert self._pairs_reader is not None
         batch = self._pairs_reader.poll()
@@ -287,6 +301,8 @@ class CellSource:
         log = self.metrics_path or newest_trainer_state(self.trainer_state_dir or self.directory)
         if self.event_dir is not None:
             log = next(iter(reversed(event_files(self.event_dir))), log)
+        if self.tracker is not None:
+            log = self.tracker.path
         try:
             return log is not None and time.time() - log.stat().st_mtime < IDLE_AFTER_SECONDS
         except OSError:
@@ -344,6 +360,11 @@ def open_path(path: Path | str, labels: Labels | None = None) -> GridSource:
 def _open(path: Path) -> GridSource:
     if not path.exists():
         raise SourceError(f"{path}: no such file or folder")
+    from prefwatch.ingest.trackers import open_store  # lazy: SQLite, the W&B protobufs
+
+    store = open_store(path)
+    if store is not None:
+        return store
     if path.is_file():
         if path.name == TRAINER_STATE:
             return GridSource(path.parent.name, path.parent, [_trl_cell(path.parent)])
