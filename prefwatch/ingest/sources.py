@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from prefwatch import rundir
+from prefwatch import rundir, system
 from prefwatch.ingest.columnar import ColumnarDecoder, add_blocks
 from prefwatch.ingest.tail import TailReader, decode_line
 from prefwatch.ingest.tensorboard import EVENT_FILE_PREFIX, EventFileReader, add_scalars, event_files
@@ -88,6 +88,7 @@ class CellSource:
     series: CellSeries = field(default_factory=CellSeries)
     pairs: PairLog = field(default_factory=PairLog)
     data_stats: dict[str, Any] | None = None
+    system: system.SystemLog = field(default_factory=system.SystemLog)  # system.jsonl: CPU, memory, GPUs
     metrics_path: Path | None = None
     trainer_state_dir: Path | None = None
     event_dir: Path | None = None  # TensorBoard event files in it or in its runs/*
@@ -109,6 +110,7 @@ class CellSource:
             self._metrics_reader = TailReader(self.metrics_path)
         pairs_path = self.directory / rundir.EVAL_PAIRS_FILE
         self._pairs_reader = TailReader(pairs_path)
+        self._system_reader = TailReader(self.directory / system.SYSTEM_FILE)
 
     @property
     def max_steps(self) -> int | None:
@@ -150,6 +152,7 @@ class CellSource:
         else:
             changed = self._poll_trainer_state()
         changed |= self._poll_pairs()
+        changed |= self._poll_system()
         if self.data_stats is None and time.monotonic() - self._data_checked > 1.0:
             self._data_checked = time.monotonic()
             self.data_stats = rundir.read_json(self.directory / rundir.DATA_FILE)
@@ -245,6 +248,15 @@ class CellSource:
         if bad:
             self.series.rejected["bad eval_pairs line"] += bad
         return bool(batch.records or bad)
+
+    def _poll_system(self) -> bool:
+        batch = self._system_reader.poll()
+        if batch.restarted:
+            self.system = system.SystemLog()
+        for record in batch.records:
+            if not self.system.add(record):
+                self.series.rejected["bad system.jsonl line"] += 1
+        return bool(batch.records)
 
     def _poll_trainer_state(self, history: bool = True) -> bool:
         """Re-read the newest trainer_state.json when it changes; add only history not yet seen.

@@ -137,6 +137,8 @@ def _find(path: Path) -> tuple[str, Path, list[tuple[str, StoreRun]]] | None:
             return path.stem, path.parent, [(path.stem, run) for run in trackio.store_runs(path)]
         if mlflow.TABLES <= tables:
             return path.parent.name, path.parent, mlflow.sqlite_runs(path)
+        if is_sqlite(path):  # never read as JSON lines; perhaps a store whose tables are not made yet
+            raise SourceError(f"{path}: a SQLite database without trackio's or MLflow's tables (yet)")
         return None
     wandb_files = wandb.run_files(path)
     if wandb_files:
@@ -223,10 +225,9 @@ def connect_ro(path: Path) -> sqlite3.Connection:
 
 def sqlite_tables(path: Path) -> set[str]:
     """The tables of a SQLite file; empty for anything else (checked by its 16-byte header first)."""
+    if not is_sqlite(path):
+        return set()
     try:
-        with open(path, "rb") as f:
-            if f.read(16) != b"SQLite format 3\x00":
-                return set()
         connection = connect_ro(path)
         try:
             return {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -234,6 +235,16 @@ def sqlite_tables(path: Path) -> set[str]:
             connection.close()
     except (OSError, sqlite3.Error):
         return set()
+
+
+def is_sqlite(path: Path) -> bool:
+    """Whether a file starts with SQLite's 16-byte header (an empty file, just created, counts too)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return False
+    return head == b"SQLite format 3\x00" or (not head and path.suffix == ".db")
 
 
 class SqliteFollower:
@@ -261,7 +272,7 @@ class SqliteFollower:
             stat = self.path.stat()
             inode = (stat.st_dev, stat.st_ino)
             if self._connection is None or inode != self._inode:
-                restarted = self._inode is not None
+                restarted = self._inode is not None and inode != self._inode
                 self.close()
                 self._connection, self._inode = connect_ro(self.path), inode
             (top,) = self._connection.execute(f"SELECT max(rowid) FROM {table}").fetchone()
@@ -279,9 +290,11 @@ class SqliteFollower:
             self.error = None
         except OSError as exc:
             self.error = f"{self.path}: {exc.strerror or exc}"
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):  # a writer's commit: read at the next poll
+                self.error = f"{self.path}: {exc}"
         except sqlite3.Error as exc:
             self.error = f"{self.path}: {exc}"
-            self.close()
         return out, restarted
 
     def close(self) -> None:
