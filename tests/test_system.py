@@ -127,3 +127,21 @@ def _running():
 )
 def test_sizes(size, text):
     assert system._size(size) == text
+
+
+def test_monitor_panel_shows_the_system_line_while_running(tmp_path: Path, monkeypatch):
+    from prefwatch.tui.model import cell_view
+    from prefwatch.tui.widgets.cell_panel import status_line
+
+    cell = tmp_path / "dpo-r8"
+    cell.mkdir()
+    (cell / "metrics.jsonl").write_text(json.dumps({"loss": 0.5, "step": 1, "time": 1.0}) + "\n")
+    grid = open_path(cell)
+    grid.poll()
+    grid.cells[0].system = SystemLog([SystemSample(1.0, 9, 98.4, 412 << 20)])
+    finished = cell_view(analyse(grid).cells[0])
+    monkeypatch.setattr(type(grid.cells[0]), "status", lambda self, alive=None: _running())
+    running = cell_view(analyse(grid).cells[0])
+    assert "cpu 98% 412M" in status_line(running).plain
+    assert finished.system is None and "cpu" not in status_line(finished).plain
+    assert running.version != finished.version
