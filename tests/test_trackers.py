@@ -316,3 +316,29 @@ def _has_gpu() -> bool:
     from prefwatch.system import load_nvml
 
     return load_nvml() is not None
+
+
+def test_mlflow_sqlite_nan_and_keys_that_appear_later(tmp_path):
+    """Real MLflow writes (its client, in this process): NaN (stored as is_nan) and a key first logged
+    after the reader opened the store."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = client.create_run("0", run_name="simpo-r16").info.run_id
+
+    def log(step: int, **values: float) -> None:
+        metrics = [Metric(key.replace("__", "/"), v, 1_700_000_000_000 + step, step) for key, v in values.items()]
+        client.log_batch(run_id, metrics=metrics)
+
+    log(1, loss=0.5, rewards__chosen=1.0)
+    grid = _polled(open_path(tmp_path / "mlflow.db"))
+    log(2, loss=float("nan"), rewards__chosen=1.5)
+    log(2, eval_rewards__chosen=2.0)
+    assert grid.poll()
+    series = grid.cells[0].series
+    assert (grid.cells[0].objective, grid.cells[0].rank) == ("simpo", 16)
+    assert series.train.column("loss")[0] == 0.5 and np.isnan(series.train.column("loss")[1])
+    assert series.train.column(m.CHOSEN).tolist() == [1.0, 1.5]
+    assert series.eval.column(m.CHOSEN).tolist() == [2.0] and series.eval.steps.tolist() == [2]
+    assert series.first_non_finite[("train", "loss")] == 2

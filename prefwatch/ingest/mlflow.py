@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,11 +27,12 @@ import numpy as np
 
 from prefwatch.ingest.tail import TailReader
 from prefwatch.ingest.tensorboard import Scalars
-from prefwatch.ingest.trackers import Points, SqliteFollower, StoreBatch, StoreRun, connect_ro
+from prefwatch.ingest.trackers import SqliteFollower, StoreBatch, StoreRun, connect_ro, without_index_keys
 
 TABLES = frozenset({"runs", "metrics", "params"})
 _META = "meta.yaml"
-HOLD_SECONDS = 2.0  # a log's points are all written well within this
+HOLD_SECONDS = 2.0
+_UNKNOWN = 1 << 40  # the key id of a key not known yet  # a log's points are all written well within this
 
 
 # ---- SQLite --------------------------------------------------------------------------------------
@@ -55,17 +57,13 @@ def sqlite_runs(db: Path) -> list[tuple[str, StoreRun]]:
 
 
 class SqliteRunReader:
-    """One run's metric rows, in the order logged (rowid)."""
-
-    _QUERY = (
-        "SELECT rowid, key, value, timestamp, step, is_nan FROM metrics"
-        " WHERE rowid > ? AND run_uuid = ? ORDER BY rowid LIMIT ?"
-    )
+    """One run's metric rows, in the order logged (rowid), fetched as numbers: keys become ids in SQL."""
 
     def __init__(self, db: Path, run_uuid: str) -> None:
         self.path = db
         self._follower = SqliteFollower(db)
         self._run = run_uuid
+        self._keys: list[str] = []
 
     @property
     def error(self) -> str | None:
@@ -75,20 +73,51 @@ class SqliteRunReader:
         return [self.path.parent]
 
     def poll(self) -> StoreBatch:
-        rows, restarted = self._follower.rows("metrics", self._QUERY, (self._run,))
-        points = Points()
-        index = points.index
-        if rows:
-            _, keys, values, stamps, steps, is_nan = zip(*rows)
-            points.tag_ids = [index.setdefault(key, len(index)) for key in keys]
-            points.steps = list(steps)
-            points.walls = list(stamps)
-            points.values = list(values)
-        scalars = points.scalars()
-        if rows:
-            scalars.walls /= 1000.0
-            scalars.values[np.array(is_nan, dtype=bool)] = math.nan
-        return StoreBatch(scalars, restarted)
+        start = self._follower.last_rowid
+        if not self._keys:
+            self._keys = self._new_keys(start)
+        table, restarted = self._follower.numbers("metrics", self._query(), (*self._keys, self._run), 4)
+        if len(table) and (np.abs(table[:, 0]) >= _UNKNOWN).any():  # keys not seen before: learn, read again
+            self._follower.last_rowid = 0 if restarted else start
+            self._keys += self._new_keys(self._follower.last_rowid)
+            table, again = self._follower.numbers("metrics", self._query(), (*self._keys, self._run), 4)
+            restarted |= again
+        coded = table[:, 0]
+        nan = coded < 0
+        scalars = Scalars(tags=list(self._keys))
+        scalars.tag_ids = np.where(nan, -coded - 1, coded).astype(np.int64)
+        scalars.values = np.where(nan, math.nan, table[:, 1])
+        scalars.walls = table[:, 2] / 1000.0
+        scalars.steps = table[:, 3].astype(np.int64)
+        if len(scalars) and scalars.tag_ids.max() >= len(self._keys):  # still unknown (a vanished key)
+            keep = scalars.tag_ids < len(self._keys)
+            scalars.tag_ids, scalars.values = scalars.tag_ids[keep], scalars.values[keep]
+            scalars.walls, scalars.steps = scalars.walls[keep], scalars.steps[keep]
+        return StoreBatch(without_index_keys(scalars), restarted)
+
+    def _query(self) -> str:
+        """Four numbers a point: the key's index in self._keys (-index-1 when the value is NaN, _UNKNOWN
+        when the key is new), value, timestamp, step. Parameters: ?1 and ?2 the rowid window
+        (SqliteFollower.numbers), then the keys, then the run."""
+        n = len(self._keys)
+        case = " ".join(f"WHEN ?{i + 3} THEN {i}" for i in range(n))
+        key_id = f"(CASE key {case} ELSE {_UNKNOWN} END)" if n else str(_UNKNOWN)
+        return (
+            f"SELECT {key_id} * (1 - 2 * is_nan) - is_nan, value, timestamp, step FROM metrics"
+            f" WHERE rowid > ?1 AND rowid <= ?2 AND +run_uuid = ?{n + 3} ORDER BY rowid"
+        )
+
+    def _new_keys(self, after: int) -> list[str]:
+        query = "SELECT DISTINCT key FROM metrics WHERE rowid > ? AND +run_uuid = ?"
+        try:
+            connection = connect_ro(self.path)
+            try:
+                found = [row[0] for row in connection.execute(query, (after, self._run))]
+            finally:
+                connection.close()
+        except sqlite3.Error:
+            return []
+        return [key for key in found if key not in self._keys]
 
 
 # ---- the file store ------------------------------------------------------------------------------
@@ -205,7 +234,7 @@ class FileRunReader:
                 late = table[:, 0] >= newest
                 if late.any():
                     self._held[key], tables[key] = table[late], table[~late]
-        return StoreBatch(_merge(list(tables), list(tables.values()), rejected))
+        return StoreBatch(without_index_keys(_merge(list(tables), list(tables.values()), rejected)))
 
 
 def _metric_keys(folder: Path) -> list[str]:

@@ -21,6 +21,7 @@ Each reader lives in its own module and is imported only when its store is found
 
 from __future__ import annotations
 
+import itertools
 import re
 import sqlite3
 import urllib.parse
@@ -37,7 +38,7 @@ from prefwatch.ingest.sources import CellSource, GridSource, SourceError, guess_
 from prefwatch.ingest.tensorboard import Scalars
 
 # Keys a tracker logs beside TRL's metrics that index a row rather than measure anything.
-_INDEX_KEYS = frozenset({"train/global_step", "global_step", "train/epoch", "epoch"})
+_INDEX_KEYS = frozenset({"train/global_step", "global_step"})
 
 
 @dataclass
@@ -73,20 +74,33 @@ class Points:
         self.walls: list[float] = []
         self.values: list[float] = []
         self.rejected: Counter[str] = Counter()
-
-    def add(self, tag: str, step: int, wall: float, value: float) -> None:
-        self.tag_ids.append(self.index.setdefault(tag, len(self.index)))
-        self.steps.append(step)
-        self.walls.append(wall)
-        self.values.append(value)
+        self._tags: dict[str, int | None] = {}
 
     def add_row(self, row: Mapping[str, Any], step: int, wall: float) -> None:
-        """One logged dict: its numbers (booleans and text are not metrics), index keys left out."""
+        """One logged dict: its numbers (booleans and text are not metrics), index keys left out.
+
+        The inner loop of every tracker reader: a key's tag id (or None: not a metric) is looked up once.
+        """
+        tags, ids, values = self._tags, self.tag_ids, self.values
+        before = len(values)
         for key, value in row.items():
-            if key in _INDEX_KEYS or key.startswith("_") or key.startswith("system/"):
+            kind = type(value)
+            if kind is not float and kind is not int:  # bool, str, dict, None: not a point
                 continue
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.add(key, step, wall, float(value))
+            tag = tags.get(key, -1)
+            if tag == -1:
+                tag = tags[key] = self._tag_of(key)
+            if tag is not None:
+                ids.append(tag)
+                values.append(float(value))
+        added = len(values) - before
+        self.steps.extend([step] * added)
+        self.walls.extend([wall] * added)
+
+    def _tag_of(self, key: str) -> int | None:
+        if key in _INDEX_KEYS or key.startswith("_") or key.startswith("system/"):
+            return None
+        return self.index.setdefault(key, len(self.index))
 
     def scalars(self) -> Scalars:
         return Scalars(
@@ -97,6 +111,17 @@ class Points:
             values=np.array(self.values, dtype=float),
             rejected=self.rejected,
         )
+
+
+def without_index_keys(scalars: Scalars) -> Scalars:
+    """The points of ``scalars`` that measure something (for stores that log every key alike: MLflow)."""
+    drop = [i for i, tag in enumerate(scalars.tags) if tag in _INDEX_KEYS]
+    if not drop or not len(scalars):
+        return scalars
+    keep = ~np.isin(scalars.tag_ids, drop)
+    scalars.tag_ids, scalars.steps = scalars.tag_ids[keep], scalars.steps[keep]
+    scalars.walls, scalars.values = scalars.walls[keep], scalars.values[keep]
+    return scalars
 
 
 @dataclass
@@ -148,11 +173,10 @@ def _find(path: Path) -> tuple[str, Path, list[tuple[str, StoreRun]]] | None:
     databases = [p for p in sorted(path.glob("*.db")) if trackio.TABLES <= sqlite_tables(p)]
     if databases:
         return path.name, path, [(db.stem, run) for db in databases for run in trackio.store_runs(db)]
-    for inner in (path / "mlflow.db", path / "mlruns", path / "wandb"):
-        if inner.exists():
-            found = _find(inner)
-            if found is not None:
-                return path.name, path, found[2]
+    inside = [_find(p) for p in (path / "mlflow.db", path / "mlruns", path / "wandb") if p.exists()]
+    runs = [run for found in inside if found is not None for run in found[2]]
+    if runs:  # the folder a training script ran in: every store it holds
+        return path.name, path, runs
     return None
 
 
@@ -266,8 +290,40 @@ class SqliteFollower:
     def rows(self, table: str, query: str, params: tuple[Any, ...] = ()) -> tuple[list[tuple[Any, ...]], bool]:
         """New rows of ``query`` on ``table`` (its first column the rowid, filtered by ``rowid > ?``
         as its first parameter, ordered by rowid, ``LIMIT ?`` last), and whether the store restarted."""
-        restarted = False
         out: list[tuple[Any, ...]] = []
+
+        def read(top: int) -> None:
+            assert self._connection is not None
+            while True:
+                batch = self._connection.execute(query, (self.last_rowid, *params, self.BATCH)).fetchall()
+                out.extend(batch)
+                if batch:
+                    self.last_rowid = batch[-1][0]
+                if len(batch) < self.BATCH:
+                    return
+
+        return out, self._read(table, read)
+
+    def numbers(self, table: str, query: str, params: tuple[Any, ...], width: int) -> tuple[np.ndarray, bool]:
+        """New rows of a query of ``width`` numeric columns, as one float array made in C from the cursor
+        (at a million points a tuple per row costs more than the query). The query takes a window of
+        rowids: ``rowid > ?1 AND rowid <= ?2``, ordered by rowid; ``params`` follow from ?3."""
+        chunks: list[np.ndarray] = []
+
+        def read(top: int) -> None:
+            assert self._connection is not None
+            while self.last_rowid < top:
+                upto = min(top, self.last_rowid + self.BATCH)
+                cursor = self._connection.execute(query, (self.last_rowid, upto, *params))
+                chunks.append(np.fromiter(itertools.chain.from_iterable(cursor), dtype=float).reshape(-1, width))
+                self.last_rowid = upto
+
+        restarted = self._read(table, read)
+        return (np.concatenate(chunks) if chunks else np.empty((0, width))), restarted
+
+    def _read(self, table: str, read: Any) -> bool:
+        """Open (again) when needed, notice a restart, then ``read(max rowid)``; errors are kept in ``error``."""
+        restarted = False
         try:
             stat = self.path.stat()
             inode = (stat.st_dev, stat.st_ino)
@@ -280,13 +336,7 @@ class SqliteFollower:
                 restarted = True
             if restarted:
                 self.last_rowid = 0
-            while True:
-                batch = self._connection.execute(query, (self.last_rowid, *params, self.BATCH)).fetchall()
-                out += batch
-                if batch:
-                    self.last_rowid = batch[-1][0]
-                if len(batch) < self.BATCH:
-                    break
+            read(top or 0)
             self.error = None
         except OSError as exc:
             self.error = f"{self.path}: {exc.strerror or exc}"
@@ -295,7 +345,7 @@ class SqliteFollower:
                 self.error = f"{self.path}: {exc}"
         except sqlite3.Error as exc:
             self.error = f"{self.path}: {exc}"
-        return out, restarted
+        return restarted
 
     def close(self) -> None:
         if self._connection is not None:

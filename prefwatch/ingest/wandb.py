@@ -23,6 +23,8 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from prefwatch import metrics
 from prefwatch.ingest.sources import SourceError
 from prefwatch.ingest.trackers import Points, StoreBatch, StoreRun
@@ -33,11 +35,12 @@ _HEADER = 7
 _BLOCK = 32768
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 _SEEDS = [zlib.crc32(bytes([t])) for t in range(5)]
+_decoder = msgspec.json.Decoder()
 
 
 def run_files(path: Path) -> list[Path]:
-    """The ``run-*.wandb`` files of a run folder, of ``wandb/``, or of a folder holding ``wandb/``."""
-    for pattern in ("run-*.wandb", "*run-*/run-*.wandb", "wandb/*run-*/run-*.wandb"):
+    """The ``run-*.wandb`` files of a run folder, or of ``wandb/`` (its ``latest-run`` link left out)."""
+    for pattern in ("run-*.wandb", "*run-*/run-*.wandb"):
         found = sorted(p for p in path.glob(pattern) if p.is_file() and not p.parent.is_symlink())
         if found:
             return found
@@ -156,6 +159,26 @@ class Framing:
         return records
 
 
+def _decode_rows(rows: list[tuple[list[str], list[str]]], points: Points) -> list[dict[str, Any]]:
+    """The history rows as dicts, every value decoded in one JSON parse (item by item only when that fails)."""
+    values = [v for _, row_values in rows for v in row_values]
+    try:
+        decoded = _decoder.decode(("[" + ",".join(values) + "]").encode())
+    except msgspec.DecodeError:
+        decoded = []
+        for value in values:
+            try:
+                decoded.append(json.loads(value))  # NaN and Infinity, as Python's json writes them
+            except ValueError:
+                decoded.append(None)
+                points.rejected["bad W&B value"] += 1
+    out, at = [], 0
+    for keys, _ in rows:
+        out.append(dict(zip(keys, decoded[at : at + len(keys)])))
+        at += len(keys)
+    return out
+
+
 class _Restarted(Exception):
     """The file was replaced or truncated."""
 
@@ -190,6 +213,7 @@ class WandbReader:
         if self._framing.damaged > self._damaged:
             points.rejected["damaged W&B record"] += self._framing.damaged - self._damaged
             self._damaged = self._framing.damaged
+        rows: list[tuple[list[str], list[str]]] = []  # (keys, JSON values) of each history row
         for data in records:
             record = pb.Record()
             try:
@@ -199,20 +223,20 @@ class WandbReader:
                 continue
             kind = record.WhichOneof("record_type")
             if kind == "history":
-                row = _items(record.history.item)
-                step = row.get("train/global_step", row.get("_step"))
-                if not isinstance(step, (int, float)):
-                    points.rejected["W&B history row without a step"] += 1
-                    continue
-                wall = row.get("_timestamp")
-                points.add_row(row, int(step), float(wall) if isinstance(wall, (int, float)) else float("nan"))
-            elif kind == "summary":
-                values = _items(record.summary.update)
-                found = {
-                    k: float(v) for k, v in values.items() if k in metrics.END_KEYS and isinstance(v, (int, float))
-                }
+                items = record.history.item
+                rows.append(([i.key or "/".join(i.nested_key) for i in items], [i.value_json for i in items]))
+            elif kind == "summary":  # every log updates the summary: only the end values are looked at
+                wanted = [i for i in record.summary.update if i.key in metrics.END_KEYS]
+                found = {k: float(v) for k, v in _items(wanted).items() if isinstance(v, (int, float))}
                 if found:
                     end = {**(end or {}), **found}
+        for row in _decode_rows(rows, points):
+            step = row.get("train/global_step", row.get("_step"))
+            if not isinstance(step, (int, float)):
+                points.rejected["W&B history row without a step"] += 1
+                continue
+            wall = row.get("_timestamp")
+            points.add_row(row, int(step), float(wall) if isinstance(wall, (int, float)) else float("nan"))
         if end:
             self._end = {**(self._end or {}), **end}
         return StoreBatch(points.scalars(), end=self._end if end else None)
