@@ -23,30 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from prefwatch.ingest.sources import open_path
+sys.path.insert(0, str(Path(__file__).parent))
+from make_metrics import TRAIN_KEYS  # noqa: E402
 
-KEYS = [
-    "loss",
-    "grad_norm",
-    "learning_rate",
-    "rewards/chosen",
-    "rewards/rejected",
-    "rewards/accuracies",
-    "rewards/margins",
-    "logps/chosen",
-    "logps/rejected",
-    "logits/chosen",
-    "logits/rejected",
-    "entropy",
-    "num_tokens",
-    "mean_token_accuracy",
-    "epoch",
-    "nll_loss",
-    "log_odds_ratio",
-    "log_odds_chosen",
-    "aux_a",
-    "aux_b",
-]
+from prefwatch.ingest.sources import open_path  # noqa: E402
+
+KEYS = [*TRAIN_KEYS, "nll_loss", "log_odds_ratio"]  # 20 metrics a log
 EVAL_EVERY = 100
 T0 = 1.7e9
 

@@ -76,11 +76,17 @@ def store_run(path: Path) -> StoreRun:
     return StoreRun(name, WandbReader(path), config)
 
 
+def _nested(key: Any) -> str:
+    """W&B's nested key as one name (its history keys are one part: ``["train/loss"]``); indexing is
+    cheaper than joining the protobuf's repeated field, and this runs once per point."""
+    return key[0] if len(key) == 1 else "/".join(key)
+
+
 def _items(items: Any) -> dict[str, Any]:
     """``key`` (or ``nested_key`` joined by ``/``) -> decoded ``value_json`` of config, summary or history items."""
     out = {}
     for item in items:
-        key = item.key or "/".join(item.nested_key)
+        key = item.key or _nested(item.nested_key)
         try:
             out[key] = json.loads(item.value_json)
         except ValueError:
@@ -223,8 +229,8 @@ class WandbReader:
                 continue
             kind = record.WhichOneof("record_type")
             if kind == "history":
-                items = record.history.item
-                rows.append(([i.key or "/".join(i.nested_key) for i in items], [i.value_json for i in items]))
+                items = [(i.key, i.nested_key, i.value_json) for i in record.history.item]
+                rows.append(([k or _nested(n) for k, n, _ in items], [v for _, _, v in items]))
             elif kind == "summary":  # every log updates the summary: only the end values are looked at
                 wanted = [i for i in record.summary.update if i.key in metrics.END_KEYS]
                 found = {k: float(v) for k, v in _items(wanted).items() if isinstance(v, (int, float))}
