@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from prefwatch.decide import CellResult, Verdict, decide
-from prefwatch.diagnose import DEFAULT, Diagnosis, Thresholds, diagnose
+from prefwatch.diagnose import DEFAULT, WARN, Diagnosis, Finding, Thresholds, diagnose
 from prefwatch.ingest.sources import CellSource, GridSource
 from prefwatch.rundir import CellState, CellStatus
+from prefwatch.system import gpu_warnings
 
 
 @dataclass
@@ -86,6 +87,8 @@ def analyse(
             alive=status.state == CellState.RUNNING,
             t=thresholds,
         )
+        running = status.state == CellState.RUNNING
+        diagnosis.findings += [Finding(w.kind, WARN, w.message) for w in gpu_warnings(source.system, running)]
         cells.append(CellAnalysis(source, status, diagnosis))
     return GridAnalysis(grid, cells, decide([cell_result(c) for c in cells]))
 

@@ -299,6 +299,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from rich.text import Text
 
     from prefwatch import jobs
+    from prefwatch.system import gpu_warnings, system_line
     from prefwatch.textsafe import plain
 
     grid = _open(args)
@@ -308,13 +309,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     where = "Slurm" if grid.managed and jobs.backend_of(grid.root) == jobs.SLURM else None
     where = where or f"supervisor: {_supervisor_word(supervised, all_ended)}"
     table = Table(title=Text(f"{plain(grid.name)}  ({where})"))
-    for column in ("cell", "state", "step", "device", "pid/job", "last log"):
+    for column in ("cell", "state", "step", "device", "pid/job", "last log", "system"):
         table.add_column(column)
     now = time.time()
     for cell, status in zip(grid.cells, statuses):
         step = f"{cell.series.last_step}" + (f"/{cell.max_steps}" if cell.max_steps else "")
         last = cell.series.last_time
         age = f"{now - last:.0f} s ago" if last else "–"
+        running = status.state == jobs.RUNNING
+        notes = [w.message for w in gpu_warnings(cell.system, running)]
+        system = "; ".join([*filter(None, [system_line(cell.system.last) if running else None]), *notes]) or "–"
         table.add_row(
             *(
                 Text(plain(v))
@@ -325,6 +329,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                     status.record.device or "–",
                     str(status.record.job_id or status.record.pid or "–"),
                     age,
+                    system,
                 )
             )
         )

@@ -56,6 +56,8 @@ class Thresholds:
 DEFAULT = Thresholds()
 
 INFO, WARN, ERROR = "info", "warn", "error"
+# Findings about the data (brevity) and the machine (a GPU full or idle: prefwatch.system), not the run's health.
+NOT_RUN_HEALTH = frozenset({"brevity_bias", "gpu_memory", "gpu_idle"})
 HEALTH_KINDS = frozenset(
     {"non_finite", "reference_equals_policy", "likelihood_displacement", "saturation", "margin_inconsistent"}
 )
@@ -115,8 +117,8 @@ class Diagnosis:
 
     @property
     def clean(self) -> bool:
-        """No over-optimisation and no health finding above info."""
-        return not any(f.severity != INFO for f in self.findings if f.kind != "brevity_bias")
+        """No over-optimisation and no health finding above info (the data's and the machine's are not the run's)."""
+        return not any(f.severity != INFO for f in self.findings if f.kind not in NOT_RUN_HEALTH)
 
 
 # ---- Windows -----------------------------------------------------------------------------------

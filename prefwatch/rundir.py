@@ -11,13 +11,14 @@ A run directory is the contract between the launcher, the training jobs, the mon
         cell.json           the fully resolved settings of this cell (written by the launcher)
         metrics.jsonl       one TRL log dict per line, plus "step" and "time" (written by the job)
         eval_pairs.jsonl    one line per evaluation: step, pair ids, chosen and rejected rewards
+        system.jsonl        every 10 s: the job's CPU %, resident memory, its GPUs' load and memory (prefwatch.system)
         data.json           statistics of the cell's data, measured by the job at start (brevity check)
         status.json         a StatusRecord (below), written atomically under .status.lock
         stop.request        a requested stop: the cell never starts, and its end reads "stopped"
         job.sh              Slurm cells: the generated, quoted batch script
         stdout.log          the job's combined output
 
-Only the job writes metrics.jsonl, eval_pairs.jsonl and data.json. status.json is written here and
+Only the job writes metrics.jsonl, eval_pairs.jsonl, system.jsonl and data.json. status.json is written here and
 only here (``write_status``, ``update_status``), by the jobs layer, the supervisor and the job's own
 start and exit records (prefwatch.job). The monitor and the report read; they never write into a cell.
 """
@@ -44,6 +45,7 @@ CELL_FILE = "cell.json"
 METRICS_FILE = "metrics.jsonl"
 EVAL_PAIRS_FILE = "eval_pairs.jsonl"
 DATA_FILE = "data.json"
+SYSTEM_FILE = "system.jsonl"
 STATUS_FILE = "status.json"
 STDOUT_FILE = "stdout.log"
 CHECKPOINTS_DIR = "checkpoints"

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from prefwatch import metrics, rundir
+from prefwatch import metrics, rundir, system
 from prefwatch.ingest.columnar import ColumnarDecoder, add_blocks
 from prefwatch.ingest.tail import TailReader, decode_line
 from prefwatch.ingest.tensorboard import EVENT_FILE_PREFIX, EventFileReader, add_scalars, event_files
@@ -90,9 +90,11 @@ class CellSource:
     series: CellSeries = field(default_factory=CellSeries)
     pairs: PairLog = field(default_factory=PairLog)
     data_stats: dict[str, Any] | None = None
+    system: system.SystemLog = field(default_factory=system.SystemLog)  # system.jsonl: CPU, memory, GPUs
     metrics_path: Path | None = None
     trainer_state_dir: Path | None = None
     event_dir: Path | None = None  # TensorBoard event files in it or in its runs/*
+    tracker: Any = None  # a run in trackio's, MLflow's or W&B's store (ingest/trackers.py StoreReader)
     managed: bool = False  # started by prefwatch: has status.json and a supervisor
     handed_status: CellStatus | None = None  # a launched cell's state, handed in by the jobs layer
     record_error: str | None = None  # cell.json could not be read (one line naming the file and field)
@@ -110,6 +112,7 @@ class CellSource:
             self._metrics_reader = TailReader(self.metrics_path)
         pairs_path = self.directory / rundir.EVAL_PAIRS_FILE
         self._pairs_reader = TailReader(pairs_path)
+        self._system_reader = TailReader(self.directory / system.SYSTEM_FILE)
 
     @property
     def max_steps(self) -> int | None:
@@ -121,17 +124,19 @@ class CellSource:
     def read_error(self) -> str | None:
         if self.record_error:
             return self.record_error
-        readers: list[TailReader | EventFileReader] = [*self._event_readers.values()]
+        readers: list[Any] = [*self._event_readers.values(), *([self.tracker] if self.tracker else [])]
         if self._metrics_reader is not None:
             readers.insert(0, self._metrics_reader)
         for reader in readers:
             if reader.error:
                 return reader.error
-            if reader.missing:
+            if getattr(reader, "missing", False):
                 return f"{reader.path}: deleted"
         return None
 
     def watched_paths(self) -> list[Path]:
+        if self.tracker is not None:
+            return list(dict.fromkeys([self.directory, *self.tracker.watched()]))
         if self.event_dir is None:
             return [self.directory]
         runs = self.event_dir / "runs"
@@ -140,7 +145,9 @@ class CellSource:
 
     def poll(self) -> bool:
         """Read what was appended since the last poll; True when anything changed."""
-        if self._metrics_reader:
+        if self.tracker is not None:
+            changed = self._poll_tracker()
+        elif self._metrics_reader:
             changed = self._poll_metrics()
         elif self.event_dir is not None:
             changed = self._poll_events()
@@ -148,6 +155,7 @@ class CellSource:
         else:
             changed = self._poll_trainer_state()
         changed |= self._poll_pairs()
+        changed |= self._poll_system()
         if self.data_stats is None and time.monotonic() - self._data_checked > 1.0:
             self._data_checked = time.monotonic()
             self.data_stats = rundir.read_json(self.directory / rundir.DATA_FILE)
@@ -220,6 +228,15 @@ class CellSource:
             changed |= bool(len(scalars) or scalars.rejected)
         return changed
 
+    def _poll_tracker(self) -> bool:
+        batch = self.tracker.poll()
+        if batch.restarted:
+            self._reset_series()
+        add_scalars(self.series, batch.scalars)
+        if batch.end:
+            self.series.end_record = {**(self.series.end_record or {}), **batch.end}
+        return bool(batch.restarted or len(batch.scalars) or batch.scalars.rejected or batch.end)
+
     def _poll_pairs(self) -> bool:
         assert self._pairs_reader is not None
         batch = self._pairs_reader.poll()
@@ -234,6 +251,15 @@ class CellSource:
         if bad:
             self.series.rejected["bad eval_pairs line"] += bad
         return bool(batch.records or bad)
+
+    def _poll_system(self) -> bool:
+        batch = self._system_reader.poll()
+        if batch.restarted:
+            self.system = system.SystemLog()
+        for record in batch.records:
+            if not self.system.add(record):
+                self.series.rejected["bad system.jsonl line"] += 1
+        return bool(batch.records)
 
     def _poll_trainer_state(self, history: bool = True) -> bool:
         """Re-read the newest trainer_state.json when it changes; add only history not yet seen.
@@ -290,6 +316,8 @@ class CellSource:
         log = self.metrics_path or newest_trainer_state(self.trainer_state_dir or self.directory)
         if self.event_dir is not None:
             log = next(iter(reversed(event_files(self.event_dir))), log)
+        if self.tracker is not None:
+            log = self.tracker.path
         try:
             return log is not None and time.time() - log.stat().st_mtime < IDLE_AFTER_SECONDS
         except OSError:
@@ -347,6 +375,11 @@ def open_path(path: Path | str, labels: Labels | None = None) -> GridSource:
 def _open(path: Path) -> GridSource:
     if not path.exists():
         raise SourceError(f"{path}: no such file or folder")
+    from prefwatch.ingest.trackers import open_store  # lazy: SQLite, the W&B protobufs
+
+    store = open_store(path)
+    if store is not None:
+        return store
     if path.is_file():
         if path.name == TRAINER_STATE:
             return GridSource(path.parent.name, path.parent, [_trl_cell(path.parent)])

@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 
 from prefwatch.backend import job_environment
+from prefwatch.rundir import SYSTEM_FILE
 from prefwatch.train.cell import CellError, load_cell
 from prefwatch.train.data import DataError
 
@@ -25,9 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cell = load_cell(args.cell)
         set_environment(cell)
+        from prefwatch.system import Recorder
         from prefwatch.train.run import run  # after set_environment: torch reads thread settings at import
 
-        run(cell, args.cell.parent, resume=args.resume)
+        interval = float(os.environ.get("PREFWATCH_SYSTEM_INTERVAL", "10"))  # tests sample faster
+        with Recorder(args.cell.parent / SYSTEM_FILE, interval):  # system.jsonl: CPU, memory, GPUs
+            run(cell, args.cell.parent, resume=args.resume)
     except (CellError, DataError) as e:
         return fail(str(e), status=2)
     except Exception as e:

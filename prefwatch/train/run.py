@@ -144,7 +144,8 @@ def training_args(cell, cell_dir: Path, dtype: torch.dtype) -> dict[str, Any]:
         max_length=cell["data"]["max_length"],
         bf16=dtype == torch.bfloat16,  # TRL turns bf16 on when unset, even on a CPU
         fp16=dtype == torch.float16,
-        report_to="none",
+        report_to=train.get("report_to", "none"),  # cell.json may add trackers: "trackio", "mlflow", "wandb"
+        run_name=cell["id"],  # the trackers' run name: prefwatch reads the cell's labels back from it
         disable_tqdm=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),

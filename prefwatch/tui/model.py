@@ -21,6 +21,7 @@ from prefwatch import jobs
 from prefwatch import metrics as m
 from prefwatch.analysis import CellAnalysis, GridAnalysis
 from prefwatch.diagnose import ERROR, WARN, heldout_accuracy_series, heldout_margin_series
+from prefwatch.system import system_line
 
 # The curves of a cell panel, in display order: key, label.
 PANEL_CURVES: tuple[tuple[str, str], ...] = (
@@ -78,6 +79,7 @@ class CellView:
     # Every metric the cell logged, by name, then split ("train", "eval"): the cell screen's picker.
     metrics: dict[str, dict[str, Curve]] = field(default_factory=dict)
     peak_step: int | None = None  # where held-out accuracy peaked (the diagnosis' smoothed peak)
+    system: str | None = None  # the job's CPU, memory and GPUs at its last sample, while it runs
 
     @property
     def severity(self) -> str | None:
@@ -158,6 +160,7 @@ def cell_view(cell: CellAnalysis) -> CellView:
     findings = tuple(FindingView(f.severity, f.message, f.step, f.kind) for f in cell.diagnosis.findings)
     curves = cell_curves(cell)
     rejected = sum(series.rejected.values())
+    system_text = system_line(source.system.last) if state in (jobs.RUNNING, "stalled") else None
     version = (
         series.records,
         series.train.segments,
@@ -168,6 +171,7 @@ def cell_view(cell: CellAnalysis) -> CellView:
         findings,
         source.read_error,
         rejected,
+        system_text,
     )
     return CellView(
         id=source.id,
@@ -188,6 +192,7 @@ def cell_view(cell: CellAnalysis) -> CellView:
         version=version,
         metrics=metric_curves(cell, curves["heldout_accuracy"]),
         peak_step=cell.diagnosis.review.peak_heldout_step,
+        system=system_text,
     )
 
 

@@ -101,6 +101,7 @@ def cut_cell(cell: CellSource, until: float, last_time: float | None) -> ReplayC
         series=series,
         pairs=pairs,
         data_stats=cell.data_stats,
+        system=cell.system.until(until),
         managed=False,
         ended=ended,
         final_status=final,

@@ -242,4 +242,6 @@ def status_line(cell: CellView) -> Content:
     if cell.rejected:
         lines = "line" if cell.rejected == 1 else "lines"
         parts.append(literal(f"  {cell.rejected} bad {lines}", "$text-warning"))
+    if cell.system:
+        parts.append(literal(f"  {cell.system}", "$text-muted"))
     return Content("").join(parts)
