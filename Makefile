@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN = $(VENV)/bin
 
-.PHONY: demo test golden venv clean-runs sample-runs check-light slurm-deps
+.PHONY: demo test golden mutation venv clean-runs sample-runs check-light slurm-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,12 +24,16 @@ test: venv
 	$(BIN)/ruff check prefwatch tests bench
 	$(BIN)/ruff format --check prefwatch tests bench
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --cov --cov-report=term
 
 # Regenerate the monitor's golden screens (tests/__snapshots__/test_golden/*.svg) after a deliberate
 # visual change; open the SVGs in a browser, look at them, and commit them with the change.
 golden: venv
 	$(BIN)/python -m pytest tests/test_golden.py --snapshot-update -q
+
+# Mutation score of the core, module by module against its fast unit tests (mutmut; not in CI).
+mutation: venv
+	$(BIN)/python scripts/mutation.py
 
 # The Slurm tests (tests/test_slurm.py) start a one-node cluster on this machine from Debian's packages;
 # installed here when missing (as root, with apt-get; the package index is refreshed only if needed).
