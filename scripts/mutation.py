@@ -26,7 +26,12 @@ ROOT = Path(__file__).resolve().parent.parent
 # module -> its fast unit tests (in-process; no training, no monitor, no Slurm)
 MODULES: dict[str, list[str]] = {
     "prefwatch/decide.py": ["tests/test_decide.py", "tests/test_decide_edges.py", "tests/test_verdicts_pinned.py"],
-    "prefwatch/diagnose.py": ["tests/test_diagnose.py", "tests/test_decide.py", "tests/test_verdicts_pinned.py"],
+    "prefwatch/diagnose.py": [
+        "tests/test_diagnose.py",
+        "tests/test_diagnose_pinned.py",
+        "tests/test_decide.py",
+        "tests/test_verdicts_pinned.py",
+    ],
     "prefwatch/grid.py": ["tests/test_grid.py"],
     "prefwatch/analysis.py": ["tests/test_verdicts_pinned.py", "tests/test_report.py"],
     "prefwatch/ingest/tail.py": ["tests/test_ingest.py"],
@@ -70,7 +75,9 @@ def run_module(module: str, tests: list[str], children: int, keep: Path | None) 
             match = re.match(r"\s*\S+: (\w[\w ]*)$", line)
             if match:
                 counts[match.group(1)] = counts.get(match.group(1), 0) + 1
-        survivors = [line.split(":")[0].strip() for line in results.splitlines() if line.endswith(": survived")]
+        survivors = [
+            line.split(":")[0].strip() for line in results.splitlines() if line.endswith((": survived", ": no tests"))
+        ]
         if keep is not None:
             (keep / (module.replace("/", "_") + ".survivors.txt")).write_text("\n".join(survivors) + "\n")
             for name in survivors:
@@ -97,7 +104,7 @@ def main() -> int:
     for module in modules:
         counts = run_module(module, MODULES[module], args.children, args.keep)
         killed = counts.get("killed", 0) + counts.get("timeout", 0) + counts.get("segfault", 0)
-        survived = counts.get("survived", 0)
+        survived = counts.get("survived", 0) + counts.get("no tests", 0)  # a mutant no test runs lives too
         other = sum(counts.values()) - killed - survived
         score = killed / max(1, killed + survived)
         target = TARGETS.get(Path(module).name, 0.8)

@@ -1,0 +1,215 @@
+"""Each finding's full message, step and severity pinned, and each threshold tried on both sides of
+its boundary. The numbers were worked out by hand from the TRL-shaped runs of test_diagnose.run
+(margin 0.01 * step, held-out accuracy per evaluation, one row a second from t = 1001)."""
+
+from __future__ import annotations
+
+import math
+
+from test_diagnose import peaked, run
+
+from prefwatch.diagnose import Diagnosis, Finding, Review, brevity_summary, diagnose
+from prefwatch.series import CellSeries
+
+LN2 = math.log(2)
+
+
+def only(series: CellSeries, kind: str, **kwargs) -> Finding | None:
+    found = [f for f in diagnose(series, **kwargs).findings if f.kind == kind]
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+def unfinished(steps: int = 20) -> CellSeries:
+    """A train log of ``steps`` rows, one a second from t = 1001, with no end record."""
+    series = CellSeries()
+    for s in range(1, steps + 1):
+        series.add({"loss": 0.5, "rewards/margins": 0.1, "step": s, "time": 1000.0 + s})
+    return series
+
+
+def test_non_finite_message() -> None:
+    # grad_norm NaN from step 60: the last finite train step is 59.
+    finding = only(run(extra=lambda s: {"grad_norm": math.nan} if s >= 60 else {}), "non_finite")
+    assert finding == Finding(
+        "non_finite", "error", "grad_norm is NaN or infinite from step 60; last finite step 59", 60
+    )
+    # a held-out loss of NaN at step 10 (train finite): said to be held-out; last finite train step 9.
+    series = unfinished()
+    series.add({"eval_loss": math.nan, "eval_rewards/accuracies": 0.5, "step": 10, "time": 1010.5})
+    finding = only(series, "non_finite")
+    assert finding == Finding(
+        "non_finite", "error", "held-out loss is NaN or infinite from step 10; last finite step 9", 10
+    )
+    # a NaN in a metric nobody watches (learning_rate) is no finding
+    assert only(run(extra=lambda s: {"learning_rate": math.nan}), "non_finite") is None
+
+
+def test_reference_equals_policy_message_and_its_two_thresholds() -> None:
+    finding = only(run(margin=lambda s: 0.0, loss=lambda s: LN2), "reference_equals_policy")
+    assert finding == Finding(
+        "reference_equals_policy",
+        "error",
+        "rewards are exactly 0 and loss is ln 2 in 100 of 100 train rows: the policy equals the reference "
+        "(is the adapter trained, or the reference the adapted model?)",
+        1,
+    )
+
+    def stuck(first: int, steps: int) -> CellSeries:
+        return run(
+            steps=steps, margin=lambda s: 0.0 if s <= first else 0.01 * s, loss=lambda s: LN2 if s <= first else 0.5
+        )
+
+    # 5 of 10 rows: at least reference_rows (5) and at least half: fires, from step 1.
+    assert only(stuck(5, 10), "reference_equals_policy").message.startswith(
+        "rewards are exactly 0 and loss is ln 2 in 5 of 10 "
+    )
+    assert only(stuck(4, 8), "reference_equals_policy") is None  # 4 rows: too few, though half
+    assert only(stuck(5, 11), "reference_equals_policy") is None  # 5 of 11: less than half
+    # a loss 0.001 away from ln 2 is not ln 2
+    assert only(run(margin=lambda s: 0.0, loss=lambda s: LN2 + 0.0011), "reference_equals_policy") is None
+
+
+def test_overoptimization_message() -> None:
+    # Peak at step 30 (accuracy 0.80). Margin at the peak: the later half of steps 1..30, mean of
+    # 0.16..0.30 = 0.23; now: the later half of steps 31..100, mean of 0.66..1.00 = 0.83. The last three
+    # evaluations: 0.65, 0.62, 0.59 -> 0.62.
+    finding = only(run(accuracy=peaked), "overoptimization")
+    assert finding == Finding(
+        "overoptimization",
+        "warn",
+        "train margin rose 0.23 -> 0.83 after step 30 while held-out accuracy peaked there at 0.80 and "
+        "averages 0.62 over the last 3 evaluations",
+        30,
+    )
+
+
+def test_overoptimization_needs_three_evaluations_after_the_peak() -> None:
+    # Evaluations every 10 steps. Peak at step 70: 3 evaluations after it (80, 90, 100): fires; peak at
+    # 80: only 2 after: does not.
+    def peak_at(step: int):
+        return lambda s: 0.5 + 0.01 * s if s <= step else 0.5 + 0.01 * step - 0.05 * (s - step) / 10
+
+    assert only(run(accuracy=peak_at(70)), "overoptimization").step == 70
+    assert only(run(accuracy=peak_at(80)), "overoptimization") is None
+
+
+def test_likelihood_displacement_message() -> None:
+    # chosen -50 - 0.1 s: halves average -52.55 and -57.55 (a 5-nat drop); rejected -60 - 0.2 s: -65.1
+    # and -75.1; the margin rises. The smoothed chosen log-prob is highest at step 1.
+    falling = run(chosen_logp=lambda s: -50 - 0.1 * s, rejected_logp=lambda s: -60 - 0.2 * s)
+    finding = only(falling, "likelihood_displacement")
+    assert finding == Finding(
+        "likelihood_displacement",
+        "warn",
+        "chosen log-prob fell -52.5 -> -57.5 (rejected -65.1 -> -75.1) while the margin rose: both answers "
+        "lose probability, which may move to unwanted answers",
+        1,
+    )
+    # the same fall with a margin that falls too is no finding
+    assert (
+        only(
+            falling
+            if False
+            else run(
+                chosen_logp=lambda s: -50 - 0.1 * s,
+                rejected_logp=lambda s: -60 - 0.2 * s,
+                margin=lambda s: 1.0 - 0.005 * s,
+            ),
+            "likelihood_displacement",
+        )
+        is None
+    )
+    # a drop under 1 nat is no finding (-50 - 0.01 s: 0.5 nat between halves)
+    assert (
+        only(
+            run(chosen_logp=lambda s: -50 - 0.01 * s, rejected_logp=lambda s: -60 - 0.2 * s), "likelihood_displacement"
+        )
+        is None
+    )
+
+
+def test_saturation_message_and_boundaries() -> None:
+    finding = only(run(loss=lambda s: 0.001, train_accuracy=lambda s: 1.0), "saturation")
+    assert finding == Finding(
+        "saturation",
+        "warn",
+        "train loss 0.001 with every train batch ranked right: nothing left to learn from these pairs",
+        1,
+    )
+    # the late window is the last quarter (steps 76..100): a loss under 0.01 from step 76 saturates
+    # there; from step 80 the window still averages (4 x 0.5 + 21 x 0.002) / 25 = 0.08: no finding
+    late = only(run(loss=lambda s: 0.5 if s < 76 else 0.002, train_accuracy=lambda s: 1.0), "saturation")
+    assert late is not None and late.step == 76
+    assert only(run(loss=lambda s: 0.5 if s < 80 else 0.002, train_accuracy=lambda s: 1.0), "saturation") is None
+    assert only(run(loss=lambda s: 0.01, train_accuracy=lambda s: 1.0), "saturation") is None  # not below 0.01
+    assert only(run(loss=lambda s: 0.001, train_accuracy=lambda s: 0.999), "saturation") is None
+
+
+def test_margin_inconsistent_message_and_tolerance() -> None:
+    finding = only(run(extra=lambda s: {"rewards/margins": 5.0}), "margin_inconsistent")
+    assert finding == Finding(
+        "margin_inconsistent",
+        "warn",
+        "train rewards/margins differs from chosen - rejected in 100 of 100 rows: an aggregation bug in the logger?",
+        1,
+    )
+    # more than a tenth of the rows must be off: 11 of 100 fire (from step 5), 10 do not
+    eleven = only(run(extra=lambda s: {"rewards/margins": 5.0} if 5 <= s < 16 else {}), "margin_inconsistent")
+    assert eleven is not None and eleven.step == 5 and "in 11 of 100 rows" in eleven.message
+    assert only(run(extra=lambda s: {"rewards/margins": 5.0} if 5 <= s < 15 else {}), "margin_inconsistent") is None
+    # 1 % off (tolerance 2 % of |chosen| + |rejected|) is not off; 3 % is
+    assert only(run(extra=lambda s: {"rewards/margins": 0.01 * s * 1.01}), "margin_inconsistent") is None
+    assert only(run(extra=lambda s: {"rewards/margins": 0.01 * s * 1.03}), "margin_inconsistent") is not None
+
+
+def test_brevity_messages() -> None:
+    stats = {"train": {"chosen_shorter_share": 0.7, "mean_chosen_tokens": 30, "mean_rejected_tokens": 40}}
+    head = "chosen answers are shorter than rejected ones in 70% of train pairs (mean 30 vs 40 tokens): "
+    assert only(run(), "brevity_bias", data_stats=stats, objective="dpo") == Finding(
+        "brevity_bias",
+        "info",
+        head + "a summed-log-prob reward can learn 'shorter wins'; SimPO's length-normalised reward is the remedy",
+    )
+    assert only(run(), "brevity_bias", data_stats=stats, objective="simpo").message.endswith(
+        "this cell's length-normalised reward already addresses it"
+    )
+    at_threshold = {"train": {"chosen_shorter_share": 0.6}}
+    assert only(run(), "brevity_bias", data_stats=at_threshold).message.startswith(
+        "chosen answers are shorter than rejected ones in 60% of train pairs: "
+    )
+    assert only(run(), "brevity_bias", data_stats={"train": {"chosen_shorter_share": 0.59}}) is None
+    assert brevity_summary(stats) == (
+        "chosen answers are shorter than rejected ones in 70% of train pairs (mean 30.0 vs 40.0 tokens): "
+        "consistently shorter: brevity bias, SimPO's length-normalised reward addresses it"
+    )
+    assert brevity_summary({"train": {"chosen_shorter_share": 0.4}}) == (
+        "chosen answers are shorter than rejected ones in 40% of train pairs: not consistently shorter "
+        "(the check needs 60%)"
+    )
+    assert brevity_summary(None) is None and brevity_summary({"train": {}}) is None
+
+
+def test_stalled_message_and_threshold() -> None:
+    # rows every second up to t = 1020; the threshold is max(5 x 1 s, 60 s) = 60 s of silence
+    series = unfinished()
+    finding = only(series, "stalled", now=1020.0 + 600, alive=True)
+    assert finding == Finding(
+        "stalled", "warn", "no new log line for 600 s (usually every 1 s) while the job is alive", 20
+    )
+    assert only(series, "stalled", now=1020.0 + 60, alive=True) is not None
+    assert only(series, "stalled", now=1020.0 + 59, alive=True) is None
+    assert only(unfinished(2), "stalled", now=1002.0 + 600, alive=True) is None  # too few rows to know the pace
+
+
+def test_diagnosis_summaries_and_json() -> None:
+    findings = [Finding("brevity_bias", "info", "m"), Finding("saturation", "warn", "m", 3)]
+    diagnosis = Diagnosis(Review(train_margin_late=math.inf, heldout_pairs_won=3), findings)
+    assert diagnosis.worst == "warn" and not diagnosis.clean and diagnosis.has("saturation", "x")
+    assert not diagnosis.has("stalled")
+    assert Diagnosis(Review(), [findings[0]]).clean  # info (brevity) is not trouble
+    assert Diagnosis(Review(), []).worst is None
+    assert Diagnosis(Review(), [Finding("non_finite", "error", "m"), findings[1]]).worst == "error"
+    as_json = diagnosis.review.to_json()
+    assert as_json["train_margin_late"] is None and as_json["heldout_pairs_won"] == 3  # inf is not JSON
+    assert findings[1].to_json() == {"kind": "saturation", "severity": "warn", "message": "m", "step": 3}
