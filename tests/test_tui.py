@@ -124,7 +124,7 @@ def app_for(path: Path, mode: str = "replay", **kwargs) -> MonitorApp:
     return MonitorApp(open_path(path), mode=mode, **kwargs)
 
 
-async def wait_for(pilot, condition, timeout: float = 10.0) -> None:
+async def wait_for(pilot, condition, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
