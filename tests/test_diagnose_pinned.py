@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from test_diagnose import peaked, run
 
-from prefwatch.diagnose import Diagnosis, Finding, Review, brevity_summary, diagnose
+from prefwatch.diagnose import Diagnosis, Finding, Review, brevity_summary, diagnose, review
+from prefwatch.ingest.sources import PairLog
 from prefwatch.series import CellSeries
 
 LN2 = math.log(2)
@@ -213,3 +215,66 @@ def test_diagnosis_summaries_and_json() -> None:
     as_json = diagnosis.review.to_json()
     assert as_json["train_margin_late"] is None and as_json["heldout_pairs_won"] == 3  # inf is not JSON
     assert findings[1].to_json() == {"kind": "saturation", "severity": "warn", "message": "m", "step": 3}
+
+
+def test_the_review_of_a_run() -> None:
+    # margins 0.01 s over steps 1..100: halves average 0.255 and 0.755; the last quarter (76..100) of
+    # chosen = margin / 2 averages 0.44; held-out: margin 0.2 at every evaluation, accuracy 0.5 + s / 500
+    # rising to 0.70 at step 100 (its peak); 10 evaluations; no spike.
+    r = review(run(), heldout_pairs=50)
+    assert r.train_margin_early == pytest.approx(0.255) and r.train_margin_late == pytest.approx(0.755)
+    assert r.late_chosen == pytest.approx(0.44) and r.late_rejected == pytest.approx(-0.44)
+    assert r.heldout_margin == pytest.approx(0.2) and r.heldout_accuracy == pytest.approx(0.7)
+    assert (r.peak_heldout_accuracy, r.peak_heldout_step) == (pytest.approx(0.7), 100)
+    assert (r.evaluations, r.loss_spikes) == (10, 0)
+    assert (r.heldout_pairs_won, r.heldout_pairs, r.heldout_pairs_source) == (35, 50, "given")
+    # one train row: no early half; the late margin is that row's
+    one = review(unfinished(1))
+    assert one.train_margin_early is None and one.train_margin_late == pytest.approx(0.1)
+    assert (one.heldout_accuracy, one.heldout_pairs_won, one.evaluations) == (None, None, 0)
+
+
+def test_where_the_held_out_size_comes_from() -> None:
+    # per-pair results beat everything; --heldout-pairs beats data.json; data.json beats the estimate
+    # from eval_samples_per_second x eval_runtime (here 12.5 x 8 = 100); accuracy 0.7 at the end.
+    series = unfinished()
+    for s, accuracy in ((10, 0.6), (20, 0.7)):
+        row = {"eval_rewards/accuracies": accuracy, "eval_runtime": 8.0, "eval_samples_per_second": 12.5}
+        series.add({**row, "eval_rewards/margins": 0.3, "step": s, "time": 1000.0 + s + 0.5})
+    stats = {"heldout_pairs": 40}
+    estimated = review(series)
+    assert (estimated.heldout_pairs_won, estimated.heldout_pairs, estimated.heldout_pairs_source) == (
+        70,
+        100,
+        "estimated",
+    )
+    from_data = review(series, data_stats=stats)
+    assert (from_data.heldout_pairs_won, from_data.heldout_pairs, from_data.heldout_pairs_source) == (
+        28,
+        40,
+        "data.json",
+    )
+    given = review(series, heldout_pairs=20, data_stats=stats)
+    assert (given.heldout_pairs_won, given.heldout_pairs, given.heldout_pairs_source) == (14, 20, "given")
+    pairs = PairLog()
+    pairs.add({"step": 100, "chosen": [1.0, 1.0, -1.0], "rejected": [0.0, 0.0, 0.0]})
+    per_pair = review(series, pairs, heldout_pairs=20, data_stats=stats)
+    assert (per_pair.heldout_pairs_won, per_pair.heldout_pairs, per_pair.heldout_pairs_source) == (2, 3, "per-pair")
+    assert per_pair.heldout_accuracy == pytest.approx(2 / 3) and per_pair.heldout_margin == pytest.approx(1 / 3)
+    # a size but no evaluation yet: the size is known, the pairs won are not
+    no_eval = review(unfinished(), heldout_pairs=20)
+    assert (no_eval.heldout_pairs_won, no_eval.heldout_pairs, no_eval.heldout_pairs_source) == (None, 20, "given")
+    assert review(unfinished(), data_stats={"heldout_pairs": "many"}).heldout_pairs is None
+
+
+def test_loss_spikes_against_the_block_before() -> None:
+    # loss alternating 0.5 / 0.6 (median 0.55, MAD 0.05, scale 0.074): a row counts as a spike above
+    # 0.55 + 10 x 0.074 = 1.29 in blocks of 20 after the first. 1.4 counts, 1.2 does not, one in the
+    # first block has nothing before it.
+    def loss(spikes: dict[int, float]) -> CellSeries:
+        return run(loss=lambda s: spikes.get(s, 0.5 if s % 2 else 0.6))
+
+    assert review(loss({30: 1.4, 50: 1.4, 90: 1.4})).loss_spikes == 3
+    assert review(loss({30: 1.2, 50: 1.2})).loss_spikes == 0
+    assert review(loss({5: 9.0})).loss_spikes == 0
+    assert review(run(steps=39, loss=lambda s: 9.0 if s == 30 else 0.5)).loss_spikes == 0  # under two blocks
