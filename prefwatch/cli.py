@@ -299,7 +299,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from rich.text import Text
 
     from prefwatch import jobs
-    from prefwatch.system import gpu_warnings, system_line
+    from prefwatch.system import gpu_warnings, machine_lines, system_line
     from prefwatch.textsafe import plain
 
     grid = _open(args)
@@ -333,7 +333,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                 )
             )
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    running = [c.system.last for c, st in zip(grid.cells, statuses) if st.state == jobs.RUNNING and c.system.last]
+    for line in machine_lines(running):  # one line per machine its running cells are on
+        console.print(Text(plain(line)))
     return EXIT_OK
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -51,6 +52,7 @@ class SystemSample(msgspec.Struct, frozen=True):
     cpu: float  # percent of one core, since the previous sample (psutil's cpu_percent)
     rss: int  # resident memory, bytes
     gpus: tuple[GpuSample, ...] = ()
+    host: str = ""  # the machine the job runs on (Slurm cells run elsewhere)
 
 
 _encoder = msgspec.json.Encoder()
@@ -151,7 +153,8 @@ class Recorder:
             rss = self._process.memory_info().rss
         if self._nvml is not None and not self._gpus:  # the job may open its GPU after the first sample
             self._gpus = cell_gpus(self._nvml, self._process.pid, os.environ.get("CUDA_VISIBLE_DEVICES"))
-        return SystemSample(time.time(), self._process.pid, cpu, rss, gpu_samples(self._nvml, self._gpus or []))
+        gpus = gpu_samples(self._nvml, self._gpus or [])
+        return SystemSample(time.time(), self._process.pid, cpu, rss, gpus, socket.gethostname())
 
     def _run(self) -> None:
         self._process.cpu_percent()  # starts psutil's CPU clock
@@ -208,6 +211,26 @@ def system_line(sample: SystemSample | None) -> str | None:
     for gpu in sample.gpus:
         parts.append(f"gpu{gpu.index} {gpu.util:.0f}% {gpu.mem_used / 2**30:.1f}/{gpu.mem_total / 2**30:.1f}G")
     return "  ".join(parts)
+
+
+def machine_lines(samples: Iterable[SystemSample]) -> list[str]:
+    """One line per machine over its running cells' last samples: ``vm: 2 cells cpu 196% 1.2G  gpu0 …``
+    (CPU and memory summed over the cells; each GPU once, at its newest sample)."""
+    hosts: dict[str, list[SystemSample]] = {}
+    for sample in samples:
+        hosts.setdefault(sample.host or "?", []).append(sample)
+    lines = []
+    for host, group in sorted(hosts.items()):
+        newest: dict[int, tuple[float, GpuSample]] = {}
+        for sample in group:
+            for gpu in sample.gpus:
+                if gpu.index not in newest or sample.time >= newest[gpu.index][0]:
+                    newest[gpu.index] = (sample.time, gpu)
+        gpus = tuple(gpu for _, gpu in sorted(newest.values(), key=lambda pair: pair[1].index))
+        total = SystemSample(0.0, 0, sum(s.cpu for s in group), sum(s.rss for s in group), gpus)
+        cells = "1 cell" if len(group) == 1 else f"{len(group)} cells"
+        lines.append(f"{host}: {cells} {system_line(total)}")
+    return lines
 
 
 def _size(size: int) -> str:

@@ -145,3 +145,39 @@ def test_monitor_panel_shows_the_system_line_while_running(tmp_path: Path, monke
     assert "cpu 98% 412M" in status_line(running).plain
     assert finished.system is None and "cpu" not in status_line(finished).plain
     assert running.version != finished.version
+    from prefwatch.tui.model import grid_view
+    from prefwatch.tui.widgets.summary import summary_text
+
+    view = grid_view(analyse(grid))
+    assert view.machines == ["?: 1 cell cpu 98% 412M"]  # no host recorded: "?"
+    assert "?: 1 cell cpu 98% 412M" in summary_text(view, "live").plain
+
+
+def test_machine_lines_sum_cells_and_show_each_gpu_once():
+    gpu = GpuSample(0, 80.0, 30 << 30, 80 << 30)
+    newer = GpuSample(0, 90.0, 31 << 30, 80 << 30)
+    samples = [
+        SystemSample(1.0, 1, 100.0, 1 << 30, (gpu,), "node-a"),
+        SystemSample(2.0, 2, 50.0, 1 << 30, (newer,), "node-a"),
+        SystemSample(2.0, 3, 25.0, 512 << 20, (), "node-b"),
+    ]
+    assert system.machine_lines(samples) == [
+        "node-a: 2 cells cpu 150% 2.0G  gpu0 90% 31.0/80.0G",
+        "node-b: 1 cell cpu 25% 512M",
+    ]
+
+
+def test_status_shows_a_running_cells_system_line_and_its_machine(tmp_path: Path, capsys):
+    import time
+
+    from prefwatch.cli import main
+
+    cell = tmp_path / "dpo-r8"
+    cell.mkdir()
+    now = time.time()
+    (cell / "metrics.jsonl").write_text(json.dumps({"loss": 0.5, "step": 1, "time": now}) + "\n")
+    sample = SystemSample(now, 9, 98.4, 412 << 20, (), "node-a")
+    (cell / "system.jsonl").write_bytes(system._encoder.encode(sample) + b"\n")
+    assert main(["status", str(cell)]) == 0
+    out = capsys.readouterr().out
+    assert "cpu 98% 412M" in out and "node-a: 1 cell cpu 98% 412M" in out

@@ -342,3 +342,15 @@ def test_mlflow_sqlite_nan_and_keys_that_appear_later(tmp_path):
     assert series.train.column(m.CHOSEN).tolist() == [1.0, 1.5]
     assert series.eval.column(m.CHOSEN).tolist() == [2.0] and series.eval.steps.tolist() == [2]
     assert series.first_non_finite[("train", "loss")] == 2
+
+
+def test_wandb_file_read_in_bounded_pieces(run, monkeypatch):
+    """A large .wandb file is read a piece at a time in one poll (memory stays bounded): 4 KiB pieces here."""
+    from prefwatch.ingest import wandb as wandb_reader
+
+    monkeypatch.setattr(wandb_reader.Framing.read, "__defaults__", (4096,))
+    (source,) = run["stores"]["wandb"].glob("*run-*/run-*.wandb")
+    assert source.stat().st_size > 3 * 4096
+    grid = _polled(open_path(source))
+    assert_same_series(grid.cells[0].series, jsonl_series(run["a"]))
+    assert not grid.cells[0].series.rejected

@@ -229,13 +229,17 @@ class CellSource:
         return changed
 
     def _poll_tracker(self) -> bool:
-        batch = self.tracker.poll()
-        if batch.restarted:
-            self._reset_series()
-        add_scalars(self.series, batch.scalars)
-        if batch.end:
-            self.series.end_record = {**(self.series.end_record or {}), **batch.end}
-        return bool(batch.restarted or len(batch.scalars) or batch.scalars.rejected or batch.end)
+        changed, more = False, True
+        while more:
+            batch = self.tracker.poll()
+            if batch.restarted:
+                self._reset_series()
+            add_scalars(self.series, batch.scalars)
+            if batch.end:
+                self.series.end_record = {**(self.series.end_record or {}), **batch.end}
+            changed |= bool(batch.restarted or len(batch.scalars) or batch.scalars.rejected or batch.end)
+            more = batch.more
+        return changed
 
     def _poll_pairs(self) -> bool:
         assert self._pairs_reader is not None

@@ -49,6 +49,7 @@ class StoreBatch:
     scalars: Scalars
     restarted: bool = False
     end: dict[str, float] | None = None
+    more: bool = False  # the reader stopped at a size limit: poll again now (memory stays bounded)
 
 
 class StoreReader(Protocol):

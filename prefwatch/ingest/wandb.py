@@ -105,10 +105,13 @@ class Framing:
         self.path = path
         self.offset = 0  # where the next logical record starts (0: before the file header)
         self.damaged = 0
+        self.more = False  # the last read stopped at its size limit
         self._inode: tuple[int, int] | None = None
 
-    def read(self) -> list[bytes]:
-        """Logical records appended since the last read; raises OSError when the file cannot be read."""
+    def read(self, max_bytes: int = 1 << 25) -> list[bytes]:
+        """Logical records appended since the last read, from at most ``max_bytes`` of the file (more
+        only for one record larger than that); ``more`` says whether the file holds more after them.
+        Raises OSError when the file cannot be read."""
         with open(self.path, "rb") as f:
             stat = os.fstat(f.fileno())
             inode = (stat.st_dev, stat.st_ino)
@@ -116,7 +119,14 @@ class Framing:
                 raise _Restarted
             self._inode = inode
             f.seek(self.offset)
-            data = f.read()
+            data = f.read(max_bytes)
+            self.more = self.offset + len(data) < stat.st_size
+        records = self._frame(data)
+        if not records and self.more:  # a record longer than max_bytes: read it whole
+            return self.read(stat.st_size - self.offset + 1)
+        return records
+
+    def _frame(self, data: bytes) -> list[bytes]:
         base, at, records = self.offset, 0, []
         if base == 0:
             if len(data) < _HEADER:
@@ -245,4 +255,4 @@ class WandbReader:
             points.add_row(row, int(step), float(wall) if isinstance(wall, (int, float)) else float("nan"))
         if end:
             self._end = {**(self._end or {}), **end}
-        return StoreBatch(points.scalars(), end=self._end if end else None)
+        return StoreBatch(points.scalars(), end=self._end if end else None, more=self._framing.more)

@@ -21,7 +21,7 @@ from prefwatch import jobs
 from prefwatch import metrics as m
 from prefwatch.analysis import CellAnalysis, GridAnalysis
 from prefwatch.diagnose import ERROR, WARN, heldout_accuracy_series, heldout_margin_series
-from prefwatch.system import system_line
+from prefwatch.system import machine_lines, system_line
 
 # The curves of a cell panel, in display order: key, label.
 PANEL_CURVES: tuple[tuple[str, str], ...] = (
@@ -124,6 +124,7 @@ class GridView:
     needs: list[str] = field(default_factory=list)
     objectives: list[str] = field(default_factory=list)
     ranks: list[Any] = field(default_factory=list)
+    machines: list[str] = field(default_factory=list)  # system lines, one per machine running cells
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -149,6 +150,9 @@ def grid_view(analysis: GridAnalysis, cells: list[CellView] | None = None) -> Gr
         needs=list(verdict.needs),
         objectives=analysis.grid.objectives,
         ranks=analysis.grid.ranks,
+        machines=machine_lines(
+            c.source.system.last for c in analysis.cells if c.state == jobs.RUNNING and c.source.system.last
+        ),
     )
 
 

@@ -35,6 +35,7 @@ def summary_text(grid: GridView | None, source: str, message: str | None = None)
             literal(grid.name, "bold"),
             literal(f"  {source}  ", "$text-muted"),
             literal(f"{len(grid.cells)} cells: {counts}"),
+            *(literal(f"  · {line}", "$text-muted") for line in grid.machines),
         ]
     )
     verdict = [literal("verdict ", "$text-muted"), literal(grid.headline, "bold $text-accent")]
