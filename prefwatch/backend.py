@@ -89,6 +89,7 @@ def launch_spec(
 ) -> LaunchSpec:
     """The job of one cell. ``gpu_index``: the local slot's GPU (None: the CPU). ``scheduler_places_gpus``:
     Slurm sets CUDA_VISIBLE_DEVICES for a job that asked for GPUs; a CPU job must see none."""
+    cell_dir = cell_dir.resolve()  # the command line names the absolute cell.json: stop checks it
     cell = rundir.read_json(cell_dir / rundir.CELL_FILE) or {}
     argv = [python, "-m", "prefwatch.job", str(cell_dir / rundir.CELL_FILE)]
     argv += (["--resume"] if resume else []) + ([f"--gpus={gpus}"] if gpus > 1 else [])
