@@ -199,9 +199,9 @@ class Backend(Protocol):
 def backend_for(run_dir: Path) -> Backend:
     """The grid's backend: chosen at launch, kept in resources.json."""
     if rundir.backend_of(run_dir) == rundir.Backend.SLURM:
-        from prefwatch.slurm import SlurmBackend
+        from prefwatch.slurm import SlurmBackend, read_settings
 
-        return SlurmBackend(rundir.read_resources(run_dir).get("slurm") or {})
+        return SlurmBackend(read_settings(run_dir))
     return LocalBackend()
 
 

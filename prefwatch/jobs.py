@@ -43,7 +43,7 @@ from prefwatch.backend import (
     process_start_time,
     spawn_detached,
 )
-from prefwatch.grid import Grid
+from prefwatch.grid import Grid, SlurmSettings
 from prefwatch.rundir import ENDED_STATES, CellState, CellStatus, RecordError, StatusRecord
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ def start_cells(run_dir: Path, resume: bool = False) -> str | None:
 
     run_dir = run_dir.resolve()  # the job scripts run on other nodes, in the cell folders
     backend = backend_for(run_dir)
-    gpus = int((rundir.read_resources(run_dir).get(SLURM) or {}).get("gpus_per_cell") or 0)
+    gpus = slurm.read_settings(run_dir).gpus_per_cell
     submitted: list[str] = []
     for cell_dir in rundir.cell_dirs(run_dir):
         record = _record_or_none(cell_dir)
@@ -336,7 +336,7 @@ def backend_for_record(record: StatusRecord) -> Backend:
     if record.backend == SLURM:
         from prefwatch.slurm import SlurmBackend
 
-        return SlurmBackend({})
+        return SlurmBackend(SlurmSettings())  # reading and describing need no settings
     return LocalBackend()
 
 

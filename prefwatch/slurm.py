@@ -30,10 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from msgspec.structs import replace
 
 from prefwatch import rundir
 from prefwatch.backend import LaunchSpec
+from prefwatch.grid import SlurmSettings
 from prefwatch.rundir import CellState, CellStatus, StatusRecord
 
 JOB_SCRIPT = rundir.JOB_SCRIPT
@@ -83,7 +85,7 @@ def job_script(cell_dir: Path, cell: dict[str, Any], spec: LaunchSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sbatch_command(cell_dir: Path, grid_name: str, slurm: dict[str, Any], script: Path) -> list[str]:
+def sbatch_command(cell_dir: Path, grid_name: str, slurm: SlurmSettings, script: Path) -> list[str]:
     """sbatch's argument list for one cell: output appended to the cell's stdout.log, run in the cell folder."""
     command = [
         "sbatch",
@@ -94,19 +96,19 @@ def sbatch_command(cell_dir: Path, grid_name: str, slurm: dict[str, Any], script
         f"--chdir={cell_dir}",
         "--nodes=1",
         "--ntasks=1",
-        f"--cpus-per-task={slurm.get('cpus_per_cell') or 1}",
+        f"--cpus-per-task={slurm.cpus_per_cell or 1}",
     ]
-    if slurm.get("partition"):
-        command.append(f"--partition={slurm['partition']}")
-    if slurm.get("gpus_per_cell"):
-        command.append(f"--gres=gpu:{slurm['gpus_per_cell']}")
-    if slurm.get("mem"):
-        command.append(f"--mem={slurm['mem']}")
-    if slurm.get("time"):
-        command.append(f"--time={slurm['time']}")
-    if slurm.get("account"):
-        command.append(f"--account={slurm['account']}")
-    command += list(slurm.get("options") or [])
+    if slurm.partition:
+        command.append(f"--partition={slurm.partition}")
+    if slurm.gpus_per_cell:
+        command.append(f"--gres=gpu:{slurm.gpus_per_cell}")
+    if slurm.mem:
+        command.append(f"--mem={slurm.mem}")
+    if slurm.time:
+        command.append(f"--time={slurm.time}")
+    if slurm.account:
+        command.append(f"--account={slurm.account}")
+    command += list(slurm.options)
     return [*command, str(script)]
 
 
@@ -118,7 +120,7 @@ def require_sbatch() -> None:
         )
 
 
-def submit(cell_dir: Path, grid_name: str, slurm: dict[str, Any], spec: LaunchSpec) -> StatusRecord:
+def submit(cell_dir: Path, grid_name: str, slurm: SlurmSettings, spec: LaunchSpec) -> StatusRecord:
     """Write the cell's job script, hand it to sbatch and record the job id in status.json."""
     cell = rundir.read_json(cell_dir / rundir.CELL_FILE) or {}
     script = cell_dir / JOB_SCRIPT
@@ -155,7 +157,7 @@ class SlurmBackend:
 
     name = rundir.Backend.SLURM
 
-    def __init__(self, settings: dict[str, Any]) -> None:
+    def __init__(self, settings: SlurmSettings) -> None:
         self.settings = settings
 
     def start(self, cell_dir: Path, spec: LaunchSpec) -> StatusRecord:
@@ -176,6 +178,15 @@ class SlurmBackend:
 
     def describe(self, status: CellStatus) -> str:
         return status.describe()  # Slurm's words (its reason, timeout, out of memory) are in the status
+
+
+def read_settings(run_dir: Path) -> SlurmSettings:
+    """[slurm] as launched (in resources.json); the defaults where it is missing or damaged."""
+    raw = rundir.read_resources(run_dir).get("slurm")
+    try:
+        return msgspec.convert(raw if isinstance(raw, dict) else {}, SlurmSettings)
+    except msgspec.ValidationError:
+        return SlurmSettings()
 
 
 def _record(cell_dir: Path) -> StatusRecord | None:

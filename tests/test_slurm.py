@@ -77,7 +77,7 @@ def test_sbatch_command_is_an_argument_list(tmp_path: Path) -> None:
         "account": "lab; rm -rf ~",  # never reaches a shell: one argument, as it is
         "options": ["--qos=high", "--exclusive"],
     }
-    command = slurm.sbatch_command(cell_dir, "g", settings, cell_dir / "job.sh")
+    command = slurm.sbatch_command(cell_dir, "g", SlurmSettings(**settings), cell_dir / "job.sh")
     assert command == [
         "sbatch",
         "--parsable",
@@ -97,7 +97,7 @@ def test_sbatch_command_is_an_argument_list(tmp_path: Path) -> None:
         "--exclusive",
         f"{cell_dir}/job.sh",
     ]
-    minimal = slurm.sbatch_command(cell_dir, "g", {"cpus_per_cell": 1}, cell_dir / "job.sh")
+    minimal = slurm.sbatch_command(cell_dir, "g", SlurmSettings(cpus_per_cell=1), cell_dir / "job.sh")
     assert not any(a.startswith(("--partition", "--gres", "--mem", "--time", "--account")) for a in minimal)
 
 
