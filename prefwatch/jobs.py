@@ -56,6 +56,7 @@ LOCAL, SLURM = rundir.Backend.LOCAL, rundir.Backend.SLURM
 RESTARTABLE = frozenset({FAILED, STOPPED, LOST})
 STOP_REQUEST = rundir.STOP_REQUEST
 
+# Reached through the jobs layer by the CLI, the monitor and the tests.
 __all__ = [
     "ENDED_STATES",
     "STOP_GRACE_SECONDS",
