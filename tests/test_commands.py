@@ -329,7 +329,7 @@ def test_s_in_the_monitor_stops_a_real_training_job(tmp_path: Path) -> None:
     run_dir = tmp_path / "runs" / "stoppable"
     try:
         wait_for(lambda: last_step(run_dir, "dpo-r8") >= 2, 300, "the job to log")
-        job = status(run_dir, "dpo-r8").raw["pid"]
+        job = status(run_dir, "dpo-r8").record.pid
 
         async def stop() -> None:
             app = MonitorApp(open_path(run_dir), mode="live")

@@ -119,7 +119,7 @@ def test_idle_gpu_is_a_warning_that_leaves_the_verdict_alone(tmp_path: Path, mon
 def _running():
     from prefwatch import jobs
 
-    return jobs.CellStatus(jobs.RUNNING, {})
+    return jobs.CellStatus(jobs.RUNNING)
 
 
 @pytest.mark.parametrize(
