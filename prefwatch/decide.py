@@ -162,7 +162,7 @@ def _decide(cells: list[CellResult]) -> Verdict:
             if compared
             else f"one objective ({objective}) and {ranks}: nothing was compared",
         )
-    if not verdict.comparisons and len(scored) > 1:
+    if len(scored) > 1 and all(c.wins is None for c in scored):
         verdict.reasons.append(_accuracy_intervals(scored))
     mismatched = [c.id for c in cells if c.diagnosis.has("objective_mismatch")]
     if mismatched:
