@@ -28,6 +28,8 @@ import numpy as np
 from prefwatch.diagnose import Diagnosis
 
 RANK_TOLERANCE_PAIRS = 1
+# The group of cells whose objective nothing says (no label, and logs that cannot tell).
+UNKNOWN = "unknown-objective"
 SIGNIFICANCE = 0.05
 UNSTABLE_KINDS = frozenset({"non_finite"})
 # Loss spikes that make a cell unstable (a single spike can be one odd batch).
@@ -145,16 +147,21 @@ def _decide(cells: list[CellResult]) -> Verdict:
         _no_evaluation(cells, verdict)
         _unfinished(cells, verdict)
         return verdict
-    by_objective = _group(scored, lambda c: c.objective or "?")
-    waiting = sorted({c.objective or "?" for c in cells} - set(by_objective))
+    by_objective = _group(scored, lambda c: c.objective or UNKNOWN)
+    waiting = sorted({c.objective or UNKNOWN for c in cells} - set(by_objective))
     if waiting:
         verdict.reasons.append(f"no held-out evaluation of {', '.join(waiting)} cells yet")
     objective, decisive_objective = _choose_objective(by_objective, verdict)
-    verdict.objective = objective
+    verdict.objective = objective if objective != UNKNOWN else None
     rank, rank_cells = _choose_rank(by_objective.get(objective, []), verdict)
     verdict.rank = rank
     compared = len(by_objective) > 1 or len({c.rank for c in rank_cells}) > 1
-    if len(by_objective) == 1 and not waiting:
+    if objective == UNKNOWN:
+        compared = False
+        verdict.reasons.insert(
+            0, "the objective is unknown (no label, and the logs cannot tell): --label NAME=OBJECTIVE:RANK"
+        )
+    elif len(by_objective) == 1 and not waiting:
         ranks = f"one rank (r={rank})" if rank is not None else "no known rank"
         verdict.reasons.insert(
             0,
