@@ -11,7 +11,8 @@ from typing import Any
 
 from prefwatch.decide import CellResult, Verdict, decide
 from prefwatch.diagnose import DEFAULT, WARN, Diagnosis, Finding, Thresholds, diagnose
-from prefwatch.ingest.sources import CellSource, GridSource
+from prefwatch.ingest.sources import INCOMPLETE, CellSource, GridSource
+from prefwatch.objectives import PREFERENCE
 from prefwatch.rundir import CellState, CellStatus
 from prefwatch.system import gpu_warnings
 
@@ -30,11 +31,23 @@ class CellAnalysis:
 
     def to_json(self) -> dict[str, Any]:
         source = self.source
+        claim = source.claim
         return {
             "id": source.id,
             "objective": source.objective,
             "rank": source.rank,
             "seed": source.seed,
+            "objective_source": objective_source(source),
+            "rank_source": claim.rank_source if claim else None,
+            "label": {"objective": claim.objective, "source": claim.objective_source, "note": claim.note}
+            if claim
+            else None,
+            "logs": {
+                "objective": source.inference.objective,
+                "preference": source.inference.preference,
+                "says": source.inference.words,
+                "evidence": source.inference.evidence,
+            },
             "state": self.state,
             "status": self.status.describe(),
             "step": source.series.last_step,
@@ -86,6 +99,8 @@ def analyse(
             now=now,
             alive=status.state == CellState.RUNNING,
             t=thresholds,
+            claim=source.claim,
+            inference=source.inference,
         )
         running = status.state == CellState.RUNNING
         diagnosis.findings += [Finding(w.kind, WARN, w.message) for w in gpu_warnings(source.system, running)]
@@ -103,4 +118,14 @@ def cell_result(cell: CellAnalysis) -> CellResult:
         finished=cell.status.state == CellState.FINISHED,
         diagnosis=cell.diagnosis,
         wins=cell.source.pairs.wins(),
+        preference=cell.source.inference.preference is not False or cell.source.objective in PREFERENCE,
+        stopped_at=cell.source.stopped_at if cell.status.state == INCOMPLETE else None,
+        max_steps=cell.source.max_steps,
     )
+
+
+def objective_source(source: CellSource) -> str | None:
+    """Where the cell's objective was read: "logs", or the label's source when the logs cannot tell."""
+    if source.inference.objective is not None:
+        return "logs"
+    return source.claim.objective_source if source.claim and source.objective is not None else None

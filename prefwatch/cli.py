@@ -229,7 +229,15 @@ def cmd_attach(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     if args.speed is not None and args.speed <= 0:
         raise UsageError(f"--speed: must be > 0, got {args.speed}")
-    return _monitor(args.path, "replay", args.poll, labels=_labels(args), speed=args.speed)
+    speed = args.speed
+    if speed is not None and not _open(args).timed:
+        print(
+            f"prefwatch replay: --speed: {args.path} has no timestamps (TRL's trainer_state.json and "
+            "LLaMA-Factory's logs keep none): showing everything at once",
+            file=sys.stderr,
+        )
+        speed = None
+    return _monitor(args.path, "replay", args.poll, labels=_labels(args), speed=speed)
 
 
 def _monitor(path: Path, mode: str, poll: bool, **options: Any) -> int:
@@ -314,8 +322,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     now = time.time()
     for cell, status in zip(grid.cells, statuses):
         step = f"{cell.series.last_step}" + (f"/{cell.max_steps}" if cell.max_steps else "")
-        last = cell.series.last_time
-        age = f"{now - last:.0f} s ago" if last else "–"
+        age = ago(now - last) if (last := cell.last_log_time()) is not None else "–"
         running = status.state == jobs.RUNNING
         notes = [w.message for w in gpu_warnings(cell.system, running)]
         system = "; ".join([*filter(None, [system_line(cell.system.last) if running else None]), *notes]) or "–"
@@ -339,6 +346,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     for line in machine_lines(running):  # one line per machine its running cells are on
         console.print(Text(plain(line)))
     return EXIT_OK
+
+
+def ago(seconds: float) -> str:
+    """An age a person reads at a glance: "12 s ago", "3 min ago", "5 h ago", "235 days ago".
+
+    >>> ago(185.0)
+    '3 min ago'
+    """
+    seconds = max(0.0, seconds)
+    for size, unit in ((86400.0, "days"), (3600.0, "h"), (60.0, "min")):
+        if seconds >= size:
+            return f"{seconds // size:.0f} {unit} ago"
+    return f"{seconds:.0f} s ago"
 
 
 def _supervisor_word(alive: bool | None, all_ended: bool) -> str:

@@ -12,6 +12,9 @@ Rules (from the founding write-up, made precise):
 - Decisive only when every compared cell finished, the deciding difference is significant in an
   exact sign test on the pairs where the two cells disagree (or the choice rests on cleanliness),
   and, with several seeds, the difference is larger than the spread across seeds.
+- Nothing is decided from nothing: cells without preference metrics are not compared; one
+  objective at one rank compares nothing; a cell whose label and logs disagree on its objective
+  leaves the objective in question. Each says so in the verdict's reasons.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import numpy as np
 from prefwatch.diagnose import Diagnosis
 
 RANK_TOLERANCE_PAIRS = 1
+# The group of cells whose objective nothing says (no label, and logs that cannot tell).
+UNKNOWN = "unknown-objective"
 SIGNIFICANCE = 0.05
 UNSTABLE_KINDS = frozenset({"non_finite"})
 # Loss spikes that make a cell unstable (a single spike can be one odd batch).
@@ -42,6 +47,9 @@ class CellResult:
     finished: bool
     diagnosis: Diagnosis
     wins: np.ndarray | None = None  # per held-out pair, at the last evaluation
+    preference: bool = True  # False: the logs show no preference metrics (GRPO, SFT, loss only)
+    stopped_at: int | None = None  # the step an incomplete run stopped at (no end-of-training record)
+    max_steps: int | None = None
 
     @property
     def pairs_won(self) -> int | None:
@@ -120,29 +128,102 @@ def paired(a: CellResult, b: CellResult) -> Paired | None:
 
 
 def decide(cells: list[CellResult]) -> Verdict:
+    """The verdict over the cells that tuned on preferences; the others are named, not compared."""
+    verdict = _decide([c for c in cells if c.preference])
+    others = [f"{c.id} ({c.objective.upper()})" if c.objective else c.id for c in cells if not c.preference]
+    if others:
+        verdict.reasons.append(f"not compared (no preference metrics): {', '.join(others)}")
+    return verdict
+
+
+def _decide(cells: list[CellResult]) -> Verdict:
     verdict = Verdict(objective=None, rank=None, decisive=False)
+    if not cells:
+        verdict.reasons.append("no preference-tuned cell: nothing to compare")
+        verdict.needs.append("logs of preference runs (DPO, SimPO, ORPO …) with held-out evaluations")
+        return verdict
     scored = [c for c in cells if c.pairs_won is not None]
     if not scored:
-        verdict.reasons.append("no held-out evaluation yet")
-        verdict.needs.append("evaluations on held-out pairs (eval_every)")
+        _no_evaluation(cells, verdict)
+        _unfinished(cells, verdict)
         return verdict
-    by_objective = _group(scored, lambda c: c.objective or "?")
-    waiting = sorted({c.objective or "?" for c in cells} - set(by_objective))
+    by_objective = _group(scored, lambda c: c.objective or UNKNOWN)
+    waiting = sorted({c.objective or UNKNOWN for c in cells} - set(by_objective))
     if waiting:
         verdict.reasons.append(f"no held-out evaluation of {', '.join(waiting)} cells yet")
     objective, decisive_objective = _choose_objective(by_objective, verdict)
-    verdict.objective = objective
+    verdict.objective = objective if objective != UNKNOWN else None
     rank, rank_cells = _choose_rank(by_objective.get(objective, []), verdict)
     verdict.rank = rank
+    compared = len(by_objective) > 1 or len({c.rank for c in rank_cells}) > 1
+    if objective == UNKNOWN:
+        compared = False
+        verdict.reasons.insert(
+            0, "the objective is unknown (no label, and the logs cannot tell): --label NAME=OBJECTIVE:RANK"
+        )
+    elif len(by_objective) == 1 and not waiting:
+        ranks = f"one rank (r={rank})" if rank is not None else "no known rank"
+        verdict.reasons.insert(
+            0,
+            f"only {objective} cells to compare: the objective is not in question"
+            if compared
+            else f"one objective ({objective}) and {ranks}: nothing was compared",
+        )
+    if len(scored) > 1 and all(c.wins is None for c in scored):
+        verdict.reasons.append(_accuracy_intervals(scored))
+    mismatched = [c.id for c in cells if c.diagnosis.has("objective_mismatch")]
+    if mismatched:
+        verdict.reasons.append(
+            f"the objective of {', '.join(mismatched)} is in question: its label and its logs disagree"
+        )
     seeds_ok = _seed_spread_ok(by_objective, objective, verdict)
-    unfinished = [c.id for c in cells if not c.finished]  # waiting objectives are unfinished too
-    if unfinished:
-        verdict.needs.append(f"the cells still running to finish ({', '.join(unfinished)})")
-    verdict.decisive = decisive_objective and seeds_ok and not unfinished
+    unfinished = _unfinished(cells, verdict)  # waiting objectives are unfinished too
+    verdict.decisive = decisive_objective and seeds_ok and compared and not (unfinished or mismatched)
     if not verdict.decisive and not verdict.needs:
         verdict.needs.append("more held-out pairs, more seeds or more steps")
     verdict.effects = main_effects(scored)
     return verdict
+
+
+def _unfinished(cells: list[CellResult], verdict: Verdict) -> bool:
+    """Say which cells are still running and which stopped before their last step; True if any."""
+    running = [c.id for c in cells if not c.finished and c.stopped_at is None]
+    stopped = [c for c in cells if not c.finished and c.stopped_at is not None]
+    if running:
+        verdict.needs.append(f"the cells still running to finish ({', '.join(running)})")
+    if stopped:
+        where = ", ".join(
+            f"{c.id} stopped at step {c.stopped_at}" + (f" of {c.max_steps}" if c.max_steps else "") for c in stopped
+        )
+        verdict.needs.append(f"complete runs ({where}, without an end-of-training record)")
+    return bool(running or stopped)
+
+
+def _no_evaluation(cells: list[CellResult], verdict: Verdict) -> None:
+    """Say exactly what is missing: held-out accuracy without its size, or no evaluation at all."""
+    unsized = [c.id for c in cells if c.diagnosis.review.heldout_accuracy is not None]
+    if unsized:
+        verdict.reasons.append(
+            f"held-out size unknown: --heldout-pairs N (accuracy is logged for {', '.join(unsized)}; "
+            "pairs won cannot be counted without the size)"
+        )
+        verdict.needs.append("the held-out size (--heldout-pairs N) or per-pair results (eval_pairs.jsonl)")
+        return
+    verdict.reasons.append("no held-out evaluation yet")
+    verdict.needs.append("evaluations on held-out pairs (eval_every in a grid; eval_strategy in TRL)")
+
+
+def _accuracy_intervals(cells: list[CellResult]) -> str:
+    """Without per-pair results, accuracies are compared with their 95 % intervals over the held-out size."""
+    parts = []
+    for c in cells:
+        r = c.diagnosis.review
+        if r.heldout_accuracy is None or not r.heldout_pairs:
+            continue
+        half = 1.96 * math.sqrt(max(r.heldout_accuracy * (1 - r.heldout_accuracy), 0.0) / r.heldout_pairs)
+        parts.append(f"{c.id} {r.heldout_accuracy:.2f} ± {half:.2f}")
+    n = ", ".join(sorted({str(c.diagnosis.review.heldout_pairs) for c in cells if c.diagnosis.review.heldout_pairs}))
+    return f"no per-pair results: held-out accuracy with 95 % intervals over {n} pairs: {', '.join(parts)}"
 
 
 def _group(cells: list[CellResult], key: Any) -> dict[Any, list[CellResult]]:
@@ -168,8 +249,9 @@ def _choose_objective(by_objective: dict[str, list[CellResult]], verdict: Verdic
     dpo, simpo = by_objective.get("dpo"), by_objective.get("simpo")
     if not (dpo and simpo):
         only = next(iter(by_objective))
-        if not verdict.reasons:  # no other objective waits for its first evaluation
-            verdict.reasons.append(f"only {only} cells to compare: the objective is not in question")
+        if len(by_objective) > 1:
+            verdict.reasons.append(f"{' and '.join(by_objective)}: the rules compare DPO with SimPO only")
+            return only, False
         return only, True
     if _unstable(dpo) and _unstable(simpo):
         verdict.reasons.append(

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from prefwatch import metrics as m
+from prefwatch.objectives import Claim, Inference, mismatch
 from prefwatch.series import CellSeries, SplitSeries
 
 # ---- Thresholds. Each is a named constant, and each can be overridden through Thresholds. ----
@@ -35,6 +36,9 @@ class Thresholds:
     # more than this many standard errors of the difference between the halves' means.
     logp_drop: float = 1.0
     logp_noise: float = 3.0
+    # Degeneration: the chosen log-prob's late mean this many times its starting level (an order
+    # of magnitude lower) is an error, not a warning.
+    degeneration_factor: float = 10.0
     # Saturation: late train loss below this with every train batch ranked right.
     saturated_loss: float = 0.01
     # Reference equal to policy: this many train rows with rewards exactly zero and loss at ln 2.
@@ -59,7 +63,14 @@ INFO, WARN, ERROR = "info", "warn", "error"
 # Findings about the data (brevity) and the machine (a GPU full or idle: prefwatch.system), not the run's health.
 NOT_RUN_HEALTH = frozenset({"brevity_bias", "gpu_memory", "gpu_idle"})
 HEALTH_KINDS = frozenset(
-    {"non_finite", "reference_equals_policy", "likelihood_displacement", "saturation", "margin_inconsistent"}
+    {
+        "non_finite",
+        "intermittent_non_finite",
+        "reference_equals_policy",
+        "likelihood_displacement",
+        "saturation",
+        "margin_inconsistent",
+    }
 )
 
 
@@ -284,12 +295,15 @@ def diagnose(
     now: float | None = None,
     alive: bool = False,
     t: Thresholds = DEFAULT,
+    claim: Claim | None = None,
+    inference: Inference | None = None,
 ) -> Diagnosis:
     summary = review(series, pairs, heldout_pairs, data_stats, t)
     findings = [
         f
         for f in (
-            non_finite(series),
+            objective_mismatch(claim, inference),
+            *non_finite(series),
             reference_equals_policy(series, t),
             overoptimization(series, pairs, t),
             likelihood_displacement(series, t),
@@ -303,21 +317,84 @@ def diagnose(
     return Diagnosis(summary, findings)
 
 
-def non_finite(series: CellSeries) -> Finding | None:
-    watched = {m.LOSS, m.GRAD_NORM, m.CHOSEN, m.REJECTED, m.MARGINS}
-    bad = [(step, split, name) for (split, name), step in series.first_non_finite.items() if name in watched]
-    if not bad:
-        return None
-    step, split, name = min(bad)
-    finite_steps = series.train.steps[series.train.steps < step]
-    last_ok = int(finite_steps[-1]) if len(finite_steps) else None
-    where = "held-out " if split == "eval" else ""
-    return Finding(
-        "non_finite",
-        ERROR,
-        f"{where}{name} is NaN or infinite from step {int(step)}; last finite step {last_ok}",
-        int(step),
-    )
+WATCHED = (m.LOSS, m.CHOSEN, m.REJECTED, m.MARGINS, m.GRAD_NORM)
+# Listed steps in a message stop after this many ("… 40 in all").
+LISTED_STEPS = 8
+
+
+def non_finite(series: CellSeries) -> list[Finding]:
+    """NaN or infinite values, told apart by what they mean:
+
+    - diverged (error): a value non-finite on its last rows and since some step, to the end;
+    - grad-scaler skips (info): ``grad_norm`` NaN on rows whose loss is finite and after which
+      the learning rate did not move: mixed precision skipped those updates, as it is built to;
+    - intermittent (warn): non-finite on some rows, finite again after.
+    """
+    found: dict[str, list[str]] = {}
+    first: dict[str, int] = {}
+    for (split_name, name), since in sorted(series.first_non_finite.items(), key=lambda kv: kv[1]):
+        if name not in WATCHED:
+            continue
+        split = series.split(split_name)
+        kind, text, step = _classify(split, name, since)
+        where = "held-out " if split_name == "eval" else ""
+        found.setdefault(kind, []).append(where + text)
+        first.setdefault(kind, step)
+    severity = {"non_finite": ERROR, "intermittent_non_finite": WARN, "grad_scaler_skips": INFO}
+    return [Finding(kind, severity[kind], "; ".join(texts), first[kind]) for kind, texts in found.items()]
+
+
+def _classify(split: SplitSeries, name: str, since: float) -> tuple[str, str, int]:
+    """(kind, text, first step) for one metric's non-finite rows. A row counts when it logged
+    anything: a column cannot tell a logged NaN from a key the row did not carry."""
+    steps, column = split.steps, split.column(name)
+    present = np.isinf(column)
+    for other in split.names:
+        present |= np.isfinite(split.column(other))
+    rows = np.flatnonzero(present & (steps >= since))
+    bad = rows[~np.isfinite(column[rows])]
+    if not len(bad):  # only the reader saw it (a row cut away later): report the step it noted
+        bad = np.flatnonzero(steps >= since)[:1] if (steps >= since).any() else np.array([len(steps) - 1])
+    good = np.flatnonzero(np.isfinite(column))
+    tail = bad[bad > good[-1]] if len(good) else bad
+    bad_steps = [int(s) for s in steps[bad]] if len(steps) else [int(since)]
+    if len(tail) >= 2 or len(tail) and name != m.GRAD_NORM:  # a loss or reward non-finite on the last row
+        start = int(steps[tail[0]])
+        before = good[good < tail[0]]
+        last = f"last finite step {int(steps[before[-1]])}" if len(before) else "never finite before"
+        return "non_finite", f"{name} is NaN or infinite from step {start} to the end ({last})", start
+    listed = _steps_text(bad_steps)
+    plural = "s" if len(bad_steps) > 1 else ""
+    if name == m.GRAD_NORM and _scaler_skips(split, bad):
+        return (
+            "grad_scaler_skips",
+            f"grad_norm is NaN at step{plural} {listed} with a finite loss and the learning rate held: "
+            "the mixed-precision grad scaler skipped those updates (normal)",
+            bad_steps[0],
+        )
+    after = "finite again after" if len(tail) == 0 else "the last row"
+    return "intermittent_non_finite", f"{name} is NaN or infinite at step{plural} {listed} ({after})", bad_steps[0]
+
+
+def _scaler_skips(split: SplitSeries, bad: np.ndarray) -> bool:
+    """Every bad row has a finite loss, and the next row's learning rate equals its own (the
+    scheduler does not step when the optimizer step was skipped)."""
+    loss, rate = split.column(m.LOSS), split.column(m.LEARNING_RATE)
+    if not np.isfinite(loss[bad]).all():
+        return False
+    follow = bad[bad + 1 < len(rate)]
+    return bool(np.all(rate[follow + 1] == rate[follow]) and np.isfinite(rate[follow]).all())
+
+
+def _steps_text(steps: list[int]) -> str:
+    shown = ", ".join(str(s) for s in steps[:LISTED_STEPS])
+    return shown if len(steps) <= LISTED_STEPS else f"{shown} … ({len(steps)} in all)"
+
+
+def objective_mismatch(claim: Claim | None, inference: Inference | None) -> Finding | None:
+    """The label (folder name, --label, cell.json) says one objective and the logs show another."""
+    why = mismatch(claim, inference) if claim is not None and inference is not None else None
+    return None if why is None else Finding("objective_mismatch", ERROR, why, None)
 
 
 def reference_equals_policy(series: CellSeries, t: Thresholds) -> Finding | None:
@@ -379,17 +456,31 @@ def falls(values: np.ndarray, by: float, noise: float) -> tuple[float, float] | 
 
 
 def likelihood_displacement(series: CellSeries, t: Thresholds) -> Finding | None:
+    """Chosen log-probabilities falling while the margin rises (a warning); falling an order of
+    magnitude below where they started is degeneration, an error whatever the margin does."""
     train = series.train
+    degenerate = degeneration(train.column(m.LOGPS_CHOSEN), t)
+    if degenerate is not None:
+        start, end, row = degenerate
+        return Finding(
+            "likelihood_displacement",
+            ERROR,
+            f"degeneration: chosen log-prob fell from {start:.3g} at the start to {end:.3g} late in the run "
+            f"({end / start:.0f}× lower): the model no longer gives the chosen answers their probability",
+            int(train.steps[row]),
+        )
     chosen = falls(train.column(m.LOGPS_CHOSEN), t.logp_drop, t.logp_noise)
+    if chosen is None:
+        return None
+    peak = int(np.nanargmax(smooth(train.column(m.LOGPS_CHOSEN), 5)))
     rejected = falls(train.column(m.LOGPS_REJECTED), 0.0, t.logp_noise)
     margins = train.column(m.MARGINS)
     half = len(margins) // 2
     margin_early, margin_late = window_mean(margins[:half]), window_mean(margins[half:])
-    if chosen is None or rejected is None or margin_early is None or margin_late is None:
+    if rejected is None or margin_early is None or margin_late is None:
         return None
     if margin_late <= margin_early:
         return None
-    peak = int(np.nanargmax(smooth(train.column(m.LOGPS_CHOSEN), 5)))
     return Finding(
         "likelihood_displacement",
         WARN,
@@ -397,6 +488,20 @@ def likelihood_displacement(series: CellSeries, t: Thresholds) -> Finding | None
         "while the margin rose: both answers lose probability, which may move to unwanted answers",
         int(train.steps[peak]),
     )
+
+
+def degeneration(logps: np.ndarray, t: Thresholds) -> tuple[float, float, int] | None:
+    """(start, late mean, first row past the threshold) when the late mean of a log-probability is
+    ``degeneration_factor`` times its starting level (the median of the first rows) or lower."""
+    rows = np.flatnonzero(np.isfinite(logps))
+    if len(rows) < 8:
+        return None
+    start = float(np.median(logps[rows[: max(3, len(rows) // 20)]]))
+    end = window_mean(late(logps[rows], t.late_window))
+    if end is None or start >= 0 or end > t.degeneration_factor * start or end > start - t.logp_drop:
+        return None
+    below = rows[logps[rows] <= t.degeneration_factor * start]
+    return start, end, int(below[0]) if len(below) else int(rows[-1])
 
 
 def saturation(series: CellSeries, t: Thresholds) -> Finding | None:

@@ -18,7 +18,8 @@ from prefwatch.analysis import CellAnalysis, GridAnalysis
 from prefwatch.diagnose import brevity_summary
 from prefwatch.textsafe import plain
 
-# Three-line headers keep the table inside 80 columns.
+# Three-line headers keep the table inside 80 columns. The decision columns (state, step and the
+# held-out ones) are never cut: the cell name and the train columns wrap instead.
 COLUMNS = (
     "cell",
     "state",
@@ -29,6 +30,7 @@ COLUMNS = (
     "held-\nout\nacc.",
     "held-\nout\npairs",
 )
+DECISION_COLUMNS = frozenset({1, 2, 5, 6, 7})
 PAIR_SOURCES = {
     "data.json": "held-out size from the job's data.json; pairs won = accuracy × size",
     "given": "held-out size from --heldout-pairs; pairs won = accuracy × size",
@@ -43,7 +45,7 @@ def _num(value: float | None, digits: int = 3) -> str:
 def review_row(cell: CellAnalysis) -> list[str]:
     r = cell.diagnosis.review
     source = cell.source
-    step = f"{source.series.last_step}" + (f"/{source.max_steps}" if source.max_steps else "")
+    step = f"{last_step(cell)}" + (f"/{source.max_steps}" if source.max_steps else "")
     pairs = "–"
     if r.heldout_pairs_won is not None and r.heldout_pairs:
         pairs = f"{r.heldout_pairs_won}/{r.heldout_pairs}"
@@ -59,9 +61,42 @@ def review_row(cell: CellAnalysis) -> list[str]:
     ]
 
 
+def last_step(cell: CellAnalysis) -> int:
+    """The last step trained: the end-of-training summary's when there is one (logged after the
+    last train row), else the last row's."""
+    end = cell.source.series.end_record or {}
+    ended = [v for k, v in end.items() if k in ("global_step", "step") and isinstance(v, (int, float))]
+    return max([cell.source.series.last_step, *(int(v) for v in ended)])
+
+
 def pair_notes(analysis: GridAnalysis) -> list[str]:
-    sources = {c.diagnosis.review.heldout_pairs_source or "per-pair" for c in analysis.cells}
+    sources = {
+        c.diagnosis.review.heldout_pairs_source or "per-pair"
+        for c in analysis.cells
+        if c.diagnosis.review.heldout_accuracy is not None
+    }
     return [PAIR_SOURCES[s] for s in sorted(sources - {"per-pair"})]
+
+
+def provenance(cell: CellAnalysis) -> str:
+    """Where the cell's objective and rank came from, and what its logs show, in one line."""
+    source, claim = cell.source, cell.source.claim
+    said = source.inference.words
+    if source.inference.objective is not None:
+        objective = f"{source.objective} from the logs ({source.inference.evidence})"
+        if claim and claim.objective and claim.objective == source.inference.objective:
+            objective += f"; the {claim.objective_source} agrees"
+    elif source.objective is not None and claim is not None:
+        objective = f"{source.objective} from the {claim.objective_source}; the logs: {said}"
+    else:
+        objective = f"objective unknown; the logs: {source.inference.evidence}"
+        objective += f" (the folder name gave none: {claim.note})" if claim and claim.note else ""
+    rank = f"r={source.rank} from {claim.rank_source}" if claim and source.rank is not None else "rank unknown"
+    return f"{source.id}: {objective}; {rank}"
+
+
+def skipped_lines(analysis: GridAnalysis) -> list[str]:
+    return [f"not read: {where}: {why}" for where, why in analysis.grid.skipped]
 
 
 def brevity_lines(analysis: GridAnalysis) -> list[str]:
@@ -87,11 +122,22 @@ def render_terminal(analysis: GridAnalysis, console: Console) -> None:
         caption=Text("\n".join(pair_notes(analysis))) or None,
         caption_justify="left",
     )
-    for name in COLUMNS:
-        table.add_column(name, no_wrap=True)
-    for cell in analysis.cells:
-        table.add_row(*(Text(v) for v in review_row(cell)))
+    rows = [review_row(cell) for cell in analysis.cells]
+    for index, name in enumerate(COLUMNS):
+        if index in DECISION_COLUMNS:
+            widest = max([len(part) for part in name.split("\n")] + [len(row[index]) for row in rows])
+            table.add_column(name, no_wrap=True, min_width=widest)
+        else:
+            table.add_column(name, overflow="fold")
+    for row in rows:
+        table.add_row(*(Text(v) for v in row))
     parts: list[Any] = [table]
+    cells = Text()
+    for cell in analysis.cells:
+        cells.append(f"{plain(provenance(cell))}\n")
+    for line in skipped_lines(analysis):
+        cells.append(f"{plain(line)}\n")
+    parts += [Text("Cells", style="bold"), cells]
     findings = Text()
     for cell in analysis.cells:
         for finding in cell.diagnosis.findings:
@@ -129,6 +175,9 @@ def render_markdown(analysis: GridAnalysis) -> str:
     for cell in analysis.cells:
         lines.append("| " + " | ".join(_md(v) for v in review_row(cell)) + " |")
     lines += [f"\n_{note}_" for note in pair_notes(analysis)]
+    lines += ["", "### Cells", ""]
+    lines += [f"- {_md(provenance(c))}" for c in analysis.cells]
+    lines += [f"- {_md(line)}" for line in skipped_lines(analysis)]
     findings = [(c, f) for c in analysis.cells for f in c.diagnosis.findings]
     if findings:
         lines += ["", "### Findings", ""]

@@ -160,7 +160,7 @@ def _decode(path: Path, decoder: Any, what: str) -> Any:
 
 
 class CellState(enum.StrEnum):
-    """A cell's state. The first six are recorded in status.json; IDLE is read from logs alone."""
+    """A cell's state. The first six are recorded in status.json; INCOMPLETE is read from logs alone."""
 
     QUEUED = "queued"
     RUNNING = "running"
@@ -168,7 +168,9 @@ class CellState(enum.StrEnum):
     FAILED = "failed"
     STOPPED = "stopped"
     LOST = "lost"  # status says running or queued, but no job and no supervisor can be found
-    IDLE = "idle"  # logs prefwatch did not start, unfinished and unchanged for a while
+    # Logs prefwatch did not start, without an end-of-training record and unchanged for a while:
+    # the run stopped before its last step (it was called "idle").
+    INCOMPLETE = "incomplete"
 
 
 ENDED_STATES = frozenset({CellState.FINISHED, CellState.FAILED, CellState.STOPPED, CellState.LOST})

@@ -95,14 +95,20 @@ def _write_cell(folder: Path, grid: str, index: int, cell: Cell) -> None:
         loss = 50.0 if step in cell.spikes else 0.6 - 0.003 * step
         if cell.nan_from is not None and step >= cell.nan_from:
             margin = loss = float("nan")
+        # Rewards shaped as each objective logs them (prefwatch reads the objective from this):
+        # DPO's log-ratios around 0; SimPO's β (2.0) × the mean log-probability, below 0, logged beside it.
+        base = -10.0 if cell.objective == "simpo" else 0.0
+        chosen, rejected = base + margin / 2, base - margin / 2
+        logps = {"logps/chosen": chosen / 2.0, "logps/rejected": rejected / 2.0} if cell.objective == "simpo" else {}
         row = {
             "loss": loss,
             "grad_norm": 1.0,
             "learning_rate": 5e-4,
-            "rewards/chosen": margin / 2,
-            "rewards/rejected": -margin / 2,
+            "rewards/chosen": chosen,
+            "rewards/rejected": rejected,
             "rewards/margins": margin,
             "rewards/accuracies": 0.8,
+            **logps,
             "epoch": step / STEPS,
             "step": step,
             "time": t0 + step,

@@ -92,7 +92,12 @@ def test_labels_place_cells_whose_folders_do_not_say(tmp_path, capsys) -> None:
         shutil.copy(sample / source / "metrics.jsonl", (tmp_path / name).mkdir() or tmp_path / name / "metrics.jsonl")
     main(["report", str(tmp_path), "--format", "json", "--heldout-pairs", "100"])
     unlabelled = json.loads(capsys.readouterr().out)["cells"]
-    assert [(c["objective"], c["rank"]) for c in unlabelled] == [(None, None), (None, None)]
+    # The objective is read from the logs (DPO's rewards start at 0, SimPO's are 2 × the log-probability);
+    # nothing says the rank.
+    assert [(c["objective"], c["objective_source"], c["rank"]) for c in unlabelled] == [
+        ("dpo", "logs", None),
+        ("simpo", "logs", None),
+    ]
     main(["report", str(tmp_path), "--format", "json", "--label", "run-a=dpo:8", "--label", "run-b=simpo:8"])
     cells = json.loads(capsys.readouterr().out)["cells"]
     assert [(c["objective"], c["rank"]) for c in cells] == [("dpo", 8), ("simpo", 8)]

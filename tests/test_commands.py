@@ -194,11 +194,16 @@ def report_json(path: Path, *args: str) -> dict:
     return json.loads(done.stdout)
 
 
-def trainer_state(steps: int, max_steps: int = 20) -> dict:
+def trainer_state(steps: int, max_steps: int = 20, simpo: bool = False) -> dict:
+    """DPO-shaped rewards (around 0), or SimPO's (β 2.0 × the mean log-probability, below 0)."""
     history: list[dict] = []
+    base = -10.0 if simpo else 0.0
     for step in range(1, steps + 1):
-        history.append({"loss": 0.6, "rewards/margins": 0.1 * step, "rewards/chosen": 0.05 * step, "step": step})
-        history[-1]["rewards/rejected"] = -0.05 * step
+        chosen, rejected = base + 0.05 * step, base - 0.05 * step
+        history.append({"loss": 0.6, "rewards/margins": 0.1 * step, "rewards/chosen": chosen, "step": step})
+        history[-1]["rewards/rejected"] = rejected
+        if simpo:
+            history[-1].update({"logps/chosen": chosen / 2.0, "logps/rejected": rejected / 2.0})
         if step % 10 == 0:
             history.append(
                 {"eval_loss": 0.5, "eval_rewards/accuracies": 0.7, "eval_rewards/margins": 0.3, "step": step}
@@ -210,9 +215,10 @@ def test_a_cpo_folder_is_read_as_simpo(tmp_path: Path) -> None:
     """TRL's CPOTrainer with loss_type="simpo" is SimPO: a folder named cpo-... is a SimPO cell."""
     folder = tmp_path / "runs" / "cpo-r4-beta2"
     folder.mkdir(parents=True)
-    (folder / "trainer_state.json").write_text(json.dumps(trainer_state(20)))
+    (folder / "trainer_state.json").write_text(json.dumps(trainer_state(20, simpo=True)))
     (cell,) = report_json(tmp_path / "runs")["cells"]
     assert (cell["id"], cell["objective"], cell["rank"], cell["step"]) == ("cpo-r4-beta2", "simpo", 4, 20)
+    assert cell["label"] == {"objective": "simpo", "source": "folder name", "note": None}
 
 
 def test_trainer_state_at_the_output_dirs_root_beats_the_checkpoints(tmp_path: Path) -> None:

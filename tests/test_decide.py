@@ -146,3 +146,51 @@ def test_an_objective_without_evaluations_yet_is_waited_for() -> None:
     verdict = decide([cell("dpo-r8", 60), waiting])
     assert verdict.reasons[0] == "no held-out evaluation of simpo cells yet"
     assert not verdict.decisive
+
+
+def test_one_objective_at_one_rank_compares_nothing() -> None:
+    verdict = decide([cell("dpo-r16", 70)])
+    assert verdict.objective == "dpo" and verdict.rank == 16 and not verdict.decisive
+    assert verdict.reasons[0] == "one objective (dpo) and one rank (r=16): nothing was compared"
+    ranks = decide([cell("dpo-r16", 80), cell("dpo-r8", 50, margin_scale=0.5)])
+    assert ranks.reasons[0] == "only dpo cells to compare: the objective is not in question"
+
+
+def test_cells_without_preference_metrics_are_named_not_compared() -> None:
+    grpo = cell("dpo-r16", 0)
+    grpo.preference, grpo.objective, grpo.id = False, "grpo", "grpo-run"
+    verdict = decide([grpo])
+    assert verdict.objective is None and not verdict.decisive
+    assert verdict.reasons == [
+        "no preference-tuned cell: nothing to compare",
+        "not compared (no preference metrics): grpo-run (GRPO)",
+    ]
+    with_pairs = decide([cell("dpo-r16", 60), cell("dpo-r8", 60), cell("simpo-r16", 85), cell("simpo-r8", 80), grpo])
+    assert with_pairs.objective == "simpo" and with_pairs.decisive
+    assert with_pairs.reasons[-1].startswith("not compared")
+
+
+def test_a_label_the_logs_contradict_keeps_the_objective_in_question() -> None:
+    from prefwatch.diagnose import Finding
+
+    cells = [cell("dpo-r16", 60), cell("dpo-r8", 60), cell("simpo-r16", 85), cell("simpo-r8", 80)]
+    cells[2].diagnosis.findings.append(Finding("objective_mismatch", "error", "the folder name says simpo ..."))
+    verdict = decide(cells)
+    assert not verdict.decisive
+    assert any("objective of simpo-r16 is in question" in r for r in verdict.reasons)
+
+
+def test_held_out_accuracy_without_its_size_says_what_is_missing() -> None:
+    unsized = cell("dpo-r16", 60)
+    unsized.diagnosis.review.__dict__["heldout_pairs_won"] = None
+    verdict = decide([unsized])
+    assert verdict.reasons[0].startswith("held-out size unknown: --heldout-pairs N")
+    assert any("--heldout-pairs N" in n for n in verdict.needs)
+
+
+def test_an_incomplete_run_says_where_it_stopped() -> None:
+    stopped = cell("dpo-r16", 60)
+    stopped.finished, stopped.stopped_at, stopped.max_steps = False, 75, 100
+    verdict = decide([stopped, cell("simpo-r16", 85)])
+    assert not verdict.decisive
+    assert any("dpo-r16 stopped at step 75 of 100" in n for n in verdict.needs)

@@ -98,11 +98,16 @@ def test_zero_pairs_won_is_a_count_not_a_missing_value() -> None:
     assert (verdict.rank, verdict.reasons[-1]) == (16, "r=16 wins the most held-out pairs (1)")
 
 
-def test_an_unlabelled_objective_is_shown_as_a_question_mark() -> None:
+def test_an_unlabelled_objective_is_said_to_be_unknown() -> None:
+    # Issue 12: never a "?" placeholder; nothing is decided for cells whose objective nothing says.
     verdict = decide([result("run-a", None, None, 60), result("run-b", None, None, 70)])
-    assert verdict.objective == "?" and verdict.reasons == ["only ? cells to compare: the objective is not in question"]
+    assert verdict.objective is None and not verdict.decisive
+    assert (
+        verdict.reasons[0]
+        == "the objective is unknown (no label, and the logs cannot tell): --label NAME=OBJECTIVE:RANK"
+    )
     waiting = decide([result("dpo-r8", "dpo", 8, 60), result("run-b", None, None, None, finished=False)])
-    assert waiting.reasons[0] == "no held-out evaluation of ? cells yet"
+    assert waiting.reasons[0] == "no held-out evaluation of unknown-objective cells yet"
 
 
 def test_several_names_in_one_reason_are_listed_with_commas() -> None:

@@ -109,6 +109,48 @@ def test_non_finite_gives_the_last_finite_step() -> None:
     assert finding.step == 60 and "last finite step 59" in finding.message and finding.severity == "error"
 
 
+def test_a_loss_that_stays_non_finite_has_diverged() -> None:
+    diverged = run(extra=lambda s: {"loss": math.inf if s >= 80 else 0.5})
+    (finding,) = [f for f in diagnose(diverged).findings if f.kind.endswith("non_finite")]
+    assert finding.kind == "non_finite" and finding.severity == "error"
+    assert "from step 80 to the end (last finite step 79)" in finding.message
+    never = run(extra=lambda s: {"loss": math.nan})
+    (finding,) = [f for f in diagnose(never).findings if f.kind == "non_finite"]
+    assert "never finite before" in finding.message and "None" not in finding.message
+
+
+def test_intermittent_non_finite_lists_the_steps_without_a_divergence_story() -> None:
+    spotty = run(extra=lambda s: {"rewards/margins": math.nan} if s in (7, 30, 31) else {})
+    (finding,) = [f for f in diagnose(spotty).findings if f.kind.endswith("non_finite")]
+    assert finding.kind == "intermittent_non_finite" and finding.severity == "warn"
+    assert "steps 7, 30, 31" in finding.message and "last finite" not in finding.message
+
+
+def test_grad_scaler_skips_are_info() -> None:
+    """fp16: grad_norm NaN on a skipped step, loss finite, and the scheduler did not step."""
+
+    skips = (1, 2, 39)
+
+    def rate(s: int) -> float:  # the scheduler steps only after an update that was not skipped
+        updates = sum(1 for done in range(1, s) if done not in skips)
+        return 5e-4 * min(updates, 20) / 20
+
+    skipped = run(extra=lambda s: {"grad_norm": math.nan if s in skips else 1.0, "learning_rate": rate(s)})
+    (finding,) = [f for f in diagnose(skipped).findings if "non_finite" in f.kind or "scaler" in f.kind]
+    assert finding.kind == "grad_scaler_skips" and finding.severity == "info" and "steps 1, 2, 39" in finding.message
+    moving = run(extra=lambda s: {"grad_norm": math.nan if s == 50 else 1.0, "learning_rate": 1e-4 * s})
+    assert {f.kind for f in diagnose(moving).findings} >= {"intermittent_non_finite"}
+
+
+def test_chosen_log_probs_an_order_of_magnitude_down_is_degeneration() -> None:
+    collapse = run(chosen_logp=lambda s: -360.0 if s < 20 else -13000.0, rejected_logp=lambda s: -400.0)
+    (finding,) = [f for f in diagnose(collapse).findings if f.kind == "likelihood_displacement"]
+    assert finding.severity == "error" and finding.message.startswith("degeneration") and finding.step == 20
+    mild = run(chosen_logp=lambda s: -50.0 - 0.05 * s, rejected_logp=lambda s: -60.0 - 0.2 * s)
+    (finding,) = [f for f in diagnose(mild).findings if f.kind == "likelihood_displacement"]
+    assert finding.severity == "warn"
+
+
 def test_margin_inconsistent() -> None:
     assert "margin_inconsistent" in kinds(run(extra=lambda s: {"rewards/margins": 5.0}))
 

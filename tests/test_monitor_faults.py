@@ -38,13 +38,17 @@ TIMEOUT = 30.0  # seconds for a monitor to start and draw on a loaded 2-core mac
 
 def record(step: int, objective: str, **override: float) -> dict:
     scale = 1.0 if objective == "dpo" else 2.0
-    chosen, rejected = scale * 0.02 * step, -scale * 0.015 * step
+    # SimPO's rewards are β (2.0) × the mean log-probability, below 0 from the first step; DPO's start near 0.
+    base = 0.0 if objective == "dpo" else -10.0
+    chosen, rejected = base + scale * 0.02 * step, base - scale * 0.015 * step
+    logps = {} if objective == "dpo" else {"logps/chosen": chosen / scale, "logps/rejected": rejected / scale}
     line = {
         "loss": 0.6,
         "rewards/chosen": chosen,
         "rewards/rejected": rejected,
         "rewards/margins": chosen - rejected,
         "rewards/accuracies": 0.7,
+        **logps,
         "step": step,
         "time": time.time(),
     }

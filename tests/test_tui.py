@@ -32,8 +32,11 @@ MAX_STEPS = 40
 def train_record(step: int, objective: str, rank: int, at: float | None = None, **override: float) -> dict:
     """A TRL train log line; logged ``at`` a time (default now), so that a running cell never reads as stalled."""
     scale = 1.0 if objective == "dpo" else 2.0
-    chosen = scale * 0.02 * step * (16 / rank) ** 0.2
-    rejected = -scale * 0.015 * step
+    # SimPO's rewards are β (2.0) × the mean log-probability, below 0 from the first step; DPO's start near 0.
+    base = 0.0 if objective == "dpo" else -10.0
+    chosen = base + scale * 0.02 * step * (16 / rank) ** 0.2
+    rejected = base - scale * 0.015 * step
+    logps = {} if objective == "dpo" else {"logps/chosen": chosen / scale, "logps/rejected": rejected / scale}
     record = {
         "loss": max(0.05, math.log(2) - 0.01 * step),
         "grad_norm": 1.0,
@@ -44,6 +47,7 @@ def train_record(step: int, objective: str, rank: int, at: float | None = None, 
         "rewards/accuracies": min(1.0, 0.5 + 0.01 * step),
         "logps/chosen": -50.0,
         "logps/rejected": -60.0,
+        **logps,
         "epoch": step / MAX_STEPS,
         "step": step,
         "time": time.time() if at is None else at,

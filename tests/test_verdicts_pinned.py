@@ -257,7 +257,7 @@ CASES: dict[str, tuple[list[Cell], Expected]] = {
             None,
             False,
             ["no held-out evaluation yet"],
-            ["evaluations on held-out pairs (eval_every)"],
+            ["evaluations on held-out pairs (eval_every in a grid; eval_strategy in TRL)"],
             3,
             effects={},
         ),

@@ -12,7 +12,7 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +22,22 @@ from prefwatch import metrics, rundir, system
 from prefwatch.ingest.columnar import ColumnarDecoder, add_blocks
 from prefwatch.ingest.tail import TailReader, decode_line
 from prefwatch.ingest.tensorboard import EVENT_FILE_PREFIX, EventFileReader, add_scalars, event_files
+from prefwatch.objectives import NOTHING_YET, PREFERENCE, TOKENS, Claim, Inference, infer, name_objective
 from prefwatch.rundir import CellState, CellStatus
 from prefwatch.series import CellSeries
 
-OBJECTIVE_TOKENS = {"dpo": "dpo", "simpo": "simpo", "cpo": "simpo", "orpo": "orpo"}
 TRAINER_STATE = "trainer_state.json"
-# Logs of a job prefwatch did not start, unfinished and unchanged for this long, are called idle.
-IDLE_AFTER_SECONDS = 600.0
-IDLE = CellState.IDLE
+# Logs of a job prefwatch did not start, without an end-of-training record and unchanged for this
+# long, are "incomplete": the run stopped (or was stopped) before its last step.
+INCOMPLETE_AFTER_SECONDS = 600.0
+INCOMPLETE = CellState.INCOMPLETE
+# How deep a folder of runs is searched for cells (runs/x/adapters/dpo/ is three levels down).
+SEARCH_DEPTH = 3
+# Files that look like logs but are not a format prefwatch reads, with what to point it at instead.
+UNREAD_LOGS = {
+    "trainer_log.jsonl": "LLaMA-Factory's progress log (loss and accuracy only); prefwatch reads the "
+    "run's trainer_state.json, which LLaMA-Factory writes beside it",
+}
 
 
 class SourceError(ValueError):
@@ -91,6 +99,8 @@ class CellSource:
     pairs: PairLog = field(default_factory=PairLog)
     data_stats: dict[str, Any] | None = None
     system: system.SystemLog = field(default_factory=system.SystemLog)  # system.jsonl: CPU, memory, GPUs
+    claim: Claim | None = None  # what the name, label or cell.json says (objective, rank, by whom)
+    inference: Inference = NOTHING_YET  # what the logs say trained the cell
     metrics_path: Path | None = None
     trainer_state_dir: Path | None = None
     event_dir: Path | None = None  # TensorBoard event files in it or in its runs/*
@@ -106,8 +116,11 @@ class CellSource:
     _history_used: int = 0
     _event_readers: dict[Path, EventFileReader] = field(default_factory=dict)
     _data_checked: float = -math.inf
+    _inferred_at: int = -1
 
     def __post_init__(self) -> None:
+        if self.claim is None:
+            self.claim = Claim(self.objective, "given", self.rank, "given")
         if self.metrics_path is not None:
             self._metrics_reader = TailReader(self.metrics_path)
         pairs_path = self.directory / rundir.EVAL_PAIRS_FILE
@@ -160,7 +173,35 @@ class CellSource:
             self._data_checked = time.monotonic()
             self.data_stats = rundir.read_json(self.directory / rundir.DATA_FILE)
             changed |= self.data_stats is not None
+        self._infer()
         return changed
+
+    def _infer(self) -> None:
+        """Read the objective from the logs again when rows were added; the logs' objective, when
+        they show one, is the cell's objective (the claim stays, for the mismatch check)."""
+        if self.series.records == self._inferred_at:
+            return
+        self._inferred_at = self.series.records
+        self.inference = infer(self.series)
+        claimed = self.claim.objective if self.claim else None
+        self.objective = self.inference.objective or claimed
+
+    def relabel(self, objective: str | None, rank: int | None, source: str) -> None:
+        """A label given by the user: it replaces what the name said (a None part keeps it)."""
+        claim = self.claim or Claim()
+        if objective is not None:
+            claim = replace(claim, objective=objective, objective_source=source, note=None)
+        if rank is not None:
+            claim = replace(claim, rank=rank, rank_source=source)
+        self.claim, self.rank = claim, claim.rank
+        self._inferred_at = -1
+        self.objective = claim.objective
+        self._infer()
+
+    @property
+    def stopped_at(self) -> int | None:
+        """The last step of a run without an end-of-training record (where it stopped, if it did)."""
+        return None if self.series.finished or not self.series.records else self.series.last_step
 
     def _poll_metrics(self) -> bool:
         assert self._metrics_reader is not None
@@ -296,8 +337,9 @@ class CellSource:
         max_steps, step = state.get("max_steps"), state.get("global_step")
         if isinstance(max_steps, int) and "train" not in self.info:
             self.info["train"] = {"max_steps": max_steps}
-        if isinstance(max_steps, int) and isinstance(step, int) and 0 < max_steps <= step:
-            # Checkpoints are saved before the Trainer appends its end-of-training record.
+        if isinstance(step, int) and (isinstance(max_steps, int) and 0 < max_steps <= step or _stopped(state)):
+            # Checkpoints are saved before the Trainer appends its end-of-training record; a run
+            # that stopped early on purpose (early stopping) says so in should_training_stop.
             self.series.end_record = self.series.end_record or {"global_step": step}
         return True
 
@@ -312,20 +354,26 @@ class CellSource:
         if not self.series.records:
             return CellStatus(CellState.QUEUED)
         # No process is known for logs prefwatch did not start: recent writes are all that says "running".
-        last = self.series.last_time
-        recent = last is not None and time.time() - last < IDLE_AFTER_SECONDS
-        return CellStatus(CellState.RUNNING if recent or last is None and self._recently_written() else IDLE)
+        last = self.last_log_time()
+        running = last is not None and time.time() - last < INCOMPLETE_AFTER_SECONDS
+        return CellStatus(CellState.RUNNING if running else INCOMPLETE)
 
-    def _recently_written(self) -> bool:
+    def _written_at(self) -> float | None:
+        """When the cell's log file was last written (its mtime), for logs whose rows carry no time."""
         log = self.metrics_path or newest_trainer_state(self.trainer_state_dir or self.directory)
         if self.event_dir is not None:
             log = next(iter(reversed(event_files(self.event_dir))), log)
         if self.tracker is not None:
             log = self.tracker.path
         try:
-            return log is not None and time.time() - log.stat().st_mtime < IDLE_AFTER_SECONDS
+            return log.stat().st_mtime if log is not None else None
         except OSError:
-            return False
+            return None
+
+    def last_log_time(self) -> float | None:
+        """When the last row was logged: its own time, else the log file's modification time."""
+        last = self.series.last_time
+        return last if last is not None and math.isfinite(last) else self._written_at()
 
 
 @dataclass
@@ -336,6 +384,7 @@ class GridSource:
     root: Path
     cells: list[CellSource]
     managed: bool = False
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # folders not read, and why
 
     def poll(self) -> bool:
         changed = False
@@ -347,7 +396,12 @@ class GridSource:
 
     @property
     def objectives(self) -> list[str]:
-        return _ordered(c.objective or "?" for c in self.cells)
+        return _ordered(c.objective or "none" for c in self.cells)
+
+    @property
+    def timed(self) -> bool:
+        """Whether any row carries a time (TRL's trainer_state.json records none)."""
+        return any(np.isfinite(s.times).any() for c in self.cells for s in (c.series.train, c.series.eval))
 
     @property
     def ranks(self) -> list[int | None]:
@@ -389,6 +443,8 @@ def _open(path: Path) -> GridSource:
             return GridSource(path.parent.name, path.parent, [_trl_cell(path.parent)])
         if path.name.startswith(EVENT_FILE_PREFIX):
             return GridSource(path.parent.name, path.parent, [_tb_cell(path.parent)])
+        if path.name in UNREAD_LOGS:
+            raise SourceError(f"{path}: not read: {UNREAD_LOGS[path.name]}")
         return GridSource(path.stem, path.parent, [_jsonl_cell(path.parent, path)])
     if rundir.is_grid_dir(path):
         cells = [_prefwatch_cell(d) for d in rundir.cell_dirs(path)]
@@ -396,13 +452,58 @@ def _open(path: Path) -> GridSource:
     single = _cell_at(path)
     if single is not None:
         return GridSource(path.name, path.parent, [single])
-    cells = [c for c in (_cell_at(d) for d in sorted(path.iterdir()) if d.is_dir()) if c is not None]
+    cells, skipped = find_cells(path)
     if not cells:
+        if skipped:
+            why = "; ".join(f"{where}: {reason}" for where, reason in skipped)
+            raise SourceError(f"{path}: no logs prefwatch reads ({why})")
         raise SourceError(
-            f"{path}: no logs found (looked for a run directory, metrics.jsonl, trainer_state.json"
-            " and TensorBoard event files)"
+            f"{path}: no logs found within {SEARCH_DEPTH} folder levels (looked for a run directory, "
+            "metrics.jsonl, trainer_state.json and TensorBoard event files)"
         )
-    return GridSource(path.name, path, cells)
+    for cell in cells:  # cells found further down are named by their path from here
+        if cell.directory.parent != path:
+            cell.id = cell.directory.relative_to(path).as_posix()
+    cells.sort(key=lambda c: c.directory.relative_to(path).parts)
+    return GridSource(path.resolve().name or str(path), path, cells, skipped=skipped)
+
+
+def find_cells(root: Path, depth: int = SEARCH_DEPTH) -> tuple[list[CellSource], list[tuple[Path, str]]]:
+    """The runs in a folder and in its subfolders down to ``depth`` levels (a run's own folder is not
+    searched further), and the folders holding log-like files prefwatch does not read, with why."""
+    cells: list[CellSource] = []
+    skipped: list[tuple[Path, str]] = []
+    level = [root]
+    for _ in range(depth):
+        below: list[Path] = []
+        for folder in level:
+            for child in _subfolders(folder):
+                cell = _cell_at(child)
+                if cell is not None:
+                    cells.append(cell)
+                    continue
+                unread = [name for name in UNREAD_LOGS if (child / name).is_file()]
+                if unread:
+                    skipped.append((child.relative_to(root), f"{unread[0]} is {UNREAD_LOGS[unread[0]]}"))
+                below.append(child)
+        level = below
+    unread = [name for name in UNREAD_LOGS if (root / name).is_file()]
+    if unread:
+        skipped.insert(0, (Path(unread[0]), UNREAD_LOGS[unread[0]]))
+    return cells, skipped
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    """Subfolders worth searching: not hidden, not a checkpoint (read with its run), not a link loop."""
+    try:
+        children = sorted(folder.iterdir())
+    except OSError:
+        return []
+    return [
+        c
+        for c in children
+        if c.is_dir() and not c.is_symlink() and not c.name.startswith(".") and not re.match(r"checkpoint-\d+$", c.name)
+    ]
 
 
 def _apply_labels(grid: GridSource, labels: Labels) -> None:
@@ -412,11 +513,8 @@ def _apply_labels(grid: GridSource, labels: Labels) -> None:
         raise SourceError(f"label for {', '.join(unknown)}: no such cell (cells: {names})")
     for cell in grid.cells:
         label = labels.get(cell.id) or labels.get(str(cell.directory))
-        if label is None:
-            continue
-        objective, rank = label
-        cell.objective = objective if objective is not None else cell.objective
-        cell.rank = rank if rank is not None else cell.rank
+        if label is not None:
+            cell.relabel(*label, source="--label")
 
 
 def parse_label(text: str) -> tuple[str, tuple[str | None, int | None]]:
@@ -432,9 +530,10 @@ def parse_label(text: str) -> tuple[str, tuple[str | None, int | None]]:
     objective_text, _, rank_text = value.strip().partition(":")
     objective = None
     if objective_text.strip():
-        objective = OBJECTIVE_TOKENS.get(objective_text.strip().lower())
-        if objective is None:
-            known = ", ".join(sorted(OBJECTIVE_TOKENS))
+        objective = TOKENS.get(objective_text.strip().lower())
+        if objective not in PREFERENCE:
+            objective = None
+            known = ", ".join(sorted(t for t, o in TOKENS.items() if o in PREFERENCE))
             raise SourceError(f"label {text!r}: unknown objective {objective_text.strip()!r} (one of {known})")
     rank = None
     if rank_text.strip():
@@ -463,14 +562,19 @@ def _prefwatch_cell(path: Path) -> CellSource:
         cell, problem = rundir.read_cell(path), None
     except rundir.RecordError as exc:  # shown as the cell's read error; the logs are still read
         cell, problem = rundir.CellRecord(), str(exc)
-    guess_objective, guess_rank = guess_labels(path)
+    claim = guess_labels(path)
+    if cell.objective is not None:
+        claim = replace(claim, objective=cell.objective, objective_source="cell.json", note=None)
+    if cell.rank is not None:
+        claim = replace(claim, rank=cell.rank, rank_source="cell.json")
     return CellSource(
         id=path.name,
         directory=path,
-        objective=cell.objective if cell.objective is not None else guess_objective,
-        rank=cell.rank if cell.rank is not None else guess_rank,
+        objective=claim.objective,
+        rank=claim.rank,
         seed=cell.seed,
         info=cell.to_dict() if problem is None else {},
+        claim=claim,
         metrics_path=path / rundir.METRICS_FILE,
         managed=rundir.is_launched_cell(path),
         record_error=problem,
@@ -478,20 +582,20 @@ def _prefwatch_cell(path: Path) -> CellSource:
 
 
 def _jsonl_cell(directory: Path, metrics_path: Path) -> CellSource:
-    objective, rank = guess_labels(directory)
-    return CellSource(directory.name, directory, objective, rank, metrics_path=metrics_path)
+    claim = guess_labels(directory)
+    return CellSource(directory.name, directory, claim.objective, claim.rank, claim=claim, metrics_path=metrics_path)
 
 
 def _trl_cell(path: Path) -> CellSource:
-    objective, rank = guess_labels(path)
-    return CellSource(path.name, path, objective, rank, trainer_state_dir=path)
+    claim = guess_labels(path)
+    return CellSource(path.name, path, claim.objective, claim.rank, claim=claim, trainer_state_dir=path)
 
 
 def _tb_cell(path: Path) -> CellSource:
     """A TRL output_dir written with report_to="tensorboard" (or a bare logging dir): the event
     files are live (flushed at every log), trainer_state.json only at checkpoints."""
-    objective, rank = guess_labels(path)
-    return CellSource(path.name, path, objective, rank, trainer_state_dir=path, event_dir=path)
+    claim = guess_labels(path)
+    return CellSource(path.name, path, claim.objective, claim.rank, claim=claim, trainer_state_dir=path, event_dir=path)
 
 
 def newest_trainer_state(path: Path) -> Path | None:
@@ -507,16 +611,22 @@ def newest_trainer_state(path: Path) -> Path | None:
     return best
 
 
-def guess_labels(path: Path) -> tuple[str | None, int | None]:
-    """Objective and LoRA rank from a folder: name tokens like dpo / simpo and r16, or adapter_config.json."""
+def _stopped(state: dict[str, Any]) -> bool:
+    """The Trainer's own word that training ended (TrainerControl.should_training_stop, 4.39+)."""
+    control = (state.get("stateful_callbacks") or {}).get("TrainerControl") or {}
+    return bool(isinstance(control, dict) and (control.get("args") or {}).get("should_training_stop") is True)
+
+
+def guess_labels(path: Path) -> Claim:
+    """Objective and LoRA rank from a folder: name tokens like dpo / simpo and r16, or
+    adapter_config.json (in the folder or its newest checkpoint); each with where it was read."""
+    objective, note = name_objective(path.name)
     tokens = [t.lower() for t in re.split(r"[^A-Za-z0-9]+", path.name) if t]
-    objective = next((OBJECTIVE_TOKENS[t] for t in tokens if t in OBJECTIVE_TOKENS), None)
-    rank = None
     for adapter in [path / "adapter_config.json", *sorted(path.glob("checkpoint-*/adapter_config.json"))]:
         config = rundir.read_json(adapter)
         if config and isinstance(config.get("r"), int):
-            rank = config["r"]
-            break
-    if rank is None:
-        rank = next((int(t[1:]) for t in tokens if re.fullmatch(r"r\d+", t)), None)
-    return objective, rank
+            return Claim(
+                objective, "folder name" if objective else None, config["r"], adapter.relative_to(path).as_posix(), note
+            )
+    rank = next((int(t[1:]) for t in tokens if re.fullmatch(r"r\d+", t)), None)
+    return Claim(objective, "folder name" if objective else None, rank, "folder name" if rank else None, note)

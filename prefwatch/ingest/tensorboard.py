@@ -569,6 +569,14 @@ def add_scalars(series: CellSeries, scalars: Scalars) -> None:
     is_eval = np.array([split == "eval" for split, _ in canon] + [False])
     end_points = is_end[scalars.tag_ids]
     if end_points.any():
+        # The Trainer logs the summary with its epoch: at the summary's step, an epoch point with
+        # nothing else is part of the summary, not a train row of NaN.
+        is_epoch = np.array([name == "epoch" for _, name in canon] + [False])[scalars.tag_ids]
+        summary_steps = np.unique(scalars.steps[end_points])
+        at_summary = np.isin(scalars.steps, summary_steps)
+        real = ~is_epoch & ~end_points & ~is_eval[scalars.tag_ids]
+        lone = at_summary & is_epoch & ~np.isin(scalars.steps, scalars.steps[real])
+        end_points = end_points | lone
         series.end_record = {
             scalars.tags[t]: v
             for t, v in zip(scalars.tag_ids[end_points].tolist(), scalars.values[end_points].tolist())

@@ -212,7 +212,8 @@ def config_labels(config: Mapping[str, Any], root: Path, name: str) -> tuple[str
         objective = "orpo"
     rank = _peft_rank(config.get("peft_config"))
     # The name only: a path under a file (the store's root may be one) has no adapter_config.json.
-    by_name = guess_labels(root / rundir.CELL_FILE / Path(name).name) if name else (None, None)
+    claim = guess_labels(root / rundir.CELL_FILE / Path(name).name) if name else None
+    by_name = (claim.objective, claim.rank) if claim is not None else (None, None)
     return objective or by_name[0], rank if rank is not None else by_name[1]
 
 

@@ -1,0 +1,401 @@
+"""Other people's logs, judged as their numbers justify (tests/real_logs/EXPECTED.md, written before
+prefwatch was run on them; PROVENANCE.md says where each comes from).
+
+Each log is copied to a temporary folder with its files dated in the past: a fresh checkout dates
+them now, which would make every log look like a run still being written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from test_ingest_tensorboard import event, file_version_event, record, simple_value
+
+from prefwatch.analysis import analyse
+from prefwatch.cli import EXIT_NOT_DECISIVE, main
+from prefwatch.ingest.sources import open_path
+from prefwatch.report import render_terminal, review_row
+
+CORPUS = Path(__file__).resolve().parent / "real_logs"
+SAMPLE = Path(__file__).resolve().parent.parent / "sample_runs" / "tiny-demo" / "cells"
+PAST = time.time() - 30 * 86400.0
+# Preference findings that have nothing to say about a log without preference metrics.
+PREFERENCE_KINDS = {"reference_equals_policy", "likelihood_displacement", "saturation", "margin_inconsistent"}
+
+
+@dataclass(frozen=True)
+class Cell:
+    objective: str | None
+    objective_source: str | None
+    rank: int | None
+    rank_source: str | None
+    state: str
+    step: str  # what the report's step column says
+    must: frozenset[str] = frozenset()
+    must_not: frozenset[str] = frozenset()
+    says: str | None = None  # words of what the logs show
+
+
+@dataclass(frozen=True)
+class Case:
+    folder: str
+    cells: dict[str, Cell]
+    reason: str  # a verdict reason (or need) must contain this
+    decisive: bool = False
+
+
+NOT_NAN = frozenset({"non_finite", "intermittent_non_finite"})
+CASES = [
+    Case(
+        "soup-dpo-takehome",
+        {
+            "soup-dpo-takehome": Cell(
+                "dpo",
+                "logs",
+                16,
+                "adapter_config.json",
+                "incomplete",
+                "75/100",
+                must=frozenset({"grad_scaler_skips"}),
+                must_not=NOT_NAN | PREFERENCE_KINDS | {"objective_mismatch"},
+                says="DPO",
+            )
+        },
+        "stopped at step 75 of 100",
+    ),
+    Case(
+        "rlhf-recsys-outputs",
+        {
+            "rlhf-recsys-outputs": Cell(
+                "orpo",
+                "logs",
+                16,
+                "adapter_config.json",
+                "finished",
+                "336/336",
+                must_not=NOT_NAN | {"likelihood_displacement", "saturation", "objective_mismatch"},
+                says="ORPO",
+            )
+        },
+        "no held-out evaluation yet",
+    ),
+    Case(
+        "qwen3-lora",
+        {"qwen3-lora": Cell(None, None, None, None, "finished", "768/768", must_not=NOT_NAN | PREFERENCE_KINDS)},
+        "no preference-tuned cell",
+    ),
+    Case(
+        "llm-recovery-gemma",
+        {
+            "llm-recovery-gemma": Cell(
+                "dpo", "logs", 8, "checkpoint-50/adapter_config.json", "incomplete", "50/667", says="DPO"
+            )
+        },
+        "stopped at step 50 of 667",
+    ),
+    Case(
+        "llm-recovery-long",
+        {
+            "llm-recovery-long": Cell(
+                "dpo",
+                "logs",
+                None,
+                None,
+                "incomplete",
+                "1000/1333",
+                must_not=NOT_NAN | {"likelihood_displacement", "saturation", "objective_mismatch"},
+            )
+        },
+        "stopped at step 1000 of 1333",
+    ),
+    Case(
+        "chaos-economy",
+        {
+            "chaos-economy": Cell(
+                "grpo", "logs", None, None, "finished", "200/200", must_not=NOT_NAN | PREFERENCE_KINDS, says="GRPO"
+            )
+        },
+        "not compared (no preference metrics): chaos-economy (GRPO)",
+    ),
+    Case(
+        "healthai-oppo-2026",
+        {
+            "healthai-oppo-2026": Cell(
+                None, None, None, None, "finished", "9/9", must_not=NOT_NAN | PREFERENCE_KINDS, says="no preference"
+            )
+        },
+        "no preference-tuned cell",
+    ),
+    Case(
+        "distill-safety",
+        {
+            "outputs/baseline": Cell(
+                None, None, None, None, "finished", "135/135", must_not=NOT_NAN | PREFERENCE_KINDS
+            ),
+            "outputs/dpo": Cell(
+                "dpo",
+                "logs",
+                16,
+                "checkpoint-30/adapter_config.json",
+                "finished",
+                "30/30",
+                must=frozenset({"saturation"}),
+                must_not=NOT_NAN | {"likelihood_displacement", "objective_mismatch"},
+            ),
+            "outputs/weighted": Cell(
+                None, None, None, None, "finished", "177/177", must_not=NOT_NAN | PREFERENCE_KINDS
+            ),
+        },
+        "no held-out evaluation yet",
+    ),
+    Case(
+        "simpo-training",
+        {
+            "simpo-test": Cell(
+                "simpo",
+                "folder name",
+                None,
+                None,
+                "incomplete",
+                "100/1000000",
+                must_not=NOT_NAN | {"objective_mismatch"},
+                says="no preference metrics",
+            )
+        },
+        "stopped at step 100 of 1000000",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The corpus, copied, every file dated a month ago."""
+    root = tmp_path_factory.mktemp("real") / "real_logs"
+    shutil.copytree(CORPUS, root)
+    for path in root.rglob("*"):
+        os.utime(path, (PAST, PAST))
+    return root
+
+
+def report_json(path: Path, *extra: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:
+    status = main(["report", str(path), "--format", "json", *extra])
+    return status, json.loads(capsys.readouterr().out)
+
+
+def check(case: Case, status: int, report: dict) -> None:
+    assert status == (0 if case.decisive else EXIT_NOT_DECISIVE)
+    cells = {c["id"]: c for c in report["cells"]}
+    assert set(cells) == set(case.cells)
+    for cell_id, want in case.cells.items():
+        got = cells[cell_id]
+        kinds = {f["kind"] for f in got["findings"]}
+        assert (got["objective"], got["objective_source"]) == (want.objective, want.objective_source), cell_id
+        assert (got["rank"], got["rank_source"]) == (want.rank, want.rank_source), cell_id
+        assert got["state"] == want.state, cell_id
+        assert want.must <= kinds and not (want.must_not & kinds), (cell_id, kinds)
+        if want.says:
+            assert want.says in got["logs"]["says"], got["logs"]
+        assert "None" not in " ".join(f["message"] for f in got["findings"])
+        assert '"?"' not in json.dumps(got)
+    verdict = report["verdict"]
+    assert verdict["decisive"] is case.decisive
+    assert any(case.reason in line for line in verdict["reasons"] + verdict["needs"]), verdict
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.folder for c in CASES])
+def test_each_log_is_judged_as_its_numbers_say(case: Case, corpus: Path, capsys) -> None:
+    status, report = report_json(corpus / case.folder, capsys=capsys)
+    check(case, status, report)
+    analysis = analyse(_opened(corpus / case.folder))
+    steps = {c.source.id: review_row(c)[2] for c in analysis.cells}
+    assert steps == {cell_id: want.step for cell_id, want in case.cells.items()}
+
+
+def _opened(path: Path):
+    grid = open_path(path)
+    grid.poll()
+    return grid
+
+
+@pytest.mark.parametrize("folder", ["soup-dpo-takehome", "distill-safety", "chaos-economy"])
+def test_the_command_line_says_the_same(folder: str, corpus: Path) -> None:
+    """The installed command, as a user runs it: exit 3 (not decisive) and the same JSON."""
+    done = subprocess.run(
+        [sys.executable, "-m", "prefwatch", "report", str(corpus / folder), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    case = next(c for c in CASES if c.folder == folder)
+    check(case, done.returncode, json.loads(done.stdout))
+
+
+def test_the_nan_grad_norms_of_a_fp16_run_are_the_grad_scaler(corpus: Path, capsys) -> None:
+    _, report = report_json(corpus / "soup-dpo-takehome", capsys=capsys)
+    (finding,) = report["cells"][0]["findings"]
+    assert finding["severity"] == "info" and finding["step"] == 1
+    assert "steps 1, 2, 18, 74" in finding["message"] and "grad scaler" in finding["message"]
+
+
+def test_a_log_prefwatch_does_not_read_is_named_with_the_reason(corpus: Path, capsys) -> None:
+    assert main(["report", str(corpus / "hykun-360-llama-factory")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "trainer_log.jsonl" in error and "LLaMA-Factory" in error and "trainer_state.json" in error
+    assert len(error.splitlines()) == 1
+
+
+def test_the_whole_corpus_opens_with_every_run_found_or_named(corpus: Path, capsys) -> None:
+    """The corpus folder itself: runs one, two and three levels down are cells; the progress log is named."""
+    status, report = report_json(corpus, capsys=capsys)
+    ids = {c["id"] for c in report["cells"]}
+    assert {"soup-dpo-takehome", "distill-safety/outputs/dpo", "simpo-training/simpo-test"} <= ids
+    assert len(ids) == sum(len(c.cells) for c in CASES)
+    assert status == EXIT_NOT_DECISIVE
+    grid = open_path(corpus)
+    assert [str(where) for where, _ in grid.skipped] == ["hykun-360-llama-factory"]
+
+
+# ---- labels against the logs -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "folder, label, logs_say",
+    [
+        ("soup-dpo-takehome", "simpo", "DPO"),
+        ("rlhf-recsys-outputs", "dpo", "ORPO"),
+        ("chaos-economy", "dpo", "GRPO"),
+    ],
+)
+def test_a_label_the_logs_contradict_is_an_error(folder: str, label: str, logs_say: str, corpus: Path, capsys) -> None:
+    status, report = report_json(corpus / folder, "--label", f"{folder}={label}", capsys=capsys)
+    cell = report["cells"][0]
+    (mismatch,) = [f for f in cell["findings"] if f["kind"] == "objective_mismatch"]
+    assert mismatch["severity"] == "error"
+    assert f"--label says {label}" in mismatch["message"] and logs_say in mismatch["message"]
+    assert cell["objective_source"] == "logs" and cell["label"]["objective"] == label
+    assert status == EXIT_NOT_DECISIVE and not report["verdict"]["decisive"]
+
+
+def test_logs_that_cannot_tell_leave_the_label_standing(corpus: Path, capsys) -> None:
+    _, report = report_json(corpus / "simpo-training", "--label", "simpo-test=dpo:8", capsys=capsys)
+    (cell,) = report["cells"]
+    assert (cell["objective"], cell["objective_source"], cell["rank"], cell["rank_source"]) == (
+        "dpo",
+        "--label",
+        8,
+        "--label",
+    )
+    assert not any(f["kind"] == "objective_mismatch" for f in cell["findings"])
+
+
+def test_a_folder_named_simpo_holding_a_dpo_run_is_caught(corpus: Path, tmp_path: Path, capsys) -> None:
+    """The founding write-up's story: the code ran DPOTrainer while the write-up argued for SimPO."""
+    run = tmp_path / "simpo-r16"
+    run.mkdir()
+    shutil.copy(corpus / "soup-dpo-takehome" / "trainer_state.json", run)
+    _, report = report_json(run, capsys=capsys)
+    (cell,) = report["cells"]
+    (mismatch,) = [f for f in cell["findings"] if f["kind"] == "objective_mismatch"]
+    assert "folder name says simpo" in mismatch["message"] and "0 at step 1" in mismatch["message"]
+    assert cell["objective"] == "dpo"
+
+
+def test_a_name_with_two_objectives_is_ambiguous(corpus: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "argilla_dpo_mix_simpo_kl"
+    run.mkdir()
+    shutil.copy(corpus / "soup-dpo-takehome" / "trainer_state.json", run)
+    _, report = report_json(run, capsys=capsys)
+    (cell,) = report["cells"]
+    assert cell["label"]["objective"] is None and "dpo and simpo" in cell["label"]["note"]
+    assert cell["objective"] == "dpo" and cell["objective_source"] == "logs"
+    assert not any(f["kind"] == "objective_mismatch" for f in cell["findings"])
+
+
+# ---- readable at 80 columns ----------------------------------------------------------------
+
+
+def test_long_names_never_cut_the_decision_columns(tmp_path: Path, capsys) -> None:
+    """Real run names are 40+ characters: the name wraps, held-out accuracy and pairs stay whole."""
+    for source in ("dpo-r16", "simpo-r16"):
+        run = tmp_path / f"2026-04-11-llama3_8b_instruct_qlora_ultrafeedback_{source}"
+        run.mkdir()
+        shutil.copy(SAMPLE / source / "metrics.jsonl", run)
+    analysis = analyse(_opened(tmp_path), heldout_pairs=100)
+    console = Console(width=80, record=True, color_system=None)
+    render_terminal(analysis, console)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    table = text.split("Cells")[0]
+    for cell in analysis.cells:
+        review = cell.diagnosis.review
+        assert f"{review.heldout_accuracy:.2f}" in table
+        assert f"{review.heldout_pairs_won}/100" in table
+    assert "…" not in table
+
+
+def test_accuracies_are_compared_with_their_uncertainty_when_only_the_size_is_known(tmp_path: Path) -> None:
+    for source in ("dpo-r16", "simpo-r16"):
+        (tmp_path / source).mkdir()
+        shutil.copy(SAMPLE / source / "metrics.jsonl", tmp_path / source)
+    verdict = analyse(_opened(tmp_path), heldout_pairs=100).verdict
+    (line,) = [r for r in verdict.reasons if "95 % intervals" in r]
+    assert "±" in line and "100 pairs" in line and not verdict.comparisons
+
+
+# ---- status and replay ---------------------------------------------------------------------
+
+
+def test_status_says_how_long_ago_in_words(corpus: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "soup"
+    shutil.copytree(corpus / "soup-dpo-takehome", run)
+    three_minutes = time.time() - 185
+    os.utime(run / "trainer_state.json", (three_minutes, three_minutes))
+    assert main(["status", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "3 min ago" in out and "nan" not in out and " s ago" not in out
+    assert "running" in out  # written 3 minutes ago: it may well still be training
+
+
+def test_replay_speed_on_logs_without_timestamps_says_so(corpus: Path, monkeypatch, capsys) -> None:
+    import prefwatch.cli as cli
+
+    seen: dict = {}
+    monkeypatch.setattr(cli, "_monitor", lambda path, mode, poll, **options: seen.update(options) or 0)
+    assert main(["replay", str(corpus / "soup-dpo-takehome"), "--speed", "10"]) == 0
+    assert "no timestamps" in capsys.readouterr().err and seen["speed"] is None
+    assert main(["replay", str(SAMPLE.parent), "--speed", "10"]) == 0
+    assert capsys.readouterr().err == "" and seen["speed"] == 10
+
+
+# ---- TensorBoard's end-of-training summary ----------------------------------------------------
+
+
+def test_tensorboard_summary_scalars_are_not_a_train_row(tmp_path: Path) -> None:
+    """TRL's Trainer writes train_runtime, total_flos, train_loss and the *_per_second rates with the
+    epoch at the last step: the latest train values stay the last real ones, never NaN."""
+    logs = tmp_path / "run" / "runs" / "Apr11_10-00-00_host"
+    logs.mkdir(parents=True)
+    records = [file_version_event()]
+    for step in (5, 10):
+        records += [
+            event(step, [simple_value("train/loss", 1.0 / step)]),
+            event(step, [simple_value("train/epoch", step / 11)]),
+        ]
+    summary = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos", "train_loss")
+    records += [event(11, [simple_value(f"train/{name}", 3.0)]) for name in summary]
+    records.append(event(11, [simple_value("train/epoch", 1.0)]))
+    (logs / "events.out.tfevents.1775840538.host.1.0").write_bytes(b"".join(record(r) for r in records))
+    grid = _opened(tmp_path / "run")
+    series = grid.cells[0].series
+    assert series.train.steps.tolist() == [5.0, 10.0]
+    assert series.train.column("loss").tolist() == pytest.approx([0.2, 0.1])
+    assert series.finished and series.end_record["train/epoch"] == 1.0
