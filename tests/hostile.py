@@ -216,46 +216,43 @@ def memory_case(tmp: Path, name: str) -> tuple[Path, int]:
     return root, len(data)
 
 
+# Runs the command as a child of a small Python process and writes the child's peak RSS (KiB) to a file.
+# Measured from pytest directly, the figure would include pytest's own size: a forked child's peak
+# resident memory counts the parent's pages it shared before exec.
+_MEASURE = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_cli(*args: str, timeout: float = 120) -> tuple[int, str, str, int]:
-    """``prefwatch ARGS`` in a subprocess: exit status, stdout, stderr and the child's peak resident
-    memory in bytes (its own rusage, from wait4, so other children do not count)."""
+    """``prefwatch ARGS`` in a subprocess: exit status, stdout, stderr and its peak resident memory in bytes."""
     import os
+    import signal
     import subprocess
     import sys
     import tempfile
 
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryDirectory() as tmp:
+        peak = Path(tmp) / "maxrss"
         env = {**os.environ, "COLUMNS": "120", "PYTHONUTF8": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "prefwatch", *args], stdout=out, stderr=err, env=env)
-        try:
-            _, status, usage = _wait4(proc.pid, timeout)
-        except TimeoutError:
-            proc.kill()
-            proc.wait()
-            raise
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        return (
-            proc.returncode,
-            out.read().decode(errors="replace"),
-            err.read().decode(errors="replace"),
-            usage.ru_maxrss * 1024,
+        command = [sys.executable, "-c", _MEASURE, str(peak), "-m", "prefwatch", *args]
+        proc = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True
         )
-
-
-def _wait4(pid: int, timeout: float):  # type: ignore[no-untyped-def]
-    import os
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status, usage = os.wait4(pid, os.WNOHANG)
-        if done:
-            return done, status, usage
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"prefwatch did not end within {timeout} s")
-        time.sleep(0.02)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the session this call started: the wrapper and its child
+            proc.communicate()
+            raise
+        return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"), int(peak.read_text()) * 1024
 
 
 def main() -> None:
