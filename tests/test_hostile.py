@@ -142,6 +142,13 @@ def test_mathtext_in_an_objective_is_drawn_literally(tmp_path: Path, capsys) -> 
     assert status in (0, 3) and (tmp_path / "curves.png").stat().st_size > 10_000
 
 
+def test_cell_folder_names_print_literally_in_status(tmp_path: Path, capsys) -> None:
+    grid = sample_grid(tmp_path)
+    (grid / "cells" / BAD_CELL).rename(grid / "cells" / "dpo-[bold]x\x1b[2J")
+    status, out = report(capsys, "status", str(grid))
+    assert status == 0 and "\x1b" not in out and "dpo-[bold]x\\x1b[2J" in out
+
+
 def test_markup_in_a_run_dir_name_is_not_interpreted_in_errors(tmp_path: Path, capsys) -> None:
     strange = tmp_path / "[bold]x\x1b[31m"
     status = cli.main(["stop", str(strange)])
