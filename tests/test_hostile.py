@@ -127,8 +127,25 @@ def test_objective_escapes_print_literally_in_the_headline(tmp_path: Path, capsy
         assert "\x1b" not in out and "\x07" not in out
         assert "\\x1b[2J" in out  # shown, as a visible escape
     _, out = report(capsys, "report", "--format", "json", str(grid))
-    assert "\x1b" not in out  # JSON writes it as \u001b; a reader gets the objective as logged
-    assert strict_json(out)["cells"][0]["objective"].startswith("dpo\x1b[2J")
+    assert "\x1b" not in out  # JSON writes a control character as \u001b
+    strict_json(out)
+    # The logs now decide a cell's objective (a mismatch is a finding), so no grid read from disk puts
+    # this objective in the headline: render a verdict that names it, as a grid of such cells would.
+    from rich.console import Console
+
+    from prefwatch.analysis import analyse
+    from prefwatch.ingest.sources import open_path
+    from prefwatch.report import render_markdown, render_terminal
+
+    source = open_path(sample_grid(tmp_path / "clean"))
+    source.poll()
+    analysis = analyse(source)
+    analysis.verdict.objective = "dpo\x1b[2J\x1b]0;pwned\x07[bold]"
+    console = Console(record=True, width=200, force_terminal=True)
+    render_terminal(analysis, console)
+    headline = next(line for line in console.export_text().splitlines() if "pwned" in line)
+    assert headline.startswith("dpo\\x1b[2J\\x1b]0;pwned\\x07[bold]")
+    assert "\x1b" not in render_markdown(analysis) and "\\x1b[2J" in render_markdown(analysis)
 
 
 def test_mathtext_in_an_objective_is_drawn_literally(tmp_path: Path, capsys) -> None:
@@ -142,7 +159,8 @@ def test_mathtext_in_an_objective_is_drawn_literally(tmp_path: Path, capsys) -> 
     assert status in (0, 3) and (tmp_path / "curves.png").stat().st_size > 10_000
 
 
-def test_cell_folder_names_print_literally_in_status(tmp_path: Path, capsys) -> None:
+def test_cell_folder_names_print_literally_in_status(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "160")  # the whole name fits its column
     grid = sample_grid(tmp_path)
     (grid / "cells" / BAD_CELL).rename(grid / "cells" / "dpo-[bold]x\x1b[2J")
     status, out = report(capsys, "status", str(grid))
