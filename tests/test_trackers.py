@@ -337,7 +337,8 @@ def test_mlflow_sqlite_nan_and_keys_that_appear_later(tmp_path):
     log(2, eval_rewards__chosen=2.0)
     assert grid.poll()
     series = grid.cells[0].series
-    assert (grid.cells[0].objective, grid.cells[0].rank) == ("simpo", 16)
+    claim = grid.cells[0].claim  # what the run's name says (these few made-up values show no objective of their own)
+    assert claim is not None and (claim.objective, grid.cells[0].rank) == ("simpo", 16)
     assert series.train.column("loss")[0] == 0.5 and np.isnan(series.train.column("loss")[1])
     assert series.train.column(m.CHOSEN).tolist() == [1.0, 1.5]
     assert series.eval.column(m.CHOSEN).tolist() == [2.0] and series.eval.steps.tolist() == [2]
@@ -354,3 +355,16 @@ def test_wandb_file_read_in_bounded_pieces(run, monkeypatch):
     grid = _polled(open_path(source))
     assert_same_series(grid.cells[0].series, jsonl_series(run["a"]))
     assert not grid.cells[0].series.rejected
+
+
+def test_store_that_cannot_be_read_yet_is_a_one_line_error(tmp_path):
+    """A trackio database whose writer has made its tables but not yet its run columns (trackio adds
+    columns as it migrates): a SourceError naming the file, never a traceback."""
+    import sqlite3
+
+    db = tmp_path / "proj.db"
+    with sqlite3.connect(db) as c:
+        c.execute("CREATE TABLE configs (id INTEGER PRIMARY KEY, config TEXT)")
+        c.execute("CREATE TABLE metrics (id INTEGER PRIMARY KEY, metrics TEXT)")
+    with pytest.raises(SourceError, match="proj.db: cannot be read yet"):
+        open_path(db)

@@ -138,7 +138,10 @@ def open_store(path: Path) -> GridSource | None:
     """The runs of the tracker store at ``path`` as a grid, or None when ``path`` is no tracker's store."""
     if rundir.is_grid_dir(path) or rundir.is_cell_dir(path):
         return None
-    found = _find(path)
+    try:
+        found = _find(path)
+    except sqlite3.Error as exc:  # a store being created or migrated by its writer: try again later
+        raise SourceError(f"{path}: cannot be read yet ({exc})") from None
     if found is None:
         return None
     name, root, runs = found
