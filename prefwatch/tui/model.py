@@ -22,6 +22,7 @@ from prefwatch import metrics as m
 from prefwatch.analysis import CellAnalysis, GridAnalysis
 from prefwatch.diagnose import ERROR, WARN, heldout_accuracy_series, heldout_margin_series
 from prefwatch.system import machine_lines, system_line
+from prefwatch.tui.braille import nice_ceiling
 
 # The curves of a cell panel, in display order: key, label.
 PANEL_CURVES: tuple[tuple[str, str], ...] = (
@@ -106,9 +107,13 @@ class CellView:
 
     @property
     def x_range(self) -> tuple[float, float]:
-        """Steps spanned by the panel's charts: up to max_steps when known, so progress reads as width."""
+        """Steps spanned by the panel's charts: up to max_steps when known, so progress reads as width;
+        else up to a round bound past the last step (nice_ceiling), so that the axis, and with it every
+        dot of the charts, does not move with each new line (a plain log would repaint every chart)."""
         last = max((float(c.steps[-1]) for c in self.curves.values() if len(c)), default=0.0)
         end = max(float(self.max_steps or 0), last)
+        if not self.max_steps and end > 0:
+            end = nice_ceiling(end)
         return 0.0, end if end > 0 else 1.0
 
 
