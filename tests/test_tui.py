@@ -254,7 +254,8 @@ async def test_enter_opens_the_cell_chart_and_escape_returns(tmp_path):
         assert app.screen.cell.id == "simpo-r8"
         text = screen_text(app)
         assert "train" in text and "held-out" in text and "held-out accuracy" in text
-        assert "step 3" in text  # the job's output, carriage returns resolved
+        # The job's output (read by a worker, off the UI thread), carriage returns resolved.
+        await wait_for(pilot, lambda: "step 3" in screen_text(app))
         await pilot.press("escape")
         await wait_for(pilot, lambda: not isinstance(app.screen, CellScreen))
 
