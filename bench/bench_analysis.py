@@ -46,9 +46,9 @@ def timed(command: list[str], env: dict[str, str]) -> float:
 def refresh_ms(grid: Path, repeats: int = 20) -> float:
     """Median milliseconds of one live refresh after one appended line (the first read excluded)."""
     from prefwatch.ingest.sources import open_path
-    from prefwatch.tui.app import IncrementalAnalysis
+    from prefwatch.tui.app import IncrementalViews
 
-    incremental = IncrementalAnalysis(open_path(grid), heartbeat=float("inf"))
+    incremental = IncrementalViews(open_path(grid), heartbeat=float("inf"))
     incremental.view()
     path = next(grid.rglob("metrics.jsonl"))
     step = sum(1 for _ in open(path, "rb"))

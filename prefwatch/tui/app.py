@@ -28,9 +28,9 @@ from textual.notifications import SeverityLevel
 from textual.screen import Screen
 
 from prefwatch import jobs
-from prefwatch.analysis import CellAnalysis, GridAnalysis, analyse, cell_result
-from prefwatch.decide import decide
-from prefwatch.ingest.sources import CellSource, GridSource, open_path
+from prefwatch.analysis import CellAnalysis
+from prefwatch.incremental import HEARTBEAT_SECONDS, IncrementalAnalysis
+from prefwatch.ingest.sources import GridSource, open_path
 from prefwatch.ingest.watch import Follower
 from prefwatch.textsafe import plain
 from prefwatch.tui.model import CellView, GridView, cell_view, grid_view
@@ -53,7 +53,6 @@ SETTLE_SECONDS = 0.01  # events within this long after the first are read in one
 # value back for long (goal: p99 append -> screen <= 250 ms at 10 lines/s a cell).
 MAX_REDRAW_INTERVAL = 0.2
 CPU_BUDGET = 0.04  # share of a core the whole monitor aims at; the throttle widens above it (charts.md)
-HEARTBEAT_SECONDS = 5.0  # re-check states that change without a file changing (stalled, lost)
 READ_SHARE = 0.33  # reading and analysing may take at most this share of a core: huge logs refresh less often
 
 
@@ -127,7 +126,7 @@ class MonitorApp(App[int]):
         self._unmounted = False
         self._error: str | None = None
         self._alerted: set[tuple[str, str, str]] = set()
-        self._incremental = IncrementalAnalysis(source, heartbeat)
+        self._incremental = IncrementalViews(source, heartbeat)
         # Replay as a time-lapse at ``speed`` times real time (None: everything at once, the default).
         self.speed = speed if mode == "replay" else None
         self.replay: ReplayGrid | None = None
@@ -200,7 +199,7 @@ class MonitorApp(App[int]):
         if self.speed is not None:
             jobs.hand_statuses(self.source)  # each cell's recorded end, shown when the replay reaches it
             replay = ReplayGrid(self.source, self.speed, time.monotonic)
-            self._incremental = IncrementalAnalysis(replay.source, float("inf"), replay.clock.now)
+            self._incremental = IncrementalViews(replay.source, float("inf"), replay.clock.now)
             self.replay = replay
             try:
                 self.call_from_thread(self.set_interval, REPLAY_TICK, self._replay_tick)
@@ -517,76 +516,35 @@ class MonitorApp(App[int]):
             self.follower.stop()
 
 
-class IncrementalAnalysis:
-    """``analyse()`` for a live grid, redone only for the cells whose logs or status changed.
-
-    Diagnosing a cell grows with its log (a million rows take a second), and a live grid usually
-    changes one cell at a time. A cell is analysed again when what it read or its status changed,
-    and every cell is when the last full pass is older than ``heartbeat`` (findings that depend on
-    the clock: stalled, idle). The verdict is always decided over all cells.
-    """
+class IncrementalViews:
+    """The grid's view from ``incremental.IncrementalAnalysis`` (the core's cache of analyses): a
+    cell's view is built again only when its analysis was redone."""
 
     def __init__(
         self, source: GridSource, heartbeat: float = HEARTBEAT_SECONDS, clock: Callable[[], float] = time.time
     ) -> None:
-        self.source = source
-        self.clock = clock  # "now" for findings that depend on it (a replay passes its own clock)
-        self.heartbeat = heartbeat
-        self.analysed = 0  # cells analysed (tests and the benchmark read it)
-        self._cells: dict[str, tuple[tuple[object, ...], CellAnalysis]] = {}
+        self.analysis = IncrementalAnalysis(source, heartbeat, clock)
         self._views: dict[str, tuple[CellAnalysis, CellView]] = {}
-        self._full_at = float("-inf")
         self.last: GridView | None = None
+
+    @property
+    def analysed(self) -> int:
+        """Cells analysed so far (tests and the benchmark read it)."""
+        return self.analysis.analysed
 
     def view(self) -> GridView | None:
         """A new view of the grid, or None when nothing changed since the last one."""
-        source = self.source
-        for cell in source.cells:
-            cell.poll()
-        now = self.clock()
-        full = time.monotonic() - self._full_at >= self.heartbeat
-        if full:
-            self._full_at = time.monotonic()
-        jobs.hand_statuses(source)
-        stale = []
-        for cell in source.cells:
-            key = _cell_key(cell)
-            cached = self._cells.get(cell.id)
-            if full or cached is None or cached[0] != key:
-                stale.append((cell, key))
-        if not stale and self.last is not None:
+        analysis = self.analysis.update()
+        if analysis is None:
             return None
-        if stale:
-            part = analyse(GridSource(source.name, source.root, [c for c, _ in stale], source.managed), now=now)
-            for (cell, key), result in zip(stale, part.cells):
-                self._cells[cell.id] = (key, result)
-                self.analysed += 1
-        cells = [self._cells[c.id][1] for c in source.cells]
-        verdict = decide([cell_result(c) for c in cells])
         views = {}
-        for analysed in cells:
+        for analysed in analysis.cells:
             previous = self._views.get(analysed.source.id)
             view = previous[1] if previous and previous[0] is analysed else cell_view(analysed)
             views[analysed.source.id] = (analysed, view)
         self._views = views
-        self.last = grid_view(GridAnalysis(source, cells, verdict), [v for _, v in views.values()])
+        self.last = grid_view(analysis, [v for _, v in views.values()])
         return self.last
-
-
-def _cell_key(cell: CellSource) -> tuple[object, ...]:
-    status = cell.status()
-    series = cell.series
-    return (
-        series.records,
-        series.train.segments,
-        sum(series.rejected.values()),
-        len(cell.pairs.steps),
-        cell.data_stats is not None,
-        cell.read_error,
-        status.state,
-        status.describe(),
-        id(series),
-    )
 
 
 def run_monitor(
