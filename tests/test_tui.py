@@ -373,12 +373,12 @@ def test_run_monitor_lets_a_bad_path_through(tmp_path):
 
 @run
 async def test_an_analysis_failure_is_reported_not_fatal(tmp_path, monkeypatch):
-    import prefwatch.tui.app as app_module
+    import prefwatch.incremental as incremental_module
 
     def broken(grid, **kwargs):
         raise RuntimeError("[bold]boom[/]")
 
-    monkeypatch.setattr(app_module, "analyse", broken)
+    monkeypatch.setattr(incremental_module, "analyse", broken)
     app = app_for(make_grid(tmp_path))
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_for(pilot, lambda: "could not read the logs" in screen_text(app))
