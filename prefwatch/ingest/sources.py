@@ -405,8 +405,10 @@ class GridSource:
 
     @property
     def ranks(self) -> list[int | None]:
-        """Ranks as numbers (r4, r8, r16, r32, not the folders' r16, r32, r4, r8), unknown last."""
-        return sorted(_ordered(c.rank for c in self.cells), key=lambda r: (r is None, r or 0))
+        """A launched grid's ranks in its grid.toml's order; a folder's as numbers (r4, r8, r16, r32,
+        not the names' r16, r32, r4, r8), unknown last."""
+        ranks = _ordered(c.rank for c in self.cells)
+        return ranks if self.managed else sorted(ranks, key=lambda r: (r is None, r or 0))
 
 
 def _ordered(values: Any) -> list[Any]:

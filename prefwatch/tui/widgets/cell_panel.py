@@ -218,6 +218,10 @@ class CellPanel(Vertical, can_focus=True):
     def view(self) -> CellView:
         return self._view
 
+    def keep(self, cell: CellView) -> None:
+        """Hold a view that came before the panel was mounted: on_mount draws it."""
+        self._view = cell
+
     def show(self, cell: CellView, force: bool = False) -> bool:
         """Draw this cell; skipped (False) when nothing it shows has changed since the last call."""
         self._view = cell
