@@ -40,6 +40,7 @@ from prefwatch.tui.screens.compare import CompareScreen
 from prefwatch.tui.screens.confirm import ConfirmScreen
 from prefwatch.tui.screens.grid import GridScreen
 from prefwatch.tui.screens.help import HelpScreen
+from prefwatch.tui.screens.overview import OverviewScreen
 from prefwatch.tui.text import literal
 from prefwatch.tui.widgets.cell_panel import CellPanel
 
@@ -53,6 +54,7 @@ SETTLE_SECONDS = 0.01  # events within this long after the first are read in one
 # value back for long (goal: p99 append -> screen <= 250 ms at 10 lines/s a cell).
 MAX_REDRAW_INTERVAL = 0.2
 CPU_BUDGET = 0.04  # share of a core the whole monitor aims at; the throttle widens above it (charts.md)
+OVERVIEW_FROM = 17  # a grid of this many cells opens on the overview (one row a cell), not the panels
 READ_SHARE = 0.33  # reading and analysing may take at most this share of a core: huge logs refresh less often
 
 
@@ -69,6 +71,7 @@ class MonitorApp(App[int]):
         Binding("q", "quit_monitor", "Quit", tooltip="quit the monitor — the jobs keep running"),
         Binding("s", "stop_cell", "Stop cell", tooltip="stop the selected cell (asks first; launched grids only)"),
         Binding("c", "compare", "Compare", tooltip="compare one metric across all cells"),
+        Binding("o", "overview", "Overview", tooltip="every cell in one row: sortable, grouped by factor"),
         Binding("X", "stop_grid", "Stop grid", show=False, tooltip="stop the whole grid (asks first)"),
         Binding(
             "r",
@@ -138,6 +141,7 @@ class MonitorApp(App[int]):
         yield from super().get_system_commands(screen)
         commands = [
             ("Compare cells", "One metric across every cell", "compare"),
+            ("Overview of every cell", "One row a cell: sortable, grouped by factor", "overview"),
             ("Toggle light/dark theme", "Switch between the light and the dark theme", "toggle_theme"),
             ("Help: keys and colours", "What every key does", "help"),
         ]
@@ -308,8 +312,12 @@ class MonitorApp(App[int]):
         if previous is not None and self.mode == "live":
             self._alert(previous, view)
         grid_screen.show(view, self.source_label, self._error)
+        if previous is None and len(view.cells) >= OVERVIEW_FROM and self.screen is grid_screen:
+            self.push_screen(OverviewScreen(view))
         for screen in self.screen_stack:
-            if isinstance(screen, CellScreen):
+            if isinstance(screen, OverviewScreen) and screen.is_mounted:
+                screen.show_grid(view)
+            elif isinstance(screen, CellScreen):
                 cell = view.cell(screen.cell.id)
                 if cell is not None and cell.version != screen.cell.version:
                     screen.show_cell(cell)
@@ -450,6 +458,11 @@ class MonitorApp(App[int]):
         if self.view is not None and not isinstance(self.screen, CompareScreen):
             self.push_screen(CompareScreen(self.view))
 
+    def action_overview(self) -> None:
+        """Every cell, one row each: sortable, grouped by factor (the first screen of a large sweep)."""
+        if self.view is not None and not isinstance(self.screen, OverviewScreen):
+            self.push_screen(OverviewScreen(self.view))
+
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
@@ -488,6 +501,9 @@ class MonitorApp(App[int]):
         if isinstance(screen, GridScreen):
             panel = screen.selected()
             return self.view.cell(panel.cell_id) if panel else None
+        if isinstance(screen, OverviewScreen):
+            cell_id = screen.selected_id()
+            return self.view.cell(cell_id) if cell_id else None
         return None
 
     @work(thread=True, group="stop")

@@ -81,6 +81,10 @@ class CellView:
     metrics: dict[str, dict[str, Curve]] = field(default_factory=dict)
     peak_step: int | None = None  # where held-out accuracy peaked (the diagnosis' smoothed peak)
     system: str | None = None  # the job's CPU, memory and GPUs at its last sample, while it runs
+    heldout_accuracy: float | None = None  # the last evaluation's (the overview's heat map)
+    # Late train margin minus held-out margin: how much of what the cell learned does not carry over.
+    margin_gap: float | None = None
+    factors: dict[str, Any] = field(default_factory=dict)  # beta, learning rate (from cell.json), where known
 
     @property
     def severity(self) -> str | None:
@@ -202,7 +206,29 @@ def cell_view(cell: CellAnalysis) -> CellView:
         metrics=metric_curves(cell, curves["heldout_accuracy"]),
         peak_step=cell.diagnosis.review.peak_heldout_step,
         system=system_text,
+        heldout_accuracy=cell.diagnosis.review.heldout_accuracy,
+        margin_gap=margin_gap(cell),
+        factors=cell_factors(source.info),
     )
+
+
+def margin_gap(cell: CellAnalysis) -> float | None:
+    review = cell.diagnosis.review
+    if review.train_margin_late is None or review.heldout_margin is None:
+        return None
+    return review.train_margin_late - review.heldout_margin
+
+
+def cell_factors(info: dict[str, Any]) -> dict[str, Any]:
+    """The swept settings a launched cell's cell.json names (beta, learning rate); {} for plain logs."""
+    factors: dict[str, Any] = {}
+    beta = (info.get("objective_params") or {}).get("beta")
+    rate = (info.get("train") or {}).get("learning_rate")
+    if isinstance(beta, (int, float)):
+        factors["beta"] = beta
+    if isinstance(rate, (int, float)):
+        factors["lr"] = rate
+    return factors
 
 
 def metric_curves(cell: CellAnalysis, accuracy: Curve) -> dict[str, dict[str, Curve]]:
