@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from prefwatch.analysis import CellAnalysis, GridAnalysis, analyse, cell_result
 from prefwatch.decide import decide
@@ -24,18 +25,32 @@ HEARTBEAT_SECONDS = 5.0
 
 
 class IncrementalAnalysis:
-    """Keeps each cell's analysis with the version it was made from; ``update()`` redoes the stale ones."""
+    """Keeps each cell's analysis with the version it was made from; ``update()`` redoes the stale ones.
+
+    ``findings_age`` trades exactness for work on busy grids: a cell whose only change is more
+    train rows keeps its analysis until that analysis is this many seconds old (its values and
+    curves are new at once: they are read from the live series; its findings follow within
+    ``findings_age``). Anything else (an evaluation, per-pair results, a NaN, a resumed run, the
+    end, a status change, a read error) is analysed at once. With 0 (the default) the result
+    equals ``analyse()`` after every update.
+    """
 
     def __init__(
-        self, source: GridSource, heartbeat: float = HEARTBEAT_SECONDS, clock: Callable[[], float] = time.time
+        self,
+        source: GridSource,
+        heartbeat: float = HEARTBEAT_SECONDS,
+        clock: Callable[[], float] = time.time,
+        findings_age: float = 0.0,
     ) -> None:
         self.source = source
         self.clock = clock  # "now" for findings that depend on it (a replay passes its own clock)
         self.heartbeat = heartbeat
+        self.findings_age = findings_age
         self.analysed = 0  # cells analysed (tests and the benchmark read it)
-        self.changed: set[str] = set()  # ids of the cells analysed again by the last update()
-        self._cells: dict[str, tuple[tuple[object, ...], CellAnalysis]] = {}
+        self.changed: set[str] = set()  # ids of the cells whose data or analysis changed in the last update()
+        self._cells: dict[str, _Cached] = {}
         self._full_at = float("-inf")
+        self.owed = False  # some cell's findings wait for findings_age: call update() again by then
         self.last: GridAnalysis | None = None
 
     def update(self) -> GridAnalysis | None:
@@ -48,33 +63,57 @@ class IncrementalAnalysis:
         if full:
             self._full_at = time.monotonic()
         supervised = source.supervisor_alive()
-        stale = []
+        stale, touched = [], set()
         for cell in source.cells:
-            key = cell_version(cell, supervised)
+            urgent, rows = urgent_version(cell, supervised), train_version(cell)
             cached = self._cells.get(cell.id)
-            if full or cached is None or cached[0] != key:
-                stale.append((cell, key))
-        self.changed = {cell.id for cell, _ in stale}
-        if not stale and self.last is not None:
+            if cached is None or full or cached.urgent != urgent:
+                stale.append((cell, urgent, rows))
+            elif cached.rows != rows:
+                if time.monotonic() - cached.at >= self.findings_age:
+                    stale.append((cell, urgent, rows))
+                else:
+                    touched.add(cell.id)  # new train rows only: the view is new, the findings follow
+        self.changed = touched | {cell.id for cell, _, _ in stale}
+        self.owed = bool(touched)
+        if not self.changed and self.last is not None:
             return None
         if stale:
-            part = analyse(GridSource(source.name, source.root, [c for c, _ in stale], source.managed), now=now)
-            for (cell, key), result in zip(stale, part.cells):
-                self._cells[cell.id] = (key, result)
+            part = analyse(GridSource(source.name, source.root, [c for c, _, _ in stale], source.managed), now=now)
+            for (cell, urgent, rows), result in zip(stale, part.cells):
+                self._cells[cell.id] = _Cached(urgent, rows, result, time.monotonic())
                 self.analysed += 1
-        cells = [self._cells[c.id][1] for c in source.cells]
-        self.last = GridAnalysis(source, cells, decide([cell_result(c) for c in cells]))
+        cells = [self._cells[c.id].analysis for c in source.cells]
+        if stale or self.last is None:
+            verdict = decide([cell_result(c) for c in cells])
+        else:
+            verdict = self.last.verdict  # no analysis changed: neither did the verdict
+        self.last = GridAnalysis(source, cells, verdict)
         return self.last
 
 
-def cell_version(cell: CellSource, supervised: bool | None) -> tuple[object, ...]:
-    """Everything a cell's analysis is made from, cheaply: equal versions give equal analyses (at one clock)."""
+@dataclass
+class _Cached:
+    urgent: tuple[object, ...]
+    rows: tuple[object, ...]
+    analysis: CellAnalysis
+    at: float  # time.monotonic() of the analysis
+
+
+def train_version(cell: CellSource) -> tuple[object, ...]:
+    """What grows with every train line: changes here alone may wait for ``findings_age``."""
+    return (cell.series.records, cell.series.train.version)
+
+
+def urgent_version(cell: CellSource, supervised: bool | None) -> tuple[object, ...]:
+    """Everything else a cell's analysis is made from, cheaply: a change here is analysed at once."""
     status = cell.status(supervised)
     series = cell.series
     return (
-        series.records,
-        series.train.version,
         series.eval.version,
+        series.train.segments,
+        series.finished,
+        len(series.first_non_finite),
         sum(series.rejected.values()),
         len(cell.pairs.steps),
         cell.pairs.steps[-1] if cell.pairs.steps else None,

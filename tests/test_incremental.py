@@ -47,6 +47,7 @@ class Jobs:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.steps = dict.fromkeys(CELLS, 0)
+        self.data_seen = dict.fromkeys(CELLS, False)
         for cell in CELLS:
             (root / cell).mkdir(parents=True)
             (root / cell / rundir.METRICS_FILE).write_text("")
@@ -90,6 +91,8 @@ class Jobs:
         elif kind == "end":
             append(metrics, [{"train_runtime": 12.0, "train_loss": 0.3, "step": step}])
         elif kind == "data":
+            if (folder / rundir.DATA_FILE).exists():
+                return  # the job writes data.json once, at its start (the reader reads it once)
             stats = {"train": {"chosen_shorter_share": amount, "mean_chosen_tokens": 10, "mean_rejected_tokens": 12}}
             rundir.write_json_atomic(folder / rundir.DATA_FILE, stats)
         elif kind == "truncate":
@@ -102,8 +105,8 @@ def wait_past_reopen() -> None:
     time.sleep(0.26)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(operations=st.lists(operation, min_size=1, max_size=12))
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(operations=st.lists(operation, min_size=1, max_size=10))
 def test_incremental_equals_full_analysis(tmp_path_factory, operations):
     root = tmp_path_factory.mktemp("grid")
     jobs = Jobs(root)
@@ -112,10 +115,11 @@ def test_incremental_equals_full_analysis(tmp_path_factory, operations):
     incremental.update()
     for kind, cell, amount, flag in operations:
         jobs.apply(kind, cell, amount, flag)
-        if kind in ("truncate", "data"):
-            wait_past_reopen()  # data.json is looked for at most once a second: see below
-        if kind == "data":
-            time.sleep(1.0)
+        if kind == "truncate":
+            wait_past_reopen()
+        if kind == "data" and not jobs.data_seen[cell]:
+            jobs.data_seen[cell] = True
+            time.sleep(1.0)  # data.json is looked for at most once a second
         result = incremental.update() or incremental.last
         fresh = open_path(root)
         fresh.poll()
@@ -136,3 +140,20 @@ def test_only_the_changed_cell_is_analysed_again(tmp_path):
     assert incremental.update() is not None
     assert incremental.analysed - before == 1
     assert incremental.changed == {"simpo-r16"}
+
+
+def test_with_a_findings_age_train_rows_wait_but_a_nan_is_analysed_at_once(tmp_path):
+    jobs = Jobs(tmp_path)
+    jobs.apply("train", "dpo-r8", 5, False)
+    incremental = IncrementalAnalysis(open_path(tmp_path), heartbeat=float("inf"), findings_age=3600)
+    incremental.update()
+    before = incremental.analysed
+    jobs.apply("train", "dpo-r8", 1, False)
+    assert incremental.update() is not None
+    assert incremental.changed == {"dpo-r8"}  # its view is redrawn (new step, new values)...
+    assert incremental.analysed == before  # ...from the same analysis
+    jobs.apply("train", "dpo-r8", 1, True)  # a NaN loss
+    result = incremental.update()
+    assert incremental.analysed == before + 1
+    cell = next(c for c in result.cells if c.source.id == "dpo-r8")
+    assert cell.diagnosis.has("non_finite")

@@ -420,6 +420,9 @@ async def test_only_changed_cells_are_analysed_again(tmp_path):
         before = incremental.analysed
         write_lines(grid / "cells" / "simpo-r8" / rundir.METRICS_FILE, [train_record(21, "simpo", 8)])
         await wait_for(pilot, lambda: panels(app)["simpo-r8"].view.step == 21)
+        # Its findings follow within the findings age (a second for four cells); no other cell is analysed.
+        await wait_for(pilot, lambda: incremental.analysed - before >= 1)
+        await pilot.pause(0.3)
         assert incremental.analysed - before == 1
         assert app.view.headline  # the verdict is still decided over every cell
 

@@ -127,6 +127,7 @@ class MonitorApp(App[int]):
         self._read_lock = threading.Lock()
         self._follow_lock = threading.Lock()
         self._unmounted = False
+        self._follow_up_pending = False
         self._error: str | None = None
         self._alerted: set[tuple[str, str, str]] = set()
         self._incremental = IncrementalViews(source, heartbeat)
@@ -265,12 +266,28 @@ class MonitorApp(App[int]):
                 self._error = plain(f"could not read the logs: {type(exc).__name__}: {exc}")
                 view = None
             self._pace(time.perf_counter() - started)
+            self._follow_up()
             with self._mailbox_lock:
                 empty = self._mailbox is None
                 if view is not None:
                     self._mailbox = view
             if empty:
                 self.post_message(ViewReady())
+
+    def _follow_up(self) -> None:
+        """When a cell's findings wait (it only gained train rows), read again once they are due,
+        even if no line comes meanwhile."""
+        analysis = self._incremental.analysis
+        if analysis.owed and not self._follow_up_pending:
+            self._follow_up_pending = True
+
+            def due() -> None:
+                self._follow_up_pending = False
+                self._nudge()
+
+            timer = threading.Timer(analysis.findings_age, due)
+            timer.daemon = True
+            timer.start()
 
     def _pace(self, seconds: float) -> None:
         """Space refreshes to hold the monitor's CPU budget.
@@ -539,7 +556,10 @@ class IncrementalViews:
     def __init__(
         self, source: GridSource, heartbeat: float = HEARTBEAT_SECONDS, clock: Callable[[], float] = time.time
     ) -> None:
-        self.analysis = IncrementalAnalysis(source, heartbeat, clock)
+        # Findings of a cell that only gained train rows are redone at most every 1 s (4 cells) to
+        # 4 s (64 cells): diagnosing is most of a busy grid's cost; its values are new at once.
+        findings_age = min(HEARTBEAT_SECONDS, max(1.0, len(source.cells) / 16))
+        self.analysis = IncrementalAnalysis(source, heartbeat, clock, findings_age)
         self._views: dict[str, tuple[CellAnalysis, CellView]] = {}
         self.last: GridView | None = None
 
@@ -556,7 +576,10 @@ class IncrementalViews:
         views = {}
         for analysed in analysis.cells:
             previous = self._views.get(analysed.source.id)
-            view = previous[1] if previous and previous[0] is analysed else cell_view(analysed)
+            if previous is not None and previous[0] is analysed and analysed.source.id not in self.analysis.changed:
+                view = previous[1]
+            else:
+                view = cell_view(analysed)
             views[analysed.source.id] = (analysed, view)
         self._views = views
         self.last = grid_view(analysis, [v for _, v in views.values()])

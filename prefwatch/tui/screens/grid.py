@@ -38,7 +38,7 @@ class GridScreen(Screen[None]):
         first = self.grid_view is None
         self.grid_view = grid
         self._pending = (source, message)
-        if not first and not self.is_current:
+        if not first and self.app.screen is not self:  # not is_current: that counts screens behind an overlay
             return 0
         self.query_one(SummaryStrip).show(grid, source, message)
         if first:

@@ -134,6 +134,7 @@ class OverviewScreen(Screen[None]):
         self.group: str | None = None
         self._versions: dict[str, tuple[Any, ...]] = {}
         self._order: list[str] = []
+        self._texts: dict[str, list[Text]] = {}
 
     def compose(self) -> ComposeResult:
         yield Static(id="overview-title", markup=False)
@@ -156,7 +157,10 @@ class OverviewScreen(Screen[None]):
     def show_grid(self, grid: GridView, force: bool = False) -> int:
         """Update the rows whose cell changed (all with ``force``); returns how many were rewritten."""
         self.grid_view = grid
-        table = self.table
+        found = self.query(DataTable)
+        if not found:
+            return 0  # not composed yet (or closing): on_mount draws the newest view
+        table = found.first()
         changed = 0
         for cell in grid.cells:
             version = (cell.version, self.group)
@@ -165,11 +169,15 @@ class OverviewScreen(Screen[None]):
             self._versions[cell.id] = version
             changed += 1
             values = row_cells(cell, self.group)
-            if cell.id in table.rows:
-                for (label, _), value in zip(COLUMNS, values):
-                    table.update_cell(cell.id, label, value)
+            shown = self._texts.get(cell.id)
+            if shown is not None and cell.id in table.rows:
+                # Only the cells whose text changed (mostly the step): each update re-renders the table.
+                for (label, _), value, old in zip(COLUMNS, values, shown):
+                    if value.plain != old.plain or value.style != old.style:
+                        table.update_cell(cell.id, label, value)
             else:
                 table.add_row(*values, key=cell.id)
+            self._texts[cell.id] = values
         if changed or force:
             self._reorder()
         self._title()
