@@ -58,9 +58,12 @@ def cell_names(cells: int) -> list[tuple[str, str, int, int]]:
     return names
 
 
-def make_folder(root: Path, cells: int, layout: str, writer_pid: int | None, lines: int = 0) -> Path:
+def make_folder(
+    root: Path, cells: int, layout: str, writer_pid: int | None, lines: int = 0, finished: bool = False
+) -> Path:
     """A grid of ``cells`` cells: a prefwatch run directory ("rundir") or a plain folder of
-    metrics.jsonl files ("plain"). ``lines`` pre-filled lines a cell (a finished or long run)."""
+    metrics.jsonl files ("plain"). ``lines`` pre-filled lines a cell; ``finished``: with TRL's
+    end-of-training record after them."""
     from prefwatch import jobs, rundir
 
     grid = root / f"{layout}-{cells}"
@@ -78,6 +81,9 @@ def make_folder(root: Path, cells: int, layout: str, writer_pid: int | None, lin
             cell_dir = grid / name
             cell_dir.mkdir(parents=True)
         write_lines(cell_dir / rundir.METRICS_FILE, lines, seed=index)
+        if finished:
+            with open(cell_dir / rundir.METRICS_FILE, "a") as f:
+                f.write(f'{{"train_runtime": {lines * 0.5}, "train_loss": 0.4, "step": {lines}}}\n')
     return grid
 
 

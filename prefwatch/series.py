@@ -35,6 +35,29 @@ class SplitSeries:
         # hold equal data, so an analysis made from one version is valid until this moves.
         self.version = 0
 
+    @classmethod
+    def from_arrays(
+        cls, steps: np.ndarray, times: np.ndarray, columns: dict[str, np.ndarray], segments: int = 1
+    ) -> SplitSeries:
+        """A split holding these rows (a cache entry read back); it grows in place from there as usual."""
+        split = cls()
+        n = len(steps)
+        if n >= _INITIAL_CAPACITY:  # the arrays as they are (no copy): the split grows by reallocating
+            split._capacity = n
+            split._steps = np.ascontiguousarray(steps, dtype=float)
+            split._times = np.ascontiguousarray(times, dtype=float)
+            split._columns = {k: np.ascontiguousarray(v, dtype=float) for k, v in columns.items()}
+        else:
+            split._steps = _resized(np.asarray(steps, dtype=float), split._capacity)
+            split._times = _resized(np.asarray(times, dtype=float), split._capacity)
+            split._columns = {
+                k: _resized(np.asarray(v, dtype=float), split._capacity, fill=np.nan) for k, v in columns.items()
+            }
+        split._length = n
+        split.segments = segments
+        split.version = 1
+        return split
+
     def __len__(self) -> int:
         return self._length
 

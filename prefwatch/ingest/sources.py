@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from prefwatch import metrics, rundir, system
+from prefwatch.ingest import cache
 from prefwatch.ingest.columnar import ColumnarDecoder, add_blocks
 from prefwatch.ingest.tail import TailReader, decode_line
 from prefwatch.ingest.tensorboard import EVENT_FILE_PREFIX, EventFileReader, add_scalars, event_files
@@ -117,6 +118,7 @@ class CellSource:
     _event_readers: dict[Path, EventFileReader] = field(default_factory=dict)
     _data_checked: float = -math.inf
     _inferred_at: int = -1
+    _cached: bool = False  # the series came from, or went to, the columnar cache
 
     def __post_init__(self) -> None:
         if self.claim is None:
@@ -205,6 +207,8 @@ class CellSource:
 
     def _poll_metrics(self) -> bool:
         assert self._metrics_reader is not None
+        if not self._metrics_reader.started and self._from_cache():
+            return True
         blocks = 0
         # After peek_tail() the series holds only the end of the log: the whole log is read into a
         # new series, which replaces the preview when it is complete (the monitor never sees a gap).
@@ -222,7 +226,26 @@ class CellSource:
         batch = self._metrics_reader.poll(on_block=take, on_restart=restart)
         series.rejected.update(batch.rejected)
         self.series, self.preview = series, False
+        if blocks and series.finished and not self._cached:
+            self._to_cache()
         return bool(blocks or batch.rejected or batch.restarted)
+
+    def _from_cache(self) -> bool:
+        """Take a finished log's series from the columnar cache when the file is exactly as cached."""
+        assert self._metrics_reader is not None and self.metrics_path is not None
+        hit = cache.load(self.metrics_path)
+        if hit is None:
+            return False
+        self.series, self.preview, self._cached = hit[0], False, True
+        self._metrics_reader.resume_at(hit[1])
+        return True
+
+    def _to_cache(self) -> None:
+        """Save a finished log's series once it is read whole (a large log's second opening is a load)."""
+        assert self._metrics_reader is not None and self.metrics_path is not None
+        seen = self._metrics_reader.identity
+        if seen is not None:
+            self._cached = cache.save(self.metrics_path, seen, self.series)
 
     def peek_tail(self, max_bytes: int = 256 << 10) -> bool:
         """Before the first poll(), fill the series from the last ``max_bytes`` of the metrics log
