@@ -12,6 +12,8 @@ import pytest
 
 pytest.importorskip("textual")
 
+from textual.widgets import DataTable  # noqa: E402
+
 from prefwatch.ingest.sources import open_path  # noqa: E402
 from prefwatch.tui.app import MonitorApp  # noqa: E402
 from prefwatch.tui.screens.cell import CellScreen  # noqa: E402
@@ -54,7 +56,13 @@ def sweep(root: Path, objectives=("dpo", "simpo"), ranks=(4, 8, 16, 32), seeds=(
 
 async def overview_of(app: MonitorApp, pilot) -> OverviewScreen:
     deadline = time.monotonic() + 20
-    while not (isinstance(app.screen, OverviewScreen) and app.screen.table.row_count):
+    while not (
+        isinstance(app.screen, OverviewScreen)
+        and app.screen.query(DataTable)
+        and app.screen.table.row_count == len(app.screen.grid_view.cells)
+        and app.view is not None
+        and app.screen.grid_view is app.view  # the full read's view, not the first frame's preview
+    ):
         assert time.monotonic() < deadline, "the overview did not open"
         await pilot.pause(0.05)
     await pilot.pause()

@@ -28,7 +28,7 @@ from textual.notifications import SeverityLevel
 from textual.screen import Screen
 
 from prefwatch import jobs
-from prefwatch.analysis import CellAnalysis
+from prefwatch.analysis import CellAnalysis, analyse
 from prefwatch.incremental import HEARTBEAT_SECONDS, IncrementalAnalysis
 from prefwatch.ingest.sources import GridSource, open_path
 from prefwatch.ingest.watch import Follower
@@ -210,9 +210,25 @@ class MonitorApp(App[int]):
                 self.call_from_thread(self.set_interval, REPLAY_TICK, self._replay_tick)
             except RuntimeError:  # the app closed while the logs were read
                 return
+        if self.speed is None:
+            self._preview()
         self._read_and_post()
         if self.mode == "live":
             self._start_following()
+
+    def _preview(self) -> None:
+        """A first frame from the last 256 KiB of each log, before reading them whole: attaching to
+        a grid of long logs shows every cell's latest state within a second, the full curves after."""
+        if not any([cell.peek_tail() for cell in self.source.cells]):
+            return
+        try:
+            view = grid_view(analyse(self.source))
+        except Exception:  # the full read reports what is wrong
+            return
+        with self._mailbox_lock:
+            empty, self._mailbox = self._mailbox is None, view
+        if empty:
+            self.post_message(ViewReady())
 
     def _start_following(self) -> None:
         with self._follow_lock:
