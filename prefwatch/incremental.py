@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from prefwatch import jobs
 from prefwatch.analysis import CellAnalysis, GridAnalysis, analyse, cell_result
 from prefwatch.decide import decide
 from prefwatch.ingest.sources import CellSource, GridSource
@@ -62,10 +63,10 @@ class IncrementalAnalysis:
         full = time.monotonic() - self._full_at >= self.heartbeat
         if full:
             self._full_at = time.monotonic()
-        supervised = source.supervisor_alive()
+        jobs.hand_statuses(source)  # a launched cell's status, read by the jobs layer (readers never look)
         stale, touched = [], set()
         for cell in source.cells:
-            urgent, rows = urgent_version(cell, supervised), train_version(cell)
+            urgent, rows = urgent_version(cell), train_version(cell)
             cached = self._cells.get(cell.id)
             if cached is None or full or cached.urgent != urgent:
                 stale.append((cell, urgent, rows))
@@ -105,9 +106,9 @@ def train_version(cell: CellSource) -> tuple[object, ...]:
     return (cell.series.records, cell.series.train.version)
 
 
-def urgent_version(cell: CellSource, supervised: bool | None) -> tuple[object, ...]:
+def urgent_version(cell: CellSource) -> tuple[object, ...]:
     """Everything else a cell's analysis is made from, cheaply: a change here is analysed at once."""
-    status = cell.status(supervised)
+    status = cell.status()
     series = cell.series
     return (
         series.eval.version,
