@@ -113,6 +113,8 @@ def main() -> None:
         from harness import NullTerminal
 
         app.driver_class = NullTerminal
+        app.run(size=(160, 48))  # the size bench/headless.py gives the monitor
+        return
     app.run()
 
 
