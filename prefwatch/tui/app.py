@@ -54,6 +54,7 @@ SETTLE_SECONDS = 0.01  # events within this long after the first are read in one
 # value back for long (goal: p99 append -> screen <= 250 ms at 10 lines/s a cell).
 MAX_REDRAW_INTERVAL = 0.2
 CPU_BUDGET = 0.04  # share of a core the whole monitor aims at; the throttle widens above it (charts.md)
+PREVIEW_BYTES = 256 << 10  # attach draws a first frame from this much of the end of each larger log
 OVERVIEW_FROM = 17  # a grid of this many cells opens on the overview (one row a cell), not the panels
 READ_SHARE = 0.33  # reading and analysing may take at most this share of a core: huge logs refresh less often
 
@@ -219,8 +220,11 @@ class MonitorApp(App[int]):
     def _preview(self) -> None:
         """A first frame from the last 256 KiB of each log, before reading them whole: attaching to
         a grid of long logs shows every cell's latest state within a second, the full curves after."""
-        if not any([cell.peek_tail() for cell in self.source.cells]):
+        if self.mode != "live":
             return
+        large = [c for c in self.source.cells if c.metrics_path is not None and _size(c.metrics_path) > PREVIEW_BYTES]
+        if not any([cell.peek_tail(PREVIEW_BYTES) for cell in large]):
+            return  # small logs are read whole at once anyway
         try:
             view = grid_view(analyse(self.source))
         except Exception:  # the full read reports what is wrong
@@ -600,6 +604,13 @@ class IncrementalViews:
         self._views = views
         self.last = grid_view(analysis, [v for _, v in views.values()])
         return self.last
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def run_monitor(
