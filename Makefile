@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN = $(VENV)/bin
 
-.PHONY: demo test golden mutation venv clean-runs sample-runs check-light slurm-deps
+.PHONY: demo test golden mutation venv clean-runs sample-runs check-light slurm-deps bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ golden: venv
 # Mutation score of the core, module by module against its fast unit tests (mutmut; not in CI).
 mutation: venv
 	$(BIN)/python scripts/mutation.py
+
+# Every benchmark (bench/), one table: figure, floor measured in the same run, ratio, goal (about 5 minutes;
+# data under the system temp dir; run it on a quiet machine: the load is printed with the table).
+bench: venv
+	$(BIN)/python bench/run_all.py
 
 # The Slurm tests (tests/test_slurm.py) start a one-node cluster on this machine from Debian's packages;
 # installed here when missing (as root, with apt-get; the package index is refreshed only if needed).

@@ -1,4 +1,4 @@
-"""Measure the monitor: CPU while four cells log at 10 lines/s, latency at 1 line/s, frame time at 1M points.
+"""Measure the monitor's latency from a line appended to the frame that shows it, at 1 and 10 lines/s.
 
     python bench/bench_monitor.py [--seconds 20] [--size 160x48]
 
@@ -13,90 +13,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
-from textual.drivers.headless_driver import HeadlessDriver
 
-from prefwatch import jobs, rundir
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402
+from harness import NullTerminal  # noqa: E402
+from table import Row, format_rows  # noqa: E402
+
+from prefwatch import rundir
 from prefwatch.analysis import analyse
 from prefwatch.ingest.sources import open_path
 from prefwatch.series import SplitSeries
 from prefwatch.tui.app import MonitorApp
 
 CELLS = [("dpo", 16), ("dpo", 8), ("simpo", 16), ("simpo", 8)]
-
-
-class NullTerminal(HeadlessDriver):
-    """Renders frames like a real terminal driver, writes them nowhere, and notes when they were written."""
-
-    frames = 0
-    bytes = 0
-    last_write = 0.0
-
-    @property
-    def is_headless(self) -> bool:
-        return False
-
-    def write(self, data: str) -> None:
-        NullTerminal.frames += 1
-        NullTerminal.bytes += len(data)
-        NullTerminal.last_write = time.perf_counter()
-
-    def flush(self) -> None:
-        pass
-
-
-def make_grid(root: Path, writer_pid: int | None, max_steps: int = 100_000) -> Path:
-    grid = root / "bench-grid"
-    for index, (objective, rank) in enumerate(CELLS):
-        cell_dir = grid / rundir.CELLS_DIR / f"{objective}-r{rank}"
-        cell_dir.mkdir(parents=True)
-        rundir.write_json_atomic(
-            cell_dir / rundir.CELL_FILE,
-            {"index": index, "objective": objective, "rank": rank, "train": {"max_steps": max_steps}},
-        )
-        status: dict = {"state": jobs.RUNNING if writer_pid else jobs.FINISHED, "host": None}
-        if writer_pid:
-            status.update(pid=writer_pid, pid_start=jobs.process_start_time(writer_pid))
-        rundir.write_json_atomic(cell_dir / rundir.STATUS_FILE, status)
-        (cell_dir / rundir.METRICS_FILE).write_text("")
-    return grid
-
-
-WRITER = textwrap.dedent(
-    """
-    import json, math, sys, time
-    files, rate, seconds = sys.argv[1].split(","), float(sys.argv[2]), float(sys.argv[3])
-    step, start = 0, time.time()
-    while time.time() - start < seconds:
-        step += 1
-        for path in files:
-            now = time.time()
-            record = {"loss": 0.6, "rewards/chosen": 0.01 * step, "rewards/rejected": -0.01 * step,
-                      "rewards/margins": 0.02 * step + 0.1 * math.sin(step), "rewards/accuracies": 0.7,
-                      "step": step, "time": now}
-            lines = json.dumps(record) + "\\n"
-            if step % 10 == 0:
-                lines += json.dumps({"eval_rewards/margins": 0.01 * step, "eval_rewards/accuracies": 0.6,
-                                     "step": step, "time": now}) + "\\n"
-            with open(path, "a") as f:
-                f.write(lines)
-        time.sleep(max(0.0, start + step / rate - time.time()))
-    """
-)
-
-
-def start_writer(grid: Path, rate: float, seconds: float) -> subprocess.Popen:
-    files = [str(p / rundir.METRICS_FILE) for p in sorted((grid / rundir.CELLS_DIR).iterdir())]
-    return subprocess.Popen([sys.executable, "-c", WRITER, ",".join(files), str(rate), str(seconds)])
 
 
 class TimedApp(MonitorApp):
@@ -151,9 +89,10 @@ async def run_live(grid: Path, seconds: float, size: tuple[int, int], writer: su
 def latencies(app: TimedApp, grid: Path) -> list[float]:
     """Seconds from a line's write time (its "time" field) to the first view that showed it."""
     result = []
-    for cell_dir in sorted((grid / rundir.CELLS_DIR).iterdir()):
+    for path in sorted(grid.rglob(rundir.METRICS_FILE)):
+        cell_dir = path.parent
         written = {}
-        for line in (cell_dir / rundir.METRICS_FILE).read_text().splitlines():
+        for line in path.read_text().splitlines():
             record = json.loads(line)
             if "loss" in record:
                 written[record["step"]] = record["time"]
@@ -177,7 +116,7 @@ def fill(split: SplitSeries, steps: np.ndarray, columns: dict[str, np.ndarray]) 
 
 
 async def frame_time_million(root: Path, size: tuple[int, int], points: int = 1_000_000) -> dict[str, float]:
-    grid = make_grid(root, writer_pid=None, max_steps=points)
+    grid = harness.make_folder(root, 4, "rundir", writer_pid=None)
     source = open_path(grid)
     rng = np.random.default_rng(0)
     steps = np.arange(1, points + 1, dtype=float)
@@ -230,37 +169,35 @@ async def frame_time_million(root: Path, size: tuple[int, int], points: int = 1_
     return {"analyse_seconds": analyse_seconds, "frame_seconds": statistics.median(frames), "frame_max": max(frames)}
 
 
+def latency_rows(seconds: float, size: tuple[int, int]) -> list[Row]:
+    """Append -> screen latency at 1 and 10 lines/s a cell (4 cells, a plain folder: what users attach to most)."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="prefwatch-bench-") as tmp:
+        for rate in (1.0, 10.0):
+            root = Path(tmp) / f"rate{rate:g}"
+            root.mkdir()
+            grid = harness.make_folder(root, 4, "plain", writer_pid=None, lines=0)
+            writer = harness.start_writer(grid, rate, seconds + 3)
+            app = asyncio.run(run_live(grid, seconds, size, writer))
+            lags = sorted(latencies(app, grid))
+            p50, p99 = statistics.median(lags), lags[min(len(lags) - 1, int(0.99 * len(lags)))]
+            label = f"latency 4 cells x {rate:g} line/s"
+            note = f"{len(lags)} lines, CPU {app.result['cpu_percent']:.1f} %"  # type: ignore[attr-defined]
+            if rate == 1.0:
+                rows.append(Row(f"{label} p50", 1000 * p50, "ms", None, 25.0, note))
+            rows.append(Row(f"{label} p99", 1000 * p99, "ms", None, 100.0 if rate == 1.0 else 250.0, note))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--size", default="160x48")
     args = parser.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
-    print(f"monitor benchmark, {size[0]}x{size[1]}, {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
-
-    with tempfile.TemporaryDirectory() as tmp:
-        for rate, label in ((10.0, "stress: 4 cells x 10 lines/s"), (1.0, "realistic: 4 cells x 1 line/s")):
-            root = Path(tmp) / f"rate{rate:g}"
-            root.mkdir()
-            grid = make_grid(root, writer_pid=os.getpid())
-            writer = start_writer(grid, rate, args.seconds + 3)
-            app = asyncio.run(run_live(grid, args.seconds, size, writer))
-            result = app.result  # type: ignore[attr-defined]
-            lags = sorted(latencies(app, grid))
-            print(
-                f"{label:32}  CPU {result['cpu_percent']:5.1f} % of a core "
-                f"(reading+analysis {result['reading_percent']:4.1f} %)   "
-                f"{result['frames_per_second']:4.1f} frames/s   {result['views_per_second']:4.1f} views/s   "
-                f"latency p50 {1000 * statistics.median(lags):4.0f} ms  p95 {1000 * lags[int(0.95 * len(lags))]:4.0f} ms"
-                f"  p99 {1000 * lags[min(len(lags) - 1, int(0.99 * len(lags)))]:4.0f} ms  ({len(lags)} lines)"
-            )
-        root = Path(tmp) / "million"
-        root.mkdir()
-        million = asyncio.run(frame_time_million(root, size))
-        print(
-            f"{'1M points per series, 4 cells':32}  analyse() {1000 * million['analyse_seconds']:6.1f} ms   "
-            f"frame (20 charts redrawn) median {1000 * million['frame_seconds']:5.1f} ms  max {1000 * million['frame_max']:5.1f} ms"
-        )
+    print(harness.uptime())
+    print(format_rows(latency_rows(args.seconds, size)))  # type: ignore[arg-type]
+    print(harness.uptime())
 
 
 if __name__ == "__main__":

@@ -213,12 +213,12 @@ def review(
 
 
 def _last_finite(values: np.ndarray) -> float | None:
-    """The last finite value, scanning from the end (a long series is rarely NaN at its tail)."""
-    for start in range(len(values), 0, -64):
-        tail = values[max(0, start - 64) : start]
-        finite = np.flatnonzero(np.isfinite(tail))
+    """The last finite value: the tail first (a long series is rarely NaN at its end), then the
+    whole series in one numpy pass (a column never logged is all NaN: no Python loop over it)."""
+    for part in (values[-64:], values):
+        finite = np.flatnonzero(np.isfinite(part))
         if len(finite):
-            return float(tail[finite[-1]])
+            return float(part[finite[-1]])
     return None
 
 

@@ -37,7 +37,7 @@ class GridError(ValueError):
 
 @dataclass(frozen=True)
 class Field:
-    kind: str  # int, float, str, opt_str, int_list, str_list, str_or_list, fraction_or_path, devices
+    kind: str  # int, float, str, opt_str, int_list, float_list, str_list, str_or_list, fraction_or_path, devices
     default: Any
     check: Callable[[Any], str | None] | None = None
 
@@ -186,6 +186,8 @@ class GridAxes:
 
     objectives: list[str] = setting(["dpo", "simpo"], "str_list")
     ranks: list[int] = setting([16, 8], "int_list")
+    betas: list[float] = setting([], "float_list", doc="a sweep over the objective's beta (empty: its table's)")
+    learning_rates: list[float] = setting([], "float_list", doc="a sweep over [train] learning_rate (empty: that)")
 
 
 @dataclass
@@ -487,6 +489,12 @@ class _Validator:
             if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
                 raise bad("a list of integers")
             return list(value)
+        if kind == "float_list":
+            if not isinstance(value, list) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+            ):
+                raise bad("a list of numbers")
+            return [float(v) for v in value]
         if kind == "str_list":
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise bad("a list of strings")
@@ -536,6 +544,12 @@ class _Validator:
         for rank in grid["ranks"]:
             if rank <= 0:
                 raise self.fail("grid", "ranks", f"a LoRA rank must be > 0, got {rank}")
+        for key in ("betas", "learning_rates"):
+            if grid[key]:
+                self.check_list("grid", key, grid[key])
+            for value in grid[key]:
+                if not value > 0:
+                    raise self.fail("grid", key, f"every value must be > 0, got {value:g}")
         self.check_list("train", "seeds", settings["train"]["seeds"])
         train = settings["train"]
         if train["eval_every"] > train["max_steps"]:
@@ -588,12 +602,29 @@ class _Validator:
 
     def cells(self, settings: Settings) -> list[Cell]:
         seeds = settings.train.seeds
-        combos = itertools.product(settings.grid.objectives, settings.grid.ranks, seeds)
+        betas: list[float | None] = [*settings.grid.betas] or [None]
+        rates: list[float | None] = [*settings.grid.learning_rates] or [None]
+        combos = itertools.product(settings.grid.objectives, settings.grid.ranks, betas, rates, seeds)
         cells = []
-        for index, (objective, rank, seed) in enumerate(combos):
-            cell_id = f"{objective}-r{rank}" + (f"-seed{seed}" if len(seeds) > 1 else "")
-            cells.append(Cell(cell_id, index, objective, rank, seed, settings))
+        for index, (objective, rank, beta, rate, seed) in enumerate(combos):
+            # Ids stay as before for a grid without sweeps; a swept factor adds a token ("b0.1",
+            # "lr5e-05": repr of a float, letters, digits, '.', '-' only: a safe folder name).
+            cell_id = f"{objective}-r{rank}"
+            cell_id += f"-b{beta!r}" if len(betas) > 1 else ""
+            cell_id += f"-lr{rate!r}" if len(rates) > 1 else ""
+            cell_id += f"-seed{seed}" if len(seeds) > 1 else ""
+            cells.append(Cell(cell_id, index, objective, rank, seed, _swept(settings, objective, beta, rate)))
         return cells
+
+
+def _swept(settings: Settings, objective: str, beta: float | None, rate: float | None) -> Settings:
+    """A cell's settings with its beta and learning rate from the [grid] sweeps (shared when none)."""
+    if beta is not None:
+        params = dataclasses.replace(settings.objectives[objective], beta=beta)
+        settings = dataclasses.replace(settings, objectives={**settings.objectives, objective: params})
+    if rate is not None:
+        settings = dataclasses.replace(settings, train=dataclasses.replace(settings.train, learning_rate=rate))
+    return settings
 
 
 def _looks_like_file(value: str) -> bool:

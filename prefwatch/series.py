@@ -31,6 +31,32 @@ class SplitSeries:
         self._times = np.empty(self._capacity)
         self._columns: dict[str, np.ndarray] = {}
         self.segments = 1
+        # Bumped by every change (rows added or dropped, the last row's values set): equal versions
+        # hold equal data, so an analysis made from one version is valid until this moves.
+        self.version = 0
+
+    @classmethod
+    def from_arrays(
+        cls, steps: np.ndarray, times: np.ndarray, columns: dict[str, np.ndarray], segments: int = 1
+    ) -> SplitSeries:
+        """A split holding these rows (a cache entry read back); it grows in place from there as usual."""
+        split = cls()
+        n = len(steps)
+        if n >= _INITIAL_CAPACITY:  # the arrays as they are (no copy): the split grows by reallocating
+            split._capacity = n
+            split._steps = np.ascontiguousarray(steps, dtype=float)
+            split._times = np.ascontiguousarray(times, dtype=float)
+            split._columns = {k: np.ascontiguousarray(v, dtype=float) for k, v in columns.items()}
+        else:
+            split._steps = _resized(np.asarray(steps, dtype=float), split._capacity)
+            split._times = _resized(np.asarray(times, dtype=float), split._capacity)
+            split._columns = {
+                k: _resized(np.asarray(v, dtype=float), split._capacity, fill=np.nan) for k, v in columns.items()
+            }
+        split._length = n
+        split.segments = segments
+        split.version = 1
+        return split
 
     def __len__(self) -> int:
         return self._length
@@ -65,6 +91,7 @@ class SplitSeries:
     def append(self, step: float, time: float, values: dict[str, float]) -> None:
         """Add one row. A step lower than the last starts a new segment (a job resumed from a checkpoint):
         the rows it replays are dropped, so curves show the resumed run rather than a zig-zag."""
+        self.version += 1
         if self._length and step < self._steps[self._length - 1]:
             self._length = int(np.searchsorted(self.steps, step, side="left"))
             self.segments += 1
@@ -85,6 +112,7 @@ class SplitSeries:
 
     def update_last(self, values: dict[str, float]) -> None:
         """Set metrics of the last row (the rest of a row whose first values came earlier)."""
+        self.version += 1
         row = self._length - 1
         for name, value in values.items():
             column = self._columns.get(name)
@@ -95,6 +123,7 @@ class SplitSeries:
     def extend(self, steps: np.ndarray, times: np.ndarray, values: dict[str, np.ndarray]) -> None:
         """Add many rows at once; steps must not go below the last row's (the caller checks)."""
         n = len(steps)
+        self.version += 1
         while self._length + n > self._capacity:
             self._grow()
         rows = slice(self._length, self._length + n)

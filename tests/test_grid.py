@@ -107,3 +107,23 @@ def test_sbatch_abbreviations_of_prefwatchs_own_options(option: str, own: str | 
     from prefwatch.grid import sbatch_own_option
 
     assert sbatch_own_option(option) == own
+
+
+def test_beta_and_learning_rate_sweeps_multiply_cells_with_stable_safe_ids(tmp_path: Path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text(
+        'name = "sweep"\n[train]\nseeds = [0, 1]\n[grid]\nobjectives = ["dpo", "simpo"]\nranks = [4, 8]\n'
+        "betas = [0.1, 0.5]\nlearning_rates = [5e-5, 1e-4]\n"
+    )
+    grid = load_grid(path)
+    assert len(grid.cells) == 2 * 2 * 2 * 2 * 2
+    ids = [c.id for c in grid.cells]
+    assert ids[:3] == ["dpo-r4-b0.1-lr5e-05-seed0", "dpo-r4-b0.1-lr5e-05-seed1", "dpo-r4-b0.1-lr0.0001-seed0"]
+    assert len(set(ids)) == len(ids) and all(re.fullmatch(r"[A-Za-z0-9._-]+", i) for i in ids)
+    cell = next(c for c in grid.cells if c.id == "simpo-r8-b0.5-lr0.0001-seed1").to_json(grid.name)
+    assert cell["objective_params"]["beta"] == 0.5 and cell["objective_params"]["gamma"] == 1.0
+    assert cell["train"]["learning_rate"] == 1e-4
+    # One value is no sweep: the id stays as without the key, the value still applies.
+    path.write_text('[grid]\nobjectives = ["dpo"]\nranks = [8]\nbetas = [0.3]\n')
+    (only,) = load_grid(path).cells
+    assert only.id == "dpo-r8" and only.to_json("g")["objective_params"]["beta"] == 0.3

@@ -390,3 +390,19 @@ def test_every_valid_line_once_per_file_generation(tmp_path_factory, ops) -> Non
     poll()
     assert [g for g in got if g] == [g for g in expected if g]
     assert rejected == bad
+
+
+def test_factors_order_as_numbers_and_seed_tokens_are_read(tmp_path):
+    for name in ("dpo-r16-seed1", "dpo-r32-seed10", "dpo-r4-seed2", "dpo-r8_seed_0", "simpo-r4-seed2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text('{"loss": 0.5, "step": 1}\n')
+    grid = open_path(tmp_path)
+    assert grid.ranks == [4, 8, 16, 32]
+    assert [c.id for c in grid.cells] == [
+        "dpo-r4-seed2",
+        "dpo-r8_seed_0",
+        "dpo-r16-seed1",
+        "dpo-r32-seed10",
+        "simpo-r4-seed2",
+    ]
+    assert [c.seed for c in grid.cells] == [2, 0, 1, 10, 2]

@@ -254,7 +254,8 @@ async def test_enter_opens_the_cell_chart_and_escape_returns(tmp_path):
         assert app.screen.cell.id == "simpo-r8"
         text = screen_text(app)
         assert "train" in text and "held-out" in text and "held-out accuracy" in text
-        assert "step 3" in text  # the job's output, carriage returns resolved
+        # The job's output (read by a worker, off the UI thread), carriage returns resolved.
+        await wait_for(pilot, lambda: "step 3" in screen_text(app))
         await pilot.press("escape")
         await wait_for(pilot, lambda: not isinstance(app.screen, CellScreen))
 
@@ -372,12 +373,12 @@ def test_run_monitor_lets_a_bad_path_through(tmp_path):
 
 @run
 async def test_an_analysis_failure_is_reported_not_fatal(tmp_path, monkeypatch):
-    import prefwatch.tui.app as app_module
+    import prefwatch.incremental as incremental_module
 
     def broken(grid, **kwargs):
         raise RuntimeError("[bold]boom[/]")
 
-    monkeypatch.setattr(app_module, "analyse", broken)
+    monkeypatch.setattr(incremental_module, "analyse", broken)
     app = app_for(make_grid(tmp_path))
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_for(pilot, lambda: "could not read the logs" in screen_text(app))
@@ -419,6 +420,9 @@ async def test_only_changed_cells_are_analysed_again(tmp_path):
         before = incremental.analysed
         write_lines(grid / "cells" / "simpo-r8" / rundir.METRICS_FILE, [train_record(21, "simpo", 8)])
         await wait_for(pilot, lambda: panels(app)["simpo-r8"].view.step == 21)
+        # Its findings follow within the findings age (a second for four cells); no other cell is analysed.
+        await wait_for(pilot, lambda: incremental.analysed - before >= 1)
+        await pilot.pause(0.3)
         assert incremental.analysed - before == 1
         assert app.view.headline  # the verdict is still decided over every cell
 

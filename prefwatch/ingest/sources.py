@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from prefwatch import metrics, rundir, system
+from prefwatch.ingest import cache
 from prefwatch.ingest.columnar import ColumnarDecoder, add_blocks
 from prefwatch.ingest.tail import TailReader, decode_line
 from prefwatch.ingest.tensorboard import EVENT_FILE_PREFIX, EventFileReader, add_scalars, event_files
@@ -117,6 +118,7 @@ class CellSource:
     _event_readers: dict[Path, EventFileReader] = field(default_factory=dict)
     _data_checked: float = -math.inf
     _inferred_at: int = -1
+    _cached: bool = False  # the series came from, or went to, the columnar cache
 
     def __post_init__(self) -> None:
         if self.claim is None:
@@ -205,6 +207,8 @@ class CellSource:
 
     def _poll_metrics(self) -> bool:
         assert self._metrics_reader is not None
+        if not self._metrics_reader.started and self._from_cache():
+            return True
         blocks = 0
         # After peek_tail() the series holds only the end of the log: the whole log is read into a
         # new series, which replaces the preview when it is complete (the monitor never sees a gap).
@@ -222,7 +226,26 @@ class CellSource:
         batch = self._metrics_reader.poll(on_block=take, on_restart=restart)
         series.rejected.update(batch.rejected)
         self.series, self.preview = series, False
+        if blocks and series.finished and not self._cached:
+            self._to_cache()
         return bool(blocks or batch.rejected or batch.restarted)
+
+    def _from_cache(self) -> bool:
+        """Take a finished log's series from the columnar cache when the file is exactly as cached."""
+        assert self._metrics_reader is not None and self.metrics_path is not None
+        hit = cache.load(self.metrics_path)
+        if hit is None:
+            return False
+        self.series, self.preview, self._cached = hit[0], False, True
+        self._metrics_reader.resume_at(hit[1])
+        return True
+
+    def _to_cache(self) -> None:
+        """Save a finished log's series once it is read whole (a large log's second opening is a load)."""
+        assert self._metrics_reader is not None and self.metrics_path is not None
+        seen = self._metrics_reader.identity
+        if seen is not None:
+            self._cached = cache.save(self.metrics_path, seen, self.series)
 
     def peek_tail(self, max_bytes: int = 256 << 10) -> bool:
         """Before the first poll(), fill the series from the last ``max_bytes`` of the metrics log
@@ -405,7 +428,10 @@ class GridSource:
 
     @property
     def ranks(self) -> list[int | None]:
-        return _ordered(c.rank for c in self.cells)
+        """A launched grid's ranks in its grid.toml's order; a folder's as numbers (r4, r8, r16, r32,
+        not the names' r16, r32, r4, r8), unknown last."""
+        ranks = _ordered(c.rank for c in self.cells)
+        return ranks if self.managed else sorted(ranks, key=lambda r: (r is None, r or 0))
 
 
 def _ordered(values: Any) -> list[Any]:
@@ -464,7 +490,7 @@ def _open(path: Path) -> GridSource:
     for cell in cells:  # cells found further down are named by their path from here
         if cell.directory.parent != path:
             cell.id = cell.directory.relative_to(path).as_posix()
-    cells.sort(key=lambda c: c.directory.relative_to(path).parts)
+    cells.sort(key=lambda c: [natural_key(Path(part)) for part in c.directory.relative_to(path).parts])
     return GridSource(path.resolve().name or str(path), path, cells, skipped=skipped)
 
 
@@ -496,7 +522,7 @@ def find_cells(root: Path, depth: int = SEARCH_DEPTH) -> tuple[list[CellSource],
 def _subfolders(folder: Path) -> list[Path]:
     """Subfolders worth searching: not hidden, not a checkpoint (read with its run), not a link loop."""
     try:
-        children = sorted(folder.iterdir())
+        children = sorted(folder.iterdir(), key=natural_key)  # r4, r8, r16: numbers as numbers
     except OSError:
         return []
     return [
@@ -572,7 +598,7 @@ def _prefwatch_cell(path: Path) -> CellSource:
         directory=path,
         objective=claim.objective,
         rank=claim.rank,
-        seed=cell.seed,
+        seed=cell.seed if cell.seed is not None else guess_seed(path),
         info=cell.to_dict() if problem is None else {},
         claim=claim,
         metrics_path=path / rundir.METRICS_FILE,
@@ -583,19 +609,38 @@ def _prefwatch_cell(path: Path) -> CellSource:
 
 def _jsonl_cell(directory: Path, metrics_path: Path) -> CellSource:
     claim = guess_labels(directory)
-    return CellSource(directory.name, directory, claim.objective, claim.rank, claim=claim, metrics_path=metrics_path)
+    return CellSource(
+        directory.name,
+        directory,
+        claim.objective,
+        claim.rank,
+        guess_seed(directory),
+        claim=claim,
+        metrics_path=metrics_path,
+    )
 
 
 def _trl_cell(path: Path) -> CellSource:
     claim = guess_labels(path)
-    return CellSource(path.name, path, claim.objective, claim.rank, claim=claim, trainer_state_dir=path)
+    return CellSource(
+        path.name, path, claim.objective, claim.rank, guess_seed(path), claim=claim, trainer_state_dir=path
+    )
 
 
 def _tb_cell(path: Path) -> CellSource:
     """A TRL output_dir written with report_to="tensorboard" (or a bare logging dir): the event
     files are live (flushed at every log), trainer_state.json only at checkpoints."""
     claim = guess_labels(path)
-    return CellSource(path.name, path, claim.objective, claim.rank, claim=claim, trainer_state_dir=path, event_dir=path)
+    return CellSource(
+        path.name,
+        path,
+        claim.objective,
+        claim.rank,
+        guess_seed(path),
+        claim=claim,
+        trainer_state_dir=path,
+        event_dir=path,
+    )
 
 
 def newest_trainer_state(path: Path) -> Path | None:
@@ -630,3 +675,20 @@ def guess_labels(path: Path) -> Claim:
             )
     rank = next((int(t[1:]) for t in tokens if re.fullmatch(r"r\d+", t)), None)
     return Claim(objective, "folder name" if objective else None, rank, "folder name" if rank else None, note)
+
+
+def guess_seed(path: Path) -> int | None:
+    """The seed a folder's name gives: a ``seed3`` token, or ``seed`` followed by a number (seed-3, seed_3)."""
+    tokens = [t.lower() for t in re.split(r"[^A-Za-z0-9]+", path.name) if t]
+    for index, token in enumerate(tokens):
+        match = re.fullmatch(r"seed(\d+)", token)
+        if match:
+            return int(match.group(1))
+        if token == "seed" and index + 1 < len(tokens) and tokens[index + 1].isdigit():
+            return int(tokens[index + 1])
+    return None
+
+
+def natural_key(path: Path) -> list[tuple[int, int | str]]:
+    """Order names with their numbers as numbers: r4, r8, r16, r32; seed2 before seed10."""
+    return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", path.name) if part]

@@ -55,6 +55,20 @@ class TailReader:
         self._seen: tuple[int, int] = (-1, -1)  # size and mtime at the last read
 
     @property
+    def identity(self) -> tuple[int, int, int, int] | None:
+        """(device, inode, size, mtime_ns) of the file as last read, when every byte of it was read
+        into complete lines (nothing pending); else None. What a cache entry of it is keyed by."""
+        if self._inode is None or self._partial or self._offset != self._seen[0]:
+            return None
+        return (*self._inode, *self._seen)
+
+    def resume_at(self, identity: tuple[int, int, int, int]) -> None:
+        """Continue after what a cache entry holds: the file (as ``identity`` says) is read up to its end."""
+        device, inode, size, mtime = identity
+        self._inode, self._offset, self._seen, self._partial = (device, inode), size, (size, mtime), b""
+        self._opened_at = time.monotonic()
+
+    @property
     def started(self) -> bool:
         """Whether anything has been read (or the file seen) yet."""
         return self._inode is not None

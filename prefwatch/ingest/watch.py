@@ -52,6 +52,7 @@ class Follower:
         interval: float | None = None,
         min_interval: float = 0.0,
         burst: int = 1,
+        settle: float = 0.0,
     ) -> None:
         self.paths = [Path(p) for p in paths]
         self.on_change = on_change
@@ -61,6 +62,9 @@ class Follower:
         )
         self.min_interval = min_interval
         self.burst = max(1, burst)
+        # After an event, wait this long before reading: a write makes several events (modify, close)
+        # and cells that log the same second write within milliseconds; one callback then takes them all.
+        self.settle = settle
         self.callbacks = 0
         self._tokens = float(self.burst)
         self._tokens_at = time.monotonic()
@@ -110,6 +114,8 @@ class Follower:
     def _run(self) -> None:
         while not self._stopping.is_set():
             woken = self._wake.wait(self.interval)
+            if woken and self.settle > 0:
+                self._stopping.wait(self.settle)
             if self._stopping.is_set():
                 return
             self._wake.clear()

@@ -28,9 +28,9 @@ from textual.notifications import SeverityLevel
 from textual.screen import Screen
 
 from prefwatch import jobs
-from prefwatch.analysis import CellAnalysis, GridAnalysis, analyse, cell_result
-from prefwatch.decide import decide
-from prefwatch.ingest.sources import CellSource, GridSource, open_path
+from prefwatch.analysis import CellAnalysis, analyse
+from prefwatch.incremental import HEARTBEAT_SECONDS, IncrementalAnalysis
+from prefwatch.ingest.sources import GridSource, open_path
 from prefwatch.ingest.watch import Follower
 from prefwatch.textsafe import plain
 from prefwatch.tui.model import CellView, GridView, cell_view, grid_view
@@ -40,6 +40,7 @@ from prefwatch.tui.screens.compare import CompareScreen
 from prefwatch.tui.screens.confirm import ConfirmScreen
 from prefwatch.tui.screens.grid import GridScreen
 from prefwatch.tui.screens.help import HelpScreen
+from prefwatch.tui.screens.overview import OverviewScreen
 from prefwatch.tui.text import literal
 from prefwatch.tui.widgets.cell_panel import CellPanel
 
@@ -48,9 +49,13 @@ REPLAY_TICK = 0.25  # seconds between replay frames
 ALERT_STATES = frozenset({"finished", "failed", "stopped", "lost", "stalled"})
 REDRAW_INTERVAL = 0.1  # the throttle's shortest interval between refreshes while lines pour in
 REDRAW_BURST = 3  # near-simultaneous changes (cells logging the same second) are drawn at once
-MAX_REDRAW_INTERVAL = 1.0  # however busy, at least one refresh a second
-CPU_BUDGET = 0.02  # share of a core the whole monitor aims at; the throttle widens above it (charts.md)
-HEARTBEAT_SECONDS = 5.0  # re-check states that change without a file changing (stalled, lost)
+SETTLE_SECONDS = 0.01  # events within this long after the first are read in one refresh (a write makes several)
+# However busy, at least five refreshes a second: the throttle paces frames, it never holds a fresh
+# value back for long (goal: p99 append -> screen <= 250 ms at 10 lines/s a cell).
+MAX_REDRAW_INTERVAL = 0.2
+CPU_BUDGET = 0.04  # share of a core the whole monitor aims at; the throttle widens above it (charts.md)
+PREVIEW_BYTES = 256 << 10  # attach draws a first frame from this much of the end of each larger log
+OVERVIEW_FROM = 17  # a grid of this many cells opens on the overview (one row a cell), not the panels
 READ_SHARE = 0.33  # reading and analysing may take at most this share of a core: huge logs refresh less often
 
 
@@ -67,6 +72,7 @@ class MonitorApp(App[int]):
         Binding("q", "quit_monitor", "Quit", tooltip="quit the monitor — the jobs keep running"),
         Binding("s", "stop_cell", "Stop cell", tooltip="stop the selected cell (asks first; launched grids only)"),
         Binding("c", "compare", "Compare", tooltip="compare one metric across all cells"),
+        Binding("o", "overview", "Overview", tooltip="every cell in one row: sortable, grouped by factor"),
         Binding("X", "stop_grid", "Stop grid", show=False, tooltip="stop the whole grid (asks first)"),
         Binding(
             "r",
@@ -122,9 +128,10 @@ class MonitorApp(App[int]):
         self._read_lock = threading.Lock()
         self._follow_lock = threading.Lock()
         self._unmounted = False
+        self._follow_up_pending = False
         self._error: str | None = None
         self._alerted: set[tuple[str, str, str]] = set()
-        self._incremental = IncrementalAnalysis(source, heartbeat)
+        self._incremental = IncrementalViews(source, heartbeat)
         # Replay as a time-lapse at ``speed`` times real time (None: everything at once, the default).
         self.speed = speed if mode == "replay" else None
         self.replay: ReplayGrid | None = None
@@ -136,6 +143,7 @@ class MonitorApp(App[int]):
         yield from super().get_system_commands(screen)
         commands = [
             ("Compare cells", "One metric across every cell", "compare"),
+            ("Overview of every cell", "One row a cell: sortable, grouped by factor", "overview"),
             ("Toggle light/dark theme", "Switch between the light and the dark theme", "toggle_theme"),
             ("Help: keys and colours", "What every key does", "help"),
         ]
@@ -157,6 +165,18 @@ class MonitorApp(App[int]):
             ]
         for title, help, action in commands:
             yield SystemCommand(title, help, functools.partial(self.call_later, self.run_action, action))
+
+    def get_theme(self, theme_name: str):  # -> Theme | None
+        """Textual's lookup without its copy of every registered theme: it runs for each line of
+        every frame (via ``ansi_theme``), and the copies were a tenth of the monitor's drawing."""
+        registered = getattr(self, "_registered_themes", None)
+        if registered is None:
+            return super().get_theme(theme_name)
+        for name in theme_name.split(","):
+            theme = registered.get(name.strip())
+            if theme is not None:
+                return theme
+        return None
 
     def get_default_screen(self) -> GridScreen:
         return GridScreen()
@@ -185,15 +205,34 @@ class MonitorApp(App[int]):
         if self.speed is not None:
             jobs.hand_statuses(self.source)  # each cell's recorded end, shown when the replay reaches it
             replay = ReplayGrid(self.source, self.speed, time.monotonic)
-            self._incremental = IncrementalAnalysis(replay.source, float("inf"), replay.clock.now)
+            self._incremental = IncrementalViews(replay.source, float("inf"), replay.clock.now)
             self.replay = replay
             try:
                 self.call_from_thread(self.set_interval, REPLAY_TICK, self._replay_tick)
             except RuntimeError:  # the app closed while the logs were read
                 return
+        if self.speed is None:
+            self._preview()
         self._read_and_post()
         if self.mode == "live":
             self._start_following()
+
+    def _preview(self) -> None:
+        """A first frame from the last 256 KiB of each log, before reading them whole: attaching to
+        a grid of long logs shows every cell's latest state within a second, the full curves after."""
+        if self.mode != "live":
+            return
+        large = [c for c in self.source.cells if c.metrics_path is not None and _size(c.metrics_path) > PREVIEW_BYTES]
+        if not any([cell.peek_tail(PREVIEW_BYTES) for cell in large]):
+            return  # small logs are read whole at once anyway
+        try:
+            view = grid_view(analyse(self.source))
+        except Exception:  # the full read reports what is wrong
+            return
+        with self._mailbox_lock:
+            empty, self._mailbox = self._mailbox is None, view
+        if empty:
+            self.post_message(ViewReady())
 
     def _start_following(self) -> None:
         with self._follow_lock:
@@ -201,7 +240,12 @@ class MonitorApp(App[int]):
                 return
             paths = [p for cell in self.source.cells for p in cell.watched_paths()]
             follower = Follower(
-                paths, self._read_and_post, poll=self.poll, min_interval=self.redraw_interval, burst=REDRAW_BURST
+                paths,
+                self._read_and_post,
+                poll=self.poll,
+                min_interval=self.redraw_interval,
+                burst=REDRAW_BURST,
+                settle=SETTLE_SECONDS,
             )
             follower.start()
             # Lines written between the first read and the follower's start made no event: read once more.
@@ -242,12 +286,28 @@ class MonitorApp(App[int]):
                 self._error = plain(f"could not read the logs: {type(exc).__name__}: {exc}")
                 view = None
             self._pace(time.perf_counter() - started)
+            self._follow_up()
             with self._mailbox_lock:
                 empty = self._mailbox is None
                 if view is not None:
                     self._mailbox = view
             if empty:
                 self.post_message(ViewReady())
+
+    def _follow_up(self) -> None:
+        """When a cell's findings wait (it only gained train rows), read again once they are due,
+        even if no line comes meanwhile."""
+        analysis = self._incremental.analysis
+        if analysis.owed and not self._follow_up_pending:
+            self._follow_up_pending = True
+
+            def due() -> None:
+                self._follow_up_pending = False
+                self._nudge()
+
+            timer = threading.Timer(analysis.findings_age, due)
+            timer.daemon = True
+            timer.start()
 
     def _pace(self, seconds: float) -> None:
         """Space refreshes to hold the monitor's CPU budget.
@@ -289,8 +349,12 @@ class MonitorApp(App[int]):
         if previous is not None and self.mode == "live":
             self._alert(previous, view)
         grid_screen.show(view, self.source_label, self._error)
+        if previous is None and len(view.cells) >= OVERVIEW_FROM and self.screen is grid_screen:
+            self.push_screen(OverviewScreen(view))
         for screen in self.screen_stack:
-            if isinstance(screen, CellScreen):
+            if isinstance(screen, OverviewScreen) and screen.is_mounted:
+                screen.show_grid(view)
+            elif isinstance(screen, CellScreen):
                 cell = view.cell(screen.cell.id)
                 if cell is not None and cell.version != screen.cell.version:
                     screen.show_cell(cell)
@@ -431,6 +495,11 @@ class MonitorApp(App[int]):
         if self.view is not None and not isinstance(self.screen, CompareScreen):
             self.push_screen(CompareScreen(self.view))
 
+    def action_overview(self) -> None:
+        """Every cell, one row each: sortable, grouped by factor (the first screen of a large sweep)."""
+        if self.view is not None and not isinstance(self.screen, OverviewScreen):
+            self.push_screen(OverviewScreen(self.view))
+
     def action_help(self) -> None:
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
@@ -469,6 +538,9 @@ class MonitorApp(App[int]):
         if isinstance(screen, GridScreen):
             panel = screen.selected()
             return self.view.cell(panel.cell_id) if panel else None
+        if isinstance(screen, OverviewScreen):
+            cell_id = screen.selected_id()
+            return self.view.cell(cell_id) if cell_id else None
         return None
 
     @work(thread=True, group="stop")
@@ -497,76 +569,48 @@ class MonitorApp(App[int]):
             self.follower.stop()
 
 
-class IncrementalAnalysis:
-    """``analyse()`` for a live grid, redone only for the cells whose logs or status changed.
-
-    Diagnosing a cell grows with its log (a million rows take a second), and a live grid usually
-    changes one cell at a time. A cell is analysed again when what it read or its status changed,
-    and every cell is when the last full pass is older than ``heartbeat`` (findings that depend on
-    the clock: stalled, idle). The verdict is always decided over all cells.
-    """
+class IncrementalViews:
+    """The grid's view from ``incremental.IncrementalAnalysis`` (the core's cache of analyses): a
+    cell's view is built again only when its analysis was redone."""
 
     def __init__(
         self, source: GridSource, heartbeat: float = HEARTBEAT_SECONDS, clock: Callable[[], float] = time.time
     ) -> None:
-        self.source = source
-        self.clock = clock  # "now" for findings that depend on it (a replay passes its own clock)
-        self.heartbeat = heartbeat
-        self.analysed = 0  # cells analysed (tests and the benchmark read it)
-        self._cells: dict[str, tuple[tuple[object, ...], CellAnalysis]] = {}
+        # Findings of a cell that only gained train rows are redone at most every 1 s (4 cells) to
+        # 4 s (64 cells): diagnosing is most of a busy grid's cost; its values are new at once.
+        findings_age = min(HEARTBEAT_SECONDS, max(1.0, len(source.cells) / 16))
+        self.analysis = IncrementalAnalysis(source, heartbeat, clock, findings_age)
         self._views: dict[str, tuple[CellAnalysis, CellView]] = {}
-        self._full_at = float("-inf")
         self.last: GridView | None = None
+
+    @property
+    def analysed(self) -> int:
+        """Cells analysed so far (tests and the benchmark read it)."""
+        return self.analysis.analysed
 
     def view(self) -> GridView | None:
         """A new view of the grid, or None when nothing changed since the last one."""
-        source = self.source
-        for cell in source.cells:
-            cell.poll()
-        now = self.clock()
-        full = time.monotonic() - self._full_at >= self.heartbeat
-        if full:
-            self._full_at = time.monotonic()
-        jobs.hand_statuses(source)
-        stale = []
-        for cell in source.cells:
-            key = _cell_key(cell)
-            cached = self._cells.get(cell.id)
-            if full or cached is None or cached[0] != key:
-                stale.append((cell, key))
-        if not stale and self.last is not None:
+        analysis = self.analysis.update()
+        if analysis is None:
             return None
-        if stale:
-            part = analyse(GridSource(source.name, source.root, [c for c, _ in stale], source.managed), now=now)
-            for (cell, key), result in zip(stale, part.cells):
-                self._cells[cell.id] = (key, result)
-                self.analysed += 1
-        cells = [self._cells[c.id][1] for c in source.cells]
-        verdict = decide([cell_result(c) for c in cells])
         views = {}
-        for analysed in cells:
+        for analysed in analysis.cells:
             previous = self._views.get(analysed.source.id)
-            view = previous[1] if previous and previous[0] is analysed else cell_view(analysed)
+            if previous is not None and previous[0] is analysed and analysed.source.id not in self.analysis.changed:
+                view = previous[1]
+            else:
+                view = cell_view(analysed)
             views[analysed.source.id] = (analysed, view)
         self._views = views
-        self.last = grid_view(GridAnalysis(source, cells, verdict), [v for _, v in views.values()])
+        self.last = grid_view(analysis, [v for _, v in views.values()])
         return self.last
 
 
-def _cell_key(cell: CellSource) -> tuple[object, ...]:
-    status = cell.status()
-    series = cell.series
-    return (
-        series.records,
-        series.train.segments,
-        sum(series.rejected.values()),
-        len(cell.pairs.steps),
-        cell.data_stats is not None,
-        cell.read_error,
-        status.state,
-        status.describe(),
-        id(series),
-    )
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def run_monitor(

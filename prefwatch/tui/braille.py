@@ -15,7 +15,6 @@ Only step 2 loops in Python, at most once per pixel column.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,20 +68,32 @@ def _join_columns(
     lows: np.ndarray,
     highs: np.ndarray,
 ) -> None:
-    """Extend columns so that consecutive points in different columns are joined by a line."""
-    for left, right in zip(filled[:-1], filled[1:]):
-        a, b = ends[left] - 1, starts[right]
-        ya, yb = float(y[a]), float(y[b])
-        if not (math.isfinite(ya) and math.isfinite(yb)):
-            continue
-        pa, pb = (float(x[a]) - x_min) * scale, (float(x[b]) - x_min) * scale
-        for column in range(left + 1, right + 1):
-            edge = column - 0.5
-            t = min(1.0, max(0.0, (edge - pa) / (pb - pa))) if pb > pa else 1.0
-            value = ya + t * (yb - ya)
-            for c in (column - 1, column):
-                lows[c] = value if math.isnan(lows[c]) else min(lows[c], value)
-                highs[c] = value if math.isnan(highs[c]) else max(highs[c], value)
+    """Extend columns so that consecutive points in different columns are joined by a line.
+
+    Vectorised: each pair of neighbouring filled columns contributes the line's value at every
+    column edge between them, to the columns on both sides of that edge.
+    """
+    if len(filled) < 2:
+        return
+    left, right = filled[:-1], filled[1:]
+    a, b = ends[left] - 1, starts[right]
+    ya, yb = y[a], y[b]
+    ok = np.isfinite(ya) & np.isfinite(yb)
+    if not ok.any():
+        return
+    left, right, ya, yb = left[ok], right[ok], ya[ok], yb[ok]
+    pa, pb = (x[a[ok]] - x_min) * scale, (x[b[ok]] - x_min) * scale
+    counts = right - left
+    pair = np.repeat(np.arange(len(left)), counts)
+    # The columns left+1 .. right of each pair, concatenated.
+    column = left[pair] + 1 + (np.arange(len(pair)) - np.repeat(np.cumsum(counts) - counts, counts))
+    spread = pb - pa
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = np.where(spread[pair] > 0, np.clip((column - 0.5 - pa[pair]) / spread[pair], 0.0, 1.0), 1.0)
+    value = ya[pair] + t * (yb[pair] - ya[pair])
+    for target in (column - 1, column):
+        np.fmin.at(lows, target, value)
+        np.fmax.at(highs, target, value)
 
 
 def value_range(spans: list[Spans]) -> tuple[float, float] | None:
@@ -96,6 +107,36 @@ def value_range(spans: list[Spans]) -> tuple[float, float] | None:
         pad = max(abs(high) * 0.05, 0.5)
         return low - pad, high + pad
     return low, high
+
+
+NICE_STEPS = (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
+
+
+def nice_ceiling(value: float) -> float:
+    """The smallest of 1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8 times a power of ten that is >= ``value`` (> 0).
+
+    An axis that ends there changes only when the data crosses the next such bound (every 20-25 %),
+    not with every point: a live chart is then mostly unchanged by a new line, and is not repainted.
+    """
+    if not value > 0 or not np.isfinite(value):
+        return 1.0
+    scale = 10.0 ** np.floor(np.log10(value))
+    return float(next(step * scale for step in NICE_STEPS if step * scale >= value * (1 - 1e-12)))
+
+
+def snapped_range(low: float, high: float, cells: int = 8) -> tuple[float, float]:
+    """``low``..``high`` widened to multiples of a round unit (about an eighth of the span, 1-2-5).
+
+    Like ``nice_ceiling`` for a value axis: the range moves by whole units, so a curve that creeps
+    upwards redraws when it crosses a unit, not at every point.
+    """
+    span = high - low
+    if not span > 0 or not np.isfinite(span):
+        return low, high
+    raw = span / cells
+    scale = 10.0 ** np.floor(np.log10(raw))
+    unit = next(step * scale for step in (1.0, 2.0, 5.0, 10.0) if step * scale >= raw)
+    return float(np.floor(low / unit) * unit), float(np.ceil(high / unit) * unit)
 
 
 def pixel_grid(spans: Spans, low: float, high: float, rows: int) -> np.ndarray:
@@ -126,5 +167,8 @@ def braille_codes(pixels: np.ndarray) -> np.ndarray:
 
 def braille_text(codes: np.ndarray) -> list[str]:
     """One string per row; blank cells are spaces so that overlaid colours stay easy to read."""
-    chars = np.where(codes > 0, codes + BRAILLE_BASE, 0x20).astype(np.uint32)
-    return [row.tobytes().decode("utf-32-le") for row in chars]
+    chars = np.ascontiguousarray(np.where(codes > 0, codes + BRAILLE_BASE, 0x20), dtype="<u4")
+    if chars.ndim != 2 or chars.shape[1] == 0:
+        return ["" for _ in range(len(chars))]
+    # numpy's str dtype is UCS-4: each row of code points is one string, without a codec call per row.
+    return chars.view(f"<U{chars.shape[1]}")[:, 0].tolist()

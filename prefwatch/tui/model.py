@@ -22,6 +22,7 @@ from prefwatch import metrics as m
 from prefwatch.analysis import CellAnalysis, GridAnalysis
 from prefwatch.diagnose import ERROR, WARN, heldout_accuracy_series, heldout_margin_series
 from prefwatch.system import machine_lines, system_line
+from prefwatch.tui.braille import nice_ceiling
 
 # The curves of a cell panel, in display order: key, label.
 PANEL_CURVES: tuple[tuple[str, str], ...] = (
@@ -80,6 +81,10 @@ class CellView:
     metrics: dict[str, dict[str, Curve]] = field(default_factory=dict)
     peak_step: int | None = None  # where held-out accuracy peaked (the diagnosis' smoothed peak)
     system: str | None = None  # the job's CPU, memory and GPUs at its last sample, while it runs
+    heldout_accuracy: float | None = None  # the last evaluation's (the overview's heat map)
+    # Late train margin minus held-out margin: how much of what the cell learned does not carry over.
+    margin_gap: float | None = None
+    factors: dict[str, Any] = field(default_factory=dict)  # beta, learning rate (from cell.json), where known
 
     @property
     def severity(self) -> str | None:
@@ -106,9 +111,13 @@ class CellView:
 
     @property
     def x_range(self) -> tuple[float, float]:
-        """Steps spanned by the panel's charts: up to max_steps when known, so progress reads as width."""
+        """Steps spanned by the panel's charts: up to max_steps when known, so progress reads as width;
+        else up to a round bound past the last step (nice_ceiling), so that the axis, and with it every
+        dot of the charts, does not move with each new line (a plain log would repaint every chart)."""
         last = max((float(c.steps[-1]) for c in self.curves.values() if len(c)), default=0.0)
         end = max(float(self.max_steps or 0), last)
+        if not self.max_steps and end > 0:
+            end = nice_ceiling(end)
         return 0.0, end if end > 0 else 1.0
 
 
@@ -197,7 +206,29 @@ def cell_view(cell: CellAnalysis) -> CellView:
         metrics=metric_curves(cell, curves["heldout_accuracy"]),
         peak_step=cell.diagnosis.review.peak_heldout_step,
         system=system_text,
+        heldout_accuracy=cell.diagnosis.review.heldout_accuracy,
+        margin_gap=margin_gap(cell),
+        factors=cell_factors(source.info),
     )
+
+
+def margin_gap(cell: CellAnalysis) -> float | None:
+    review = cell.diagnosis.review
+    if review.train_margin_late is None or review.heldout_margin is None:
+        return None
+    return review.train_margin_late - review.heldout_margin
+
+
+def cell_factors(info: dict[str, Any]) -> dict[str, Any]:
+    """The swept settings a launched cell's cell.json names (beta, learning rate); {} for plain logs."""
+    factors: dict[str, Any] = {}
+    beta = (info.get("objective_params") or {}).get("beta")
+    rate = (info.get("train") or {}).get("learning_rate")
+    if isinstance(beta, (int, float)):
+        factors["beta"] = beta
+    if isinstance(rate, (int, float)):
+        factors["lr"] = rate
+    return factors
 
 
 def metric_curves(cell: CellAnalysis, accuracy: Curve) -> dict[str, dict[str, Curve]]:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -310,18 +311,31 @@ class CellScreen(Screen[None]):
         return Content("\n").join(rows)
 
     def _show_output(self, path: Path) -> None:
-        """Show the tail of the job's output once, then only when the file has grown."""
+        """Show the tail of the job's output once, then only when the file has grown (read in a worker)."""
+        self._read_output(path)
+
+    @work(thread=True, exclusive=True, group="output")
+    def _read_output(self, path: Path) -> None:
+        """Stat and read the output off the UI thread: a slow or network file system must not freeze it."""
         try:
             size = path.stat().st_size
         except OSError:
             size = -1
         if size == self._output_size:
             return
+        lines = read_tail(path) if size >= 0 else ["(no output file)"]
+        try:
+            self.app.call_from_thread(self._write_output, path, size, lines)
+        except RuntimeError:  # the app closed meanwhile
+            pass
+
+    def _write_output(self, path: Path, size: int, lines: list[str]) -> None:
+        if not self.is_mounted:
+            return
         self._output_size = size
         log = self.query_one("#output", Log)
         log.clear()
         log.border_title = literal(path.name)
-        lines = read_tail(path) if size >= 0 else ["(no output file)"]
         log.write_lines(lines)
 
     # ---- actions -----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ class GridScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self.grid_view: GridView | None = None
+        self._pending: tuple[str, str | None] | None = None
 
     def compose(self) -> ComposeResult:
         yield CellGrid(id="cells")
@@ -29,15 +30,26 @@ class GridScreen(Screen[None]):
         return self.query_one(CellGrid)
 
     def show(self, grid: GridView, source: str, message: str | None = None) -> int:
-        """Draw a new view of the grid; returns how many panels were redrawn."""
+        """Draw a new view of the grid; returns how many panels were redrawn.
+
+        While another screen covers this one (the overview of a large sweep), the view is only
+        kept: the panels are brought up to date when the screen shows again, not at every refresh.
+        """
         first = self.grid_view is None
         self.grid_view = grid
+        self._pending = (source, message)
+        if not first and self.app.screen is not self:  # not is_current: that counts screens behind an overlay
+            return 0
         self.query_one(SummaryStrip).show(grid, source, message)
         if first:
             self.cells.build(grid)
             self.call_after_refresh(self.cells.focus_first)
             return len(grid.cells)
         return self.cells.show(grid)
+
+    def on_screen_resume(self) -> None:
+        if self.grid_view is not None and self._pending is not None:
+            self.show(self.grid_view, *self._pending)
 
     def show_status(self, source: str, message: str | None) -> None:
         """Refresh the strip alone: the follower's mode, or an error while there is nothing else to show."""

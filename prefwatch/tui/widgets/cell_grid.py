@@ -76,6 +76,8 @@ class CellGrid(ScrollableContainer, can_focus=False, inherit_bindings=False):
             panel = self._panels.get(cell.id)
             if panel is not None and panel.is_mounted:
                 redrawn += panel.show(cell)
+            elif panel is not None:
+                panel.keep(cell)  # not mounted yet: it draws the newest view when it is
         return redrawn
 
     def panel_at(self, row: int, column: int) -> CellPanel | None:

@@ -71,6 +71,7 @@ class MetricRow(Widget):
         self._strips: list[Strip] | None = None
         self._strips_size: tuple[int, int] = (0, 0)
         self._codes: list[np.ndarray] | None = None
+        self._codes_size: tuple[int, int] = (0, 0)  # the size the codes were computed for, when fresh
         self._row_styles: dict[str, Style] | None = None
         self.repaints = 0  # whole-row repaints (tests read it: a new value alone repaints its text only)
 
@@ -87,13 +88,15 @@ class MetricRow(Widget):
             return
         self._data_key = key
         self.value_text, self._curve, self._x_range = text, curve, cell.x_range
-        width, height = self.size
+        width, height = self.outer_size
+        self._codes_size = (0, 0)  # codes not computed for this curve: _draw computes them
         if self._strips is not None and self._strips_size == (width, height) and width > self.gutter_width:
-            codes, _ = raster([curve], cell.x_range, self._y_range, width - self.gutter_width, height)
+            codes, _ = raster([curve], cell.x_range, self._y_range, width - self.gutter_width, height, snap=True)
             if same_codes(codes, self._codes):
                 self._strips[0] = self._first_line(self._strips[0], width)
                 self.refresh(Region(0, 0, self.gutter_width, 1))
                 return
+            self._codes, self._codes_size = codes, (width, height)  # _draw takes them: one raster, not two
         self._strips = None
         self.refresh()
 
@@ -125,7 +128,9 @@ class MetricRow(Widget):
         return self._row_styles[name]
 
     def render_line(self, y: int) -> Strip:
-        width, height = self.size
+        # outer_size, not size: the row has no border or padding, and ``size`` looks the widget up
+        # on its screen, once per line of every row of every panel in a frame.
+        width, height = self.outer_size
         if self._strips is None or self._strips_size != (width, height):
             self._strips, self._strips_size = self._draw(width, height), (width, height)
         return self._strips[y] if y < len(self._strips) else Strip.blank(width, self._style("base"))
@@ -135,7 +140,9 @@ class MetricRow(Widget):
         base = self._style("base")
         chart_width = max(0, width - self.gutter_width)
         curves = [self._curve] if self._curve is not None else []
-        self._codes, _ = raster(curves, self._x_range, self._y_range, chart_width, height)
+        if self._codes is None or self._codes_size != (width, height):
+            self._codes, _ = raster(curves, self._x_range, self._y_range, chart_width, height, snap=True)
+        self._codes_size = (0, 0)
         charts = strips_of(self._codes, [self._style("curve")], base, chart_width, height)
         blank = Strip.blank(self.gutter_width, base)
         rows = [Strip.join([self._gutter_strip() if row == 0 else blank, charts[row]]) for row in range(height)]
@@ -210,6 +217,10 @@ class CellPanel(Vertical, can_focus=True):
     @property
     def view(self) -> CellView:
         return self._view
+
+    def keep(self, cell: CellView) -> None:
+        """Hold a view that came before the panel was mounted: on_mount draws it."""
+        self._view = cell
 
     def show(self, cell: CellView, force: bool = False) -> bool:
         """Draw this cell; skipped (False) when nothing it shows has changed since the last call."""

@@ -153,15 +153,19 @@ def raster(
     y_range: tuple[float, float] | None,
     width: int,
     height: int,
+    snap: bool = False,
 ) -> tuple[list[np.ndarray], tuple[float, float] | None]:
     """The braille codes (height × width) of each curve, and the value range drawn; [] when nothing shows.
 
     Cheap (numpy, independent of the number of points): a widget compares the codes with the ones
-    on screen and repaints the chart only when a dot changed.
+    on screen and repaints the chart only when a dot changed. ``snap`` widens a range found from
+    the data to round bounds (braille.snapped_range), so that a new point rarely moves every dot.
     """
     x_min, x_max = x_range
     spans = [braille.column_spans(c.steps, c.values, x_min, x_max, width * 2) for c in curves]
     value_range = y_range or braille.value_range(spans)
+    if snap and y_range is None and value_range is not None:
+        value_range = braille.snapped_range(*value_range)
     if value_range is None or width <= 0 or not curves:
         return [], value_range
     low, high = value_range

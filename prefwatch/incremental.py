@@ -1,0 +1,127 @@
+"""``analyse()`` for a live grid, redone only for the cells whose logs or status changed.
+
+Diagnosing a cell grows with its log (a million rows take a tenth of a second), and a live grid
+usually changes a few cells at a time. A cell is analysed again when what it read, its pairs, its
+data statistics or its status changed (its *version*), and every cell is when the last full pass
+is older than ``heartbeat`` (findings that depend on the clock: stalled, idle). The verdict is
+decided again over all cells' cached results (cheap: it reads diagnoses, not series).
+
+The rules themselves are ``analysis.analyse`` and ``decide.decide``, called, never copied: the
+result equals a full ``analyse()`` at the same clock (tests/test_incremental.py checks it).
+No Textual here: the monitor builds its views from what this returns.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prefwatch import jobs
+from prefwatch.analysis import CellAnalysis, GridAnalysis, analyse, cell_result
+from prefwatch.decide import decide
+from prefwatch.ingest.sources import CellSource, GridSource
+
+HEARTBEAT_SECONDS = 5.0
+
+
+class IncrementalAnalysis:
+    """Keeps each cell's analysis with the version it was made from; ``update()`` redoes the stale ones.
+
+    ``findings_age`` trades exactness for work on busy grids: a cell whose only change is more
+    train rows keeps its analysis until that analysis is this many seconds old (its values and
+    curves are new at once: they are read from the live series; its findings follow within
+    ``findings_age``). Anything else (an evaluation, per-pair results, a NaN, a resumed run, the
+    end, a status change, a read error) is analysed at once. With 0 (the default) the result
+    equals ``analyse()`` after every update.
+    """
+
+    def __init__(
+        self,
+        source: GridSource,
+        heartbeat: float = HEARTBEAT_SECONDS,
+        clock: Callable[[], float] = time.time,
+        findings_age: float = 0.0,
+    ) -> None:
+        self.source = source
+        self.clock = clock  # "now" for findings that depend on it (a replay passes its own clock)
+        self.heartbeat = heartbeat
+        self.findings_age = findings_age
+        self.analysed = 0  # cells analysed (tests and the benchmark read it)
+        self.changed: set[str] = set()  # ids of the cells whose data or analysis changed in the last update()
+        self._cells: dict[str, _Cached] = {}
+        self._full_at = float("-inf")
+        self.owed = False  # some cell's findings wait for findings_age: call update() again by then
+        self.last: GridAnalysis | None = None
+
+    def update(self) -> GridAnalysis | None:
+        """Poll every cell; a new analysis of the grid, or None when nothing changed since the last one."""
+        source = self.source
+        for cell in source.cells:
+            cell.poll()
+        now = self.clock()
+        full = time.monotonic() - self._full_at >= self.heartbeat
+        if full:
+            self._full_at = time.monotonic()
+        jobs.hand_statuses(source)  # a launched cell's status, read by the jobs layer (readers never look)
+        stale, touched = [], set()
+        for cell in source.cells:
+            urgent, rows = urgent_version(cell), train_version(cell)
+            cached = self._cells.get(cell.id)
+            if cached is None or full or cached.urgent != urgent:
+                stale.append((cell, urgent, rows))
+            elif cached.rows != rows:
+                if time.monotonic() - cached.at >= self.findings_age:
+                    stale.append((cell, urgent, rows))
+                else:
+                    touched.add(cell.id)  # new train rows only: the view is new, the findings follow
+        self.changed = touched | {cell.id for cell, _, _ in stale}
+        self.owed = bool(touched)
+        if not self.changed and self.last is not None:
+            return None
+        if stale:
+            part = analyse(GridSource(source.name, source.root, [c for c, _, _ in stale], source.managed), now=now)
+            for (cell, urgent, rows), result in zip(stale, part.cells):
+                self._cells[cell.id] = _Cached(urgent, rows, result, time.monotonic())
+                self.analysed += 1
+        cells = [self._cells[c.id].analysis for c in source.cells]
+        if stale or self.last is None:
+            verdict = decide([cell_result(c) for c in cells])
+        else:
+            verdict = self.last.verdict  # no analysis changed: neither did the verdict
+        self.last = GridAnalysis(source, cells, verdict)
+        return self.last
+
+
+@dataclass
+class _Cached:
+    urgent: tuple[object, ...]
+    rows: tuple[object, ...]
+    analysis: CellAnalysis
+    at: float  # time.monotonic() of the analysis
+
+
+def train_version(cell: CellSource) -> tuple[object, ...]:
+    """What grows with every train line: changes here alone may wait for ``findings_age``."""
+    return (cell.series.records, cell.series.train.version)
+
+
+def urgent_version(cell: CellSource) -> tuple[object, ...]:
+    """Everything else a cell's analysis is made from, cheaply: a change here is analysed at once."""
+    status = cell.status()
+    series = cell.series
+    return (
+        series.eval.version,
+        series.train.segments,
+        series.finished,
+        len(series.first_non_finite),
+        sum(series.rejected.values()),
+        len(cell.pairs.steps),
+        cell.pairs.steps[-1] if cell.pairs.steps else None,
+        cell.data_stats is not None,
+        cell.read_error,
+        cell.max_steps,
+        status.state,
+        status.describe(),
+        id(series),
+    )

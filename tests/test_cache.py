@@ -1,0 +1,163 @@
+"""The columnar cache of finished logs: used only while the file is exactly as cached, never required.
+
+Correctness, not timing (bench/bench_analysis.py measures the second opening against the first):
+a hit gives the series a full read gives; an append, a truncation or a replacement (even to the
+same size and modification time) is a miss; a damaged entry or a read-only cache folder is a
+miss, never an error; the run directory is never written to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prefwatch.analysis import analyse
+from prefwatch.ingest import cache
+from prefwatch.ingest.sources import open_path
+
+
+@pytest.fixture(autouse=True)
+def small_entries(monkeypatch, tmp_path):
+    """Entries for small logs too (the real threshold is 1 MiB), in a cache folder of the test's own."""
+    monkeypatch.setattr(cache, "MIN_BYTES", 0)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def write_log(path: Path, steps: int, end: bool = True, offset: float = 0.0) -> None:
+    lines = [
+        {
+            "loss": 0.7 - 0.001 * s + offset,
+            "rewards/margins": 0.01 * s,
+            "grad_norm": float("nan") if s == 7 else 1.0,
+            "step": s,
+        }
+        for s in range(1, steps + 1)
+    ]
+    lines.append({"eval_rewards/accuracies": 0.6, "step": steps})
+    lines.append({"bad": "line"})  # a rejected line: its count must survive the cache
+    if end:
+        lines.append({"train_runtime": 3.0, "train_loss": 0.5, "step": steps})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def opened(folder: Path):
+    grid = open_path(folder)
+    grid.poll()
+    return grid, grid.cells[0]
+
+
+def same_series(a, b) -> None:
+    for split in ("train", "eval"):
+        x, y = a.split(split), b.split(split)
+        assert x.names == y.names
+        np.testing.assert_array_equal(x.steps, y.steps)
+        for name in x.names:
+            np.testing.assert_array_equal(x.column(name), y.column(name))
+    assert (a.records, dict(a.rejected), a.end_record) == (b.records, dict(b.rejected), b.end_record)
+    assert a.first_non_finite == b.first_non_finite
+
+
+def test_a_finished_log_is_read_from_the_cache_the_second_time(tmp_path):
+    log = tmp_path / "runs" / "dpo-r8" / "metrics.jsonl"
+    write_log(log, 50)
+    _, first = opened(tmp_path / "runs")
+    assert cache.entry_path(log).is_file()
+    _, second = opened(tmp_path / "runs")
+    assert second._cached  # taken from the entry (or saved to it)...
+    same_series(second.series, first.series)  # ...and equal to a full read
+    grid_first, grid_second = opened(tmp_path / "runs")[0], opened(tmp_path / "runs")[0]
+    assert analyse(grid_first, now=0).to_json() == analyse(grid_second, now=0).to_json()
+
+
+def test_an_unfinished_log_is_not_cached(tmp_path):
+    log = tmp_path / "runs" / "dpo-r8" / "metrics.jsonl"
+    write_log(log, 20, end=False)
+    opened(tmp_path / "runs")
+    assert not cache.entry_path(log).exists()
+
+
+@pytest.fixture
+def hits(monkeypatch):
+    """Each cache lookup's outcome (True: a hit), in order."""
+    outcomes: list[bool] = []
+    real = cache.load
+
+    def spy(log):
+        result = real(log)
+        outcomes.append(result is not None)
+        return result
+
+    monkeypatch.setattr(cache, "load", spy)
+    return outcomes
+
+
+def parse_without_cache(folder: Path, monkeypatch):
+    with monkeypatch.context() as patch:
+        patch.setattr(cache, "load", lambda log: None)
+        patch.setattr(cache, "save", lambda *args: False)
+        return opened(folder)[1].series
+
+
+def test_a_hit_is_counted_by_the_spy(tmp_path, hits):
+    write_log(tmp_path / "runs" / "dpo-r8" / "metrics.jsonl", 30)
+    opened(tmp_path / "runs")
+    opened(tmp_path / "runs")
+    assert hits == [False, True]
+
+
+@pytest.mark.parametrize("change", ["append", "truncate", "replace_same_size_and_mtime"])
+def test_a_changed_log_is_never_read_from_the_cache(tmp_path, monkeypatch, hits, change):
+    log = tmp_path / "runs" / "dpo-r8" / "metrics.jsonl"
+    write_log(log, 40)
+    opened(tmp_path / "runs")
+    assert cache.entry_path(log).is_file()
+    if change == "append":
+        with open(log, "a") as f:
+            f.write(json.dumps({"loss": 0.1, "step": 41}) + "\n")
+    elif change == "truncate":
+        write_log(log, 10)
+    else:
+        before = os.stat(log)
+        replacement = log.with_name("new.jsonl")
+        replacement.write_bytes(log.read_bytes().replace(b"rewards/margins", b"rewards/MARGINS"))  # same length
+        assert replacement.stat().st_size == before.st_size
+        os.utime(replacement, ns=(before.st_atime_ns, before.st_mtime_ns))
+        os.replace(replacement, log)
+    _, cell = opened(tmp_path / "runs")
+    assert hits == [False, False]  # the second opening missed: the file changed
+    same_series(cell.series, parse_without_cache(tmp_path / "runs", monkeypatch))
+
+
+def test_a_damaged_entry_is_a_miss(tmp_path, hits):
+    log = tmp_path / "runs" / "dpo-r8" / "metrics.jsonl"
+    write_log(log, 30)
+    _, first = opened(tmp_path / "runs")
+    cache.entry_path(log).write_bytes(b"not an npz file")
+    _, again = opened(tmp_path / "runs")
+    assert hits == [False, False]
+    same_series(again.series, first.series)
+
+
+def test_an_unwritable_cache_folder_is_a_miss_and_nothing_is_written_beside_the_logs(tmp_path, monkeypatch, hits):
+    runs = tmp_path / "runs"
+    log = runs / "dpo-r8" / "metrics.jsonl"
+    write_log(log, 30)
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")  # the cache folder's parent is a file: no entry can be made (even as root)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    _, cell = opened(runs)
+    _, again = opened(runs)
+    assert hits == [False, False]
+    same_series(again.series, cell.series)
+    assert sorted(p.name for p in log.parent.iterdir()) == ["metrics.jsonl"]  # the run directory is only read
+    log.parent.chmod(stat.S_IRUSR | stat.S_IXUSR)  # and a read-only one is fine
+    try:
+        assert opened(runs)[1].series.records == cell.series.records
+    finally:
+        log.parent.chmod(stat.S_IRWXU)
