@@ -203,11 +203,16 @@ def _constant_ratio(rewards: np.ndarray, logps: np.ndarray) -> float | None:
     return centre
 
 
+def said_by(source: str | None) -> str:
+    """A claim's source as the subject of a sentence: "the folder name", "cell.json", "--label"."""
+    return "the folder name" if source in (None, "folder name") else source
+
+
 def mismatch(claim: Claim, inference: Inference) -> str | None:
     """Why the claimed objective and the logs disagree, or None when they agree or the logs cannot tell."""
     if claim.objective is None or inference.objective is None or claim.objective == inference.objective:
         return None
     return (
-        f"the {claim.objective_source or 'label'} says {claim.objective} but the logs are "
+        f"{said_by(claim.objective_source)} says {claim.objective} but the logs are "
         f"{inference.words}: {inference.evidence}"
     )

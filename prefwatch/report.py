@@ -16,6 +16,7 @@ from rich.text import Text
 
 from prefwatch.analysis import CellAnalysis, GridAnalysis
 from prefwatch.diagnose import brevity_summary
+from prefwatch.objectives import said_by
 from prefwatch.textsafe import plain
 
 # Three-line headers keep the table inside 80 columns. The decision columns (state, step and the
@@ -85,7 +86,7 @@ def provenance(cell: CellAnalysis) -> str:
     if source.inference.objective is not None:
         objective = f"{source.objective} from the logs ({source.inference.evidence})"
         if claim and claim.objective and claim.objective == source.inference.objective:
-            objective += f"; the {claim.objective_source} agrees"
+            objective += f"; {said_by(claim.objective_source)} agrees"
     elif source.objective is not None and claim is not None:
         objective = f"{source.objective} from the {claim.objective_source}; the logs: {said}"
     else:

@@ -34,14 +34,15 @@ def test_non_finite_message() -> None:
     # grad_norm NaN from step 60: the last finite train step is 59.
     finding = only(run(extra=lambda s: {"grad_norm": math.nan} if s >= 60 else {}), "non_finite")
     assert finding == Finding(
-        "non_finite", "error", "grad_norm is NaN or infinite from step 60; last finite step 59", 60
+        "non_finite", "error", "grad_norm is NaN or infinite from step 60 to the end (last finite step 59)", 60
     )
-    # a held-out loss of NaN at step 10 (train finite): said to be held-out; last finite train step 9.
+    # a held-out loss of NaN at step 10, the only evaluation: said to be held-out, never finite before
+    # (issue 12: a divergence runs to the end, and no message prints None).
     series = unfinished()
     series.add({"eval_loss": math.nan, "eval_rewards/accuracies": 0.5, "step": 10, "time": 1010.5})
     finding = only(series, "non_finite")
     assert finding == Finding(
-        "non_finite", "error", "held-out loss is NaN or infinite from step 10; last finite step 9", 10
+        "non_finite", "error", "held-out loss is NaN or infinite from step 10 to the end (never finite before)", 10
     )
     # a NaN in a metric nobody watches (learning_rate) is no finding
     assert only(run(extra=lambda s: {"learning_rate": math.nan}), "non_finite") is None
