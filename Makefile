@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN = $(VENV)/bin
 
-.PHONY: demo test golden mutation venv clean-runs sample-runs check-light slurm-deps bench
+.PHONY: demo test golden mutation venv clean-runs sample-runs check-light slurm-deps bench browser-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,17 @@ slurm-deps:
 	  || { apt-get update && apt-get install -y --no-install-recommends $(SLURM_PACKAGES); }; \
 	else \
 	  echo "slurm-deps: the Slurm tests need $(SLURM_PACKAGES) (Debian packages); install them as root" >&2; exit 1; \
+	fi
+
+# The HTML report's test (tests/test_report_html.py) renders it in a real headless Chromium, Debian's package.
+browser-deps:
+	@if command -v chromium >/dev/null; then \
+	  echo "browser-deps: $$(chromium --version 2>/dev/null) present"; \
+	elif [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y --no-install-recommends chromium \
+	  || { apt-get update && apt-get install -y --no-install-recommends chromium; }; \
+	else \
+	  echo "browser-deps: the HTML report test needs chromium (a Debian package); install it as root" >&2; exit 1; \
 	fi
 
 # The monitor-only install (no torch): attach, replay and report must work from it.

@@ -13,6 +13,7 @@ from prefwatch.decide import CellResult, Verdict, decide
 from prefwatch.diagnose import DEFAULT, WARN, Diagnosis, Finding, Thresholds, diagnose
 from prefwatch.ingest.sources import INCOMPLETE, CellSource, GridSource
 from prefwatch.objectives import PREFERENCE
+from prefwatch.peak import At, BestEvaluation, best_evaluation, diagnosis_at
 from prefwatch.rundir import CellState, CellStatus
 from prefwatch.system import gpu_warnings
 
@@ -22,6 +23,7 @@ class CellAnalysis:
     source: CellSource
     status: CellStatus
     diagnosis: Diagnosis
+    best: BestEvaluation | None = None  # the best held-out evaluation and its kept adapter (prefwatch.peak)
 
     @property
     def state(self) -> str:
@@ -53,6 +55,7 @@ class CellAnalysis:
             "step": source.series.last_step,
             "max_steps": source.max_steps,
             "review": self.diagnosis.review.to_json(),
+            "best": None if self.best is None else self.best.to_json(),
             "findings": [f.to_json() for f in self.diagnosis.findings],
             "data": source.data_stats,
             "ingest": {
@@ -70,13 +73,14 @@ class GridAnalysis:
     grid: GridSource
     cells: list[CellAnalysis]
     verdict: Verdict
+    at: At = At.FINAL  # which evaluation of each cell the verdict compares
 
     def to_json(self) -> dict[str, Any]:
         return {
             "grid": self.grid.name,
             "path": str(self.grid.root),
             "cells": [c.to_json() for c in self.cells],
-            "verdict": self.verdict.to_json(),
+            "verdict": {**self.verdict.to_json(), "at": str(self.at)},
         }
 
 
@@ -85,6 +89,7 @@ def analyse(
     now: float | None = None,
     heldout_pairs: int | None = None,
     thresholds: Thresholds = DEFAULT,
+    at: At = At.FINAL,
 ) -> GridAnalysis:
     now = time.time() if now is None else now
     cells = []
@@ -104,20 +109,24 @@ def analyse(
         )
         running = status.state == CellState.RUNNING
         diagnosis.findings += [Finding(w.kind, WARN, w.message) for w in gpu_warnings(source.system, running)]
-        cells.append(CellAnalysis(source, status, diagnosis))
-    return GridAnalysis(grid, cells, decide([cell_result(c) for c in cells]))
+        cells.append(CellAnalysis(source, status, diagnosis, best_evaluation(source)))
+    return GridAnalysis(grid, cells, decide([cell_result(c, at) for c in cells]), at)
 
 
-def cell_result(cell: CellAnalysis) -> CellResult:
-    """What the verdict needs of an analysed cell."""
+def cell_result(cell: CellAnalysis, at: At = At.FINAL) -> CellResult:
+    """What the verdict needs of an analysed cell: its final evaluation, or (at best) its best one."""
+    diagnosis, wins = cell.diagnosis, cell.source.pairs.wins()
+    if at == At.BEST and cell.best is not None:
+        diagnosis = diagnosis_at(diagnosis, cell.best)
+        wins = cell.source.pairs.wins(cell.best.index) if cell.best.index is not None else None
     return CellResult(
         cell.source.id,
         cell.source.objective,
         cell.source.rank,
         cell.source.seed,
         finished=cell.status.state == CellState.FINISHED,
-        diagnosis=cell.diagnosis,
-        wins=cell.source.pairs.wins(),
+        diagnosis=diagnosis,
+        wins=wins,
         preference=cell.source.inference.preference is not False or cell.source.objective in PREFERENCE,
         stopped_at=cell.source.stopped_at if cell.status.state == INCOMPLETE else None,
         max_steps=cell.source.max_steps,

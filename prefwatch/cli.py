@@ -57,8 +57,27 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--label", action="append", default=[], metavar="NAME=OBJECTIVE:RANK", help=label_help)
     for sub in (attach, replay):
         sub.add_argument("--poll", action="store_true", help="poll files instead of file events (NFS)")
+    attach.add_argument(
+        "--headless",
+        action="store_true",
+        help="no monitor: send the grid's [alerts] and apply its [policy] (Slurm grids), print each alert, "
+        "return when every cell has ended",
+    )
 
-    report.add_argument("--format", choices=("terminal", "md", "json"), default="terminal")
+    report.add_argument("--format", choices=("terminal", "md", "json", "html"), default="terminal")
+    report.add_argument(
+        "--at",
+        choices=("final", "best"),
+        default="final",
+        help="compare each cell's final (default) or best held-out evaluation",
+    )
+    report.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="write the md, json or html report to FILE (html: default report.html)",
+    )
     report.add_argument(
         "--heldout-pairs", type=int, metavar="N", help="held-out size, for logs without per-pair results"
     )
@@ -223,7 +242,31 @@ def _print_report(path: Path, console: Any) -> None:
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
+    if args.headless:
+        return _attach_headless(args.path)
     return _monitor(args.path, "live", args.poll, labels=_labels(args))
+
+
+def _attach_headless(run_dir: Path) -> int:
+    from prefwatch import rundir
+    from prefwatch.ingest.sources import SourceError
+    from prefwatch.policy import follow_headless
+    from prefwatch.textsafe import plain
+
+    if not rundir.is_grid_dir(run_dir):
+        raise UsageError(f"{run_dir}: not a prefwatch run directory (no cells/ folder)")
+
+    def say(message: str) -> None:
+        for line in message.splitlines():  # the verdict's evidence comes one line each
+            print(f"{time.strftime('%H:%M:%S')} {plain(line)}", flush=True)
+
+    try:
+        follow_headless(run_dir, say)
+    except SourceError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:  # a run directory this user cannot write (alerts.lock, alerts.jsonl)
+        raise UsageError(f"{run_dir}: cannot follow ({exc.strerror or exc})") from None
+    return EXIT_OK
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -282,15 +325,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from prefwatch.analysis import analyse
+    from prefwatch.peak import At
     from prefwatch.report import render_json, render_markdown, render_terminal
 
-    analysis = analyse(_open(args), heldout_pairs=args.heldout_pairs)
-    if args.format == "json":
-        print(render_json(analysis))
-    elif args.format == "md":
-        print(render_markdown(analysis), end="")
-    else:
+    analysis = analyse(_open(args), heldout_pairs=args.heldout_pairs, at=At(args.at))
+    if args.format == "terminal":
         render_terminal(analysis, Console())
+    else:
+        if args.format == "html":
+            from prefwatch.report_html import render_html
+
+            text = render_html(analysis)
+        else:
+            text = render_json(analysis) + "\n" if args.format == "json" else render_markdown(analysis)
+        output = args.output or (Path("report.html") if args.format == "html" else None)
+        if output is None:
+            print(text, end="")
+        else:
+            try:
+                output.write_text(text, encoding="utf-8")
+            except OSError as exc:
+                raise UsageError(f"{output}: cannot write ({exc.strerror or exc})") from None
+            print(f"prefwatch: wrote {output}")
     if args.plot:
         from prefwatch.plot import PlotUnavailable, save_plot
 

@@ -225,6 +225,50 @@ class SlurmSettings:
     options: list[str] = setting([], "str_list", _sbatch_options)
 
 
+STOP_REASONS = ("non_finite", "overoptimization")
+
+
+def _webhook_url(value: Any) -> str | None:
+    # The value is not echoed: a webhook URL carries its secret in its path.
+    return (
+        None
+        if value.startswith(("https://", "http://"))
+        else "must be an http(s) URL (Slack or Discord incoming webhook)"
+    )
+
+
+def _argv(value: Any) -> str | None:
+    return None if not value or value[0] else "the first entry is the program to run; it must not be empty"
+
+
+def _stop_reasons(value: Any) -> str | None:
+    unknown = [v for v in value if v not in STOP_REASONS]
+    if unknown:
+        return f"unknown reason {unknown[0]!r}{_suggest(unknown[0], STOP_REASONS)}; one of {', '.join(STOP_REASONS)}"
+    return None
+
+
+@dataclass
+class AlertSettings:
+    """[alerts]: where findings, cell ends and the verdict go with no monitor open (prefwatch.alerts)."""
+
+    webhook: str | None = setting(None, "opt_str", _webhook_url, doc="a Slack or Discord incoming-webhook URL")
+    command: list[str] = setting([], "str_list", _argv, doc='an argument list, no shell: ["notify-send", "prefwatch"]')
+    min_interval: float = setting(10.0, "float", _non_negative, doc="seconds between two messages")
+
+
+@dataclass
+class PolicySettings:
+    """[policy]: findings that stop a running cell (prefwatch.policy)."""
+
+    stop_on: list[str] = setting(
+        ["non_finite"], "str_list", _stop_reasons, doc='"non_finite" (diverged); add "overoptimization"'
+    )
+    patience: int = setting(
+        3, "int", _positive, doc="with overoptimization: evaluations past the best held-out accuracy"
+    )
+
+
 @dataclass
 class DpoParams:
     """[objectives.dpo]"""
@@ -255,6 +299,8 @@ TABLES: dict[str, type] = {
     "lora": LoraSettings,
     "resources": ResourcesSettings,
     "slurm": SlurmSettings,
+    "alerts": AlertSettings,
+    "policy": PolicySettings,
 }
 OBJECTIVE_TABLES: dict[str, type] = {"dpo": DpoParams, "simpo": SimpoParams, "orpo": OrpoParams}
 
@@ -286,6 +332,8 @@ class Settings:
     lora: LoraSettings
     resources: ResourcesSettings
     slurm: SlurmSettings
+    alerts: AlertSettings
+    policy: PolicySettings
     objectives: dict[str, Any]  # objective -> DpoParams | SimpoParams | OrpoParams
 
 
@@ -381,6 +429,15 @@ def load_grid(path: Path | str) -> Grid:
         message = getattr(exc, "msg", None) or re.sub(r"\s*\(at line.*\)$", "", str(exc))
         raise GridError(path, line, "syntax", f"not valid TOML: {message}") from None
     return _Validator(path, text).grid(raw)
+
+
+def load_tables(path: Path, tables: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Some tables of a grid file, validated alone: the supervisor reads [alerts] and [policy] from the
+    run directory's copy, whose relative data paths no longer resolve."""
+    text = path.read_text(encoding="utf-8")
+    raw = tomllib.loads(text)
+    validator = _Validator(path, text)
+    return {table: validator.table(table, raw.get(table, {}), SCHEMA[table]) for table in tables}
 
 
 def _line_from_message(message: str) -> int | None:

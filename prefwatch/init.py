@@ -45,6 +45,7 @@ SHOWN: dict[str, tuple[str, ...]] = {
     "objectives.simpo": ("beta", "gamma"),
     "lora": ("alpha", "dropout"),
     "resources": ("devices", "cells_per_device"),
+    "policy": ("stop_on", "patience"),
 }
 
 

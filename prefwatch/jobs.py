@@ -367,8 +367,13 @@ class StopOutcome:
     refused: list[str] = field(default_factory=list)
 
 
-def request_stop(run_dir: Path, cell_ids: list[str] | None = None, grace: float = STOP_GRACE_SECONDS) -> StopOutcome:
+def request_stop(
+    run_dir: Path, cell_ids: list[str] | None = None, grace: float = STOP_GRACE_SECONDS, reason: str | None = None
+) -> StopOutcome:
     """Stop cells: queued ones never start; running ones get SIGTERM to their process group, then SIGKILL.
+
+    ``reason`` (the stop policy's, e.g. non_finite) goes into stop.request and from there into status.json,
+    whoever records the stop: the cell reads "stopped (non_finite)".
 
     stop.request is written before the job's pid is read, and the job records its pid before it looks
     for stop.request: a stop during a start is never lost. Only a job proven to be the cell's is
@@ -382,7 +387,7 @@ def request_stop(run_dir: Path, cell_ids: list[str] | None = None, grace: float 
     for cell_dir in targets:
         if read_status(cell_dir, supervised).state in ENDED_STATES:
             continue
-        rundir.request_stop(cell_dir)
+        rundir.request_stop(cell_dir, reason)
         asked.append(cell_dir)
     outcome = StopOutcome()
     by_backend: dict[rundir.Backend, list[Path]] = {}

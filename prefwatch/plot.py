@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from prefwatch import bands
 from prefwatch import metrics as m
 from prefwatch.analysis import CellAnalysis, GridAnalysis
 from prefwatch.diagnose import heldout_accuracy_series
@@ -22,6 +23,13 @@ class PlotUnavailable(RuntimeError):
 
 
 def save_plot(analysis: GridAnalysis, path: Path) -> None:
+    plt = _pyplot()
+    figure = draw(analysis)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _pyplot():  # noqa: ANN202 (matplotlib.pyplot, imported here only)
     try:
         import matplotlib
 
@@ -29,10 +37,25 @@ def save_plot(analysis: GridAnalysis, path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise PlotUnavailable('--plot needs matplotlib: pip install "prefwatch[plot]"') from None
+    return plt
+
+
+def draw(analysis: GridAnalysis):  # noqa: ANN201 (a matplotlib Figure)
+    """Every cell's panel; with several seeds per setting, a row of bands (one per setting) on top."""
+    plt = _pyplot()
+    groups = bands.settings(analysis.cells, lambda c: (c.source.objective, c.source.rank))
     objectives = list(dict.fromkeys(c.source.objective for c in analysis.cells))
     ranks = list(dict.fromkeys(c.source.rank for c in analysis.cells))
     rows, cols = len(objectives), max(1, len(analysis.cells) // max(1, len(objectives)))
-    figure, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.6 * rows), squeeze=False)
+    extra = 1 if groups else 0
+    cols = max(cols, len(groups))
+    figure, all_axes = plt.subplots(rows + extra, cols, figsize=(5.5 * cols, 3.6 * (rows + extra)), squeeze=False)
+    if groups:
+        for ax, group in zip(all_axes[0], groups):
+            _draw_band(ax, group)
+        for ax in all_axes[0][len(groups) :]:
+            ax.set_visible(False)
+    axes = all_axes[extra:]
     placed: dict[tuple[int, int], CellAnalysis] = {}
     for cell in analysis.cells:
         row = objectives.index(cell.source.objective)
@@ -49,8 +72,19 @@ def save_plot(analysis: GridAnalysis, path: Path) -> None:
     # Names and objectives are data: no mathtext ("$...$" would be parsed, and fail), controls made visible.
     figure.suptitle(plain(f"{analysis.grid.name}: {analysis.verdict.headline}"), fontsize=11, parse_math=False)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    return figure
+
+
+def _draw_band(ax, group: bands.Setting[CellAnalysis]) -> None:  # noqa: ANN001 (a matplotlib Axes)
+    """One setting's held-out accuracy across seeds: the mean line and the min–max band."""
+    band = bands.band([heldout_accuracy_series(c.source.series, c.source.pairs) for c in group.cells])
+    ax.fill_between(band.steps, band.low, band.high, color="tab:purple", alpha=0.25, label=bands.SPREAD)
+    ax.plot(band.steps, band.mean, "o-", color="tab:purple", markersize=3, label="mean across seeds")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title(f"{group.label}: held-out accuracy", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
 
 
 def _draw_cell(ax, cell: CellAnalysis) -> None:  # noqa: ANN001 (a matplotlib Axes)

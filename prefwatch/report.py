@@ -15,8 +15,10 @@ from rich.table import Table
 from rich.text import Text
 
 from prefwatch.analysis import CellAnalysis, GridAnalysis
+from prefwatch.bands import seed_lines
 from prefwatch.diagnose import brevity_summary
 from prefwatch.objectives import said_by
+from prefwatch.peak import at_line, best_lines
 from prefwatch.textsafe import plain
 
 # Three-line headers keep the table inside 80 columns. The decision columns (state, step and the
@@ -150,7 +152,13 @@ def render_terminal(analysis: GridAnalysis, console: Console) -> None:
         parts += [Text("Findings", style="bold"), findings]
     for line in brevity_lines(analysis):
         parts.append(Text(f"Brevity: {plain(line)}\n"))
-    parts += [Text("Verdict", style="bold"), verdict_text(analysis)]
+    seeds = seed_lines(analysis.cells)
+    if seeds:
+        parts += [Text("Seeds", style="bold"), Text("".join(f"{plain(line)}\n" for line in seeds))]
+    best = best_lines(analysis.cells, analysis.grid.root)
+    if best:
+        parts += [Text("Best checkpoints", style="bold"), Text("".join(f"{plain(line)}\n" for line in best))]
+    parts += [Text("Verdict", style="bold"), Text(f"({at_line(analysis.at)})", style="dim"), verdict_text(analysis)]
     console.print(Group(*parts))
 
 
@@ -186,8 +194,14 @@ def render_markdown(analysis: GridAnalysis) -> str:
             at = f" (step {f.step})" if f.step is not None else ""
             lines.append(f"- **{f.severity}** `{_md(cell.source.id)}` {f.kind}{at}: {_md(f.message)}")
     lines += [f"\n**Brevity:** {_md(line)}" for line in brevity_lines(analysis)]
+    seeds = seed_lines(analysis.cells)
+    if seeds:
+        lines += ["", "### Seeds", "", *(f"- {_md(line)}" for line in seeds)]
+    best = best_lines(analysis.cells, analysis.grid.root)
+    if best:
+        lines += ["", "### Best checkpoints", "", *(f"- {_md(line)}" for line in best)]
     verdict = analysis.verdict
-    lines += ["", f"### Verdict: {_md(verdict.headline)}", ""]
+    lines += ["", f"### Verdict: {_md(verdict.headline)}", "", f"_{at_line(analysis.at)}_", ""]
     lines += [f"- {_md(r)}" for r in verdict.reasons]
     lines += [f"- {_md(c.describe())}" for c in verdict.comparisons]
     lines += [f"- held-out accuracy by {k}: {_md(v)}" for k, v in verdict.effects.items()]

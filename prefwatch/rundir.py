@@ -7,6 +7,7 @@ A run directory is the contract between the launcher, the training jobs, the mon
       launch.lock           held (flock) by the grid's one supervisor: pid, pid start time, host
       supervisor.log        the supervisor's own output
       resources.json        [resources] as launched (and [slurm] under "slurm"): where cells run
+      alerts.jsonl          every alert sent (findings, cell ends, the verdict); alerts.lock: its sender
       cells/<cell-id>/
         cell.json           the fully resolved settings of this cell (written by the launcher)
         metrics.jsonl       one TRL log dict per line, plus "step" and "time" (written by the job)
@@ -17,6 +18,7 @@ A run directory is the contract between the launcher, the training jobs, the mon
         stop.request        a requested stop: the cell never starts, and its end reads "stopped"
         job.sh              Slurm cells: the generated, quoted batch script
         stdout.log          the job's combined output
+        best/               the adapter at the best held-out evaluation, with best.json (written by the job)
 
 Only the job writes metrics.jsonl, eval_pairs.jsonl, system.jsonl and data.json. status.json is written here and
 only here (``write_status``, ``update_status``), by the jobs layer, the supervisor and the job's own
@@ -49,6 +51,10 @@ SYSTEM_FILE = "system.jsonl"
 STATUS_FILE = "status.json"
 STDOUT_FILE = "stdout.log"
 CHECKPOINTS_DIR = "checkpoints"
+BEST_DIR = "best"  # the adapter at the best held-out evaluation (prefwatch.train.best)
+BEST_FILE = "best.json"  # in BEST_DIR: step, heldout_accuracy, pairs_won, pairs, time
+ALERTS_FILE = "alerts.jsonl"  # every alert sent, one JSON line each (prefwatch.alerts)
+ALERTS_LOCK = "alerts.lock"  # flock of the one follower that sends a grid's alerts (prefwatch.policy)
 STOP_REQUEST = "stop.request"
 STATUS_LOCK = ".status.lock"
 SUPERVISOR_LOG = "supervisor.log"
@@ -205,6 +211,7 @@ class StatusRecord(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unkn
     job_id: str | None = None  # Slurm
     slurm_job: str | None = None
     node: str | None = None
+    stop_reason: str | None = None  # why a stop was asked, where it says (the stop policy's: non_finite)
     previous: StatusRecord | None = None
 
     @property
@@ -229,6 +236,8 @@ def read_status(cell_dir: Path) -> StatusRecord:
 
 def write_status(cell_dir: Path, record: StatusRecord) -> None:
     """Replace the cell's status.json whole (atomically: readers see the old or the new record)."""
+    if record.state == CellState.STOPPED and record.stop_reason is None and stop_reason(cell_dir):
+        record = msgspec.structs.replace(record, stop_reason=stop_reason(cell_dir))  # whoever records the stop
     _write_atomic(cell_dir / STATUS_FILE, msgspec.json.format(msgspec.json.encode(record), indent=1) + b"\n")
 
 
@@ -304,6 +313,8 @@ class CellStatus:
             return f"lost ({self.error})"
         if self.state == CellState.QUEUED and self.slurm_reason:  # why Slurm keeps it waiting
             return f"queued ({self.slurm_reason})"
+        if self.state == CellState.STOPPED and self.record.stop_reason:  # the policy's: "stopped (non_finite)"
+            return f"stopped ({self.record.stop_reason})"
         return str(self.state)
 
 
@@ -322,8 +333,17 @@ def stop_requested(cell_dir: Path) -> bool:
     return (cell_dir / STOP_REQUEST).exists()
 
 
-def request_stop(cell_dir: Path) -> None:
-    (cell_dir / STOP_REQUEST).touch()
+def request_stop(cell_dir: Path, reason: str | None = None) -> None:
+    """Mark a stop; ``reason`` (the stop policy's) is kept in the file and copied into status.json."""
+    if reason:
+        _write_atomic(cell_dir / STOP_REQUEST, json.dumps({"reason": reason}).encode())
+    else:
+        (cell_dir / STOP_REQUEST).touch()
+
+
+def stop_reason(cell_dir: Path) -> str | None:
+    reason = (read_json(cell_dir / STOP_REQUEST) or {}).get("reason")
+    return reason if isinstance(reason, str) else None
 
 
 def clear_stop(cell_dir: Path) -> None:
@@ -347,3 +367,18 @@ def backend_of(run_dir: Path) -> Backend:
     """The grid's backend, chosen at launch (grids from before backends, or a damaged file: local)."""
     value = read_resources(run_dir).get("backend")
     return Backend(value) if value in tuple(Backend) else Backend.LOCAL
+
+
+def read_best(cell_dir: Path) -> dict[str, Any] | None:
+    """best/best.json: where the cell's best adapter comes from; None when it has none (yet).
+
+    A job killed between the two renames of a replacement leaves the previous adapter beside: use it."""
+    for folder in (cell_dir / BEST_DIR, *sorted(cell_dir.glob(f".{BEST_DIR}.*.old"))):
+        record = read_json(folder / BEST_FILE)
+        if (
+            record is not None
+            and isinstance(record.get("step"), int)
+            and isinstance(record.get("heldout_accuracy"), (int, float))
+        ):
+            return {**record, "path": folder}
+    return None

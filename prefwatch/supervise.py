@@ -30,6 +30,7 @@ from prefwatch import rundir
 from prefwatch.backend import LaunchSpec, LocalBackend, is_alive, job_alive, launch_spec, process_start_time, signal_job
 from prefwatch.gpus import detect_gpus
 from prefwatch.grid import ResourcesSettings
+from prefwatch.policy import watching
 from prefwatch.rundir import CellState, StatusRecord
 
 POLL_SECONDS = 0.2
@@ -235,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     supervisor = Supervisor(args.run_dir, args.resume, sys.stdout)
     signal.signal(signal.SIGTERM, supervisor.stop_all)
     try:
-        return supervisor.run()
+        with watching(args.run_dir, supervisor.say):  # alerts and the stop policy (prefwatch.policy)
+            return supervisor.run()
     finally:
         lock.close()
 

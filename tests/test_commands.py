@@ -181,7 +181,7 @@ def test_zsh_completion_parses_and_completes_commands_and_options(tmp_path: Path
     lines = shown.stdout.splitlines()
     assert "registered: _prefwatch" in lines
     assert "compadd: -- launch attach replay report status stop init completion" in lines
-    assert "arguments: *:file:_files --format --heldout-pairs --label --plot" in lines
+    assert "arguments: *:file:_files --at --format --heldout-pairs --label --output --plot" in lines
     assert "arguments: *:file:_files --label --poll --speed" in lines
 
 

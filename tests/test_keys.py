@@ -124,7 +124,13 @@ CHECKED = {
         "export the view's data as CSV and JSON",
         "the screen as SVG",
     },
-    "In compare (c)": {"back to the grid", "previous metric", "next metric", "train or held-out curves"},
+    "In compare (c)": {
+        "back to the grid",
+        "previous metric",
+        "next metric",
+        "train or held-out curves",
+        "several seeds: one band per setting, or each seed",
+    },
     "Here": {"close this help"},
 }
 
@@ -346,6 +352,11 @@ async def test_compare_keys(tmp_path):
         assert screen.split == "eval"
         await pilot.press(split)
         assert screen.split == "train"
+        (seeds,) = keys["several seeds: one band per setting, or each seed"]
+        await pilot.press(seeds)
+        assert screen.bands is False
+        await pilot.press(seeds)
+        assert screen.bands is True
         for back in keys["back to the grid"]:
             await pilot.press(back)
             await until(pilot, lambda: not isinstance(app.screen, CompareScreen), f"{back} to leave compare")

@@ -24,6 +24,8 @@ from trl import DPOTrainer
 from trl.experimental.cpo import CPOTrainer
 from trl.experimental.orpo import ORPOTrainer
 
+from prefwatch.train.best import BestAdapter
+
 
 class PairLog:
     """eval_pairs.jsonl: one line per evaluation with every held-out pair's chosen and rejected reward."""
@@ -42,6 +44,7 @@ class PairRewardsMixin:
     """Collects per-example rewards while `evaluate` runs and writes them when it ends."""
 
     pair_log: PairLog | None = None
+    best_adapter: BestAdapter | None = None  # keeps the adapter at the best held-out accuracy (best.py)
     _pair_rewards: tuple[list[float], list[float]] | None = None
 
     def evaluate(self, *args, **kwargs):
@@ -52,6 +55,8 @@ class PairRewardsMixin:
             metrics = super().evaluate(*args, **kwargs)
             if self.is_world_process_zero():
                 self.pair_log.write(self.state.global_step, *self._pair_rewards)
+                if self.best_adapter is not None:
+                    self.best_adapter.offer(self.state.global_step, *self._pair_rewards, self.model)
         finally:
             self._pair_rewards = None
         return metrics

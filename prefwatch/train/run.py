@@ -5,6 +5,7 @@ Writes into the cell directory (names from prefwatch.rundir):
   metrics.jsonl      every Trainer log event (PrefwatchCallback)
   eval_pairs.jsonl   every evaluation: each held-out pair's chosen and rejected reward (pairs.py)
   checkpoints/       every save_every steps, the last two kept; --resume continues from the newest
+  best/              the adapter at the best held-out evaluation, replaced when beaten (best.py)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from trl.experimental.orpo import ORPOConfig
 
 from prefwatch import rundir
 from prefwatch.callback import PrefwatchCallback
+from prefwatch.train.best import BestAdapter
 from prefwatch.train.data import DataError, length_stats, load_splits
 from prefwatch.train.pairs import CPOPairTrainer, DPOPairTrainer, ORPOPairTrainer, PairLog
 from prefwatch.train.tiny import TINY_MODEL_NAME, tiny_model_path
@@ -119,6 +121,7 @@ def build_trainer(cell, cell_dir: Path, model, tokenizer, train_pairs, heldout_p
         )
     trainer.remove_callback(PrinterCallback)  # prints raw dicts; ProgressPrinter prints one short line
     trainer.pair_log = PairLog(cell_dir / rundir.EVAL_PAIRS_FILE, len(heldout_pairs))
+    trainer.best_adapter = BestAdapter(cell_dir)
     return trainer
 
 

@@ -28,6 +28,7 @@ from textual.notifications import SeverityLevel
 from textual.screen import Screen
 
 from prefwatch import jobs
+from prefwatch.alerts import AlertPolicy, CellFacts, FindingFacts
 from prefwatch.analysis import CellAnalysis, analyse
 from prefwatch.incremental import HEARTBEAT_SECONDS, IncrementalAnalysis
 from prefwatch.ingest.sources import GridSource, open_path
@@ -130,7 +131,7 @@ class MonitorApp(App[int]):
         self._unmounted = False
         self._follow_up_pending = False
         self._error: str | None = None
-        self._alerted: set[tuple[str, str, str]] = set()
+        self._news: AlertPolicy | None = None
         self._incremental = IncrementalViews(source, heartbeat)
         # Replay as a time-lapse at ``speed`` times real time (None: everything at once, the default).
         self.speed = speed if mode == "replay" else None
@@ -346,8 +347,8 @@ class MonitorApp(App[int]):
             self.log.error(self._error)
         previous, self.view = self.view, view
         self.refreshes += 1
-        if previous is not None and self.mode == "live":
-            self._alert(previous, view)
+        if self.mode == "live":
+            self._alert(view)
         grid_screen.show(view, self.source_label, self._error)
         if previous is None and len(view.cells) >= OVERVIEW_FROM and self.screen is grid_screen:
             self.push_screen(OverviewScreen(view))
@@ -361,32 +362,28 @@ class MonitorApp(App[int]):
             elif isinstance(screen, CompareScreen):
                 screen.show_grid(view)
 
-    def _alert(self, before: GridView, after: GridView) -> None:
+    def _alert(self, view: GridView) -> None:
         """Bell and one short notification when cells finish, fail, stall or are lost, or show a new finding.
 
-        One line per event (the cell and what happened; the full message is in its panel), one toast
-        per refresh, and each finding of a cell once per session, however often it comes and goes.
+        What is news is decided by prefwatch.alerts (the same policy the supervisor's alerts use): each
+        finding of a cell once per session, each arrival in an alerting state once. The first view is
+        the baseline. One line per event, one toast per refresh.
         """
-        lines: list[str] = []
-        worst = 0
-        for cell in after.cells:
-            old = before.cell(cell.id)
-            if old is None:
-                continue
-            if cell.state != old.state and cell.state in ALERT_STATES:
-                lines.append(f"{cell.id}: {cell.status}")
-                worst = max(worst, 2 if cell.state in ("failed", "lost") else 0 if cell.state == "finished" else 1)
-            for finding in cell.findings:
-                key = (cell.id, finding.kind or finding.message, finding.severity)
-                if finding.severity == "info" or key in self._alerted:
-                    continue
-                self._alerted.add(key)
-                if any(f.kind == finding.kind and f.severity == finding.severity for f in old.findings):
-                    continue  # present before this session's first view changed: not news
-                lines.append(f"{cell.id}: {(finding.kind or finding.message).replace('_', ' ')}")
-                worst = max(worst, 2 if finding.severity == "error" else 1)
-        if not lines:
+        facts = [
+            CellFacts(
+                c.id, c.state, c.status, tuple(FindingFacts(f.kind, f.severity, f.message, f.step) for f in c.findings)
+            )
+            for c in view.cells
+        ]
+        if self._news is None:
+            self._news = AlertPolicy(view.name, ALERT_STATES)
+            self._news.baseline(facts)
             return
+        news = self._news.news(facts)
+        if not news:
+            return
+        lines = [a.short for a in news]
+        worst = max(("info", "warn", "error").index(a.severity) for a in news)
         severity: SeverityLevel = ("information", "warning", "error")[worst]
         self.notify(
             plain("\n".join(lines[:4] + ([f"and {len(lines) - 4} more"] if len(lines) > 4 else []))),

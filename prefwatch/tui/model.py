@@ -20,6 +20,7 @@ import numpy as np
 from prefwatch import jobs
 from prefwatch import metrics as m
 from prefwatch.analysis import CellAnalysis, GridAnalysis
+from prefwatch.bands import seed_summaries
 from prefwatch.diagnose import ERROR, WARN, heldout_accuracy_series, heldout_margin_series
 from prefwatch.system import machine_lines, system_line
 from prefwatch.tui.braille import nice_ceiling
@@ -134,6 +135,7 @@ class GridView:
     objectives: list[str] = field(default_factory=list)
     ranks: list[Any] = field(default_factory=list)
     machines: list[str] = field(default_factory=list)  # system lines, one per machine running cells
+    seeds: list[str] = field(default_factory=list)  # per setting with several seeds: mean [min–max] (bands.py)
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -162,6 +164,7 @@ def grid_view(analysis: GridAnalysis, cells: list[CellView] | None = None) -> Gr
         machines=machine_lines(
             c.source.system.last for c in analysis.cells if c.state == jobs.RUNNING and c.source.system.last
         ),
+        seeds=seed_summaries(analysis.cells),
     )
 
 

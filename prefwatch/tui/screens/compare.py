@@ -14,6 +14,7 @@ from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
+from prefwatch import bands
 from prefwatch import metrics as m
 from prefwatch.tui.model import CellView, Curve, GridView, format_value
 from prefwatch.tui.screens.cell import CURVE_COLOURS, finite_range
@@ -58,6 +59,7 @@ class CompareScreen(Screen[None]):
         Binding("left_square_bracket", "metric(-1)", "Prev metric", key_display="[", tooltip="previous metric"),
         Binding("right_square_bracket", "metric(1)", "Next metric", key_display="]", tooltip="next metric"),
         Binding("v", "split", "Train/held-out", tooltip="train or held-out curves"),
+        Binding("b", "bands", "Seeds: band/each", tooltip="several seeds: one band per setting, or each seed"),
     ]
 
     def __init__(self, grid: GridView) -> None:
@@ -66,6 +68,7 @@ class CompareScreen(Screen[None]):
         names = metric_names(grid)
         self.metric = m.MARGINS if m.MARGINS in names else (names[0] if names else "")
         self.split = "train"
+        self.bands = True  # several seeds of a setting: one mean line and its min–max band (b: each seed)
 
     def compose(self) -> ComposeResult:
         yield Static(id="title")
@@ -92,22 +95,53 @@ class CompareScreen(Screen[None]):
         fixed = (0.0, 1.0) if comparable_across_objectives(self.metric) else None
         for (title, cells), group in zip(chosen, slots):
             curves: list[Curve] = []
+            classes: list[str] = []
             parts = [literal(title, "bold")]
-            for cell in cells:
-                curve = cell.metrics.get(self.metric, {}).get(self.split)
-                if curve is None:
+            k = -1
+            for label, members in self.lines(cells):
+                found = [
+                    c for c in (cell.metrics.get(self.metric, {}).get(self.split) for cell in members) if c is not None
+                ]
+                if not found:
                     continue
-                colour = CURVE_COLOURS[len(curves) % len(CURVE_COLOURS)]
-                curves.append(curve)
-                parts.append(literal(f"  ━ {cell.id} ", colour))
-                parts.append(literal(format_value(curve.latest)))
+                k += 1
+                if len(members) == 1:
+                    curves.append(found[0])
+                    classes.append(f"curve-{k % 4}")
+                    latest = format_value(found[0].latest)
+                else:
+                    b = bands.band([(c.steps, c.values) for c in found])
+                    curves += [Curve(b.steps, b.low), Curve(b.steps, b.high), Curve(b.steps, b.mean)]
+                    classes += [f"raw-{k % 4}", f"raw-{k % 4}", f"curve-{k % 4}"]
+                    latest = f"{format_value(b.mean[-1] if len(b) else None)} [{format_value(b.low[-1] if len(b) else None)}–{format_value(b.high[-1] if len(b) else None)}]"
+                parts.append(literal(f"  ━ {label} ", CURVE_COLOURS[k % len(CURVE_COLOURS)]))
+                parts.append(literal(latest))
+            if any(c.startswith("raw") for c in classes):
+                parts.append(literal(f"  band: {bands.SPREAD} (b: each seed)", "$text-muted"))
             x_end = max((c.x_range[1] for c in cells), default=1.0)
             y_range = fixed or finite_range(curves)
-            classes = [f"curve-{i % 4}" for i in range(len(curves))]
             if not curves:
                 parts.append(literal("  (not logged)", "$text-muted"))
             group.query_one(".legend", Static).update(Content("").join(parts))
             group.query_one(BrailleChart).set_curves(curves, (0.0, x_end), y_range, classes)
+
+    def lines(self, cells: list[CellView]) -> list[tuple[str, list[CellView]]]:
+        """(label, cells) per line: a setting's seeds together when bands are on, else each cell alone."""
+        if not self.bands:
+            return [(cell.id, [cell]) for cell in cells]
+        seeded = {id(c): s for s in bands.settings(cells, lambda c: (c.objective, c.rank)) for c in s.cells}
+        out: list[tuple[str, list[CellView]]] = []
+        for cell in cells:
+            setting = seeded.get(id(cell))
+            if setting is None:
+                out.append((cell.id, [cell]))
+            elif setting.cells[0] is cell:
+                out.append((setting.label, list(setting.cells)))
+        return out
+
+    def action_bands(self) -> None:
+        self.bands = not self.bands
+        self.show_grid(self.grid)
 
     def action_metric(self, delta: int) -> None:
         names = metric_names(self.grid)

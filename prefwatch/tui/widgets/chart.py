@@ -35,6 +35,8 @@ class BrailleChart(Widget):
         "braille-chart--curve-3",
         "braille-chart--raw-0",
         "braille-chart--raw-1",
+        "braille-chart--raw-2",
+        "braille-chart--raw-3",
         "braille-chart--cursor",
         "braille-chart--peak",
     }
@@ -51,6 +53,8 @@ class BrailleChart(Widget):
     BrailleChart > .braille-chart--curve-3 { color: $secondary; }
     BrailleChart > .braille-chart--raw-0 { color: $accent 45%; }
     BrailleChart > .braille-chart--raw-1 { color: $warning 45%; }
+    BrailleChart > .braille-chart--raw-2 { color: $success 45%; }
+    BrailleChart > .braille-chart--raw-3 { color: $secondary 45%; }
     BrailleChart > .braille-chart--cursor { background: $foreground 35%; }
     BrailleChart > .braille-chart--peak { background: $success 35%; }
     """

@@ -5,6 +5,7 @@ from __future__ import annotations
 from textual.content import Content
 from textual.widgets import Static
 
+from prefwatch.bands import SPREAD
 from prefwatch.tui.model import GridView
 from prefwatch.tui.text import literal
 
@@ -23,6 +24,9 @@ class SummaryStrip(Static):
     """
 
     def show(self, grid: GridView | None, source: str, message: str | None = None) -> None:
+        height = 4 if grid is not None and grid.seeds else 3  # a line for the seeds' spread
+        if self.styles.height is None or self.styles.height.value != height:
+            self.styles.height = height
         self.update(summary_text(grid, source, message), layout=False)
 
 
@@ -47,4 +51,8 @@ def summary_text(grid: GridView | None, source: str, message: str | None = None)
         third = [literal("needs ", "$text-muted"), literal("; ".join(grid.needs))]
     if message:
         third = [literal(message, "$text-warning")]
-    return Content("\n").join([first, Content("").join(verdict), Content("").join(third)])
+    lines = [first, Content("").join(verdict), Content("").join(third)]
+    if grid.seeds:
+        label = f"seeds, held-out acc. mean [{SPREAD}] "
+        lines.append(Content("").join([literal(label, "$text-muted"), literal("  ·  ".join(grid.seeds))]))
+    return Content("\n").join(lines)
