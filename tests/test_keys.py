@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +21,7 @@ import pytest
 pytest.importorskip("textual")
 
 from crafted import Cell, live_process, write_grid  # noqa: E402
+from helpers import status  # noqa: E402
 from textual.command import CommandPalette  # noqa: E402
 from textual.keys import _character_to_key  # noqa: E402
 
@@ -228,8 +232,7 @@ async def test_grid_and_replay_keys(tmp_path):
     assert app.return_value == 0
 
 
-@run
-async def test_stop_and_restart_keys_ask_first(tmp_path):
+async def stop_and_restart_keys(tmp_path):
     """s, X and r in live mode: each asks, and 'n' leaves the cell as it was."""
     with live_process() as pid:
         path = grid(tmp_path, **{"dpo-r16": {"state": "failed"}, "dpo-r8": {"state": "running", "pid": pid}})
@@ -254,7 +257,33 @@ async def test_stop_and_restart_keys_ask_first(tmp_path):
             await pilot.press("n")
             await until(pilot, lambda: not isinstance(app.screen, ConfirmScreen), "the question to close")
             assert app.view.cell("dpo-r8").state == "running"
-        assert open_path(path).cells[1].status().state == "running"  # nothing was stopped
+        assert status(path, "dpo-r8").state == "running"  # nothing was stopped
+
+
+def test_stop_and_restart_keys_ask_first(tmp_path):
+    """Run in a process of its own: after this test, a monitor started later in the same process
+    missed appended lines (test_tui's test_only_changed_cells_are_analysed_again failed after it);
+    the cause is not found yet (see the i16 note), and this keeps it from hiding other failures."""
+    if os.environ.get("PREFWATCH_KEYS_CHILD") == "1":
+        asyncio.run(stop_and_restart_keys(tmp_path))
+        return
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"{__file__}::{test_stop_and_restart_keys_ask_first.__name__}",
+        ],
+        env={**os.environ, "PREFWATCH_KEYS_CHILD": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert child.returncode == 0, child.stdout[-4000:] + child.stderr[-2000:]
+    assert "1 passed" in child.stdout
 
 
 @run
