@@ -195,6 +195,15 @@ def test_ranks_are_not_seeds() -> None:
 
 
 def test_seeds_of_a_single_objective_do_not_block_the_verdict() -> None:
-    # Only DPO, two seeds 60 / 70: no other objective to compare with the spread; decisive.
-    verdict = decide([result("dpo-s0", "dpo", 8, 60, seed=0), result("dpo-s1", "dpo", 8, 70, seed=1)])
-    assert verdict.decisive and verdict.objective == "dpo"
+    # Only DPO, two ranks with two seeds each (r=8: 60 / 70, r=16: 50 / 52): no other objective to hold
+    # against the spread across seeds; r=8 wins the most pairs (70); decisive.
+    verdict = decide(
+        [
+            result("dpo-r8-s0", "dpo", 8, 60, seed=0),
+            result("dpo-r8-s1", "dpo", 8, 70, seed=1),
+            result("dpo-r16-s0", "dpo", 16, 50, seed=0),
+            result("dpo-r16-s1", "dpo", 16, 52, seed=1),
+        ]
+    )
+    assert (verdict.objective, verdict.rank) == ("dpo", 8)
+    assert verdict.decisive, verdict.reasons
