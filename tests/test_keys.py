@@ -28,6 +28,7 @@ from prefwatch.tui.screens.cell import CellScreen  # noqa: E402
 from prefwatch.tui.screens.compare import CompareScreen  # noqa: E402
 from prefwatch.tui.screens.confirm import ConfirmScreen  # noqa: E402
 from prefwatch.tui.screens.help import HelpScreen, help_sections  # noqa: E402
+from prefwatch.tui.screens.overview import OverviewScreen  # noqa: E402
 from prefwatch.tui.widgets.cell_panel import CellPanel  # noqa: E402
 
 GLYPHS = {"↑": "up", "↓": "down", "←": "left", "→": "right", "⏎": "enter", "esc": "escape", "⌫": "backspace"}
@@ -96,6 +97,7 @@ CHECKED = {
         "quit the monitor — the jobs keep running",
         "stop the selected cell (asks first; launched grids only)",
         "compare one metric across all cells",
+        "every cell in one row: sortable, grouped by factor",
         "stop the whole grid (asks first)",
         "restart a failed, stopped or lost cell from its checkpoint (asks)",
         "light or dark theme",
@@ -200,6 +202,11 @@ async def test_grid_and_replay_keys(tmp_path):
         assert app.theme != before
         await pilot.press(theme)
         assert app.theme == before
+        (overview,) = keys["every cell in one row: sortable, grouped by factor"]
+        await pilot.press(overview)
+        await until(pilot, lambda: isinstance(app.screen, OverviewScreen), "the overview")
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, OverviewScreen), "the overview to close")
         (compare,) = keys["compare one metric across all cells"]
         await pilot.press(compare)
         await until(pilot, lambda: isinstance(app.screen, CompareScreen), "compare")
