@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -115,11 +116,18 @@ def exit_status(terminal, name: str, timeout: float = 60.0) -> int:
     """The status of the command that ran in ``name`` (tmux keeps the pane after it exits)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        dead, _, code = terminal.tmux(
-            "display-message", "-p", "-t", name, "#{pane_dead} #{pane_dead_status}"
-        ).partition(" ")
+        shown = terminal.tmux(
+            "display-message", "-p", "-t", name, "#{pane_dead} #{pane_dead_status} #{pane_dead_signal}"
+        )
+        dead, code, signal = (shown.split() + ["", "", ""])[:3]
         if dead == "1":
-            return int(code)
+            if code:
+                return int(code)
+            assert not signal, f"{name} ended by signal {signal}, not with an exit status"
+            # some tmux builds leave the format empty but print the status on the dead pane
+            said = re.search(r"Pane is dead \(status (\d+)", terminal.screen(name))
+            if said:
+                return int(said.group(1))
         time.sleep(0.1)
     raise AssertionError(f"{name} did not exit:\n{terminal.screen(name)}")
 
