@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from crafted import Cell, live_process, write_grid
-from helpers import last_step, prefwatch, status, wait_for
+from helpers import in_child_process, last_step, prefwatch, status, wait_for
 
 from prefwatch import jobs
 from prefwatch.ingest.sources import open_path
@@ -115,11 +116,18 @@ def exit_status(terminal, name: str, timeout: float = 60.0) -> int:
     """The status of the command that ran in ``name`` (tmux keeps the pane after it exits)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        dead, _, code = terminal.tmux(
-            "display-message", "-p", "-t", name, "#{pane_dead} #{pane_dead_status}"
-        ).partition(" ")
+        shown = terminal.tmux(
+            "display-message", "-p", "-t", name, "#{pane_dead} #{pane_dead_status} #{pane_dead_signal}"
+        )
+        dead, code, signal = (shown.split() + ["", "", ""])[:3]
         if dead == "1":
-            return int(code)
+            if code:
+                return int(code)
+            assert not signal, f"{name} ended by signal {signal}, not with an exit status"
+            # some tmux builds leave the format empty but print the status on the dead pane
+            said = re.search(r"Pane is dead \(status (\d+)", terminal.screen(name))
+            if said:
+                return int(said.group(1))
         time.sleep(0.1)
     raise AssertionError(f"{name} did not exit:\n{terminal.screen(name)}")
 
@@ -292,6 +300,8 @@ def test_rejected_lines_are_counted_by_reason_in_json(tmp_path: Path) -> None:
 def test_the_monitor_and_the_report_call_a_silent_running_job_stalled(tmp_path: Path) -> None:
     """A live job whose log is silent for ten minutes (it usually logs every second): stalled, in the
     report and on the monitor's panel, with the finding's message."""
+    if in_child_process(__file__, "test_the_monitor_and_the_report_call_a_silent_running_job_stalled"):
+        return
     from prefwatch.tui.app import MonitorApp
     from prefwatch.tui.widgets.cell_panel import CellPanel
 
@@ -325,6 +335,8 @@ def test_the_monitor_and_the_report_call_a_silent_running_job_stalled(tmp_path: 
 
 
 def test_s_in_the_monitor_stops_a_real_training_job(tmp_path: Path) -> None:
+    if in_child_process(__file__, "test_s_in_the_monitor_stops_a_real_training_job"):
+        return
     from prefwatch.tui.app import MonitorApp
     from prefwatch.tui.screens.confirm import ConfirmScreen
     from prefwatch.tui.widgets.cell_panel import CellPanel

@@ -173,3 +173,37 @@ def test_seed_spread_equal_to_the_difference_decides_nothing() -> None:
     # One more pair for SimPO's second seed: difference 10.5 > spread 10 -> decisive (80 vs 70: p = 0.002).
     cells[3] = result("simpo-s1", "simpo", 8, 71, train=2.0, heldout=1.5, seed=1)
     assert decide(cells).decisive
+
+
+def test_a_lower_rank_two_pairs_behind_a_top_of_two_is_not_close() -> None:
+    # r=16 wins 2 pairs, r=8 none with lower margins: 2 - 0 = 2 > 1, so r=16 (zero is a count here too).
+    verdict = decide([result("dpo-r16", "dpo", 16, 2), result("dpo-r8", "dpo", 8, 0, train=0.5)])
+    assert (verdict.rank, verdict.reasons[-1]) == (16, "r=16 wins the most held-out pairs (2)")
+
+
+def test_ranks_are_not_seeds() -> None:
+    # DPO r=8 40, r=16 80 (one seed each), SimPO 90 / 90: the ranks' difference is no spread across
+    # seeds (there is none): decisive. SimPO 90 vs DPO's best 80: switch, p = 2 / 1024.
+    cells = [
+        result("dpo-r8", "dpo", 8, 40),
+        result("dpo-r16", "dpo", 16, 80),
+        result("simpo-r8", "simpo", 8, 90, train=2.0, heldout=1.5),
+        result("simpo-r16", "simpo", 16, 90, train=2.0, heldout=1.5),
+    ]
+    verdict = decide(cells)
+    assert verdict.decisive and not any("spread" in r for r in verdict.reasons)
+
+
+def test_seeds_of_a_single_objective_do_not_block_the_verdict() -> None:
+    # Only DPO, two ranks with two seeds each (r=8: 60 / 70, r=16: 50 / 52): no other objective to hold
+    # against the spread across seeds; r=8 wins the most pairs (70); decisive.
+    verdict = decide(
+        [
+            result("dpo-r8-s0", "dpo", 8, 60, seed=0),
+            result("dpo-r8-s1", "dpo", 8, 70, seed=1),
+            result("dpo-r16-s0", "dpo", 16, 50, seed=0),
+            result("dpo-r16-s1", "dpo", 16, 52, seed=1),
+        ]
+    )
+    assert (verdict.objective, verdict.rank) == ("dpo", 8)
+    assert verdict.decisive, verdict.reasons

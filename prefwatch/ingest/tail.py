@@ -93,7 +93,10 @@ class TailReader:
                 stat = os.fstat(f.fileno())
                 self._opened_at, self._seen = time.monotonic(), (stat.st_size, stat.st_mtime_ns)
                 inode = (stat.st_dev, stat.st_ino)
-                if self._inode is not None and (inode != self._inode or stat.st_size < self._offset):
+                # A file that vanished and came back is a new file even when the file system gave it
+                # the old inode number again (it often does): read it from its start.
+                replaced = self.missing or inode != self._inode or stat.st_size < self._offset
+                if self._inode is not None and replaced:
                     self._restart()
                     batch.restarted = True
                     if on_restart:
