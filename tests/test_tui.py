@@ -451,7 +451,8 @@ async def test_a_failed_cell_rings_and_notifies_and_the_grid_can_be_stopped(tmp_
 async def grid_svg(root: Path, size: tuple[int, int]) -> str:
     app = app_for(make_grid(root))
     async with app.run_test(size=size) as pilot:
-        await wait_for(pilot, lambda: app.view is not None and len(panels(app)) == 4)
+        # settled: every panel drawn and the first one focused (focus comes after mounting)
+        await wait_for(pilot, lambda: app.view is not None and len(panels(app)) == 4 and app.screen.focused is not None)
         await pilot.pause()
         return Path(app.save_screenshot(f"grid-{size[0]}x{size[1]}.svg", path=str(root))).read_text()
 
