@@ -136,3 +136,16 @@ def test_terminal_line_keeps_what_a_terminal_would_show():
 def test_curve_latest_is_the_last_value_even_when_nan():
     assert np.isnan(Curve(np.arange(3.0), np.array([1.0, 2.0, np.nan])).latest)
     assert Curve(np.empty(0), np.empty(0)).latest is None
+
+
+def test_a_cell_whose_objective_is_unknown_is_named_so_never_question_mark():
+    """Issue 12: an objective nothing tells is 'unknown-objective' on screen too (compare's chart
+    titles), never a bare '?' placeholder."""
+    from prefwatch.tui.model import GridView
+    from prefwatch.tui.screens.compare import groups
+
+    cells = (view("dpo-r16", "dpo", 16), view("run-a", None, 16))
+    grid = GridView.__new__(GridView)
+    object.__setattr__(grid, "cells", cells)
+    titles = [title for title, _ in groups(grid, "rewards/margins")]
+    assert titles == ["dpo", "unknown-objective"]

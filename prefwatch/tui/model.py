@@ -21,6 +21,7 @@ from prefwatch import jobs
 from prefwatch import metrics as m
 from prefwatch.analysis import CellAnalysis, GridAnalysis
 from prefwatch.bands import seed_summaries
+from prefwatch.decide import UNKNOWN
 from prefwatch.diagnose import ERROR, WARN, heldout_accuracy_series, heldout_margin_series
 from prefwatch.system import machine_lines, system_line
 from prefwatch.tui.braille import nice_ceiling
@@ -303,12 +304,12 @@ def grid_positions(
     if all(c.objective is None and c.rank is None for c in cells) and len(cells) > 1:
         columns = int(np.ceil(np.sqrt(len(cells))))
         return {c.id: divmod(i, columns) for i, c in enumerate(cells)}, -(-len(cells) // columns), columns
-    row_keys = [o if o is not None else "?" for o in objectives]
+    row_keys = [o if o is not None else UNKNOWN for o in objectives]
     column_keys = sorted({(c.rank, c.seed) for c in cells}, key=lambda k: (_rank_order(k[0], ranks), k[1] or 0))
     taken: set[tuple[int, int]] = set()
     positions = {}
     for cell in cells:
-        objective = cell.objective or "?"
+        objective = cell.objective or UNKNOWN
         if objective not in row_keys:
             row_keys.append(objective)
         row = row_keys.index(objective)

@@ -16,6 +16,7 @@ from textual.widgets import Footer, Static
 
 from prefwatch import bands
 from prefwatch import metrics as m
+from prefwatch.decide import UNKNOWN
 from prefwatch.tui.model import CellView, Curve, GridView, format_value
 from prefwatch.tui.screens.cell import CURVE_COLOURS, finite_range
 from prefwatch.tui.text import literal
@@ -39,7 +40,7 @@ def groups(grid: GridView, metric: str) -> list[tuple[str, list[CellView]]]:
         return [("all cells", list(grid.cells))]
     by_objective: dict[str, list[CellView]] = {}
     for cell in grid.cells:
-        by_objective.setdefault(cell.objective or "?", []).append(cell)
+        by_objective.setdefault(cell.objective or UNKNOWN, []).append(cell)  # never a bare "?"
     return list(by_objective.items())
 
 
