@@ -14,7 +14,6 @@ decision -> the jobs layer; this module never writes into a cell itself.
 
 from __future__ import annotations
 
-import fcntl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -208,13 +207,7 @@ def watching(run_dir: Path, log: Callable[[str], None]) -> Iterator[Lookout | No
 def hold_alerts_lock(run_dir: Path) -> TextIO | None:
     """alerts.lock: one follower per grid sends its alerts and applies its policy (an flock, released
     by the kernel when the holder dies). None when another holds it."""
-    handle = open(run_dir / rundir.ALERTS_LOCK, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        return None
-    return handle
+    return rundir.try_flock(run_dir / rundir.ALERTS_LOCK)
 
 
 def follow_headless(run_dir: Path, log: Callable[[str], None], interval: float = FOLLOW_SECONDS) -> int:

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import msgspec
 
@@ -255,6 +255,19 @@ def update_status(cell_dir: Path, change: Callable[[StatusRecord], StatusRecord 
             write_status(cell_dir, new)
             return new
         return current
+
+
+def try_flock(path: Path) -> TextIO | None:
+    """Take an exclusive flock on ``path`` without waiting; the open handle holds it (the kernel
+    releases it when the holder dies, so it never goes stale), None when another process holds it.
+    One shape for the grid's locks: launch.lock (the supervisor) and alerts.lock (the one follower)."""
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
 
 
 @contextmanager

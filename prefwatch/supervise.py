@@ -10,7 +10,6 @@ its own start and end (prefwatch.job); the supervisor records an end only where 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import functools
 import json
 import os
@@ -209,11 +208,8 @@ def _record(cell_dir: Path) -> StatusRecord | None:
 
 def hold_lock(run_dir: Path) -> TextIO | None:
     """Take launch.lock; None when another live supervisor holds it."""
-    handle = open(run_dir / rundir.LOCK_FILE, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
+    handle = rundir.try_flock(run_dir / rundir.LOCK_FILE)
+    if handle is None:
         return None
     handle.seek(0)
     handle.truncate()
