@@ -183,6 +183,24 @@ def start_supervisor(run_dir: Path, resume: bool = False, timeout: float = 15.0)
     return process.pid
 
 
+# A supervisor whose cells have all ended still takes a last look at the grid and delivers its last
+# alerts (retries included) before it exits; a resume asked for in that moment waits for it.
+SUPERVISOR_FINISH_SECONDS = 30.0
+
+
+def _finishing_supervisor_exits(run_dir: Path, timeout: float = SUPERVISOR_FINISH_SECONDS) -> bool:
+    """True when the live supervisor has no cell left to run and exits within ``timeout`` seconds."""
+    cells = rundir.cell_dirs(run_dir)
+    if not cells or any(read_status(c, supervisor_alive=True).state not in ENDED_STATES for c in cells):
+        return False
+    deadline = time.monotonic() + timeout
+    while supervisor_alive(run_dir):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 @dataclass
 class Resumed:
     """What ``launch --resume`` did: cells queued again, and cells whose job still runs (followed, not restarted)."""
@@ -200,7 +218,7 @@ def requeue_unfinished(run_dir: Path) -> Resumed:
     """
     if not rundir.is_grid_dir(run_dir):
         raise LaunchError(f"{run_dir}: not a prefwatch run directory (no cells/ folder)")
-    if supervisor_alive(run_dir):
+    if supervisor_alive(run_dir) and not _finishing_supervisor_exits(run_dir):
         raise LaunchError(f"{run_dir}: its supervisor is still running; stop it first or attach")
     slurm_grid = backend_of(run_dir) == SLURM
     if slurm_grid:

@@ -231,3 +231,52 @@ def test_a_job_that_outlives_its_supervisor_records_its_end(tmp_path: Path) -> N
     final = status(run_dir, "dpo-r8")
     assert final.state == jobs.FAILED and final.exit_code == 2, final
     assert "failed (exit 2)" in prefwatch("status", str(run_dir)).stdout
+
+
+FINISHING_SUPERVISOR = """
+import sys, time
+from pathlib import Path
+from prefwatch.supervise import hold_lock
+handle = hold_lock(Path(sys.argv[1]))
+print("held", flush=True)
+sys.stdin.readline()  # the test says when; then half a second of last alerts before exiting
+time.sleep(0.5)
+"""
+
+
+def hold_as_supervisor(run_dir: Path) -> subprocess.Popen[str]:
+    """A real process holding launch.lock the way the supervisor does, until told to exit."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", FINISHING_SUPERVISOR, str(run_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None and process.stdout.readline().strip() == "held"
+    assert jobs.supervisor_alive(run_dir)
+    return process
+
+
+def test_resume_waits_for_a_supervisor_that_is_finishing(run_dir: Path) -> None:
+    """Every cell ended, the supervisor still sends its last alerts: --resume waits for it to exit
+    instead of refusing (seen in CI: a resume right after the grid ended was refused)."""
+    cells = rundir.cell_dirs(run_dir)
+    for cell_dir in cells[1:]:
+        write_record(cell_dir, state="finished", exit_code=0)
+    write_record(cells[0], state="stopped")
+    supervisor = hold_as_supervisor(run_dir)
+    try:
+        # a cell that has not ended: the supervisor is not finishing, resume refuses at once
+        write_record(cells[1], state="queued")
+        with pytest.raises(jobs.LaunchError, match="supervisor is still running"):
+            jobs.requeue_unfinished(run_dir)
+        write_record(cells[1], state="finished", exit_code=0)
+        assert supervisor.stdin is not None
+        supervisor.stdin.write("done\n")
+        supervisor.stdin.flush()  # it exits now; requeue must wait for that, not refuse
+        resumed = jobs.requeue_unfinished(run_dir)
+    finally:
+        supervisor.kill()
+        supervisor.wait()
+    assert resumed.requeued == [cells[0].name]
+    assert jobs.read_status(cells[0]).state == jobs.QUEUED
