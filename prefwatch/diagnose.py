@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -47,8 +47,11 @@ class Thresholds:
     margin_tolerance: float = 0.02
     # Stalled: no new line for this many times the usual interval between lines...
     stall_factor: float = 5.0
-    # ...and never less than this many seconds (start-up and evaluations pause logging).
+    # ...and never less than this many seconds (start-up and evaluations pause logging). The usual
+    # interval is the median over the last stall_history lines: the pace a run keeps lately (a job
+    # resumed on another node, evaluations added), read in constant time at any length.
     stall_min_seconds: float = 60.0
+    stall_history: int = 1000
     # Brevity: chosen answers shorter than rejected ones in at least this share of pairs.
     brevity_share: float = 0.6
     # A loss spike: a train loss this many robust deviations (MAD) above the median of the previous
@@ -208,7 +211,7 @@ def review(
         peak_heldout_accuracy=peak_accuracy,
         peak_heldout_step=peak_step,
         evaluations=len(steps),
-        loss_spikes=count_loss_spikes(train.column(m.LOSS), t),
+        loss_spikes=train.fold(_spike_rows, NO_SPIKES, t).found,
     )
 
 
@@ -269,18 +272,43 @@ def _pairs_won(
 def count_loss_spikes(loss: np.ndarray, t: Thresholds = DEFAULT) -> int:
     """Train-loss rows far above the median of the block of rows before theirs (robust to the loss's
     own noise). Blocks rather than a sliding window keep this linear: a million rows take milliseconds."""
+    return _spikes(NO_SPIKES, loss, t).found
+
+
+class Spikes(NamedTuple):
+    """Loss spikes counted so far: the finite losses not yet in a whole block, the limit the block
+    before them set (None before the first), and the spikes found."""
+
+    pending: np.ndarray
+    limit: float | None
+    found: int
+
+
+NO_SPIKES = Spikes(np.empty(0), None, 0)
+
+
+def _spikes(state: Spikes, loss: np.ndarray, t: Thresholds) -> Spikes:
+    """``state`` carried over more loss rows: each whole block of ``spike_window`` finite losses is
+    compared with the limit of the block before it (its median plus ``spike_deviations`` MADs)."""
     finite = loss[np.isfinite(loss)]
+    values = np.concatenate((state.pending, finite)) if len(state.pending) else finite
     window = t.spike_window
-    blocks = len(finite) // window
-    if blocks < 2:
-        return 0
-    grouped = finite[: blocks * window].reshape(blocks, window)
+    blocks = len(values) // window
+    if blocks == 0:
+        return Spikes(values, state.limit, state.found)
+    grouped = values[: blocks * window].reshape(blocks, window)
     median = np.median(grouped, axis=1)
     mad = np.median(np.abs(grouped - median[:, None]), axis=1)
     scale = np.maximum(mad * 1.4826, 1e-3 * np.maximum(np.abs(median), 1e-6))
-    limit = np.repeat(median[:-1] + t.spike_deviations * scale[:-1], window)
-    later = finite[window : blocks * window]
-    return int(np.sum(later > limit))
+    limits = median + t.spike_deviations * scale
+    found = state.found + int(np.sum(grouped[1:] > limits[:-1, None]))
+    if state.limit is not None:
+        found += int(np.sum(grouped[0] > state.limit))
+    return Spikes(values[blocks * window :].copy(), float(limits[-1]), found)
+
+
+def _spike_rows(state: Spikes, split: SplitSeries, start: int, stop: int, t: Thresholds) -> Spikes:
+    return _spikes(state, split.column(m.LOSS)[start:stop], t)
 
 
 # ---- Findings --------------------------------------------------------------------------------
@@ -399,17 +427,24 @@ def objective_mismatch(claim: Claim | None, inference: Inference | None) -> Find
 
 def reference_equals_policy(series: CellSeries, t: Thresholds) -> Finding | None:
     train = series.train
-    chosen, rejected, loss = train.column(m.CHOSEN), train.column(m.REJECTED), train.column(m.LOSS)
-    stuck = (chosen == 0) & (rejected == 0) & (np.abs(loss - math.log(2)) < 1e-3)
-    if stuck.sum() < t.reference_rows or stuck.mean() < 0.5:
+    stuck, first = train.fold(_stuck_rows, (0, None))
+    if stuck < t.reference_rows or stuck < 0.5 * len(train):
         return None
     return Finding(
         "reference_equals_policy",
         ERROR,
-        f"rewards are exactly 0 and loss is ln 2 in {int(stuck.sum())} of {len(stuck)} train rows: "
+        f"rewards are exactly 0 and loss is ln 2 in {stuck} of {len(train)} train rows: "
         "the policy equals the reference (is the adapter trained, or the reference the adapted model?)",
-        int(train.steps[np.flatnonzero(stuck)[0]]),
+        int(train.steps[first]),
     )
+
+
+def _stuck_rows(state: tuple[int, int | None], split: SplitSeries, start: int, stop: int) -> tuple[int, int | None]:
+    """(rows whose rewards are exactly 0 with loss at ln 2, the first of them) carried over rows [start, stop)."""
+    chosen, rejected, loss = (split.column(name)[start:stop] for name in (m.CHOSEN, m.REJECTED, m.LOSS))
+    stuck = np.flatnonzero((chosen == 0) & (rejected == 0) & (np.abs(loss - math.log(2)) < 1e-3))
+    count, first = state
+    return count + len(stuck), first if first is not None or not len(stuck) else start + int(stuck[0])
 
 
 def overoptimization(series: CellSeries, pairs: Any | None, t: Thresholds) -> Finding | None:
@@ -422,8 +457,8 @@ def overoptimization(series: CellSeries, pairs: Any | None, t: Thresholds) -> Fi
     peak_step = float(steps[peak])
     train = series.train
     margins = train.column(m.MARGINS)
-    before = margins[(train.steps <= peak_step)]
-    after = late(margins[train.steps > peak_step], 0.5)
+    cut = int(np.searchsorted(train.steps, peak_step, side="right"))  # a split's steps never go down
+    before, after = margins[:cut], late(margins[cut:], 0.5)
     at_peak, now = window_mean(late(before, 0.5)), window_mean(after)
     if at_peak is None or now is None:
         return None
@@ -522,24 +557,35 @@ def saturation(series: CellSeries, t: Thresholds) -> Finding | None:
 def margin_inconsistent(series: CellSeries, t: Thresholds) -> Finding | None:
     for split_name in ("train", "eval"):
         split = series.split(split_name)  # type: ignore[arg-type]
-        chosen, rejected, margins = split.column(m.CHOSEN), split.column(m.REJECTED), split.column(m.MARGINS)
-        both = np.isfinite(chosen) & np.isfinite(rejected) & np.isfinite(margins)
-        if not both.any():
-            continue
-        scale = np.maximum(np.abs(chosen) + np.abs(rejected), 1e-6)
-        gap = np.abs(margins - (chosen - rejected)) / scale
-        off = both & (gap > t.margin_tolerance)
-        if off.sum() > max(1, 0.1 * both.sum()):
-            first = int(split.steps[np.flatnonzero(off)[0]])
+        both, off, first = split.fold(_margin_rows, (0, 0, None), t.margin_tolerance)
+        if both and off > max(1, 0.1 * both):
             where = "held-out" if split_name == "eval" else "train"
             return Finding(
                 "margin_inconsistent",
                 WARN,
-                f"{where} rewards/margins differs from chosen - rejected in {int(off.sum())} of "
-                f"{int(both.sum())} rows: an aggregation bug in the logger?",
-                first,
+                f"{where} rewards/margins differs from chosen - rejected in {off} of "
+                f"{both} rows: an aggregation bug in the logger?",
+                int(split.steps[first]),
             )
     return None
+
+
+def _margin_rows(
+    state: tuple[int, int, int | None], split: SplitSeries, start: int, stop: int, tolerance: float
+) -> tuple[int, int, int | None]:
+    """(rows with chosen, rejected and margin all finite, rows among them whose margin is not
+    chosen - rejected within ``tolerance`` of the rewards' scale, the first such row) over rows [start, stop)."""
+    chosen, rejected, margins = (split.column(name)[start:stop] for name in (m.CHOSEN, m.REJECTED, m.MARGINS))
+    both = np.isfinite(chosen) & np.isfinite(rejected) & np.isfinite(margins)
+    scale = np.maximum(np.abs(chosen) + np.abs(rejected), 1e-6)
+    with np.errstate(invalid="ignore"):
+        off = np.flatnonzero(both & (np.abs(margins - (chosen - rejected)) / scale > tolerance))
+    count, wrong, first = state
+    return (
+        count + int(both.sum()),
+        wrong + len(off),
+        first if first is not None or not len(off) else start + int(off[0]),
+    )
 
 
 def brevity_bias(data_stats: dict[str, Any] | None, objective: str | None, t: Thresholds) -> Finding | None:
@@ -584,7 +630,7 @@ def brevity_summary(data_stats: dict[str, Any] | None, t: Thresholds = DEFAULT) 
 def stalled(series: CellSeries, now: float | None, alive: bool, t: Thresholds) -> Finding | None:
     if not alive or now is None or series.finished:
         return None
-    times = series.train.times
+    times = series.train.times[-t.stall_history - 1 :]
     times = times[np.isfinite(times)]
     if len(times) < 3:
         return None

@@ -31,11 +31,12 @@ MODULES: dict[str, list[str]] = {
         "tests/test_diagnose_pinned.py",
         "tests/test_decide.py",
         "tests/test_verdicts_pinned.py",
+        "tests/test_series_fold.py",
     ],
     "prefwatch/grid.py": ["tests/test_grid.py"],
     "prefwatch/analysis.py": ["tests/test_verdicts_pinned.py", "tests/test_report.py"],
     "prefwatch/ingest/tail.py": ["tests/test_ingest.py", "tests/test_tail_edges.py"],
-    "prefwatch/series.py": ["tests/test_ingest.py", "tests/test_diagnose.py"],
+    "prefwatch/series.py": ["tests/test_ingest.py", "tests/test_diagnose.py", "tests/test_series_fold.py"],
 }
 TARGETS = {"diagnose.py": 0.9, "decide.py": 0.9}  # else 0.8
 
