@@ -399,3 +399,84 @@ def test_tensorboard_summary_scalars_are_not_a_train_row(tmp_path: Path) -> None
     assert series.train.steps.tolist() == [5.0, 10.0]
     assert series.train.column("loss").tolist() == pytest.approx([0.2, 0.1])
     assert series.finished and series.end_record["train/epoch"] == 1.0
+
+
+# ---- the same real logs, written by TRL's TensorBoard writer ------------------------------------
+
+
+def write_tensorboard(history: list[dict], out: Path) -> Path:
+    """Replay a real log_history through transformers' TensorBoardCallback (what report_to="tensorboard"
+    runs in TRL), as the Trainer calls it: ``on_log`` once per record, without the ``step`` that
+    Trainer.log adds to the history only, at ``state.global_step`` = that step, ``epoch`` last (Trainer.log
+    appends it; the saved state sorts keys), the end-of-training summary last."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+    from transformers.integrations import TensorBoardCallback
+
+    args = TrainingArguments(output_dir=str(out), report_to="none")
+    state, control = TrainerState(), TrainerControl()
+    callback = TensorBoardCallback()
+    callback.on_train_begin(args, state, control)
+    for entry in history:
+        state.global_step = entry["step"]
+        logs = {k: v for k, v in entry.items() if k not in ("step", "epoch")} | {"epoch": entry["epoch"]}
+        callback.on_log(args, state, control, logs=logs)
+    callback.on_train_end(args, state, control)
+    (events,) = out.glob("runs/*/events.out.tfevents.*")
+    return events
+
+
+@pytest.mark.parametrize(
+    "folder, summary_apart",
+    [("rlhf-recsys-outputs", True), ("distill-safety/outputs/dpo", False)],
+    ids=["summary-after-last-row", "summary-at-last-row"],
+)
+def test_tensorboard_summary_of_a_real_run_is_not_a_train_row(
+    folder: str, summary_apart: bool, corpus: Path, tmp_path: Path, capsys
+) -> None:
+    """Point 3 on real numbers with the real writer: the trainer_state.json's history (its last record is
+    the Trainer's summary: train_runtime, train_loss, total_flos, *_per_second) replayed through
+    TensorBoardCallback. The latest values in the report, the monitor and status are the last real train
+    row's, never nan; and both readers classify the summary alike (metrics.END_KEYS), so the event file
+    and the trainer_state.json it came from are judged the same."""
+    from prefwatch.metrics import END_KEYS, canonical
+    from prefwatch.tui.model import cell_view
+
+    history = json.loads((corpus / folder / "trainer_state.json").read_text())["log_history"]
+    *rows, summary = history
+    assert END_KEYS <= summary.keys() and not any(END_KEYS & r.keys() for r in rows)
+    last = rows[-1]
+    assert (summary["step"] > last["step"]) is summary_apart  # 336 after 330; 30 at 30 (one step, two logs)
+    run = tmp_path / Path(folder).name
+    write_tensorboard(history, run)
+    assert not list(run.glob("**/trainer_state.json"))
+
+    tensorboard, state = _opened(run).cells[0], _opened(corpus / folder).cells[0]
+    assert tensorboard.series.train.steps.tolist() == state.series.train.steps.tolist() == [r["step"] for r in rows]
+    assert sorted(tensorboard.series.train.names) == sorted(state.series.train.names)
+    assert not END_KEYS & set(tensorboard.series.train.names)
+    assert {canonical(k)[1] for k in tensorboard.series.end_record or {}} - {"step", "epoch"} == END_KEYS
+
+    # The monitor: every metric's latest value is the last real row's.
+    analysis = analyse(_opened(run))
+    view = cell_view(analysis.cells[0])
+    for key, value in last.items():
+        if key != "step":
+            assert view.metrics[key]["train"].latest == pytest.approx(value, rel=1e-6), key
+    assert view.curves["chosen"].latest == pytest.approx(last["rewards/chosen"], rel=1e-6)
+
+    # report: the same cell as from trainer_state.json, its last step the summary's.
+    _, from_tensorboard = report_json(run, capsys=capsys)
+    _, from_state = report_json(corpus / folder, capsys=capsys)
+    (cell,), (same,) = from_tensorboard["cells"], from_state["cells"]
+    assert cell["state"] == "finished" and cell["step"] == last["step"]
+    assert (cell["objective"], cell["objective_source"]) == (same["objective"], same["objective_source"])
+    assert [f["kind"] for f in cell["findings"]] == [f["kind"] for f in same["findings"]]
+    for key in ("late_chosen", "late_rejected", "train_margin_late"):
+        assert cell["review"][key] == pytest.approx(same["review"][key], rel=1e-6) and cell["review"][key] is not None
+    assert review_row(analysis.cells[0])[2] == str(summary["step"])
+    assert "nan" not in json.dumps(cell).lower()
+
+    # status: the last real step, and how long ago in words.
+    assert main(["status", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f" {last['step']} " in out and "ago" in out and "nan" not in out.lower()
