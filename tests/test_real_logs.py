@@ -480,3 +480,61 @@ def test_tensorboard_summary_of_a_real_run_is_not_a_train_row(
     assert main(["status", str(run)]) == 0
     out = capsys.readouterr().out
     assert f" {last['step']} " in out and "ago" in out and "nan" not in out.lower()
+
+
+# ---- a console log: degeneration, and a DPOTrainer running SimPO under a DPO name ----------------
+
+CONSOLE_RUN = CORPUS / "mabelgao" / "2026-04-11-llama3_8b_instruct_dpo_qlora"
+
+
+def console_history(
+    log: Path, logging_steps: int, eval_steps: int, max_steps: int, steps_per_epoch: float
+) -> list[dict]:
+    """The Trainer's log_history from its console log: each printed dict is one record, in order; the
+    Trainer prints them without their step, so each gets the one the Trainer gave it (train records
+    every ``logging_steps``, evaluations every ``eval_steps``, the summary at the last step). The epoch
+    each record printed (rounded to 2 decimals) must agree with that step to the rounding: the steps
+    are checked, not assumed (one record off is 5 steps, 0.012 epochs here)."""
+    import ast
+
+    history, trained, evaluated = [], 0, 0
+    for line in log.read_text().splitlines():
+        record = ast.literal_eval(line)
+        if "train_runtime" in record:
+            step = max_steps
+        elif "eval_loss" in record:
+            evaluated += 1
+            step = evaluated * eval_steps
+        else:
+            trained += 1
+            step = trained * logging_steps
+        assert abs(record["epoch"] - step / steps_per_epoch) <= 0.005, (step, record["epoch"])
+        history.append({**record, "step": step})
+    return history
+
+
+def test_a_simpo_run_under_a_dpo_name_whose_chosen_logps_collapse(tmp_path: Path, capsys) -> None:
+    """Points 1 and 4 on a committed real log (tests/real_logs/EXPECTED.md): rewards = 0.1 × avg_logps
+    on every row is SimPO whatever the folder says (objective_mismatch), and chosen log-probabilities
+    falling from about −385 to about −13,000 is degeneration: an error, not a warning."""
+    # 6750 training pairs (the log's train split), batch 1 × gradient accumulation 16 (the run's config).
+    log = CONSOLE_RUN / "simpo_train_local.log"
+    history = console_history(log, logging_steps=5, eval_steps=100, max_steps=421, steps_per_epoch=6750 / 16)
+    assert [len([r for r in history if key in r]) for key in ("loss", "eval_loss", "train_runtime")] == [84, 4, 1]
+    run = tmp_path / CONSOLE_RUN.name
+    run.mkdir()
+    (run / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    os.utime(run / "trainer_state.json", (PAST, PAST))
+
+    status, report = report_json(run, capsys=capsys)
+    (cell,) = report["cells"]
+    kinds = {f["kind"]: f for f in cell["findings"]}
+    assert (cell["objective"], cell["objective_source"], cell["rank"]) == ("simpo", "logs", None)
+    assert cell["state"] == "finished"
+    mismatch = kinds["objective_mismatch"]
+    assert mismatch["severity"] == "error" and "folder name says dpo" in mismatch["message"]
+    degeneration = kinds["likelihood_displacement"]
+    assert degeneration["severity"] == "error" and "degeneration" in degeneration["message"]
+    assert not {"non_finite", "intermittent_non_finite", "margin_inconsistent", "saturation"} & kinds.keys()
+    assert "None" not in " ".join(f["message"] for f in cell["findings"])
+    assert status == EXIT_NOT_DECISIVE and not report["verdict"]["decisive"]
