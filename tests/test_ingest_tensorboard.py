@@ -145,7 +145,11 @@ def test_tensorflow_tensor_layouts_and_end_record(tmp_path: Path) -> None:
     series = grid.cells[0].series
     assert series.train.column("loss").tolist() == [0.5, 0.25]
     assert series.train.column("grad_norm")[0] == 2.0
-    assert series.finished and series.end_record == {"train/train_runtime": 9.0, "train/train_loss": pytest.approx(0.3)}
+    assert series.finished and series.end_record == {
+        "step": 2,  # the summary's step: the last step trained
+        "train/train_runtime": 9.0,
+        "train/train_loss": pytest.approx(0.3),
+    }
 
 
 def test_non_finite_scalars_are_points(tmp_path: Path) -> None:

@@ -399,3 +399,142 @@ def test_tensorboard_summary_scalars_are_not_a_train_row(tmp_path: Path) -> None
     assert series.train.steps.tolist() == [5.0, 10.0]
     assert series.train.column("loss").tolist() == pytest.approx([0.2, 0.1])
     assert series.finished and series.end_record["train/epoch"] == 1.0
+
+
+# ---- the same real logs, written by TRL's TensorBoard writer ------------------------------------
+
+
+def write_tensorboard(history: list[dict], out: Path) -> Path:
+    """Replay a real log_history through transformers' TensorBoardCallback (what report_to="tensorboard"
+    runs in TRL), as the Trainer calls it: ``on_log`` once per record, without the ``step`` that
+    Trainer.log adds to the history only, at ``state.global_step`` = that step, ``epoch`` last (Trainer.log
+    appends it; the saved state sorts keys), the end-of-training summary last."""
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+    from transformers.integrations import TensorBoardCallback
+
+    args = TrainingArguments(output_dir=str(out), report_to="none")
+    state, control = TrainerState(), TrainerControl()
+    callback = TensorBoardCallback()
+    callback.on_train_begin(args, state, control)
+    for entry in history:
+        state.global_step = entry["step"]
+        logs = {k: v for k, v in entry.items() if k not in ("step", "epoch")} | {"epoch": entry["epoch"]}
+        callback.on_log(args, state, control, logs=logs)
+    callback.on_train_end(args, state, control)
+    (events,) = out.glob("runs/*/events.out.tfevents.*")
+    return events
+
+
+@pytest.mark.parametrize(
+    "folder, summary_apart",
+    [("rlhf-recsys-outputs", True), ("distill-safety/outputs/dpo", False)],
+    ids=["summary-after-last-row", "summary-at-last-row"],
+)
+def test_tensorboard_summary_of_a_real_run_is_not_a_train_row(
+    folder: str, summary_apart: bool, corpus: Path, tmp_path: Path, capsys
+) -> None:
+    """Point 3 on real numbers with the real writer: the trainer_state.json's history (its last record is
+    the Trainer's summary: train_runtime, train_loss, total_flos, *_per_second) replayed through
+    TensorBoardCallback. The latest values in the report, the monitor and status are the last real train
+    row's, never nan; and both readers classify the summary alike (metrics.END_KEYS), so the event file
+    and the trainer_state.json it came from are judged the same."""
+    from prefwatch.metrics import END_KEYS, canonical
+    from prefwatch.tui.model import cell_view
+
+    history = json.loads((corpus / folder / "trainer_state.json").read_text())["log_history"]
+    *rows, summary = history
+    assert END_KEYS <= summary.keys() and not any(END_KEYS & r.keys() for r in rows)
+    last = rows[-1]
+    assert (summary["step"] > last["step"]) is summary_apart  # 336 after 330; 30 at 30 (one step, two logs)
+    run = tmp_path / Path(folder).name
+    write_tensorboard(history, run)
+    assert not list(run.glob("**/trainer_state.json"))
+
+    tensorboard, state = _opened(run).cells[0], _opened(corpus / folder).cells[0]
+    assert tensorboard.series.train.steps.tolist() == state.series.train.steps.tolist() == [r["step"] for r in rows]
+    assert sorted(tensorboard.series.train.names) == sorted(state.series.train.names)
+    assert not END_KEYS & set(tensorboard.series.train.names)
+    assert {canonical(k)[1] for k in tensorboard.series.end_record or {}} - {"step", "epoch"} == END_KEYS
+
+    # The monitor: every metric's latest value is the last real row's.
+    analysis = analyse(_opened(run))
+    view = cell_view(analysis.cells[0])
+    for key, value in last.items():
+        if key != "step":
+            assert view.metrics[key]["train"].latest == pytest.approx(value, rel=1e-6), key
+    assert view.curves["chosen"].latest == pytest.approx(last["rewards/chosen"], rel=1e-6)
+
+    # report: the same cell as from trainer_state.json, its last step the summary's.
+    _, from_tensorboard = report_json(run, capsys=capsys)
+    _, from_state = report_json(corpus / folder, capsys=capsys)
+    (cell,), (same,) = from_tensorboard["cells"], from_state["cells"]
+    assert cell["state"] == "finished" and cell["step"] == last["step"]
+    assert (cell["objective"], cell["objective_source"]) == (same["objective"], same["objective_source"])
+    assert [f["kind"] for f in cell["findings"]] == [f["kind"] for f in same["findings"]]
+    for key in ("late_chosen", "late_rejected", "train_margin_late"):
+        assert cell["review"][key] == pytest.approx(same["review"][key], rel=1e-6) and cell["review"][key] is not None
+    assert review_row(analysis.cells[0])[2] == str(summary["step"])
+    assert "nan" not in json.dumps(cell).lower()
+
+    # status: the last real step, and how long ago in words.
+    assert main(["status", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f" {last['step']} " in out and "ago" in out and "nan" not in out.lower()
+
+
+# ---- a console log: degeneration, and a DPOTrainer running SimPO under a DPO name ----------------
+
+CONSOLE_RUN = CORPUS / "mabelgao" / "2026-04-11-llama3_8b_instruct_dpo_qlora"
+
+
+def console_history(
+    log: Path, logging_steps: int, eval_steps: int, max_steps: int, steps_per_epoch: float
+) -> list[dict]:
+    """The Trainer's log_history from its console log: each printed dict is one record, in order; the
+    Trainer prints them without their step, so each gets the one the Trainer gave it (train records
+    every ``logging_steps``, evaluations every ``eval_steps``, the summary at the last step). The epoch
+    each record printed (rounded to 2 decimals) must agree with that step to the rounding: the steps
+    are checked, not assumed (one record off is 5 steps, 0.012 epochs here)."""
+    import ast
+
+    history, trained, evaluated = [], 0, 0
+    for line in log.read_text().splitlines():
+        record = ast.literal_eval(line)
+        if "train_runtime" in record:
+            step = max_steps
+        elif "eval_loss" in record:
+            evaluated += 1
+            step = evaluated * eval_steps
+        else:
+            trained += 1
+            step = trained * logging_steps
+        assert abs(record["epoch"] - step / steps_per_epoch) <= 0.005, (step, record["epoch"])
+        history.append({**record, "step": step})
+    return history
+
+
+def test_a_simpo_run_under_a_dpo_name_whose_chosen_logps_collapse(tmp_path: Path, capsys) -> None:
+    """Points 1 and 4 on a committed real log (tests/real_logs/EXPECTED.md): rewards = 0.1 × avg_logps
+    on every row is SimPO whatever the folder says (objective_mismatch), and chosen log-probabilities
+    falling from about −385 to about −13,000 is degeneration: an error, not a warning."""
+    # 6750 training pairs (the log's train split), batch 1 × gradient accumulation 16 (the run's config).
+    log = CONSOLE_RUN / "simpo_train_local.log"
+    history = console_history(log, logging_steps=5, eval_steps=100, max_steps=421, steps_per_epoch=6750 / 16)
+    assert [len([r for r in history if key in r]) for key in ("loss", "eval_loss", "train_runtime")] == [84, 4, 1]
+    run = tmp_path / CONSOLE_RUN.name
+    run.mkdir()
+    (run / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    os.utime(run / "trainer_state.json", (PAST, PAST))
+
+    status, report = report_json(run, capsys=capsys)
+    (cell,) = report["cells"]
+    kinds = {f["kind"]: f for f in cell["findings"]}
+    assert (cell["objective"], cell["objective_source"], cell["rank"]) == ("simpo", "logs", None)
+    assert cell["state"] == "finished"
+    mismatch = kinds["objective_mismatch"]
+    assert mismatch["severity"] == "error" and "folder name says dpo" in mismatch["message"]
+    degeneration = kinds["likelihood_displacement"]
+    assert degeneration["severity"] == "error" and "degeneration" in degeneration["message"]
+    assert not {"non_finite", "intermittent_non_finite", "margin_inconsistent", "saturation"} & kinds.keys()
+    assert "None" not in " ".join(f["message"] for f in cell["findings"])
+    assert status == EXIT_NOT_DECISIVE and not report["verdict"]["decisive"]

@@ -577,9 +577,14 @@ def add_scalars(series: CellSeries, scalars: Scalars) -> None:
         real = ~is_epoch & ~end_points & ~is_eval[scalars.tag_ids]
         lone = at_summary & is_epoch & ~np.isin(scalars.steps, scalars.steps[real])
         end_points = end_points | lone
+        # The summary's step is the last step trained (the report's step column reads it, as it reads
+        # the step of trainer_state.json's summary record): a last train row may come before it.
         series.end_record = {
-            scalars.tags[t]: v
-            for t, v in zip(scalars.tag_ids[end_points].tolist(), scalars.values[end_points].tolist())
+            "step": int(summary_steps.max()),
+            **{
+                scalars.tags[t]: v
+                for t, v in zip(scalars.tag_ids[end_points].tolist(), scalars.values[end_points].tolist())
+            },
         }
     for split, mask in (("train", ~is_eval[scalars.tag_ids] & ~end_points), ("eval", is_eval[scalars.tag_ids])):
         if not mask.any():
