@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -56,10 +57,15 @@ class Job:
         if rundir.stop_requested(self.cell_dir) or self.signalled:
             self.ended(None, self.signalled or signal.SIGTERM)
             return 128 + (self.signalled or signal.SIGTERM)
-        self.child = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, preexec_fn=_end_with_parent)
+        scratch = self.cell_dir / rundir.SCRATCH_DIR
+        shutil.rmtree(scratch, ignore_errors=True)  # what a job killed with SIGKILL left
+        scratch.mkdir()
+        env = {**os.environ, "TMPDIR": str(scratch)}
+        self.child = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, env=env, preexec_fn=_end_with_parent)
         if self.signalled:  # a signal between the check and the spawn: the trainer must not run on
             self.child.send_signal(self.signalled)
         code = self.child.wait()
+        shutil.rmtree(scratch, ignore_errors=True)
         self.ended(code if code >= 0 else None, -code if code < 0 else None)
         return code if code >= 0 else 128 - code
 

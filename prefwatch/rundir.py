@@ -60,6 +60,9 @@ STATUS_LOCK = ".status.lock"
 SUPERVISOR_LOG = "supervisor.log"
 RESOURCES_FILE = "resources.json"
 JOB_SCRIPT = "job.sh"
+# The trainer's temporary folder (TMPDIR), removed when it ends: libraries that clean their temporary
+# files only at a normal exit (the datasets library's hf_datasets-*) leave them here, not in /tmp.
+SCRATCH_DIR = ".tmp"
 MAX_RECORD_BYTES = 1 << 20  # a status.json or lock larger than this is not one prefwatch wrote
 
 

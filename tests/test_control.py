@@ -158,6 +158,28 @@ def test_a_stop_during_start_is_never_lost(run_dir: Path, tmp_path: Path) -> Non
     lock.close()
 
 
+def test_what_a_stopped_trainer_left_in_its_temporary_folder_is_removed(run_dir: Path, tmp_path: Path) -> None:
+    """A trainer ended by a signal runs no exit handler: the datasets library's hf_datasets-* folders
+    would stay in /tmp for good. The job gives the trainer a TMPDIR of the cell's own and removes it."""
+    lock = hold_lock(run_dir)
+    assert lock is not None
+    made = tmp_path / "made"
+    program = (
+        "import tempfile, pathlib, time; d = tempfile.mkdtemp(prefix='hf_datasets-'); "
+        f"(pathlib.Path(d) / 'cache.arrow').write_bytes(b'x'); pathlib.Path({str(made)!r}).write_text(d); time.sleep(120)"
+    )
+    cell = run_dir / "cells" / "dpo-r8"
+    spawner = LocalBackend()
+    spawner.start(cell, stand_in(cell, program))
+    wait_for(made.exists, 60, "the stand-in trainer to make its temporary folder")
+    left = Path(made.read_text())
+    assert left.parent == cell / rundir.SCRATCH_DIR and left.is_dir()
+    assert jobs.request_stop(run_dir, ["dpo-r8"], grace=10).stopped == ["dpo-r8"]
+    assert spawner.processes[cell].wait(timeout=30) == 128 + signal.SIGTERM
+    assert not left.exists() and not (cell / rundir.SCRATCH_DIR).exists()
+    lock.close()
+
+
 def write_grid(tmp_path: Path, name: str, steps: int, data: str | None = None) -> Path:
     text = (ROOT / "examples" / "tiny-grid.toml").read_text()
     text = text.replace('name = "tiny-demo"', f'name = "{name}"').replace("max_steps = 100", f"max_steps = {steps}")
