@@ -254,14 +254,22 @@ def test_a_log_prefwatch_does_not_read_is_named_with_the_reason(corpus: Path, ca
 
 
 def test_the_whole_corpus_opens_with_every_run_found_or_named(corpus: Path, capsys) -> None:
-    """The corpus folder itself: runs one, two and three levels down are cells; the progress log is named."""
+    """The corpus folder itself: runs one, two and three levels down are cells; the progress log and
+    the console log (a run logged only to the screen) are named, not dropped."""
     status, report = report_json(corpus, capsys=capsys)
     ids = {c["id"] for c in report["cells"]}
     assert {"soup-dpo-takehome", "distill-safety/outputs/dpo", "simpo-training/simpo-test"} <= ids
     assert len(ids) == sum(len(c.cells) for c in CASES)
     assert status == EXIT_NOT_DECISIVE
     grid = open_path(corpus)
-    assert [str(where) for where, _ in grid.skipped] == ["hykun-360-llama-factory"]
+    assert [(str(where), why.split(" is ")[0]) for where, why in grid.skipped] == [
+        ("hykun-360-llama-factory", "trainer_log.jsonl"),
+        ("mabelgao/2026-04-11-llama3_8b_instruct_dpo_qlora", "simpo_train_local.log"),
+    ]
+    main(["report", str(corpus), "--format", "md"])
+    assert "not read: mabelgao/2026-04-11-llama3_8b_instruct_dpo_qlora: simpo_train_local.log is a console log" in (
+        capsys.readouterr().out
+    )
 
 
 # ---- labels against the logs -------------------------------------------------------------

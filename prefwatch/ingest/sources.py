@@ -39,6 +39,13 @@ UNREAD_LOGS = {
     "trainer_log.jsonl": "LLaMA-Factory's progress log (loss and accuracy only); prefwatch reads the "
     "run's trainer_state.json, which LLaMA-Factory writes beside it",
 }
+# A folder of runs names, among the folders it skips, those holding console logs (a Trainer's
+# printed records): a run logged only to the console is a run the user expects to see.
+CONSOLE_LOG = "*.log"
+CONSOLE_LOG_WHY = (
+    "a console log (printed records, not a log prefwatch reads); point prefwatch at the run's "
+    "trainer_state.json, metrics.jsonl or TensorBoard events"
+)
 
 
 class SourceError(ValueError):
@@ -508,15 +515,24 @@ def find_cells(root: Path, depth: int = SEARCH_DEPTH) -> tuple[list[CellSource],
                 if cell is not None:
                     cells.append(cell)
                     continue
-                unread = [name for name in UNREAD_LOGS if (child / name).is_file()]
-                if unread:
-                    skipped.append((child.relative_to(root), f"{unread[0]} is {UNREAD_LOGS[unread[0]]}"))
+                unread = _unread(child)
+                if unread is not None:
+                    skipped.append((child.relative_to(root), f"{unread[0]} is {unread[1]}"))
                 below.append(child)
         level = below
-    unread = [name for name in UNREAD_LOGS if (root / name).is_file()]
-    if unread:
-        skipped.insert(0, (Path(unread[0]), UNREAD_LOGS[unread[0]]))
+    unread = _unread(root)
+    if unread is not None:
+        skipped.insert(0, (Path(unread[0]), unread[1]))
     return cells, skipped
+
+
+def _unread(folder: Path) -> tuple[str, str] | None:
+    """(file, why) for a folder that is not a run but holds a file that looks like a log, or None."""
+    for name, why in UNREAD_LOGS.items():
+        if (folder / name).is_file():
+            return name, why
+    console = sorted(p.name for p in folder.glob(CONSOLE_LOG) if p.is_file())
+    return (console[0], CONSOLE_LOG_WHY) if console else None
 
 
 def _subfolders(folder: Path) -> list[Path]:
