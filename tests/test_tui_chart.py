@@ -149,3 +149,53 @@ def test_a_cell_whose_objective_is_unknown_is_named_so_never_question_mark():
     object.__setattr__(grid, "cells", cells)
     titles = [title for title, _ in groups(grid, "rewards/margins")]
     assert titles == ["dpo", "unknown-objective"]
+
+
+def test_a_row_raster_says_unchanged_only_when_a_full_raster_draws_the_same_codes():
+    """RowRaster.extended is the monitor's shortcut past raster() for a point appended to a live row.
+
+    Drawn from random walks (flat runs, NaN, infinities, a fixed scale, edge sizes): whenever it
+    answers True the full raster of the longer curve has exactly its codes; it must answer True
+    often enough to matter (most points of a long row move no dot)."""
+    from prefwatch.tui.widgets.chart import RowRaster, raster
+
+    rng = np.random.default_rng(13)
+    shortcuts = checks = 0
+    for case in range(400):
+        n = int(rng.integers(1, 400))
+        steps = np.cumsum(rng.integers(1, 3, size=n + 40)).astype(float)
+        values = np.cumsum(rng.normal(size=n + 40)) * float(rng.choice([1e-3, 1.0, 50.0]))
+        if case % 7 == 0:
+            values[rng.integers(0, n + 40, size=3)] = np.nan
+        if case % 11 == 0:
+            values[rng.integers(0, n + 40)] = np.inf
+        if case % 13 == 0:
+            values[:] = 0.25  # flat: value_range pads it
+        fixed = (0.0, 1.0) if case % 5 == 0 else None
+        if fixed:
+            values = np.clip(values, 0.0, 1.0)
+        width, height = int(rng.integers(1, 90)), int(rng.integers(1, 5))
+        x_range = (0.0, braille.nice_ceiling(float(steps[n - 1])) * float(rng.choice([1.0, 1.5])))
+        state = RowRaster(Curve(steps[:n], values[:n]), x_range, fixed, width, height)
+        expected, _ = raster([Curve(steps[:n], values[:n])], x_range, fixed, width, height, snap=True)
+        assert all(np.array_equal(a, b) for a, b in zip(state.codes, expected)) and len(state.codes) == len(expected)
+        for more in range(n + 1, n + 40):
+            curve = Curve(steps[:more], values[:more])
+            checks += 1
+            if state.extended(curve, x_range, fixed, width, height):
+                shortcuts += 1
+                codes, _ = raster([curve], x_range, fixed, width, height, snap=True)
+                assert len(codes) == len(state.codes) and all(np.array_equal(a, b) for a, b in zip(codes, state.codes))
+            else:
+                state = RowRaster(curve, x_range, fixed, width, height)
+    assert shortcuts > checks // 4
+
+
+def test_a_row_raster_notices_a_row_completed_in_place():
+    from prefwatch.tui.widgets.chart import RowRaster
+
+    steps, values = np.arange(1.0, 101.0), np.linspace(0.0, 1.0, 100)
+    values[-1] = np.nan
+    state = RowRaster(Curve(steps[:100], values[:100]), (0.0, 1000.0), None, 40, 2)
+    values[-1] = 0.5  # the same array: the last row's value arrived later (TensorBoard)
+    assert not state.extended(Curve(steps[:100], values[:100]), (0.0, 1000.0), None, 40, 2)

@@ -103,6 +103,11 @@ def value_range(spans: list[Spans]) -> tuple[float, float] | None:
         return None
     low = float(min(np.nanmin(v) for v in lows))
     high = float(max(np.nanmax(s.highs) for s in spans if np.isfinite(s.highs).any()))
+    return padded_range(low, high)
+
+
+def padded_range(low: float, high: float) -> tuple[float, float]:
+    """``low``..``high``, widened when flat so that a constant curve sits mid-height."""
     if high - low < 1e-12:
         pad = max(abs(high) * 0.05, 0.5)
         return low - pad, high + pad

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -111,11 +112,12 @@ class CellView:
     def stoppable(self) -> bool:
         return self.managed and self.state not in jobs.ENDED_STATES
 
-    @property
+    @cached_property
     def x_range(self) -> tuple[float, float]:
         """Steps spanned by the panel's charts: up to max_steps when known, so progress reads as width;
         else up to a round bound past the last step (nice_ceiling), so that the axis, and with it every
-        dot of the charts, does not move with each new line (a plain log would repaint every chart)."""
+        dot of the charts, does not move with each new line (a plain log would repaint every chart).
+        Computed once per view: each of a panel's rows asks for it at every refresh."""
         last = max((float(c.steps[-1]) for c in self.curves.values() if len(c)), default=0.0)
         end = max(float(self.max_steps or 0), last)
         if not self.max_steps and end > 0:

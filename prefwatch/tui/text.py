@@ -16,6 +16,15 @@ def literal(value: object, style: str = "") -> Content:
     return content.stylize(style) if style else content
 
 
+def same_content(a: object, b: object) -> bool:
+    """Whether two Contents show the same text in the same styles (Content's own ``==`` compares
+    the text only). A widget updated with what it already shows is skipped: each update is a
+    repaint and a message through Textual, several per panel at every refresh."""
+    if not isinstance(a, Content) or not isinstance(b, Content):
+        return False
+    return a.plain == b.plain and list(a.spans) == list(b.spans)
+
+
 def terminal_line(raw: str) -> str:
     """What a terminal would leave on screen of one output line: the text after its last carriage
     return (progress bars redraw themselves with ``\\r``), with ANSI colour sequences removed."""

@@ -22,8 +22,8 @@ from textual.widgets import Static
 
 from prefwatch.textsafe import plain
 from prefwatch.tui.model import PANEL_CURVES, CellView, Curve, format_value
-from prefwatch.tui.text import literal
-from prefwatch.tui.widgets.chart import raster, same_codes, strips_of
+from prefwatch.tui.text import literal, same_content
+from prefwatch.tui.widgets.chart import RowRaster, same_codes, strips_of
 
 STATE_STYLES = {
     "queued": "$text-muted",
@@ -72,6 +72,7 @@ class MetricRow(Widget):
         self._strips_size: tuple[int, int] = (0, 0)
         self._codes: list[np.ndarray] | None = None
         self._codes_size: tuple[int, int] = (0, 0)  # the size the codes were computed for, when fresh
+        self._raster: RowRaster | None = None  # the codes on screen and what they were computed from
         self._row_styles: dict[str, Style] | None = None
         self.repaints = 0  # whole-row repaints (tests read it: a new value alone repaints its text only)
 
@@ -91,12 +92,18 @@ class MetricRow(Widget):
         width, height = self.outer_size
         self._codes_size = (0, 0)  # codes not computed for this curve: _draw computes them
         if self._strips is not None and self._strips_size == (width, height) and width > self.gutter_width:
-            codes, _ = raster([curve], cell.x_range, self._y_range, width - self.gutter_width, height, snap=True)
-            if same_codes(codes, self._codes):
+            chart = (cell.x_range, self._y_range, width - self.gutter_width, height)
+            drawn = self._raster
+            if drawn is None or not drawn.extended(curve, *chart):
+                drawn = self._raster = RowRaster(curve, *chart)
+                unchanged = same_codes(drawn.codes, self._codes)
+            else:
+                unchanged = True  # the new points light no new dot: no raster at all
+            if unchanged:
                 self._strips[0] = self._first_line(self._strips[0], width)
                 self.refresh(Region(0, 0, self.gutter_width, 1))
                 return
-            self._codes, self._codes_size = codes, (width, height)  # _draw takes them: one raster, not two
+            self._codes, self._codes_size = drawn.codes, (width, height)  # _draw takes them: one raster, not two
         self._strips = None
         self.refresh()
 
@@ -139,9 +146,11 @@ class MetricRow(Widget):
         self.repaints += 1
         base = self._style("base")
         chart_width = max(0, width - self.gutter_width)
-        curves = [self._curve] if self._curve is not None else []
         if self._codes is None or self._codes_size != (width, height):
-            self._codes, _ = raster(curves, self._x_range, self._y_range, chart_width, height, snap=True)
+            self._raster = None
+            if self._curve is not None:
+                self._raster = RowRaster(self._curve, self._x_range, self._y_range, chart_width, height)
+            self._codes = self._raster.codes if self._raster is not None else []
         self._codes_size = (0, 0)
         charts = strips_of(self._codes, [self._style("curve")], base, chart_width, height)
         blank = Strip.blank(self.gutter_width, base)
@@ -204,6 +213,7 @@ class CellPanel(Vertical, can_focus=True):
         self._status = Static(classes="cell-status")
         self._rows = [MetricRow(key, label) for key, label in PANEL_CURVES]
         self._reason = Static(classes="cell-reason")
+        self._shown_text: tuple[Content | None, Content | None] = (None, None)  # status and reason on screen
         self.border_title = literal(cell.id)
 
     def compose(self) -> ComposeResult:
@@ -228,10 +238,15 @@ class CellPanel(Vertical, can_focus=True):
         if not force and cell.version == self._shown_version:
             return False
         self._shown_version = cell.version
-        self._status.update(status_line(cell), layout=False)
+        status, reason = status_line(cell), literal(cell.reason or "")
+        shown_status, shown_reason = self._shown_text
+        if not same_content(status, shown_status):
+            self._status.update(status, layout=False)
         for row in self._rows:
             row.show(cell)
-        self._reason.update(literal(cell.reason or ""), layout=False)
+        if not same_content(reason, shown_reason):
+            self._reason.update(reason, layout=False)
+        self._shown_text = (status, reason)
         self.set_class(cell.severity == "warn", "-warn")
         self.set_class(cell.severity == "error", "-error")
         return True

@@ -7,11 +7,13 @@ from textual.widgets import Static
 
 from prefwatch.bands import SPREAD
 from prefwatch.tui.model import GridView
-from prefwatch.tui.text import literal
+from prefwatch.tui.text import literal, same_content
 
 
 class SummaryStrip(Static):
     """Line 1: grid, source and cell states. Line 2: verdict headline and its first reason. Line 3: main effects."""
+
+    _shown: Content | None = None  # what the strip shows: the same text again is not repainted
 
     DEFAULT_CSS = """
     SummaryStrip {
@@ -27,7 +29,10 @@ class SummaryStrip(Static):
         height = 4 if grid is not None and grid.seeds else 3  # a line for the seeds' spread
         if self.styles.height is None or self.styles.height.value != height:
             self.styles.height = height
-        self.update(summary_text(grid, source, message), layout=False)
+        text = summary_text(grid, source, message)
+        if not same_content(text, self._shown):
+            self.update(text, layout=False)
+            self._shown = text
 
 
 def summary_text(grid: GridView | None, source: str, message: str | None = None) -> Content:
