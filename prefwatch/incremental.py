@@ -29,9 +29,9 @@ class IncrementalAnalysis:
     """Keeps each cell's analysis with the version it was made from; ``update()`` redoes the stale ones.
 
     ``findings_age`` trades exactness for work on busy grids: a cell whose only change is more
-    train rows keeps its analysis until that analysis is this many seconds old (its values and
+    train rows keeps its analysis while it is younger than half this many seconds (its values and
     curves are new at once: they are read from the live series; its findings follow within
-    ``findings_age``). Anything else (an evaluation, per-pair results, a NaN, a resumed run, the
+    ``findings_age``: ``due_in`` says when the caller must update again if nothing else comes). Anything else (an evaluation, per-pair results, a NaN, a resumed run, the
     end, a status change, a read error) is analysed at once. With 0 (the default) the result
     equals ``analyse()`` after every update.
     """
@@ -52,6 +52,7 @@ class IncrementalAnalysis:
         self._cells: dict[str, _Cached] = {}
         self._full_at = float("-inf")
         self.owed = False  # some cell's findings wait for findings_age: call update() again by then
+        self.due_in = float("inf")  # seconds until the first owed findings are due (inf: none owed)
         self.last: GridAnalysis | None = None
 
     def update(self) -> GridAnalysis | None:
@@ -65,18 +66,24 @@ class IncrementalAnalysis:
             self._full_at = time.monotonic()
         jobs.hand_statuses(source)  # a launched cell's status, read by the jobs layer (readers never look)
         stale, touched = [], set()
+        due_in = float("inf")
         for cell in source.cells:
             urgent, rows = urgent_version(cell), train_version(cell)
             cached = self._cells.get(cell.id)
             if cached is None or full or cached.urgent != urgent:
                 stale.append((cell, urgent, rows))
             elif cached.rows != rows:
-                if time.monotonic() - cached.at >= self.findings_age:
+                age = time.monotonic() - cached.at
+                # Redone by any read past half the age, so that lines that come every second or so
+                # bring the findings along before the follow-up read at findings_age is due.
+                if age >= self.findings_age / 2:
                     stale.append((cell, urgent, rows))
                 else:
                     touched.add(cell.id)  # new train rows only: the view is new, the findings follow
+                    due_in = min(due_in, self.findings_age - age)
         self.changed = touched | {cell.id for cell, _, _ in stale}
         self.owed = bool(touched)
+        self.due_in = due_in
         if not self.changed and self.last is not None:
             return None
         if stale:

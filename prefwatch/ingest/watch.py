@@ -74,6 +74,9 @@ class Follower:
         self._observer: object | None = None
         self._snapshot: Snapshot = {}
         self._last_call = float("-inf")
+        self._due = float("inf")  # time.monotonic() of a callback asked for with nudge(after=...)
+        self._nudged = False  # nudge() was called: the next callback is owed whatever the files say
+        self._event_at = float("-inf")  # when the last change event woke the follower
 
     @property
     def mode(self) -> str:
@@ -101,8 +104,17 @@ class Follower:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
-    def nudge(self) -> None:
-        """Ask for a callback soon although no file changed (state that depends on time or on processes)."""
+    def nudge(self, after: float = 0.0) -> None:
+        """Ask for a callback soon although no file changed (state that depends on time or on processes).
+
+        ``after`` > 0: a callback that many seconds from now, unless another callback comes first
+        (any callback serves it: the owner asks again from that callback if it still needs one).
+        Kept by the follower's own thread, no timer thread per request; asked from another thread
+        than the callback's, it may come up to ``interval`` late."""
+        if after > 0:
+            self._due = min(self._due, time.monotonic() + after)
+            return
+        self._nudged = True
         self._wake.set()
 
     def __enter__(self) -> Follower:
@@ -113,14 +125,31 @@ class Follower:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            woken = self._wake.wait(self.interval)
-            if woken and self.settle > 0:
-                self._stopping.wait(self.settle)
+            woken = self._wake.wait(max(0.0, min(self.interval, self._due - time.monotonic())))
+            streaming = False
+            if woken:
+                now = time.monotonic()
+                # Leading edge: the first event after a quiet spell is read at once (a line logged
+                # every few seconds is on screen within milliseconds). Within a stream of events,
+                # wait ``settle`` so that one callback takes several writes.
+                streaming = now - self._event_at < max(self.settle, self.min_interval)
+                self._event_at = now
+                if streaming and self.settle > 0:
+                    self._stopping.wait(self.settle)
             if self._stopping.is_set():
                 return
             self._wake.clear()
+            nudged, self._nudged = self._nudged, False
+            due = time.monotonic() >= self._due  # a callback asked for with nudge(after=...)
             current = snapshot(self.paths)
-            changed = woken or current != self._snapshot
+            if nudged or due:
+                changed = True
+            elif woken and not streaming:
+                changed = True
+            else:
+                # The trailing events of writes already read (modify, then close) change nothing on
+                # disk since the last look: no callback. The fallback poll lands here as well.
+                changed = current != self._snapshot
             self._snapshot = current
             if changed and self._throttle():
                 self._call()
@@ -142,6 +171,7 @@ class Follower:
 
     def _call(self) -> None:
         self._last_call = time.monotonic()
+        self._due = float("inf")  # this callback serves a pending nudge(after=...)
         self.callbacks += 1
         try:
             self.on_change()

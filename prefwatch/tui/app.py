@@ -297,9 +297,13 @@ class MonitorApp(App[int]):
 
     def _follow_up(self) -> None:
         """When a cell's findings wait (it only gained train rows), read again once they are due,
-        even if no line comes meanwhile."""
+        even if no line comes meanwhile. The follower keeps the time (no timer thread); a line that
+        comes first is read, with the findings then due, instead."""
         analysis = self._incremental.analysis
-        if analysis.owed and not self._follow_up_pending:
+        follower = self.follower
+        if analysis.owed and follower is not None:
+            follower.nudge(after=max(0.001, analysis.due_in))
+        elif analysis.owed and not self._follow_up_pending:  # before the follower starts (first read)
             self._follow_up_pending = True
 
             def due() -> None:
@@ -573,9 +577,9 @@ class IncrementalViews:
     def __init__(
         self, source: GridSource, heartbeat: float = HEARTBEAT_SECONDS, clock: Callable[[], float] = time.time
     ) -> None:
-        # Findings of a cell that only gained train rows are redone at most every 1 s (4 cells) to
-        # 4 s (64 cells): diagnosing is most of a busy grid's cost; its values are new at once.
-        findings_age = min(HEARTBEAT_SECONDS, max(1.0, len(source.cells) / 16))
+        # Findings of a cell that only gained train rows are redone every 1-2 s (4 cells) to 2-4 s
+        # (64 cells): diagnosing is most of a busy grid's cost; its values are new at once.
+        findings_age = min(HEARTBEAT_SECONDS, max(2.0, len(source.cells) / 16))
         self.analysis = IncrementalAnalysis(source, heartbeat, clock, findings_age)
         self._views: dict[str, tuple[CellAnalysis, CellView]] = {}
         self.last: GridView | None = None
