@@ -103,7 +103,14 @@ class MetricRow(Widget):
                 self._strips[0] = self._first_line(self._strips[0], width)
                 self.refresh(Region(0, 0, self.gutter_width, 1))
                 return
+            lines = changed_lines(self._codes, drawn.codes)
             self._codes, self._codes_size = drawn.codes, (width, height)  # _draw takes them: one raster, not two
+            if lines is not None:
+                # A dot or two moved (the curve reached a new pixel column): only the lines holding
+                # them are repainted, and the value's; Textual's cost per frame grows with dirty lines.
+                self._strips = self._draw(width, height)
+                self.refresh(*(Region(0, y, width, 1) for y in sorted({0, *lines})))
+                return
         self._strips = None
         self.refresh()
 
@@ -169,6 +176,18 @@ class MetricRow(Widget):
     def _first_line(self, old: Strip, width: int) -> Strip:
         chart = old.crop(self.gutter_width, width)
         return Strip.join([self._gutter_strip(), chart]).adjust_cell_length(width, self._style("base"))
+
+
+def changed_lines(old: list[np.ndarray] | None, new: list[np.ndarray]) -> list[int] | None:
+    """The text lines whose braille codes differ (None when the charts are not comparable line by line)."""
+    if old is None or len(old) != len(new) or any(a.shape != b.shape for a, b in zip(old, new)):
+        return None
+    if not new:
+        return []
+    differ = np.zeros(new[0].shape[0], dtype=bool)
+    for a, b in zip(old, new):
+        differ |= (a != b).any(axis=1)
+    return [int(y) for y in np.flatnonzero(differ)]
 
 
 class CellPanel(Vertical, can_focus=True):
