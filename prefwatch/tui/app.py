@@ -389,13 +389,15 @@ class MonitorApp(App[int]):
         lines = [a.short for a in news]
         worst = max(("info", "warn", "error").index(a.severity) for a in news)
         severity: SeverityLevel = ("information", "warning", "error")[worst]
-        self.notify(
-            plain("\n".join(lines[:4] + ([f"and {len(lines) - 4} more"] if len(lines) > 4 else []))),
-            severity=severity,
-            markup=False,
-            timeout=6,
-        )
-        self.bell()
+        text = plain("\n".join(lines[:4] + ([f"and {len(lines) - 4} more"] if len(lines) > 4 else [])))
+
+        def toast() -> None:
+            self.notify(text, severity=severity, markup=False, timeout=6)
+            self.bell()
+
+        # After the frame that shows the new values: a toast mounts a widget and lays the screen
+        # out again (tens of milliseconds), which would hold those values back.
+        self.call_after_refresh(toast)
 
     def _grid_screen(self) -> GridScreen:
         screen = self.screen_stack[0]
