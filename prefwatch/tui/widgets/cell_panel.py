@@ -88,6 +88,7 @@ class MetricRow(Widget):
         if key == self._data_key:
             return
         self._data_key = key
+        same_text = text == self.value_text
         self.value_text, self._curve, self._x_range = text, curve, cell.x_range
         width, height = self.outer_size
         self._codes_size = (0, 0)  # codes not computed for this curve: _draw computes them
@@ -100,6 +101,8 @@ class MetricRow(Widget):
             else:
                 unchanged = True  # the new points light no new dot: no raster at all
             if unchanged:
+                if same_text:
+                    return  # a new point at the same pixels, its value the same to the digits shown
                 self._strips[0] = self._first_line(self._strips[0], width)
                 self.refresh(Region(0, 0, self.gutter_width, 1))
                 return
