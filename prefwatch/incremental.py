@@ -29,7 +29,7 @@ class IncrementalAnalysis:
     """Keeps each cell's analysis with the version it was made from; ``update()`` redoes the stale ones.
 
     ``findings_age`` trades exactness for work on busy grids: a cell whose only change is more
-    train rows keeps its analysis while it is younger than half this many seconds (its values and
+    train rows keeps its analysis while it is younger than three quarters of this many seconds (its values and
     curves are new at once: they are read from the live series; its findings follow within
     ``findings_age``: ``due_in`` says when the caller must update again if nothing else comes). Anything else (an evaluation, per-pair results, a NaN, a resumed run, the
     end, a status change, a read error) is analysed at once. With 0 (the default) the result
@@ -74,9 +74,9 @@ class IncrementalAnalysis:
                 stale.append((cell, urgent, rows))
             elif cached.rows != rows:
                 age = time.monotonic() - cached.at
-                # Redone by any read past half the age, so that lines that come every second or so
-                # bring the findings along before the follow-up read at findings_age is due.
-                if age >= self.findings_age / 2:
+                # Redone by any read past three quarters of the age, so that lines that come every
+                # second or so bring the findings along before the follow-up read at findings_age.
+                if age >= self.findings_age * 0.75:
                     stale.append((cell, urgent, rows))
                 else:
                     touched.add(cell.id)  # new train rows only: the view is new, the findings follow

@@ -579,9 +579,10 @@ class IncrementalViews:
     def __init__(
         self, source: GridSource, heartbeat: float = HEARTBEAT_SECONDS, clock: Callable[[], float] = time.time
     ) -> None:
-        # Findings of a cell that only gained train rows are redone every 1-2 s (4 cells) to 2-4 s
-        # (64 cells): diagnosing is most of a busy grid's cost; its values are new at once.
-        findings_age = min(HEARTBEAT_SECONDS, max(2.0, len(source.cells) / 16))
+        # Findings of a cell that only gained train rows are redone every 1.5-2 s (4 cells) to
+        # 3.75-5 s (64 cells; the heartbeat redoes every cell by 5 s anyway): diagnosing is most
+        # of a busy grid's cost; its values are new at once.
+        findings_age = min(HEARTBEAT_SECONDS, max(2.0, len(source.cells) / 12))
         self.analysis = IncrementalAnalysis(source, heartbeat, clock, findings_age)
         self._views: dict[str, tuple[CellAnalysis, CellView]] = {}
         self.last: GridView | None = None
