@@ -111,6 +111,34 @@ def test_nudge_asks_for_a_callback_without_a_change(cell):
         assert calls.wait_for(1)
 
 
+def test_a_write_after_a_quiet_spell_is_read_at_once_and_its_trailing_events_make_no_callback(cell):
+    """Leading edge: the first event is not held for the settle window; the write's later events
+    (close after modify) find nothing new on disk and are not delivered again."""
+    calls = Calls(work=lambda: (cell / "metrics.jsonl").read_bytes())
+    with Follower([cell], calls, interval=60, settle=3.0):
+        append(cell / "metrics.jsonl")
+        assert calls.wait_for(1, timeout=2.5)  # a settle on the first event would take 3 s
+        time.sleep(4.0)  # the trailing events' settle, and then some
+        assert calls.count == 1
+
+
+def test_a_delayed_nudge_calls_back_once_due_without_a_timer_thread(cell):
+    follower: Follower
+    timers: list[threading.Thread] = []
+
+    def first_asks_again() -> None:
+        if calls.count == 0:
+            follower.nudge(after=0.3)
+            timers.extend(t for t in threading.enumerate() if isinstance(t, threading.Timer))
+
+    calls = Calls(work=first_asks_again)
+    with Follower([cell], calls, interval=60) as follower:
+        follower.nudge()
+        assert calls.wait_for(2, timeout=10)  # nothing changed on disk: the second is the delayed nudge
+    assert calls.times[1] - calls.times[0] >= 0.29
+    assert not timers
+
+
 def test_stop_is_clean_and_idempotent(cell):
     follower = Follower([cell], Calls(), poll=True).start()
     thread = follower._thread
