@@ -33,8 +33,14 @@ MODULES: dict[str, list[str]] = {
         "tests/test_verdicts_pinned.py",
         "tests/test_series_fold.py",
     ],
-    "prefwatch/grid.py": ["tests/test_grid.py"],
-    "prefwatch/analysis.py": ["tests/test_verdicts_pinned.py", "tests/test_report.py"],
+    "prefwatch/grid.py": ["tests/test_grid.py", "tests/test_grid_edges.py"],
+    "prefwatch/analysis.py": [
+        "tests/test_analysis.py",
+        "tests/test_verdicts_pinned.py",
+        "tests/test_report.py",
+        "tests/test_system.py",
+        "tests/test_real_logs.py",
+    ],
     "prefwatch/ingest/tail.py": ["tests/test_ingest.py", "tests/test_tail_edges.py"],
     "prefwatch/series.py": ["tests/test_ingest.py", "tests/test_diagnose.py", "tests/test_series_fold.py"],
 }
@@ -80,13 +86,22 @@ def run_module(module: str, tests: list[str], children: int, keep: Path | None) 
             line.split(":")[0].strip() for line in results.splitlines() if line.endswith((": survived", ": no tests"))
         ]
         if keep is not None:
-            (keep / (module.replace("/", "_") + ".survivors.txt")).write_text("\n".join(survivors) + "\n")
-            for name in survivors:
-                diff = subprocess.run(
-                    [sys.executable, "-m", "mutmut", "show", name], cwd=scratch, env=env, capture_output=True, text=True
-                ).stdout
-                with open(keep / (module.replace("/", "_") + ".survivors.diff"), "a") as f:
-                    f.write(diff + "\n")
+            stem = keep / module.replace("/", "_")
+            stem.with_name(stem.name + ".survivors.txt").write_text("\n".join(survivors) + "\n")
+            with open(stem.with_name(stem.name + ".survivors.diff"), "w") as f:
+                for name in survivors:
+                    shown = subprocess.run(
+                        [sys.executable, "-m", "mutmut", "show", name],
+                        cwd=scratch,
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                    )
+                    f.write(f"# {name}\n{shown.stdout or shown.stderr}\n")
+            # The scratch copy stays for review: `mutmut show NAME` / `mutmut apply NAME` in it.
+            kept = stem.with_name(stem.name + ".scratch")
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.move(scratch, kept)
         return counts
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -96,7 +111,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modules", nargs="*", help="modules to mutate (default: all of the core's listed ones)")
     parser.add_argument("--children", type=int, default=2, help="mutants tested at once (default 2)")
-    parser.add_argument("--keep", type=Path, help="a folder for each module's surviving mutants (name and diff)")
+    parser.add_argument(
+        "--keep", type=Path, help="a folder for each module's surviving mutants (names, diffs, the scratch copy)"
+    )
     args = parser.parse_args()
     modules = args.modules or list(MODULES)
     if args.keep:

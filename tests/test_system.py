@@ -112,7 +112,10 @@ def test_idle_gpu_is_a_warning_that_leaves_the_verdict_alone(tmp_path: Path, mon
     grid.cells[0].system = samples(2.0, 50.0, 240)
     monkeypatch.setattr(type(grid.cells[0]), "status", lambda self, alive=None: _running())
     cell_analysis = analyse(grid).cells[0]
-    assert [f.kind for f in cell_analysis.diagnosis.findings if f.kind.startswith("gpu")] == ["gpu_idle"]
+    gpu = [f for f in cell_analysis.diagnosis.findings if f.kind.startswith("gpu")]  # the last 3 min of samples
+    assert [(f.kind, f.severity, f.message, f.step) for f in gpu] == [
+        ("gpu_idle", "warn", "gpu0 busy under 10% of the time for 3 min", None)
+    ]
     assert cell_analysis.diagnosis.clean == before
 
 

@@ -1,0 +1,343 @@
+"""The grid file's validator at its edges: the exact line each mistake gets (file, line, key, message), the
+values just inside each limit that must load, and the defaults a cell.json takes from the same tables.
+
+test_grid.py checks a corpus of broken files for the right line and key; here the whole message is
+pinned, one case per check, so a changed bound, a lost suggestion or a garbled label fails.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from prefwatch.grid import (
+    Field,
+    GridError,
+    _positive,
+    cell_defaults,
+    load_grid,
+    load_tables,
+    objective_defaults,
+    sbatch_own_option,
+    setting,
+    table_docs,
+    table_fields,
+)
+
+CHOICES = "'auto', 'bf16', 'fp16', 'fp32'"
+DEVICES = 'must be "auto", "cpu" or a list of GPU indices'
+
+# (grid file text, the message after the file's path), each worked out from grid.py's checks.
+BAD = {
+    "webhook not http": (
+        '[alerts]\nwebhook = "ftp://example.org/x"\n',
+        ":2: [alerts] webhook: must be an http(s) URL (Slack or Discord incoming webhook)",
+    ),
+    "command without a program": (
+        '[alerts]\ncommand = ["", "x"]\n',
+        ":2: [alerts] command: the first entry is the program to run; it must not be empty",
+    ),
+    "unknown stop reason after a known one": (
+        '[policy]\nstop_on = ["non_finite", "overoptimisation"]\n',
+        ":2: [policy] stop_on: unknown reason 'overoptimisation' (did you mean 'overoptimization'?);"
+        " one of non_finite, overoptimization",
+    ),
+    "dtype with a suggestion": (
+        '[model]\ndtype = "bf32"\n',
+        f":2: [model] dtype: must be one of {CHOICES}, got 'bf32' (did you mean 'fp32'?)",
+    ),
+    "dtype without a suggestion": (
+        '[model]\ndtype = "zzz"\n',
+        f":2: [model] dtype: must be one of {CHOICES}, got 'zzz'",
+    ),
+    "zero steps": ("[train]\nmax_steps = 0\n", ":2: [train] max_steps: must be > 0, got 0"),
+    "negative warmup": ("[train]\nwarmup_steps = -1\n", ":2: [train] warmup_steps: must be >= 0, got -1"),
+    "dotted key at the top": ("train.max_steps = 0\n", ":1: [train] max_steps: must be > 0, got 0"),
+    "a default past max_steps: the table's header line": (
+        "[train]\nmax_steps = 5\n[lora]\nalpha = 8\n",
+        ":1: [train] eval_every: 10 is more than max_steps (5): no evaluation would run",
+    ),
+    "warmup as long as the run (evaluating at the last step is fine)": (
+        "[train]\nmax_steps = 5\neval_every = 5\nwarmup_steps = 5\n",
+        ":4: [train] warmup_steps: must be below max_steps (5)",
+    ),
+    "unknown nested table": (
+        "[train]\nmax_steps = 5\n[train.extra.deeper]\nx = 1\n",
+        ":3: [train] extra: unknown key",
+    ),
+    "spaced header": ("[objectives . simpo]\nbeta = -1.0\n", ":2: [objectives.simpo] beta: must be > 0, got -1.0"),
+    "quoted header": ('[objectives."simpo"]\ngamma = -1\n', ":2: [objectives.simpo] gamma: must be >= 0, got -1.0"),
+    "name not a string": ("name = 3\n", ":1: name: must be a string, got int"),
+    "name with two dots": (
+        'name = "a..b"\n',
+        ":1: name: must be a plain folder name (letters, digits, '.', '_', '-'), got 'a..b'",
+    ),
+    "table not a table": ("train = 3\n", ":1: train: must be a table, got int"),
+    "string not a string": ("[model]\nname = 3\n", ":2: [model] name: must be a non-empty string, got int 3"),
+    "optional string empty": ('[slurm]\naccount = ""\n', ":2: [slurm] account: must be a non-empty string, got str ''"),
+    "integer list with a float": (
+        "[grid]\nranks = [8, 1.5]\n",
+        ":2: [grid] ranks: must be a list of integers, got list [8, 1.5]",
+    ),
+    "integer list with a boolean": (
+        "[grid]\nranks = [8, true]\n",
+        ":2: [grid] ranks: must be a list of integers, got list [8, True]",
+    ),
+    "number list with a string": (
+        '[grid]\nbetas = [0.1, "x"]\n',
+        ":2: [grid] betas: must be a list of numbers, got list [0.1, 'x']",
+    ),
+    "string list with a number": (
+        '[grid]\nobjectives = ["dpo", 3]\n',
+        ":2: [grid] objectives: must be a list of strings, got list ['dpo', 3]",
+    ),
+    "modules empty": (
+        '[lora]\ntarget_modules = ""\n',
+        ":2: [lora] target_modules: must be a string or a non-empty list of strings, got str ''",
+    ),
+    "modules with an empty entry": (
+        '[lora]\ntarget_modules = ["q_proj", ""]\n',
+        ":2: [lora] target_modules: must be a string or a non-empty list of strings, got list ['q_proj', '']",
+    ),
+    "held-out share of zero": (
+        "[data]\nheldout = 0\n",
+        ":2: [data] heldout: a held-out fraction must be in (0, 1), got 0",
+    ),
+    "held-out path empty": (
+        '[data]\nheldout = ""\n',
+        ":2: [data] heldout: must be a fraction in (0, 1) or a path to a JSONL file, got str ''",
+    ),
+    "no devices": ("[resources]\ndevices = []\n", f":2: [resources] devices: {DEVICES}, got list []"),
+    "negative device": ("[resources]\ndevices = [-1]\n", f":2: [resources] devices: {DEVICES}, got list [-1]"),
+    "fractional device": ("[resources]\ndevices = [1.5]\n", f":2: [resources] devices: {DEVICES}, got list [1.5]"),
+    "objectives not a table": ("objectives = 3\n", ":1: objectives: must be a table, got int 3"),
+    "unknown objective table": (
+        "[objectives.dpoo]\nbeta = 0.1\n",
+        ":1: [objectives] dpoo: unknown objective (did you mean 'dpo'?)",
+    ),
+    "a beta of zero": ("[grid]\nbetas = [0.0, 0.1]\n", ":2: [grid] betas: every value must be > 0, got 0"),
+    "fp16 on the CPU": (
+        '[model]\ndtype = "fp16"\n[resources]\ndevices = "cpu"\n',
+        ':2: [model] dtype: fp16 conflicts with [resources] devices = "cpu"',
+    ),
+    "more threads than Slurm CPUs": (
+        '[resources]\nbackend = "slurm"\nthreads_per_cell = 3\n[slurm]\ncpus_per_cell = 2\n',
+        ":3: [resources] threads_per_cell: 3 threads need at least as many [slurm] cpus_per_cell (2)",
+    ),
+    "fp16 on Slurm without a GPU": (
+        '[model]\ndtype = "fp16"\n[resources]\nbackend = "slurm"\n',
+        ":2: [model] dtype: fp16 needs a GPU: set [slurm] gpus_per_cell",
+    ),
+    "no objectives": ("[grid]\nobjectives = []\n", ":2: [grid] objectives: must not be empty"),
+    "duplicate ranks": ("[grid]\nranks = [8, 8, 4, 4]\n", ":2: [grid] ranks: duplicate entries: 4, 8"),
+    "a long value is cut in the message": (
+        '[train]\nmax_steps = "' + "x" * 60 + '"\n',
+        ":2: [train] max_steps: must be an integer, got str '" + "x" * 39,
+    ),
+    "Slurm memory with a space": (
+        '[slurm]\nmem = "16 G"\n',
+        ":2: [slurm] mem: must be a Slurm memory size like 16G or 4000M, got '16 G'",
+    ),
+    "TOML error at the end of the document": (
+        "a = [1, 2",
+        ": syntax: not valid TOML: Unclosed array (at end of document)",
+    ),
+    "TOML error on a line": ("x = 1\nx = 2\n", ":2: syntax: not valid TOML: Cannot overwrite a value"),
+}
+
+
+def grid_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "g.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(("text", "message"), list(BAD.values()), ids=list(BAD))
+def test_each_mistake_gets_its_exact_line(tmp_path: Path, text: str, message: str) -> None:
+    path = grid_file(tmp_path, text)
+    with pytest.raises(GridError) as caught:
+        load_grid(path)
+    assert str(caught.value) == f"{path}{message}"
+
+
+@pytest.mark.parametrize("value", ["pairs.json", "./pairs", "/nonexistent-prefwatch/pairs", "~/pairs"])
+def test_values_that_look_like_files_must_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    path = grid_file(tmp_path, f'[data]\nname = "{value}"\n')
+    resolved = (tmp_path / Path(value).expanduser()).resolve()
+    with pytest.raises(GridError) as caught:
+        load_grid(path)
+    assert str(caught.value) == f"{path}:2: [data] name: no such file: {resolved}"
+
+
+def test_a_data_set_id_is_not_a_file(tmp_path: Path) -> None:
+    path = grid_file(tmp_path, '[data]\nname = "org/pairs"\nheldout = 0.5\n')
+    assert load_grid(path).settings.data.name == "org/pairs"
+
+
+def test_a_grid_file_that_cannot_be_read(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.toml"
+    with pytest.raises(GridError) as caught:
+        load_grid(missing)
+    assert str(caught.value) == f"{missing}: file: no such file"
+    assert (caught.value.path, caught.value.line, caught.value.key) == (missing, None, "file")
+    folder = tmp_path / "folder.toml"
+    folder.mkdir()
+    with pytest.raises(GridError) as caught:
+        load_grid(folder)
+    assert str(caught.value) == f"{folder}: file: cannot be read ([Errno 21] Is a directory: '{folder}')"
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b'name = "\xff"\n')
+    with pytest.raises(GridError) as caught:
+        load_grid(latin)
+    assert str(caught.value) == (
+        f"{latin}: file: cannot be read ('utf-8' codec can't decode byte 0xff in position 8: invalid start byte)"
+    )
+
+
+def test_values_just_inside_each_limit_load(tmp_path: Path) -> None:
+    path = grid_file(
+        tmp_path,
+        """
+[model]
+dtype = "bf16"        # local backend, devices by index: no GPU check here
+[train]
+warmup_steps = 0
+seeds = [1, 2]
+[grid]
+objectives = ["dpo"]
+ranks = [1, 2]
+[lora]
+target_modules = ["q_proj", "v_proj"]
+[resources]
+devices = [0, 1]
+threads_per_cell = 4  # [slurm] cpus_per_cell matters only with backend = "slurm"
+[slurm]
+cpus_per_cell = 2
+mem = "16G"
+options = ["--comment=two words=x"]
+[alerts]
+webhook = "https://hooks.example.org/x"
+command = ["notify-send"]
+""",
+    )
+    grid = load_grid(path)
+    s = grid.settings
+    assert grid.path == path and grid.name == "g"
+    assert (s.model.dtype, s.train.warmup_steps, s.lora.target_modules) == ("bf16", 0, ["q_proj", "v_proj"])
+    assert (s.resources.devices, s.slurm.cpus_per_cell, s.slurm.mem) == ([0, 1], 2, "16G")
+    assert s.slurm.options == ["--comment=two words=x"]
+    assert (s.alerts.webhook, s.alerts.command) == ("https://hooks.example.org/x", ["notify-send"])
+    assert [(c.id, c.index, c.rank, c.seed) for c in grid.cells] == [
+        ("dpo-r1-seed1", 0, 1, 1),
+        ("dpo-r1-seed2", 1, 1, 2),
+        ("dpo-r2-seed1", 2, 2, 1),
+        ("dpo-r2-seed2", 3, 2, 2),
+    ]
+
+
+def test_a_slurm_grid_at_its_limits_loads(tmp_path: Path) -> None:
+    path = grid_file(
+        tmp_path,
+        """
+[model]
+dtype = "fp32"
+[resources]
+backend = "slurm"
+threads_per_cell = 2
+[slurm]
+cpus_per_cell = 2
+[alerts]
+webhook = "http://127.0.0.1:9/hook"
+command = []
+[policy]
+stop_on = ["overoptimization", "non_finite"]
+""",
+    )
+    s = load_grid(path).settings
+    assert (s.resources.backend, s.slurm.cpus_per_cell, s.model.dtype) == ("slurm", 2, "fp32")
+    assert (s.alerts.webhook, s.alerts.command) == ("http://127.0.0.1:9/hook", [])
+    assert s.policy.stop_on == ["overoptimization", "non_finite"]
+
+
+def test_slurm_cpus_default_to_the_threads_per_cell(tmp_path: Path) -> None:
+    path = grid_file(tmp_path, "[resources]\nthreads_per_cell = 3\n")
+    assert load_grid(path).settings.slurm.cpus_per_cell == 3
+
+
+def test_load_tables_validates_only_the_tables_asked_for(tmp_path: Path) -> None:
+    # The supervisor's copy of a grid: its relative data path no longer resolves, and must not matter.
+    path = grid_file(tmp_path, '[data]\nname = "./gone.jsonl"\n[alerts]\nmin_interval = 5\n[train]\nmax_steps = 3\n')
+    assert load_tables(path, ("alerts", "policy")) == {
+        "alerts": {"webhook": None, "command": [], "min_interval": 5.0},
+        "policy": {"stop_on": ["non_finite"], "patience": 3},
+    }
+    path.write_text("[train]\nmax_steps = 3\n[alerts]\nmin_interval = -1\n")
+    with pytest.raises(GridError) as caught:
+        load_tables(path, ("alerts",))
+    assert str(caught.value) == f"{path}:4: [alerts] min_interval: must be >= 0, got -1.0"
+
+
+def test_a_cell_json_pins_every_setting(tmp_path: Path) -> None:
+    grid = load_grid(grid_file(tmp_path, ""))
+    assert [c.id for c in grid.cells] == ["dpo-r16", "dpo-r8", "simpo-r16", "simpo-r8"]
+    assert grid.cells[3].to_json("mine") == {
+        "id": "simpo-r8",
+        "index": 3,
+        "grid": "mine",
+        "objective": "simpo",
+        "rank": 8,
+        "seed": 0,
+        "model": {"name": "tiny", "dtype": "auto"},
+        "data": {"name": "tiny-sales", "heldout": 0.2, "max_length": 128, "seed": 1234},
+        "train": {
+            "max_steps": 100,
+            "learning_rate": 5e-4,
+            "batch_size": 8,
+            "eval_batch_size": 10,
+            "grad_accum": 1,
+            "eval_every": 10,
+            "log_every": 1,
+            "save_every": 50,
+            "lr_scheduler": "constant",
+            "warmup_steps": 0,
+        },
+        "objective_params": {"beta": 2.0, "gamma": 1.0},
+        "lora": {"alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
+        "threads": 1,
+    }
+    json.dumps(grid.cells[3].to_json("mine"))  # what launch writes as cell.json
+
+
+def test_a_hand_written_cell_gets_what_a_grid_that_sets_nothing_gives(tmp_path: Path) -> None:
+    first = load_grid(grid_file(tmp_path, "")).cells[0].to_json("g")
+    assert cell_defaults() == {
+        **first,
+        "id": None,
+        "grid": None,
+        "data": {**first["data"], "split": "train"},
+        "objective_params": {},
+    }
+    assert objective_defaults() == {"dpo": {"beta": 0.1}, "simpo": {"beta": 2.0, "gamma": 1.0}, "orpo": {"beta": 0.1}}
+
+
+def test_a_setting_declares_its_default_kind_check_and_comment() -> None:
+    @dataclass
+    class Example:
+        listed: list[int] = setting([1, 2], "int_list", doc="a list")
+        plain: int = setting(3, "int", _positive)
+
+    a, b = Example(), Example()
+    assert (a.listed, a.plain) == ([1, 2], 3)
+    a.listed.append(9)
+    assert b.listed == [1, 2]  # each instance its own list
+    assert table_fields(Example) == {"listed": Field("int_list", [1, 2], None), "plain": Field("int", 3, _positive)}
+    assert table_docs(Example) == {"listed": "a list", "plain": ""}
+
+
+def test_sbatch_option_values_may_hold_equals_signs() -> None:
+    assert sbatch_own_option("--out=/x=y") == "--output"
+    assert sbatch_own_option("--comment=a=b") is None
