@@ -7,6 +7,7 @@ In-process and from real files: crafted run directories (tests/crafted.py) and p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 from crafted import Cell, write_grid
 
 from prefwatch.analysis import analyse, cell_result, objective_source
+from prefwatch.diagnose import DEFAULT
 from prefwatch.ingest.sources import CellSource, open_path
 from prefwatch.peak import At
 
@@ -141,6 +143,18 @@ def test_at_best_without_per_pair_results_there_are_no_wins(tmp_path: Path) -> N
     assert (review.heldout_pairs, review.heldout_pairs_source, review.heldout_pairs_won) == (100, "given", 60)
 
 
+def test_a_kept_adapter_from_a_step_without_per_pair_results_has_no_wins(tmp_path: Path) -> None:
+    # best/best.json names step 35, between evaluations: its pairs cannot be told, not even as the last ones.
+    run = crafted_grid(tmp_path)
+    best = run / "cells" / "dpo-r8" / "best"
+    best.mkdir()
+    (best / "best.json").write_text(json.dumps({"step": 35, "heldout_accuracy": 0.71, "pairs_won": 71, "pairs": 100}))
+    cell = analyse(opened(run)).cells[1]
+    assert cell.best is not None and (cell.best.step, cell.best.index, cell.best.folder) == (35, None, best)
+    result = cell_result(cell, At.BEST)
+    assert result.wins is None and result.diagnosis.review.heldout_pairs_won == 71
+
+
 def test_a_label_the_logs_contradict_is_an_error(tmp_path: Path) -> None:
     run = write_grid(tmp_path, "g", [Cell("dpo-r8", "dpo", 8, 60)])
     info_path = run / "cells" / "dpo-r8" / "cell.json"
@@ -175,6 +189,9 @@ def test_a_silent_live_run_is_stalled_at_the_time_of_analysis(tmp_path: Path) ->
     assert now.state == "stalled" and [f.kind for f in now.diagnosis.findings] == ["stalled"]
     (then,) = analyse(grid, now=last + 2).cells  # two seconds after the last line: not yet
     assert then.state == "running" and then.diagnosis.findings == []
+    patient = dataclasses.replace(DEFAULT, stall_min_seconds=3600.0)  # the thresholds given are the ones used
+    (calm,) = analyse(grid, thresholds=patient).cells
+    assert calm.state == "running" and calm.diagnosis.findings == []
 
 
 def test_where_a_cells_objective_and_preference_come_from(tmp_path: Path) -> None:

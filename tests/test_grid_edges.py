@@ -14,10 +14,13 @@ from pathlib import Path
 import pytest
 
 from prefwatch.grid import (
+    OBJECTIVE_TABLES,
     Field,
     GridError,
+    _one_of,
     _positive,
     cell_defaults,
+    default_settings,
     load_grid,
     load_tables,
     objective_defaults,
@@ -341,3 +344,17 @@ def test_a_setting_declares_its_default_kind_check_and_comment() -> None:
 def test_sbatch_option_values_may_hold_equals_signs() -> None:
     assert sbatch_own_option("--out=/x=y") == "--output"
     assert sbatch_own_option("--comment=a=b") is None
+
+
+def test_a_choice_check_lists_the_choices_and_suggests_the_nearest() -> None:
+    # The checks are built when grid.py is imported; this builds one now, so a change to it shows.
+    check = _one_of("local", "slurm")
+    assert (check("local"), check("slurm")) == (None, None)
+    assert check("slurn") == "must be one of 'local', 'slurm', got 'slurn' (did you mean 'slurm'?)"
+    assert check("k8s") == "must be one of 'local', 'slurm', got 'k8s'"
+
+
+def test_default_settings_hold_every_objectives_defaults() -> None:
+    settings = default_settings()
+    assert settings.objectives == {name: cls() for name, cls in OBJECTIVE_TABLES.items()}
+    assert (settings.train.max_steps, settings.grid.ranks, settings.resources.backend) == (100, [16, 8], "local")
