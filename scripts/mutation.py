@@ -32,6 +32,8 @@ MODULES: dict[str, list[str]] = {
         "tests/test_decide.py",
         "tests/test_verdicts_pinned.py",
         "tests/test_series_fold.py",
+        "tests/test_diagnose_edges.py",
+        "tests/test_analysis.py",
     ],
     "prefwatch/grid.py": ["tests/test_grid.py", "tests/test_grid_edges.py"],
     "prefwatch/analysis.py": [
@@ -42,7 +44,14 @@ MODULES: dict[str, list[str]] = {
         "tests/test_real_logs.py",
     ],
     "prefwatch/ingest/tail.py": ["tests/test_ingest.py", "tests/test_tail_edges.py"],
-    "prefwatch/series.py": ["tests/test_ingest.py", "tests/test_diagnose.py", "tests/test_series_fold.py"],
+    "prefwatch/series.py": [
+        "tests/test_series.py",
+        "tests/test_series_fold.py",
+        "tests/test_ingest.py",
+        "tests/test_diagnose.py",
+        "tests/test_cache.py",
+        "tests/test_ingest_tensorboard.py",
+    ],
 }
 TARGETS = {"diagnose.py": 0.9, "decide.py": 0.9}  # else 0.8
 

@@ -5,6 +5,8 @@ worked out from the rules in prefwatch/decide.py (the comment in each test)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -207,3 +209,70 @@ def test_seeds_of_a_single_objective_do_not_block_the_verdict() -> None:
     )
     assert (verdict.objective, verdict.rank) == ("dpo", 8)
     assert verdict.decisive, verdict.reasons
+
+
+def sized(cell_id: str, objective: str, accuracy: float | None, pairs: int, won: int) -> CellResult:
+    review = Review(
+        train_margin_late=1.0, heldout_margin=0.5, heldout_pairs_won=won, heldout_pairs=pairs, heldout_accuracy=accuracy
+    )
+    return CellResult(cell_id, objective, 8, None, True, Diagnosis(review, []), None)
+
+
+def test_without_per_pair_results_accuracies_come_with_their_intervals() -> None:
+    # 1.96 * sqrt(0.6 * 0.4 / 100) = 0.096; 1.96 * sqrt(0.8 * 0.2 / 200) = 0.055.
+    two = [sized("dpo-r8", "dpo", 0.6, 100, 60), sized("simpo-r8", "simpo", 0.8, 200, 160)]
+    intervals = "no per-pair results: held-out accuracy with 95 % intervals over 100, 200 pairs: "
+    assert intervals + "dpo-r8 0.60 ± 0.10, simpo-r8 0.80 ± 0.06" in decide(two).reasons
+    # A cell whose accuracy is not known is counted in the sizes, not listed.
+    three = [*two, sized("dpo-r16", "dpo", None, 100, 55)]
+    assert intervals + "dpo-r8 0.60 ± 0.10, simpo-r8 0.80 ± 0.06" in decide(three).reasons
+    assert not any(r.startswith("no per-pair") for r in decide(two[:1]).reasons)  # one cell: nothing to compare
+
+
+def test_cells_without_preference_metrics_are_named_not_compared() -> None:
+    sft = dataclasses.replace(result("sft-run", "sft", 8, None), preference=False)
+    grpo = dataclasses.replace(result("run2", None, 8, None), preference=False)
+    verdict = decide([sft, grpo])
+    assert verdict.reasons == [
+        "no preference-tuned cell: nothing to compare",
+        "not compared (no preference metrics): sft-run (SFT), run2",
+    ]
+    assert verdict.needs == ["logs of preference runs (DPO, SimPO, ORPO …) with held-out evaluations"]
+    assert verdict.decisive is False
+
+
+def test_accuracy_without_its_size_and_runs_that_stopped() -> None:
+    a = dataclasses.replace(sized("a", "dpo", 0.6, 0, 0), diagnosis=Diagnosis(Review(heldout_accuracy=0.6), []))
+    b = dataclasses.replace(a, id="b", finished=False, stopped_at=40, max_steps=None)
+    c = dataclasses.replace(a, id="c", finished=False, stopped_at=30, max_steps=100)
+    verdict = decide([a, b, c])
+    assert verdict.reasons == [
+        "held-out size unknown: --heldout-pairs N (accuracy is logged for a, b, c; "
+        "pairs won cannot be counted without the size)"
+    ]
+    assert verdict.needs == [
+        "the held-out size (--heldout-pairs N) or per-pair results (eval_pairs.jsonl)",
+        "complete runs (b stopped at step 40, c stopped at step 30 of 100, without an end-of-training record)",
+    ]
+
+
+def test_one_objective_without_a_rank_and_an_unknown_objective() -> None:
+    verdict = decide([result("run", "dpo", None, 60)])
+    assert verdict.reasons[0] == "one objective (dpo) and no known rank: nothing was compared"
+    unknown = decide([result("a", None, 8, 60), result("b", None, 16, 70)])
+    assert (
+        unknown.reasons[0]
+        == "the objective is unknown (no label, and the logs cannot tell): --label NAME=OBJECTIVE:RANK"
+    )
+    assert unknown.decisive is False
+
+
+def test_objectives_the_rules_do_not_compare_and_disputed_labels() -> None:
+    verdict = decide([result("dpo-r8", "dpo", 8, 60), result("orpo-r8", "orpo", 8, 80)])
+    assert "dpo and orpo: the rules compare DPO with SimPO only" in verdict.reasons and verdict.decisive is False
+    disputed = Finding("objective_mismatch", "error", "the folder name says dpo but the logs are SimPO/CPO: …")
+    cells = [
+        result("dpo-r8", "dpo", 8, 60, findings=(disputed,)),
+        result("simpo-r8", "simpo", 8, 80, findings=(disputed,)),
+    ]
+    assert "the objective of dpo-r8, simpo-r8 is in question: its label and its logs disagree" in decide(cells).reasons
