@@ -101,6 +101,9 @@ def test_rows_grow_past_the_initial_capacity_and_a_resume_drops_replayed_rows() 
     assert split.version == version + 1
     split.append(10, 3.0, {"loss": 0.2})  # the same step again is no resume
     assert split.segments == 2 and list(split.steps[-2:]) == [10, 10]
+    split.append(30, 4.0, {"loss": 0.3})
+    split.append(20, 5.0, {"loss": 0.4})  # lower than the last row only: a resume all the same
+    assert split.segments == 3 and list(split.steps[-3:]) == [10, 10, 20]
 
 
 def test_update_last_sets_values_of_the_last_row_only() -> None:
