@@ -224,7 +224,7 @@ def test_without_per_pair_results_accuracies_come_with_their_intervals() -> None
     intervals = "no per-pair results: held-out accuracy with 95 % intervals over 100, 200 pairs: "
     assert intervals + "dpo-r8 0.60 ± 0.10, simpo-r8 0.80 ± 0.06" in decide(two).reasons
     # A cell whose accuracy is not known is counted in the sizes, not listed.
-    three = [*two, sized("dpo-r16", "dpo", None, 100, 55)]
+    three = [sized("dpo-r16", "dpo", None, 100, 55), *two]
     assert intervals + "dpo-r8 0.60 ± 0.10, simpo-r8 0.80 ± 0.06" in decide(three).reasons
     assert not any(r.startswith("no per-pair") for r in decide(two[:1]).reasons)  # one cell: nothing to compare
 
