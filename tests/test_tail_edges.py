@@ -67,6 +67,20 @@ def test_an_oversized_partial_line_is_counted_once_and_skipped(tmp_path: Path) -
     assert [r["step"] for r in second.records] == [2] and not second.rejected
 
 
+def test_a_reader_inside_an_oversized_line_offers_no_cache_key(tmp_path: Path) -> None:
+    """Mid-way through a line too long to keep, the file is not read into complete lines: a cache
+    entry keyed there would, read back, take the rest of that line for a new line (one more rejection)."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"step": 1}\n' + b"y" * (MAX_LINE_BYTES + 10))
+    reader = TailReader(path)
+    reader.poll()
+    assert reader.identity is None
+    with open(path, "ab") as f:
+        f.write(b'y\n{"step": 2}\n')
+    reader.poll()
+    assert reader.identity is not None
+
+
 def test_json_nested_too_deep_is_a_counted_rejection(tmp_path: Path) -> None:
     path = tmp_path / "metrics.jsonl"
     path.write_bytes(b"[" * 100_000 + b"\n" + b'{"step": 3}\n')

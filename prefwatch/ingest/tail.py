@@ -57,8 +57,9 @@ class TailReader:
     @property
     def identity(self) -> tuple[int, int, int, int] | None:
         """(device, inode, size, mtime_ns) of the file as last read, when every byte of it was read
-        into complete lines (nothing pending); else None. What a cache entry of it is keyed by."""
-        if self._inode is None or self._partial or self._offset != self._seen[0]:
+        into complete lines (nothing pending, no oversized line being skipped); else None. What a
+        cache entry of it is keyed by."""
+        if self._inode is None or self._partial or self._skipping_oversized or self._offset != self._seen[0]:
             return None
         return (*self._inode, *self._seen)
 
