@@ -2,8 +2,9 @@
 
 Diagnosing a cell grows with its log (a million rows take a tenth of a second), and a live grid
 usually changes a few cells at a time. A cell is analysed again when what it read, its pairs, its
-data statistics or its status changed (its *version*), and every cell is when the last full pass
-is older than ``heartbeat`` (findings that depend on the clock: stalled, idle). The verdict is
+data statistics or its status changed (its *version*), and a running cell also when its analysis
+is older than ``heartbeat`` (its findings read the clock: stalled, an idle GPU; an ended cell's
+never do, so a finished grid on screen costs no analysis at all). The verdict is
 decided again over all cells' cached results (cheap: it reads diagnoses, not series).
 
 The rules themselves are ``analysis.analyse`` and ``decide.decide``, called, never copied: the
@@ -21,6 +22,7 @@ from prefwatch import jobs
 from prefwatch.analysis import CellAnalysis, GridAnalysis, analyse, cell_result
 from prefwatch.decide import decide
 from prefwatch.ingest.sources import CellSource, GridSource
+from prefwatch.rundir import CellState
 
 HEARTBEAT_SECONDS = 5.0
 
@@ -50,7 +52,6 @@ class IncrementalAnalysis:
         self.analysed = 0  # cells analysed (tests and the benchmark read it)
         self.changed: set[str] = set()  # ids of the cells whose data or analysis changed in the last update()
         self._cells: dict[str, _Cached] = {}
-        self._full_at = float("-inf")
         self.owed = False  # some cell's findings wait for findings_age: call update() again by then
         self.due_in = float("inf")  # seconds until the first owed findings are due (inf: none owed)
         self.last: GridAnalysis | None = None
@@ -61,16 +62,13 @@ class IncrementalAnalysis:
         for cell in source.cells:
             cell.poll()
         now = self.clock()
-        full = time.monotonic() - self._full_at >= self.heartbeat
-        if full:
-            self._full_at = time.monotonic()
         jobs.hand_statuses(source)  # a launched cell's status, read by the jobs layer (readers never look)
         stale, touched = [], set()
         due_in = float("inf")
         for cell in source.cells:
             urgent, rows = urgent_version(cell), train_version(cell)
             cached = self._cells.get(cell.id)
-            if cached is None or full or cached.urgent != urgent:
+            if cached is None or cached.urgent != urgent or self._clock_bound(cached):
                 stale.append((cell, urgent, rows))
             elif cached.rows != rows:
                 age = time.monotonic() - cached.at
@@ -98,6 +96,11 @@ class IncrementalAnalysis:
             verdict = self.last.verdict  # no analysis changed: neither did the verdict
         self.last = GridAnalysis(source, cells, verdict)
         return self.last
+
+    def _clock_bound(self, cached: _Cached) -> bool:
+        """A running cell's analysis older than the heartbeat: its clock-bound findings may have changed."""
+        running = cached.analysis.status.state == CellState.RUNNING
+        return running and time.monotonic() - cached.at >= self.heartbeat
 
 
 @dataclass

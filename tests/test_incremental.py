@@ -157,3 +157,25 @@ def test_with_a_findings_age_train_rows_wait_but_a_nan_is_analysed_at_once(tmp_p
     assert incremental.analysed == before + 1
     cell = next(c for c in result.cells if c.source.id == "dpo-r8")
     assert cell.diagnosis.has("non_finite")
+
+
+def test_the_heartbeat_redoes_running_cells_only(tmp_path):
+    """Only a running cell's findings read the clock (stalled, an idle GPU): the heartbeat redoes
+    those, and a grid whose cells have all ended costs no analysis at all while it is on screen."""
+    jobs = Jobs(tmp_path)
+    jobs.apply("train", "dpo-r8", 5, False)
+    jobs.apply("train", "simpo-r16", 5, False)
+    jobs.apply("end", "simpo-r16", 0, False)
+    incremental = IncrementalAnalysis(open_path(tmp_path), heartbeat=0.0)  # every update is a heartbeat
+    first = incremental.update()
+    states = {c.source.id: c.status.state for c in first.cells}
+    assert states["dpo-r8"] == rundir.CellState.RUNNING and states["simpo-r16"] == rundir.CellState.FINISHED
+    before = incremental.analysed
+    assert incremental.update() is not None
+    assert incremental.analysed - before == 1 and incremental.changed == {"dpo-r8"}
+    for cell in CELLS:
+        jobs.apply("end", cell, 0, False)
+    incremental.update()
+    before = incremental.analysed
+    assert incremental.update() is None and incremental.update() is None
+    assert incremental.analysed == before
