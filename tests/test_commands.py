@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import shutil
 import subprocess
 import time
@@ -103,33 +102,20 @@ def test_replay_of_nothing_readable_is_bad_input(tmp_path: Path) -> None:
 
 
 @needs_tmux
-def test_replay_opens_the_monitor_and_q_quits_with_0(terminal) -> None:
-    terminal.start("replay", SAMPLE, size=(120, 40), command="replay --speed 60")
+def test_replay_opens_the_monitor_and_q_quits_with_0(terminal, tmp_path: Path) -> None:
+    exited = tmp_path / "exit-status"
+    terminal.start("replay", SAMPLE, size=(120, 40), command="replay --speed 60", status=exited)
     terminal.wait_for("replay", lambda s: "replay ▶ 60×" in s and "dpo-r16" in s and "simpo-r8" in s)
     terminal.keys("replay", "End")
     terminal.wait_for("replay", lambda s: s.count("finished") >= 4)
     terminal.keys("replay", "q")
-    assert exit_status(terminal, "replay") == 0
+    assert exit_status(exited) == 0
 
 
-def exit_status(terminal, name: str, timeout: float = 60.0) -> int:
-    """The status of the command that ran in ``name`` (tmux keeps the pane after it exits)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        shown = terminal.tmux(
-            "display-message", "-p", "-t", name, "#{pane_dead} #{pane_dead_status} #{pane_dead_signal}"
-        )
-        dead, code, signal = (shown.split() + ["", "", ""])[:3]
-        if dead == "1":
-            if code:
-                return int(code)
-            assert not signal, f"{name} ended by signal {signal}, not with an exit status"
-            # some tmux builds leave the format empty but print the status on the dead pane
-            said = re.search(r"Pane is dead \(status (\d+)", terminal.screen(name))
-            if said:
-                return int(said.group(1))
-        time.sleep(0.1)
-    raise AssertionError(f"{name} did not exit:\n{terminal.screen(name)}")
+def exit_status(status: Path, timeout: float = 60.0) -> int:
+    """The exit status a terminal's command wrote to ``status`` when it ended (Terminal.start)."""
+    wait_for(lambda: status.exists() and status.read_text().strip() != "", timeout, "the command to exit")
+    return int(status.read_text())
 
 
 @pytest.fixture
@@ -147,14 +133,15 @@ def terminal():
 def test_launch_opens_the_monitor_polling_and_quitting_leaves_the_job_running(tmp_path: Path, terminal) -> None:
     grid = tiny_grid(tmp_path, "watched", steps=400)
     run_dir = tmp_path / "runs" / "watched"
-    terminal.start("launch", grid, size=(120, 40), command=f"launch --poll --out {tmp_path / 'runs'}")
+    exited = tmp_path / "exit-status"
+    terminal.start("launch", grid, size=(120, 40), command=f"launch --poll --out {tmp_path / 'runs'}", status=exited)
     try:
         screen = terminal.wait_for("launch", lambda s: "dpo-r8" in s and "live (polling)" in s, timeout=120)
         assert "running" in screen or "queued" in screen
         wait_for(lambda: last_step(run_dir, "dpo-r8") >= 2, 300, "the job to log")
         terminal.wait_for("launch", lambda s: "running  step" in s, timeout=60)
         terminal.keys("launch", "q")
-        assert exit_status(terminal, "launch") == 0
+        assert exit_status(exited) == 0
         assert status(run_dir, "dpo-r8").state == jobs.RUNNING  # the monitor only watched
     finally:
         stopped = prefwatch("stop", str(run_dir), "--grace", "5")

@@ -129,9 +129,19 @@ class Terminal:
         done = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=10)
         return done.stdout
 
-    def start(self, name: str, run_dir: Path, size: tuple[int, int] = (80, 24), command: str = "attach") -> int:
-        """Start ``prefwatch <command> run_dir`` in a detached 80×24 terminal; returns the monitor's pid."""
-        monitor = f"exec {sys.executable} -m prefwatch {command} {run_dir}"
+    def start(
+        self,
+        name: str,
+        run_dir: Path,
+        size: tuple[int, int] = (80, 24),
+        command: str = "attach",
+        status: Path | None = None,
+    ) -> int:
+        """Start ``prefwatch <command> run_dir`` in a detached 80×24 terminal; returns the pane's pid:
+        the monitor's, or with ``status`` the shell's that writes the monitor's exit status there
+        when it ends (tmux sometimes marks a pane dead without its status)."""
+        monitor = f"{sys.executable} -m prefwatch {command} {run_dir}"
+        monitor = f"{monitor}; echo $? > {status}" if status is not None else f"exec {monitor}"
         width, height = size
         env = ["-e", "TERM=xterm-256color", "-e", "COLORTERM=truecolor"]
         self.tmux("new-session", "-d", "-s", name, "-x", str(width), "-y", str(height), *env, monitor)
