@@ -19,6 +19,7 @@ class GridScreen(Screen[None]):
         super().__init__()
         self.grid_view: GridView | None = None
         self._pending: tuple[str, str | None] | None = None
+        self._built = False  # the panels exist (built from the first view shown)
 
     def compose(self) -> ComposeResult:
         yield CellGrid(id="cells")
@@ -35,17 +36,24 @@ class GridScreen(Screen[None]):
         While another screen covers this one (the overview of a large sweep), the view is only
         kept: the panels are brought up to date when the screen shows again, not at every refresh.
         """
-        first = self.grid_view is None
         self.grid_view = grid
         self._pending = (source, message)
-        if not first and self.app.screen is not self:  # not is_current: that counts screens behind an overlay
+        if self._built and self.app.screen is not self:  # not is_current: that counts screens behind an overlay
             return 0
-        self.query_one(SummaryStrip).show(grid, source, message)
-        if first:
+        strip = self.query(SummaryStrip)
+        if not strip:  # a view that came before the screen's widgets were mounted: on_mount draws it
+            return 0
+        strip.first().show(grid, source, message)
+        if not self._built:
+            self._built = True
             self.cells.build(grid)
             self.call_after_refresh(self.cells.focus_first)
             return len(grid.cells)
         return self.cells.show(grid)
+
+    def on_mount(self) -> None:
+        if self.grid_view is not None and self._pending is not None:
+            self.show(self.grid_view, *self._pending)
 
     def on_screen_resume(self) -> None:
         if self.grid_view is not None and self._pending is not None:
@@ -53,7 +61,8 @@ class GridScreen(Screen[None]):
 
     def show_status(self, source: str, message: str | None) -> None:
         """Refresh the strip alone: the follower's mode, or an error while there is nothing else to show."""
-        self.query_one(SummaryStrip).show(self.grid_view, source, message)
+        for strip in self.query(SummaryStrip):  # none yet while the screen mounts
+            strip.show(self.grid_view, source, message)
 
     def selected(self) -> CellPanel | None:
         focused = self.focused
