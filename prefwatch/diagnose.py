@@ -15,7 +15,7 @@ import numpy as np
 
 from prefwatch import metrics as m
 from prefwatch.objectives import Claim, Inference, mismatch
-from prefwatch.series import CellSeries, SplitSeries
+from prefwatch.series import CellSeries, SplitSeries, median, row_medians
 
 # ---- Thresholds. Each is a named constant, and each can be overridden through Thresholds. ----
 
@@ -297,8 +297,8 @@ def _spikes(state: Spikes, loss: np.ndarray, t: Thresholds) -> Spikes:
     if blocks == 0:
         return Spikes(values, state.limit, state.found)
     grouped = values[: blocks * window].reshape(blocks, window)
-    median = np.median(grouped, axis=1)
-    mad = np.median(np.abs(grouped - median[:, None]), axis=1)
+    median = row_medians(grouped)
+    mad = row_medians(np.abs(grouped - median[:, None]))
     scale = np.maximum(mad * 1.4826, 1e-3 * np.maximum(np.abs(median), 1e-6))
     limits = median + t.spike_deviations * scale
     found = state.found + int(np.sum(grouped[1:] > limits[:-1, None]))
@@ -531,7 +531,7 @@ def degeneration(logps: np.ndarray, t: Thresholds) -> tuple[float, float, int] |
     rows = np.flatnonzero(np.isfinite(logps))
     if len(rows) < 8:
         return None
-    start = float(np.median(logps[rows[: max(3, len(rows) // 20)]]))
+    start = median(logps[rows[: max(3, len(rows) // 20)]])
     end = window_mean(late(logps[rows], t.late_window))
     if end is None or start >= 0 or end > t.degeneration_factor * start or end > start - t.logp_drop:
         return None
@@ -634,7 +634,7 @@ def stalled(series: CellSeries, now: float | None, alive: bool, t: Thresholds) -
     times = times[np.isfinite(times)]
     if len(times) < 3:
         return None
-    usual = float(np.median(np.diff(times)))
+    usual = median(np.diff(times))
     silence = now - float(times[-1])
     if silence < max(t.stall_factor * usual, t.stall_min_seconds):
         return None

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from prefwatch import metrics as m
-from prefwatch.series import CellSeries
+from prefwatch.series import CellSeries, median
 
 PREFERENCE = frozenset({"dpo", "simpo", "orpo", "kto", "ipo"})
 NO_PREFERENCE = frozenset({"grpo", "ppo", "sft"})
@@ -197,7 +197,7 @@ def _constant_ratio(rewards: np.ndarray, logps: np.ndarray) -> float | None:
     if both.sum() < 2:
         return None
     ratio = rewards[both] / logps[both]
-    centre = float(np.median(ratio))
+    centre = median(ratio)
     if centre <= 0 or np.max(np.abs(ratio - centre)) > RATIO_SPREAD * centre:
         return None
     return centre

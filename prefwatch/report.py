@@ -7,12 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
-
-from rich import box
-from rich.console import Console, Group
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from prefwatch.analysis import CellAnalysis, GridAnalysis
 from prefwatch.bands import seed_lines
@@ -20,6 +15,10 @@ from prefwatch.diagnose import brevity_summary
 from prefwatch.objectives import said_by
 from prefwatch.peak import at_line, best_lines
 from prefwatch.textsafe import plain
+
+if TYPE_CHECKING:  # Rich is imported by the terminal rendering only: JSON and Markdown go without it
+    from rich.console import Console
+    from rich.text import Text
 
 # Three-line headers keep the table inside 80 columns. The decision columns (state, step and the
 # held-out ones) are never cut: the cell name and the train columns wrap instead.
@@ -115,6 +114,11 @@ def brevity_lines(analysis: GridAnalysis) -> list[str]:
 
 
 def render_terminal(analysis: GridAnalysis, console: Console) -> None:
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(
         title=Text(f"prefwatch report: {plain(analysis.grid.name)}"),
         title_justify="left",
@@ -163,6 +167,8 @@ def render_terminal(analysis: GridAnalysis, console: Console) -> None:
 
 
 def verdict_text(analysis: GridAnalysis) -> Text:
+    from rich.text import Text
+
     verdict = analysis.verdict
     text = Text()
     text.append(plain(verdict.headline) + "\n", style="bold green" if verdict.decisive else "bold yellow")

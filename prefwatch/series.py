@@ -47,6 +47,9 @@ class SplitSeries:
         # Bumped by every change (rows added or dropped, the last row's values set): equal versions
         # hold equal data, so an analysis made from one version is valid until this moves.
         self.version = 0
+        # Bumped whenever rows already held change (a resume drops rows, a row is completed in place):
+        # what copied rows out (a cache entry being written) knows its copy is stale when this moves.
+        self.rewrites = 0
         self._folds: dict[Hashable, _Marks] = {}
 
     @classmethod
@@ -181,11 +184,21 @@ class SplitSeries:
 
     def _rewritten(self, row: int) -> None:
         """Rows from ``row`` on no longer hold what the folds saw."""
+        self.rewrites += 1
         for marks in self._folds.values():
             marks.changed_from = min(marks.changed_from, row)
 
+    def reserve(self, rows: int) -> None:
+        """Make room for ``rows`` rows at once: a reader that knows how large a log is spares the
+        copies (and the fresh memory) of doubling its way there."""
+        if rows > self._capacity:
+            self._resize(rows)
+
     def _grow(self) -> None:
-        self._capacity *= 2
+        self._resize(self._capacity * 2)
+
+    def _resize(self, capacity: int) -> None:
+        self._capacity = capacity
         self._steps = _resized(self._steps, self._capacity)
         self._times = _resized(self._times, self._capacity)
         for name, column in self._columns.items():
@@ -290,25 +303,30 @@ class CellSeries:
         for key, column in columns.items():
             if metrics.canonical(key)[0] == "eval":
                 is_eval |= ~np.isnan(column)
-        parts = [(self.train, ~is_eval), (self.eval, is_eval)]
+        evals = int(np.count_nonzero(is_eval))
+        # Most blocks are all train rows (an evaluation every few hundred lines): those take the
+        # columns as they are, without a masked copy of each.
+        parts = [(self.train, ~is_eval, len(steps) - evals), (self.eval, is_eval, evals)]
         blocks = []
-        for target, rows in parts:
-            chosen = steps[rows]
-            if len(chosen) and (np.any(np.diff(chosen) < 0) or len(target) and chosen[0] < target.steps[-1]):
+        for target, rows, count in parts:
+            if not count:
+                continue
+            whole = count == len(steps)
+            chosen = steps if whole else steps[rows]
+            if np.any(np.diff(chosen) < 0) or len(target) and chosen[0] < target.steps[-1]:
                 return False
             values = {}
             for key, column in columns.items():
                 if key in metrics.INDEX_KEYS and key != "epoch":
                     continue
-                part = column[rows]
+                part = column if whole else column[rows]
                 if not np.isnan(part).all():
                     values[metrics.canonical(key)[1]] = part
             if target.width + sum(not target.has(name) for name in values) > metrics.MAX_NAMES:
                 return False  # past the cap of names: the exact way counts what it drops
-            blocks.append((target, rows, values))
-        for target, rows, values in blocks:
-            if rows.any():
-                target.extend(steps[rows], times[rows], values)
+            blocks.append((target, chosen, times if whole else times[rows], values))
+        for target, chosen, chosen_times, values in blocks:
+            target.extend(chosen, chosen_times, values)
         self.records += len(steps)
         return True
 
@@ -317,6 +335,25 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value)
+
+
+def median(values: np.ndarray) -> float:
+    """``np.median`` of finite values. numpy's median wrapper checks for masked arrays, which
+    imports numpy.ma (12 ms of a cached report's 250) and costs more per call than the median."""
+    return float(row_medians(np.asarray(values, dtype=float).reshape(1, -1))[0])
+
+
+def row_medians(grouped: np.ndarray) -> np.ndarray:
+    """``np.median(grouped, axis=1)`` for finite values, bit for bit (the middle value, or the mean of
+    the two middle values), without its per-call overhead: the loss-spike rule takes two a block."""
+    width = grouped.shape[1]
+    half = width // 2
+    if not width:
+        return np.full(len(grouped), np.nan)
+    if width % 2:
+        return np.partition(grouped, half, axis=1)[:, half]
+    part = np.partition(grouped, [half - 1, half], axis=1)
+    return (part[:, half - 1] + part[:, half]) / 2
 
 
 def minmax_buckets(values: np.ndarray, buckets: int) -> tuple[np.ndarray, np.ndarray]:

@@ -161,3 +161,87 @@ def test_an_unwritable_cache_folder_is_a_miss_and_nothing_is_written_beside_the_
         assert opened(runs)[1].series.records == cell.series.records
     finally:
         log.parent.chmod(stat.S_IRWXU)
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """A log read in many small blocks and handed to the entry's writer in many chunks."""
+    from prefwatch.ingest import tail
+
+    monkeypatch.setattr(tail, "_CHUNK_BYTES", 512)
+    monkeypatch.setattr(cache, "_CHUNK_ROWS", 7)
+
+
+def no_leftovers() -> list[str]:
+    return sorted(p.name for p in cache.cache_dir().glob(".entry-*"))
+
+
+def test_an_entry_streamed_in_chunks_while_the_log_is_read_equals_a_full_read(
+    tmp_path, monkeypatch, small_blocks, hits
+):
+    """Chunks of rows written on a thread while the log is read; a metric that first appears late
+    (NaN before it in the chunks that lack it) and an evaluation row in between come back exact."""
+    log = tmp_path / "runs" / "dpo-r8" / "metrics.jsonl"
+    write_log(log, 120)
+    lines = log.read_text().splitlines(keepends=True)
+    late = json.dumps({"loss": 0.2, "logps/chosen": -5.0, "step": 121}) + "\n"
+    log.write_text("".join(lines[:-1]) + late + lines[-1])  # before the end record
+    streamed = []
+    real = cache.Stream.begin
+
+    def spy(path):
+        stream = real(path)
+        streamed.append(stream)
+        return stream
+
+    monkeypatch.setattr(cache.Stream, "begin", spy)
+    _, first = opened(tmp_path / "runs")
+    assert streamed and streamed[0] is not None and not streamed[0].abandoned
+    assert cache.entry_path(log).read_bytes().count(b'"split": "train"') > 3  # many chunks, not one
+    _, second = opened(tmp_path / "runs")
+    assert hits == [False, True]
+    same_series(second.series, parse_without_cache(tmp_path / "runs", monkeypatch))
+    assert np.isnan(second.series.train.column("logps/chosen")[:-1]).all()
+    assert no_leftovers() == []
+
+
+def test_a_resume_while_streaming_abandons_the_stream_and_saves_the_whole_series(
+    tmp_path, monkeypatch, small_blocks, hits
+):
+    """Rows handed to the writer must never change: a resumed run drops rows it replays, so the
+    stream is dropped and the series is saved whole at the end."""
+    log = tmp_path / "runs" / "dpo-r8" / "metrics.jsonl"
+    write_log(log, 60)
+    lines = log.read_text().splitlines(keepends=True)
+    resumed = [json.dumps({"loss": 0.4, "rewards/margins": 2.0, "step": s}) + "\n" for s in range(40, 71)]
+    log.write_text("".join(lines[:-1]) + "".join(resumed) + lines[-1])
+    streams = []
+    real = cache.Stream.begin
+    monkeypatch.setattr(cache.Stream, "begin", lambda path: streams.append(real(path)) or streams[-1])
+    _, first = opened(tmp_path / "runs")
+    assert streams[0].abandoned and cache.entry_path(log).is_file()
+    assert first.series.train.segments == 2
+    _, second = opened(tmp_path / "runs")
+    assert hits == [False, True]
+    same_series(second.series, first.series)
+    assert no_leftovers() == []
+
+
+def test_a_log_still_being_written_starts_no_stream(tmp_path, monkeypatch, small_blocks):
+    log = tmp_path / "runs" / "dpo-r8" / "metrics.jsonl"
+    write_log(log, 60, end=False)
+    assert not cache.ends_finished(log)
+    opened(tmp_path / "runs")
+    assert not cache.cache_dir().exists() or list(cache.cache_dir().iterdir()) == []
+
+
+@pytest.mark.parametrize("cut", [8, 100, -9, -1])
+def test_an_entry_cut_short_is_a_miss(tmp_path, small_blocks, hits, cut):
+    log = tmp_path / "runs" / "dpo-r8" / "metrics.jsonl"
+    write_log(log, 80)
+    _, first = opened(tmp_path / "runs")
+    entry = cache.entry_path(log)
+    entry.write_bytes(entry.read_bytes()[:cut])
+    _, again = opened(tmp_path / "runs")
+    assert hits == [False, False]
+    same_series(again.series, first.series)

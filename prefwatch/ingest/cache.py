@@ -1,7 +1,7 @@
 """A columnar cache of finished metric logs, so that reopening a large grid does not parse it again.
 
 Reading a million-line metrics.jsonl is decoding 250 MB of JSON; loading its columns back is
-reading a tenth of that as float64. After a full read of a log that ended (an end-of-training
+reading a third of that as float64. After a full read of a log that ended (an end-of-training
 record) and is large enough to matter, its series is saved under the user's cache folder
 (``$XDG_CACHE_HOME/prefwatch``, default ``~/.cache/prefwatch``), never beside the logs: a run
 directory belongs to its jobs and may be read-only.
@@ -11,25 +11,52 @@ size and modification time are exactly what they were when it was saved: an appe
 or a replacement (even to the same size) makes it a miss, and the log is read as usual. Entries
 are written to a temporary file and renamed, so a crash leaves no half entry; any error (a
 read-only or full cache folder, a damaged entry) is a miss, never a failure: the log is the truth.
+
+The first reading pays for the entry. Writing ~100 MB of new file pages costs 0.02-0.7 s on a
+virtual machine (the page cache's fresh pages), as much as a third of the read itself; so when a
+large log already ends with its end-of-training record, a ``Stream`` writes the rows on a thread of
+its own while the main thread decodes the next block (the write releases the GIL), and only the
+small summary is written at the end.
+
+An entry is a sequence of frames: ``MAGIC``, then chunks (a JSON header naming the split, its row
+count and metric names, then the steps, times and each named column as little-endian float64),
+then the summary (JSON), then the summary's offset (8 bytes). Rows arrive in file order; a chunk
+that lacks a metric holds NaN for it, as the series does.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import queue
+import struct
+import sys
 import tempfile
+import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+import msgspec
 import numpy as np
 
+from prefwatch import metrics
+from prefwatch.metrics import Split
 from prefwatch.series import CellSeries, SplitSeries
 
-FORMAT = 1
+FORMAT = 2
+MAGIC = b"prefwatch-cache\x02"
 MIN_BYTES = 1 << 20  # smaller logs parse in milliseconds: not worth an entry
 Identity = tuple[int, int, int, int]  # device, inode, size, mtime_ns
+SPLITS: tuple[Split, Split] = ("train", "eval")
+_LENGTH = struct.Struct("<Q")
+_TAIL_BYTES = 64 << 10  # where a log's last line is looked for (an end record is a few hundred bytes)
+_QUEUE = 8  # chunks waiting for the writer thread at most: memory stays bounded if the disk is slow
+# Rows handed to the writer at a time: a few large writes, not one per block read (each hand-over
+# and write costs the main thread a turn of the GIL).
+_CHUNK_ROWS = 1 << 16
 
 
 def cache_dir() -> Path:
@@ -47,16 +74,50 @@ def identity(path: Path) -> Identity | None:
 
 def entry_path(log: Path) -> Path:
     digest = hashlib.sha256(str(Path(log).resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:32]
-    return cache_dir() / f"{digest}.npz"
+    return cache_dir() / f"{digest}.entry"
 
 
-def save(log: Path, seen: Identity, series: CellSeries) -> bool:
-    """Store a fully read log's series, as read when the file had identity ``seen``; False when not stored."""
-    if seen[2] < MIN_BYTES or identity(log) != seen:
-        return False  # small, or changed while it was read: an entry would describe another file
-    arrays: dict[str, Any] = {}
-    meta: dict[str, Any] = {
+class _Entry:
+    """An entry being written: chunks of rows, then the summary, into a temporary file that is
+    renamed over the entry only by ``commit``. Any OSError is the caller's to turn into a miss."""
+
+    def __init__(self, log: Path) -> None:
+        self.target = entry_path(log)
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        fd, self._temporary = tempfile.mkstemp(dir=self.target.parent, prefix=".entry-", suffix=".tmp")
+        self._file: BinaryIO = os.fdopen(fd, "wb")
+        self._file.write(MAGIC)
+
+    def chunk(self, split: str, steps: np.ndarray, times: np.ndarray, columns: dict[str, np.ndarray]) -> None:
+        """Rows of one split: ``columns`` by metric name, each as long as ``steps``."""
+        self._frame({"split": split, "rows": len(steps), "names": list(columns)})
+        for array in (steps, times, *columns.values()):
+            self._file.write(np.ascontiguousarray(array, dtype="<f8").data.cast("B"))
+
+    def commit(self, summary: dict[str, Any]) -> None:
+        at = self._file.tell()
+        self._frame(summary)
+        self._file.write(_LENGTH.pack(at))
+        self._file.close()
+        os.replace(self._temporary, self.target)
+
+    def discard(self) -> None:
+        self._file.close()
+        try:
+            os.unlink(self._temporary)
+        except OSError:
+            pass
+
+    def _frame(self, header: dict[str, Any]) -> None:
+        text = json.dumps(header).encode()
+        self._file.write(_LENGTH.pack(len(text)) + text)
+
+
+def _summary(log: Path, seen: Identity, series: CellSeries) -> dict[str, Any]:
+    """Everything but the rows: what a loaded entry needs to be the series a full read gives."""
+    summary: dict[str, Any] = {
         "format": FORMAT,
+        "byteorder": sys.byteorder,
         "path": str(Path(log).resolve()),
         "identity": list(seen),
         "records": series.records,
@@ -64,29 +125,142 @@ def save(log: Path, seen: Identity, series: CellSeries) -> bool:
         "end_record": series.end_record,
         "first_non_finite": [[split, name, step] for (split, name), step in series.first_non_finite.items()],
     }
-    for split_name in ("train", "eval"):
-        split = series.split(split_name)  # type: ignore[arg-type]
-        names = split.names
-        arrays[f"{split_name}_steps"] = split.steps
-        arrays[f"{split_name}_times"] = split.times
-        arrays[f"{split_name}_columns"] = np.stack([split.column(n) for n in names]) if names else np.empty((0, 0))
-        meta[f"{split_name}_names"] = names
-        meta[f"{split_name}_segments"] = split.segments
-    target = entry_path(log)
+    for name in SPLITS:
+        split = series.split(name)
+        summary[name] = {"rows": len(split), "names": split.names, "segments": split.segments}
+    return summary
+
+
+def save(log: Path, seen: Identity, series: CellSeries) -> bool:
+    """Store a fully read log's series, as read when the file had identity ``seen``; False when not stored."""
+    if seen[2] < MIN_BYTES or identity(log) != seen:
+        return False  # small, or changed while it was read: an entry would describe another file
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=".entry-", suffix=".npz")
+        summary = _summary(log, seen, series)  # before any file: a record JSON cannot hold is no entry
+        json.dumps(summary)
+        entry = _Entry(log)
         try:
-            with os.fdopen(fd, "wb") as f:
-                arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-                np.savez(f, **arrays)
-            os.replace(temporary, target)
+            for name in SPLITS:
+                split = series.split(name)
+                entry.chunk(name, split.steps, split.times, {n: split.column(n) for n in split.names})
+            entry.commit(summary)
         except BaseException:
-            os.unlink(temporary)
+            entry.discard()
             raise
     except (OSError, ValueError, TypeError):
         return False  # a read-only or full cache folder, or a record that JSON cannot hold: no entry
     return True
+
+
+class Stream:
+    """Writes a log's entry while the log is being read, the rows on a thread of its own.
+
+    ``add(series)`` after each block hands the rows added since the last call to the writer;
+    ``finish`` commits the entry when the series ended and the file is still what was read, else
+    discards it. Rows already handed over must never change: a resumed run dropping rows or a row
+    completed in place (``SplitSeries.rewrites`` moves) abandons the stream, and the caller saves
+    the whole series at the end instead. The chunks are views of the series' arrays, never copies:
+    rows below a split's length are not written again unless it is rewritten, and a grown array's
+    old buffer lives on in the view.
+    """
+
+    def __init__(self, log: Path, entry: _Entry) -> None:
+        self.log = log
+        self._entry = entry
+        self._written: dict[Split, int] = dict.fromkeys(SPLITS, 0)
+        self._rewrites: dict[Split, int] | None = None
+        self._series: CellSeries | None = None
+        self.abandoned = False
+        self._error: BaseException | None = None
+        self._queue: queue.Queue[tuple[Split, np.ndarray, np.ndarray, dict[str, np.ndarray]] | None]
+        self._queue = queue.Queue(maxsize=_QUEUE)
+        self._thread = threading.Thread(target=self._write, name="prefwatch-cache", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def begin(cls, log: Path) -> Stream | None:
+        """A stream for ``log`` when it is large and already ends with an end-of-training record (a
+        finished run: its entry will be kept); None otherwise, or when no entry can be written."""
+        now = identity(log)
+        if now is None or now[2] < MIN_BYTES or not ends_finished(log):
+            return None
+        try:
+            return cls(log, _Entry(log))
+        except OSError:
+            return None
+
+    def add(self, series: CellSeries, last: bool = False) -> None:
+        """Hand the writer the rows ``series`` gained since the last hand-over, once there are many
+        of them (or all, when ``last``)."""
+        if self.abandoned:
+            return
+        rewrites = {name: series.split(name).rewrites for name in SPLITS}
+        if self._series is None:
+            self._series, self._rewrites = series, rewrites
+        if series is not self._series or rewrites != self._rewrites or self._error is not None:
+            self.abandon()
+            return
+        if not last and sum(len(series.split(n)) - self._written[n] for n in SPLITS) < _CHUNK_ROWS:
+            return
+        for name in SPLITS:
+            split = series.split(name)
+            start, stop = self._written[name], len(split)
+            if stop > start:
+                columns = {n: split.column(n)[start:stop] for n in split.names}
+                self._queue.put((name, split.steps[start:stop], split.times[start:stop], columns))
+                self._written[name] = stop
+
+    def finish(self, series: CellSeries, seen: Identity | None) -> bool:
+        """Commit the entry if it holds all of ``series``, read from the file as it still is; True when committed."""
+        self.add(series, last=True)
+        complete = not self.abandoned and series.finished and identity(self.log) == seen
+        self._stop()
+        if seen is None or not complete or self._error is not None:
+            self._entry.discard()
+            return False
+        try:
+            self._entry.commit(_summary(self.log, seen, series))
+        except (OSError, ValueError, TypeError):
+            self._entry.discard()
+            return False
+        return True
+
+    def abandon(self) -> None:
+        """Stop writing and drop the entry (the caller may still ``save`` the whole series)."""
+        if not self.abandoned:
+            self.abandoned = True
+            self._stop()
+            self._entry.discard()
+
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def _write(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._entry.chunk(*item)
+                except BaseException as exc:  # a full disk: the entry is dropped at finish
+                    self._error = exc
+
+
+def ends_finished(log: Path) -> bool:
+    """Whether the last complete line of ``log`` is an end-of-training record (read from its tail only)."""
+    try:
+        with open(log, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(max(0, size - _TAIL_BYTES))
+            tail = f.read(_TAIL_BYTES)
+    except OSError:
+        return False
+    lines = tail.rstrip(b"\n").rsplit(b"\n", 1)
+    try:
+        record = msgspec.json.decode(lines[-1])
+    except (msgspec.DecodeError, RecursionError):
+        return False
+    return isinstance(record, dict) and metrics.is_end_record(record)
 
 
 def load(log: Path) -> tuple[CellSeries, Identity] | None:
@@ -95,27 +269,64 @@ def load(log: Path) -> tuple[CellSeries, Identity] | None:
     if now is None or now[2] < MIN_BYTES:
         return None
     try:
-        with np.load(entry_path(log), allow_pickle=False) as entry:
-            meta = json.loads(entry["meta"].tobytes())
-            if meta.get("format") != FORMAT or tuple(meta["identity"]) != now:
+        with open(entry_path(log), "rb") as f:
+            if f.read(len(MAGIC)) != MAGIC:
                 return None
-            if meta.get("path") != str(Path(log).resolve()):
+            f.seek(-_LENGTH.size, os.SEEK_END)
+            end = f.tell()
+            (summary_at,) = _LENGTH.unpack(f.read(_LENGTH.size))
+            f.seek(summary_at)
+            summary = _read_frame(f)
+            if f.tell() != end or summary.get("format") != FORMAT or summary.get("byteorder") != sys.byteorder:
                 return None
-            series = CellSeries()
-            for split_name in ("train", "eval"):
-                names = meta[f"{split_name}_names"]
-                columns = entry[f"{split_name}_columns"]
-                split = SplitSeries.from_arrays(
-                    entry[f"{split_name}_steps"],
-                    entry[f"{split_name}_times"],
-                    dict(zip(names, columns)),
-                    meta[f"{split_name}_segments"],
-                )
-                setattr(series, split_name, split)
-            series.records = int(meta["records"])
-            series.rejected = Counter(meta["rejected"])
-            series.end_record = meta["end_record"]
-            series.first_non_finite = {(s, n): float(step) for s, n, step in meta["first_non_finite"]}
-    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+            if tuple(summary["identity"]) != now or summary.get("path") != str(Path(log).resolve()):
+                return None
+            series = _read_rows(f, summary, summary_at)
+    except (OSError, ValueError, KeyError, TypeError, struct.error, json.JSONDecodeError):
         return None
+    series.records = int(summary["records"])
+    series.rejected = Counter(summary["rejected"])
+    series.end_record = summary["end_record"]
+    series.first_non_finite = {(s, n): float(step) for s, n, step in summary["first_non_finite"]}
     return series, now
+
+
+def _read_frame(f: BinaryIO) -> dict[str, Any]:
+    (length,) = _LENGTH.unpack(f.read(_LENGTH.size))
+    header = json.loads(f.read(length))
+    if not isinstance(header, dict):
+        raise ValueError("not a frame")
+    return header
+
+
+def _read_rows(f: io.BufferedReader, summary: dict[str, Any], summary_at: int) -> CellSeries:
+    """The chunks, read straight into each split's final arrays (no second copy of ~100 MB)."""
+    shapes = {name: summary[name] for name in SPLITS}
+    rows = {name: int(shapes[name]["rows"]) for name in SPLITS}
+    arrays = {
+        name: {key: np.empty(rows[name]) for key in ["\0steps", "\0times", *shapes[name]["names"]]} for name in SPLITS
+    }
+    filled = dict.fromkeys(SPLITS, 0)
+    f.seek(len(MAGIC))
+    while f.tell() < summary_at:
+        header = _read_frame(f)
+        name, count = header["split"], int(header["rows"])
+        start, stop = filled[name], filled[name] + count
+        if count < 0 or stop > rows[name]:
+            raise ValueError("more rows than the summary says")
+        target = arrays[name]
+        for key in ["\0steps", "\0times", *header["names"]]:
+            view = target[key][start:stop].data.cast("B")  # a KeyError for a name not in the summary
+            if f.readinto(view) != len(view):
+                raise ValueError("entry cut short")
+        for key in set(target) - {"\0steps", "\0times", *header["names"]}:
+            target[key][start:stop] = np.nan
+        filled[name] = stop
+    if filled != rows:
+        raise ValueError("fewer rows than the summary says")
+    series = CellSeries()
+    for name in SPLITS:
+        columns = arrays[name]
+        steps, times = columns.pop("\0steps"), columns.pop("\0times")
+        setattr(series, name, SplitSeries.from_arrays(steps, times, columns, shapes[name]["segments"]))
+    return series

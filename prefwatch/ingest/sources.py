@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from prefwatch import metrics, rundir, system
+from prefwatch import allocator, metrics, rundir, system
 from prefwatch.ingest import cache
 from prefwatch.ingest.columnar import ColumnarDecoder, add_blocks
 from prefwatch.ingest.tail import TailReader, decode_line
@@ -213,27 +213,47 @@ class CellSource:
         return None if self.series.finished or not self.series.records else self.series.last_step
 
     def _poll_metrics(self) -> bool:
-        assert self._metrics_reader is not None
-        if not self._metrics_reader.started and self._from_cache():
+        reader = self._metrics_reader
+        assert reader is not None and self.metrics_path is not None
+        # Read from its start, the log's size tells how many rows to make room for (see _reserve).
+        size = 0 if reader.started else (cache.identity(self.metrics_path) or (0, 0, 0, 0))[2]
+        if size >= cache.MIN_BYTES:
+            allocator.prepare_large_read()
+        if not reader.started and self._from_cache():
             return True
         blocks = 0
         # After peek_tail() the series holds only the end of the log: the whole log is read into a
         # new series, which replaces the preview when it is complete (the monitor never sees a gap).
         series = CellSeries() if self.preview else self.series
+        # A large finished log read from its start has its cache entry written while it is read.
+        stream = None if reader.started or self._cached else cache.Stream.begin(self.metrics_path)
 
         def take(block: bytes) -> None:
             nonlocal blocks
             blocks += 1
             add_blocks(series, [block], self._columnar)
+            if blocks == 1 and size > 2 * len(block):
+                _reserve(series, size / len(block))
+            if stream is not None:
+                stream.add(series)
 
         def restart() -> None:
             nonlocal series
             series = CellSeries()
+            if stream is not None:
+                stream.abandon()
 
-        batch = self._metrics_reader.poll(on_block=take, on_restart=restart)
+        try:
+            batch = reader.poll(on_block=take, on_restart=restart)
+        except BaseException:
+            if stream is not None:
+                stream.abandon()
+            raise
         series.rejected.update(batch.rejected)
         self.series, self.preview = series, False
-        if blocks and series.finished and not self._cached:
+        if stream is not None and stream.finish(series, reader.identity):
+            self._cached = True
+        elif blocks and series.finished and not self._cached:
             self._to_cache()
         return bool(blocks or batch.rejected or batch.restarted)
 
@@ -708,3 +728,11 @@ def guess_seed(path: Path) -> int | None:
 def natural_key(path: Path) -> list[tuple[int, int | str]]:
     """Order names with their numbers as numbers: r4, r8, r16, r32; seed2 before seed10."""
     return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", path.name) if part]
+
+
+def _reserve(series: CellSeries, scale: float) -> None:
+    """Room for a whole log in each split, judged from its first block (``scale`` = file size / block
+    size) with a little to spare: a million-line log is then read without doubling its arrays."""
+    for split in (series.train, series.eval):
+        if len(split):
+            split.reserve(int(len(split) * scale * 1.05) + 64)
