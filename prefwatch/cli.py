@@ -306,7 +306,6 @@ def _labels(args: argparse.Namespace) -> dict[str, tuple[str | None, int | None]
 def _open(args: argparse.Namespace) -> Any:
     """The logs at args.path, with --label applied and each launched cell's status handed in by the jobs
     layer; bad input is a one-line UsageError."""
-    from prefwatch import jobs
     from prefwatch.ingest.sources import SourceError, open_path
 
     try:
@@ -314,7 +313,10 @@ def _open(args: argparse.Namespace) -> Any:
     except SourceError as exc:
         raise UsageError(str(exc)) from None
     grid.poll()
-    jobs.hand_statuses(grid)
+    if grid.managed:  # the jobs layer (processes, Slurm) only for a grid prefwatch launched
+        from prefwatch import jobs
+
+        jobs.hand_statuses(grid)
     return grid
 
 
