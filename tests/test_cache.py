@@ -245,3 +245,20 @@ def test_an_entry_cut_short_is_a_miss(tmp_path, small_blocks, hits, cut):
     _, again = opened(tmp_path / "runs")
     assert hits == [False, False]
     same_series(again.series, first.series)
+
+
+def test_an_entry_whose_summary_promises_more_rows_than_it_holds_is_a_miss_without_allocating_them(tmp_path, hits):
+    """A damaged summary saying a split has 10^12 rows: refused from the entry's size, never allocated."""
+    log = tmp_path / "runs" / "dpo-r8" / "metrics.jsonl"
+    write_log(log, 30)
+    _, first = opened(tmp_path / "runs")
+    entry = cache.entry_path(log)
+    data = entry.read_bytes()
+    (at,) = cache._LENGTH.unpack(data[-8:])
+    summary = json.loads(data[at + 8 : -8])
+    summary["train"]["rows"] = 10**12
+    text = json.dumps(summary).encode()
+    entry.write_bytes(data[:at] + cache._LENGTH.pack(len(text)) + text + cache._LENGTH.pack(at))
+    _, again = opened(tmp_path / "runs")
+    assert hits == [False, False]
+    same_series(again.series, first.series)

@@ -300,33 +300,55 @@ def _read_frame(f: BinaryIO) -> dict[str, Any]:
 
 
 def _read_rows(f: io.BufferedReader, summary: dict[str, Any], summary_at: int) -> CellSeries:
-    """The chunks, read straight into each split's final arrays (no second copy of ~100 MB)."""
-    shapes = {name: summary[name] for name in SPLITS}
-    rows = {name: int(shapes[name]["rows"]) for name in SPLITS}
-    arrays = {
-        name: {key: np.empty(rows[name]) for key in ["\0steps", "\0times", *shapes[name]["names"]]} for name in SPLITS
-    }
-    filled = dict.fromkeys(SPLITS, 0)
+    """The chunks, read straight into each split's final arrays (no second copy of ~100 MB). What the
+    summary promises must fit in the file before anything is allocated: a damaged entry is a miss,
+    never a huge allocation."""
+    shapes = {name: _Shape(summary[name]) for name in SPLITS}
+    if sum(shape.nbytes for shape in shapes.values()) > summary_at:
+        raise ValueError("the summary promises more rows than the entry holds")
+    for shape in shapes.values():
+        shape.allocate()
     f.seek(len(MAGIC))
     while f.tell() < summary_at:
         header = _read_frame(f)
-        name, count = header["split"], int(header["rows"])
-        start, stop = filled[name], filled[name] + count
-        if count < 0 or stop > rows[name]:
-            raise ValueError("more rows than the summary says")
-        target = arrays[name]
-        for key in ["\0steps", "\0times", *header["names"]]:
-            view = target[key][start:stop].data.cast("B")  # a KeyError for a name not in the summary
+        shapes[header["split"]].read(f, int(header["rows"]), header["names"])
+    series = CellSeries()
+    for name, shape in shapes.items():
+        setattr(series, name, shape.split())
+    return series
+
+
+class _Shape:
+    """One split of an entry as it is read back: its final arrays, filled chunk by chunk in order."""
+
+    def __init__(self, shape: dict[str, Any]) -> None:
+        self.rows, self.segments = int(shape["rows"]), int(shape["segments"])
+        names = shape["names"]
+        if self.rows < 0 or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError("not a split")
+        self.nbytes = 8 * self.rows * (2 + len(names))
+        self.names: list[str] = names
+        self.filled = 0
+        self.steps = self.times = np.empty(0)
+        self.columns: dict[str, np.ndarray] = {}
+
+    def allocate(self) -> None:
+        self.steps, self.times = np.empty(self.rows), np.empty(self.rows)
+        self.columns = {name: np.empty(self.rows) for name in self.names}
+
+    def read(self, f: io.BufferedReader, count: int, names: list[str]) -> None:
+        start, stop = self.filled, self.filled + count
+        if count < 0 or stop > self.rows or not set(names) <= self.columns.keys():
+            raise ValueError("a chunk the summary does not describe")
+        for array in (self.steps, self.times, *(self.columns[name] for name in names)):
+            view = array[start:stop].data.cast("B")
             if f.readinto(view) != len(view):
                 raise ValueError("entry cut short")
-        for key in set(target) - {"\0steps", "\0times", *header["names"]}:
-            target[key][start:stop] = np.nan
-        filled[name] = stop
-    if filled != rows:
-        raise ValueError("fewer rows than the summary says")
-    series = CellSeries()
-    for name in SPLITS:
-        columns = arrays[name]
-        steps, times = columns.pop("\0steps"), columns.pop("\0times")
-        setattr(series, name, SplitSeries.from_arrays(steps, times, columns, shapes[name]["segments"]))
-    return series
+        for name in self.columns.keys() - set(names):
+            self.columns[name][start:stop] = np.nan  # a metric first logged after these rows
+        self.filled = stop
+
+    def split(self) -> SplitSeries:
+        if self.filled != self.rows:
+            raise ValueError("fewer rows than the summary says")
+        return SplitSeries.from_arrays(self.steps, self.times, self.columns, self.segments)
