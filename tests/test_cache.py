@@ -262,3 +262,20 @@ def test_an_entry_whose_summary_promises_more_rows_than_it_holds_is_a_miss_witho
     _, again = opened(tmp_path / "runs")
     assert hits == [False, False]
     same_series(again.series, first.series)
+
+
+def test_what_no_reader_will_use_is_swept_from_the_cache_folder(tmp_path, monkeypatch):
+    """A temporary entry whose writer ended long ago (a monitor quit mid-read) and an entry of the
+    earlier format are removed when an entry is next written; a fresh temporary entry (another
+    process writing now) and anything not named like ours are kept."""
+    monkeypatch.setattr(cache, "_swept", False)
+    folder = cache.cache_dir()
+    folder.mkdir(parents=True)
+    stale, fresh = folder / ".entry-old.tmp", folder / ".entry-now.tmp"
+    old_format, other = folder / ("0" * 32 + ".npz"), folder / "notes.txt"
+    for path in (stale, fresh, old_format, other):
+        path.write_bytes(b"x")
+    os.utime(stale, (0, 0))
+    write_log(tmp_path / "runs" / "dpo-r8" / "metrics.jsonl", 30)
+    opened(tmp_path / "runs")
+    assert sorted(p.name for p in folder.iterdir() if not p.name.endswith(".entry")) == [".entry-now.tmp", "notes.txt"]

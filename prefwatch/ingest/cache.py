@@ -35,6 +35,7 @@ import struct
 import sys
 import tempfile
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -84,6 +85,7 @@ class _Entry:
     def __init__(self, log: Path) -> None:
         self.target = entry_path(log)
         self.target.parent.mkdir(parents=True, exist_ok=True)
+        _sweep(self.target.parent)
         fd, self._temporary = tempfile.mkstemp(dir=self.target.parent, prefix=".entry-", suffix=".tmp")
         self._file: BinaryIO = os.fdopen(fd, "wb")
         self._file.write(MAGIC)
@@ -111,6 +113,27 @@ class _Entry:
     def _frame(self, header: dict[str, Any]) -> None:
         text = json.dumps(header).encode()
         self._file.write(_LENGTH.pack(len(text)) + text)
+
+
+_swept = False
+STALE_SECONDS = 3600  # a temporary entry this old has no writer left (one takes seconds)
+
+
+def _sweep(folder: Path) -> None:
+    """Once a process, remove what no reader will use: temporary entries left by a process that
+    ended while writing (a monitor quit in the middle of a first read), and entries of the earlier
+    format (``.npz``). Only prefwatch's own names in prefwatch's own folder."""
+    global _swept
+    if _swept:
+        return
+    _swept = True
+    now = time.time()
+    for path in [*folder.glob(".entry-*.tmp"), *folder.glob("*.npz")]:
+        try:
+            if path.suffix == ".npz" or now - path.stat().st_mtime > STALE_SECONDS:
+                path.unlink()
+        except OSError:
+            pass
 
 
 def _summary(log: Path, seen: Identity, series: CellSeries) -> dict[str, Any]:
