@@ -406,3 +406,34 @@ def test_factors_order_as_numbers_and_seed_tokens_are_read(tmp_path):
         "simpo-r4-seed2",
     ]
     assert [c.seed for c in grid.cells] == [2, 0, 1, 10, 2]
+
+
+def test_a_log_read_from_its_start_reserves_room_for_its_rows_once_and_never_beyond_its_size(tmp_path, monkeypatch):
+    """The first block's rows and the file's size give the rows to make room for: a log read in many
+    blocks ends with less room than doubling would leave; a first block of
+    short lines followed by long ones reserves no more rows than the file could hold."""
+    from prefwatch.ingest import tail
+
+    monkeypatch.setattr(tail, "_CHUNK_BYTES", 4096)
+    steady = tmp_path / "steady" / "dpo-r8"
+    steady.mkdir(parents=True)
+    (steady / "metrics.jsonl").write_text(
+        "".join(
+            json.dumps({"loss": 0.5 + s / 1e4, "rewards/margins": s / 100, "step": s}) + "\n" for s in range(1, 3001)
+        )
+    )
+    grid = open_path(tmp_path / "steady")
+    grid.poll()
+    train = grid.cells[0].series.train
+    assert len(train) == 3000 and 3000 <= train._capacity < 4096  # doubling from 64 rows: 4096
+    odd = tmp_path / "odd" / "dpo-r8"
+    odd.mkdir(parents=True)
+    short = "".join(json.dumps({"loss": 1, "step": s}) + "\n" for s in range(1, 200))
+    padding = "x" * 5000
+    long = "".join(json.dumps({"loss": 1, "step": s, "note": padding}) + "\n" for s in range(200, 400))
+    (odd / "metrics.jsonl").write_text(short + long)
+    grid = open_path(tmp_path / "odd")
+    grid.poll()
+    train = grid.cells[0].series.train
+    size = (odd / "metrics.jsonl").stat().st_size
+    assert len(train) == 399 and train._capacity <= max(size // 48, 1024)

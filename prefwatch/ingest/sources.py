@@ -233,7 +233,7 @@ class CellSource:
             blocks += 1
             add_blocks(series, [block], self._columnar)
             if blocks == 1 and size > 2 * len(block):
-                _reserve(series, size / len(block))
+                _reserve(series, size / len(block), size // _MIN_LINE_BYTES)
             if stream is not None:
                 stream.add(series)
 
@@ -730,9 +730,14 @@ def natural_key(path: Path) -> list[tuple[int, int | str]]:
     return [(0, int(part)) if part.isdigit() else (1, part) for part in re.split(r"(\d+)", path.name) if part]
 
 
-def _reserve(series: CellSeries, scale: float) -> None:
+_MIN_LINE_BYTES = 48  # a metrics line with a step, a time and one value is longer than this
+
+
+def _reserve(series: CellSeries, scale: float, most: int) -> None:
     """Room for a whole log in each split, judged from its first block (``scale`` = file size / block
-    size) with a little to spare: a million-line log is then read without doubling its arrays."""
+    size) with a little to spare: a million-line log is then read without doubling its arrays. Never
+    more than ``most`` rows: a first block of unusually short lines must not reserve memory that the
+    rest of the file could not fill."""
     for split in (series.train, series.eval):
         if len(split):
-            split.reserve(int(len(split) * scale * 1.05) + 64)
+            split.reserve(min(int(len(split) * scale * 1.05) + 64, most))
