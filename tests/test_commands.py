@@ -315,8 +315,8 @@ def test_the_monitor_and_the_report_call_a_silent_running_job_stalled(tmp_path: 
                 assert app.view.cell("dpo-r16").state == "finished"
                 panel = next(p for p in app.screen.query(CellPanel) if p.cell_id == "dpo-r8")
                 assert panel.has_class("-warn")
-                assert "stalled" in str(panel._status.render())
-                assert "no new log line" in str(panel.query_one(".cell-reason").render())
+                assert "stalled" in panel.status.plain
+                assert "no new log line" in panel.reason.plain
 
         asyncio.run(watch())
 

@@ -200,7 +200,7 @@ async def test_grid_and_replay_keys(tmp_path):
             assert clock.fraction == pytest.approx(before - 0.05, abs=1e-6)
         await pilot.press(end)
         assert clock.fraction == 1.0
-        await until(pilot, lambda: "100/100" in str(app.screen.query(CellPanel).first()._status.render()), "the end")
+        await until(pilot, lambda: "100/100" in app.screen.query(CellPanel).first().status.plain, "the end")
         # theme, compare, help, palette
         (theme,) = keys["light or dark theme"]
         before = app.theme

@@ -14,13 +14,15 @@ import pytest
 
 pytest.importorskip("textual")
 
+from textual.geometry import Region  # noqa: E402
+
 from prefwatch import jobs, rundir  # noqa: E402
 from prefwatch.ingest.sources import open_path  # noqa: E402
 from prefwatch.tui.app import MonitorApp  # noqa: E402
 from prefwatch.tui.screens.cell import CellScreen  # noqa: E402
 from prefwatch.tui.screens.confirm import ConfirmScreen  # noqa: E402
 from prefwatch.tui.screens.help import HelpScreen  # noqa: E402
-from prefwatch.tui.widgets.cell_panel import CellPanel  # noqa: E402
+from prefwatch.tui.widgets.cell_panel import CellPanel, MetricRow, row_spans  # noqa: E402
 
 CELLS = [("dpo", 16), ("dpo", 8), ("simpo", 16), ("simpo", 8)]
 MAX_STEPS = 40
@@ -186,8 +188,10 @@ async def test_fits_80x24_with_summary_and_footer(tmp_path):
             assert panels(app)[cell_id].region.bottom <= 24 - 4  # above the summary strip and the footer
         assert "verdict" in text
         assert "Quit" in lines[-1]
-        for panel in panels(app).values():  # every curve row has room for a chart
-            assert all(row.size.height >= 1 for row in panel.query("MetricRow"))
+        for panel in panels(app).values():  # every curve row has room for a chart, and the reason below them
+            spans = row_spans(panel.content_size.height)
+            assert all(height >= 1 for _, height in spans)
+            assert sum(height for _, height in spans) + 2 <= panel.content_size.height
 
 
 @run
@@ -204,7 +208,7 @@ async def test_live_appends_update_the_panel(tmp_path):
         )
         await wait_for(pilot, lambda: panel.view.step == 22)
         await pilot.pause()
-        assert panel.query_one(".metric-margin").value_text == "+7.250"
+        assert panel.row("margin").value_text == "+7.250"
         assert "step 22/40" in screen_text(app)
         assert panels(app)["dpo-r8"].view.step == 20  # the others did not move
 
@@ -323,8 +327,8 @@ async def test_a_diverged_cell_shows_nan_and_its_finding(tmp_path):
         await pilot.pause()
         panel = panels(app)["dpo-r16"]
         assert panel.has_class("-error") and not panels(app)["simpo-r16"].has_class("-error")
-        assert panel.query_one(".metric-margin").value_text == "nan"
-        assert "NaN or infinite" in str(panel.query_one(".cell-reason").content)
+        assert panel.row("margin").value_text == "nan"
+        assert "NaN or infinite" in panel.reason.plain
 
 
 @run
@@ -348,17 +352,20 @@ async def test_the_selected_panel_is_highlighted_whole(tmp_path):
         await wait_for(pilot, lambda: app.view is not None and len(panels(app)) == 4)
         await pilot.pause()
 
-        def background(widget) -> object:
-            region = widget.content_region
-            return app.screen._compositor.get_style_at(region.x + 1, region.y).bgcolor
+        def background(panel: CellPanel, line: int) -> object:
+            region = panel.content_region
+            return app.screen._compositor.get_style_at(region.x + 1, region.y + line).bgcolor
+
+        def row_of(panel: CellPanel) -> int:  # the margin row's first line (its label and value)
+            keys = [row.key for row in panel.rows]
+            return row_spans(panel.content_size.height)[keys.index("margin")][0]
 
         first, second = panels(app)["dpo-r16"], panels(app)["dpo-r8"]
-        row_of = lambda panel: panel.query_one(".metric-margin")  # noqa: E731
-        assert background(row_of(first)) == background(first._status) != background(row_of(second))
+        assert background(first, row_of(first)) == background(first, 0) != background(second, row_of(second))
         await pilot.press("right")
         await pilot.pause()
         assert app.screen.focused is second
-        assert background(row_of(second)) == background(second._status) != background(row_of(first))
+        assert background(second, row_of(second)) == background(second, 0) != background(first, row_of(first))
 
 
 def test_run_monitor_lets_a_bad_path_through(tmp_path):
@@ -393,7 +400,7 @@ async def test_a_new_value_that_moves_no_dot_repaints_only_its_text(tmp_path):
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: app.view is not None and app.follower is not None)
         await pilot.pause()
-        row = panels(app)["dpo-r16"].query_one(".metric-rejected")
+        row = panels(app)["dpo-r16"].row("rejected")
         await wait_for(pilot, lambda: row._strips is not None)
         repaints = row.repaints
         # Same value range, same pixel: a repeat of the last value one step on moves no dot at this width.
@@ -408,6 +415,73 @@ async def test_a_new_value_that_moves_no_dot_repaints_only_its_text(tmp_path):
         )
         await wait_for(pilot, lambda: "-5.000" in screen_text(app))
         assert row.repaints > repaints  # a new low rescales the chart: the whole row is drawn
+
+
+def cells_of(panel: CellPanel) -> list[list[tuple[str, object]]]:
+    """Each content line of a panel as it draws it now: (character, style) per cell."""
+    return [
+        [(char, segment.style) for segment in panel.render_line(y) for char in segment.text]
+        for y in range(panel.content_size.height)
+    ]
+
+
+@run
+async def test_a_panel_repaints_every_cell_that_changed_and_draws_what_a_fresh_panel_draws(tmp_path):
+    """A panel repaints only what changed (a region per line, or its value's cells): every cell that
+    differs from what it drew before lies in a region it refreshed, and what it draws is what a
+    panel drawn from scratch draws."""
+    grid = make_grid(tmp_path, steps=20, state=jobs.RUNNING)
+    app = app_for(grid, mode="live")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.view is not None and app.follower is not None)
+        await pilot.pause()
+        panel = panels(app)["dpo-r16"]
+        refreshed: list[tuple[Region, ...]] = []
+        refresh = panel.refresh
+
+        def spy(*regions: Region, **kwargs):
+            refreshed.append(regions)
+            return refresh(*regions, **kwargs)
+
+        panel.refresh = spy  # type: ignore[method-assign]
+        log = grid / "cells" / "dpo-r16" / rundir.METRICS_FILE
+        last = train_record(20, "dpo", 16)
+        seen: set[str] = set()
+        steps = [20.01, 21, 21.01, 22, 23, 23.02, 24, 25, 26]  # a fraction: the last values again, no dot moves
+        for step in steps:
+            before, records = cells_of(panel), panel.view.records
+            refreshed.clear()
+            if step == int(step):
+                last = train_record(int(step), "dpo", 16, **{"rewards/margins": 0.5 * step % 3})
+            else:  # the value's last digit changes, no dot moves
+                last = dict(last, **{"rewards/margins": last["rewards/margins"] + 0.002})
+            write_lines(log, [dict(last, step=step)])
+            await wait_for(pilot, lambda records=records: panel.view.records > records)
+            await pilot.pause()
+            after = cells_of(panel)
+            changed = {
+                (x, y)
+                for y, (a, b) in enumerate(zip(before, after))
+                for x in range(len(b))
+                if a[x : x + 1] != b[x : x + 1]
+            }
+            if not any(regions == () for regions in refreshed):  # a refresh without regions repaints all
+                covered = {
+                    (x, y)
+                    for regions in refreshed
+                    for r in regions
+                    for y in range(r.y, r.bottom)
+                    for x in range(r.x, r.right)
+                }
+                assert changed <= covered, (
+                    f"step {step}: cells changed but not repainted: {sorted(changed - covered)[:5]}"
+                )
+            panel.notify_style_update()  # drops every drawn line: the panel draws from scratch
+            assert cells_of(panel) == after, f"step {step}"
+            seen.update(
+                "value" if r.width == MetricRow.GUTTER_WIDTH else "line" for regions in refreshed for r in regions
+            )
+        assert seen == {"value", "line"}  # both kinds of partial repaint were made
 
 
 @run
