@@ -20,15 +20,18 @@ class GridScreen(Screen[None]):
         self.grid_view: GridView | None = None
         self._pending: tuple[str, str | None] | None = None
         self._built = False  # the panels exist (built from the first view shown)
+        # Kept, not queried at every refresh (a query walks the screen's widgets).
+        self._cells = CellGrid(id="cells")
+        self._strip = SummaryStrip(id="summary")
 
     def compose(self) -> ComposeResult:
-        yield CellGrid(id="cells")
-        yield SummaryStrip(id="summary")
+        yield self._cells
+        yield self._strip
         yield Footer()
 
     @property
     def cells(self) -> CellGrid:
-        return self.query_one(CellGrid)
+        return self._cells
 
     def show(self, grid: GridView, source: str, message: str | None = None) -> int:
         """Draw a new view of the grid; returns how many panels were redrawn.
@@ -40,10 +43,9 @@ class GridScreen(Screen[None]):
         self._pending = (source, message)
         if self._built and self.app.screen is not self:  # not is_current: that counts screens behind an overlay
             return 0
-        strip = self.query(SummaryStrip)
-        if not strip:  # a view that came before the screen's widgets were mounted: on_mount draws it
+        if not self._strip.is_attached:  # a view that came before the screen's widgets were mounted: on_mount draws it
             return 0
-        strip.first().show(grid, source, message)
+        self._strip.show(grid, source, message)
         if not self._built:
             self._built = True
             self.cells.build(grid)
@@ -61,8 +63,8 @@ class GridScreen(Screen[None]):
 
     def show_status(self, source: str, message: str | None) -> None:
         """Refresh the strip alone: the follower's mode, or an error while there is nothing else to show."""
-        for strip in self.query(SummaryStrip):  # none yet while the screen mounts
-            strip.show(self.grid_view, source, message)
+        if self._strip.is_attached:  # not yet while the screen mounts
+            self._strip.show(self.grid_view, source, message)
 
     def selected(self) -> CellPanel | None:
         focused = self.focused

@@ -77,6 +77,7 @@ class MetricRow:
         self._raster: RowRaster | None = None  # the codes on screen and what they were computed from
         self.repaints = 0  # whole-row repaints (tests read it: a new value alone repaints its text only)
         self._styles = RowStyles()
+        self._chart_top = Strip.blank(0)
 
     def show(self, cell: CellView) -> list[Region] | None:
         """Take this cell's curve; the regions of the row to repaint ([] for none, None for all of it).
@@ -105,7 +106,7 @@ class MetricRow:
             if unchanged:
                 if same_text:
                     return []  # a new point at the same pixels, its value the same to the digits shown
-                self._strips[0] = self._first_line(self._strips[0], width)
+                self._strips[0] = self._first_line(width)
                 return [Region(0, 0, self.GUTTER_WIDTH, 1)]
             lines = changed_lines(self._codes, drawn.codes)
             self._codes, self._codes_size = drawn.codes, (width, height)  # _draw takes them: one raster, not two
@@ -144,6 +145,7 @@ class MetricRow:
             self._codes = self._raster.codes if self._raster is not None else []
         self._codes_size = (0, 0)
         charts = strips_of(self._codes, [self._styles.curve], base, chart_width, height)
+        self._chart_top = charts[0] if charts else Strip.blank(chart_width, base)  # the value's line, redrawn alone
         blank = Strip.blank(self.GUTTER_WIDTH, base)
         rows = [Strip.join([self._gutter_strip() if row == 0 else blank, charts[row]]) for row in range(height)]
         return [row.adjust_cell_length(width, base) for row in rows]
@@ -160,9 +162,9 @@ class MetricRow:
             ]
         )
 
-    def _first_line(self, old: Strip, width: int) -> Strip:
-        chart = old.crop(self.GUTTER_WIDTH, width)
-        return Strip.join([self._gutter_strip(), chart]).adjust_cell_length(width, self._styles.base)
+    def _first_line(self, width: int) -> Strip:
+        """The row's first line with a new value beside the same chart (no crop of the old line)."""
+        return Strip.join([self._gutter_strip(), self._chart_top]).adjust_cell_length(width, self._styles.base)
 
 
 def changed_lines(old: list[np.ndarray] | None, new: list[np.ndarray]) -> list[int] | None:

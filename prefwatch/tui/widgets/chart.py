@@ -8,6 +8,7 @@ its size changes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -212,7 +213,7 @@ class RowRaster:
         self.points = len(curve)
         self._x_min = x_min
         self._scale = (columns - 1) / (x_max - x_min) if x_max > x_min else 0.0
-        self._tail = (curve.steps[-TAIL:].copy(), curve.values[-TAIL:].copy())
+        self._tail = _tail(curve)
         self._column = -1  # pixel column of the last point, when it is drawn there
         if len(curve) and self._scale and columns > 0:
             last = float(curve.steps[-1])
@@ -234,23 +235,22 @@ class RowRaster:
             return False
         steps, values = curve.steps, curve.values
         kept_steps, kept_values = self._tail
-        start = old - len(kept_values)
-        if not (
-            np.array_equal(steps[start:old], kept_steps)
-            and np.array_equal(values[start:old], kept_values, equal_nan=True)
-        ):
+        start = max(0, old - TAIL)
+        # Bytes, not np.array_equal: the same values copied compare equal (NaN too), in a fraction of
+        # the time; any other difference (even -0.0 for 0.0) only sends the caller to a full raster.
+        if steps[start:old].tobytes() != kept_steps or values[start:old].tobytes() != kept_values:
             return False  # rows completed or changed in place
         if n == old:
             return True
-        new_steps, new_values = steps[old:], values[old:]
+        # Python floats from here: a handful of numbers, where numpy's per-call cost would dominate.
+        new_steps, new_values = steps[old:].tolist(), values[old:].tolist()
         column = self._column
         left = self._x_min + (column - 0.5) / self._scale  # the bounds column_spans uses, computed the same way
         right = self._x_min + (column + 1 - 0.5) / self._scale
-        first, last = float(new_steps[0]), float(new_steps[-1])
-        if not (left <= first and last < right) or not np.isfinite(new_values).all():
+        if not (left <= new_steps[0] and new_steps[-1] < right) or not all(map(math.isfinite, new_values)):
             return False
         low, high = self._span
-        new_low, new_high = min(low, float(new_values.min())), max(high, float(new_values.max()))
+        new_low, new_high = min(low, min(new_values)), max(high, max(new_values))
         found = min(self.found[0], new_low), max(self.found[1], new_high)
         if y_range is None and found != self.found:
             # The data's range grows; the scale moves only when the snapped range does.
@@ -259,8 +259,13 @@ class RowRaster:
         if _pixel_rows(low, high, self.drawn, self.rows) != _pixel_rows(new_low, new_high, self.drawn, self.rows):
             return False
         self.points, self._span, self.found = n, (new_low, new_high), found
-        self._tail = (steps[max(0, n - TAIL) : n].copy(), values[max(0, n - TAIL) : n].copy())
+        self._tail = _tail(curve)
         return True
+
+
+def _tail(curve: Curve) -> tuple[bytes, bytes]:
+    """The last TAIL steps and values as bytes: what ``extended`` checks to notice rows changed in place."""
+    return curve.steps[-TAIL:].tobytes(), curve.values[-TAIL:].tobytes()
 
 
 def _owner(array: np.ndarray) -> int:
@@ -268,13 +273,18 @@ def _owner(array: np.ndarray) -> int:
     return id(array.base if array.base is not None else array)
 
 
-def _pixel_rows(low: float, high: float, drawn: tuple[float, float], rows: int) -> tuple[float, float]:
-    """The top and bottom pixel rows braille.pixel_grid lights for a column spanning ``low``..``high``."""
+def _pixel_rows(low: float, high: float, drawn: tuple[float, float], rows: int) -> tuple[int, int]:
+    """The top and bottom pixel rows braille.pixel_grid lights for a column spanning ``low``..``high``.
+
+    The same float operations in the same order as pixel_grid's (numpy float64 is IEEE double, and
+    ``round`` rounds half to even like ``np.rint``), on Python floats: a few numbers, called twice
+    per new point of every row.
+    """
     bottom_value, top_value = drawn
     span = top_value - bottom_value if top_value > bottom_value else 1.0
-    top = np.rint((top_value - high) / span * (rows - 1))
-    bottom = np.rint((top_value - low) / span * (rows - 1))
-    return float(np.clip(top, 0, rows - 1)), float(np.clip(bottom, 0, rows - 1))
+    top = round((top_value - high) / span * (rows - 1))
+    bottom = round((top_value - low) / span * (rows - 1))
+    return min(max(top, 0), rows - 1), min(max(bottom, 0), rows - 1)
 
 
 def strips_of(codes: list[np.ndarray], styles: Sequence[Style], base: Style, width: int, height: int) -> list[Strip]:
