@@ -57,6 +57,7 @@ MAX_REDRAW_INTERVAL = 0.2
 CPU_BUDGET = 0.04  # share of a core the whole monitor aims at; the throttle widens above it (charts.md)
 PREVIEW_BYTES = 256 << 10  # attach draws a first frame from this much of the end of each larger log
 OVERVIEW_FROM = 17  # a grid of this many cells opens on the overview (one row a cell), not the panels
+FOLLOW_UP_GRACE = 0.25  # owed findings are read this share of their age past due, unless a line brings them first
 READ_SHARE = 0.33  # reading and analysing may take at most this share of a core: huge logs refresh less often
 
 
@@ -302,7 +303,11 @@ class MonitorApp(App[int]):
         analysis = self._incremental.analysis
         follower = self.follower
         if analysis.owed and follower is not None:
-            follower.nudge(after=max(0.001, analysis.due_in))
+            # A little past the due time: a cell logging every second brings its findings along with
+            # the next line instead of a read and a frame of their own just before it (at exactly the
+            # due time the follow-up came ~0.1 s before each second line and set the findings' clock
+            # to itself: two refreshes where one does). A quiet cell's findings wait 1.25 x the age.
+            follower.nudge(after=max(0.001, analysis.due_in + analysis.findings_age * FOLLOW_UP_GRACE))
         elif analysis.owed and not self._follow_up_pending:  # before the follower starts (first read)
             self._follow_up_pending = True
 
