@@ -485,6 +485,23 @@ async def test_a_panel_repaints_every_cell_that_changed_and_draws_what_a_fresh_p
 
 
 @run
+async def test_start_up_objects_are_frozen_while_the_app_runs_and_unfrozen_after(tmp_path):
+    """A full garbage collection must not walk everything start-up made (a 65 ms frame): the app
+    freezes it once it has drawn, and hands it back to the collector when it closes."""
+    import gc
+
+    grid = make_grid(tmp_path, steps=20, state=jobs.RUNNING)
+    app = app_for(grid, mode="live")
+    assert gc.get_freeze_count() == 0
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.view is not None and app.follower is not None)
+        write_lines(grid / "cells" / "dpo-r16" / rundir.METRICS_FILE, [train_record(21, "dpo", 16)])
+        await wait_for(pilot, lambda: gc.get_freeze_count() > 0)  # after the second view drawn
+        assert app.is_running
+    assert gc.get_freeze_count() == 0
+
+
+@run
 async def test_only_changed_cells_are_analysed_again(tmp_path):
     grid = make_grid(tmp_path, steps=20, state=jobs.RUNNING)
     app = app_for(grid, mode="live", heartbeat=600)
