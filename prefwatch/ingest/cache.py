@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import mmap
 import os
 import queue
 import struct
@@ -341,6 +342,19 @@ def _read_rows(f: io.BufferedReader, summary: dict[str, Any], summary_at: int) -
     return series
 
 
+def _table(width: int, rows: int) -> np.ndarray:
+    """``width`` rows of ``rows`` float64s for an entry to be read into. A large one is a mapping whose
+    pages the kernel makes in one call (MAP_POPULATE) instead of faulting them in one by one as they
+    are filled: 45 instead of 55 ms for a million-line entry here. Each row is a contiguous array;
+    the mapping lives as long as any of them does."""
+    size = 8 * width * rows
+    populate = getattr(mmap, "MAP_POPULATE", 0)  # Linux only
+    if not size or size < MIN_BYTES or not populate:
+        return np.empty((width, rows))
+    buffer = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate)
+    return np.frombuffer(buffer, dtype=np.float64).reshape(width, rows)
+
+
 class _Shape:
     """One split of an entry as it is read back: its final arrays, filled chunk by chunk in order."""
 
@@ -356,8 +370,9 @@ class _Shape:
         self.columns: dict[str, np.ndarray] = {}
 
     def allocate(self) -> None:
-        self.steps, self.times = np.empty(self.rows), np.empty(self.rows)
-        self.columns = {name: np.empty(self.rows) for name in self.names}
+        table = _table(2 + len(self.names), self.rows)
+        self.steps, self.times = table[0], table[1]
+        self.columns = {name: table[2 + i] for i, name in enumerate(self.names)}
 
     def read(self, f: io.BufferedReader, count: int, names: list[str]) -> None:
         start, stop = self.filled, self.filled + count
