@@ -279,3 +279,65 @@ def test_what_no_reader_will_use_is_swept_from_the_cache_folder(tmp_path, monkey
     write_log(tmp_path / "runs" / "dpo-r8" / "metrics.jsonl", 30)
     opened(tmp_path / "runs")
     assert sorted(p.name for p in folder.iterdir() if not p.name.endswith(".entry")) == [".entry-now.tmp", "notes.txt"]
+
+
+REAL = Path(__file__).resolve().parent / "real_logs" / "rlhf-recsys-outputs" / "trainer_state.json"
+
+
+def real_log(path: Path, repeats: int, resume_at: int | None = None) -> None:
+    """A log of real rows (chandlerzuo/rlhf_recsys, LLaMA-Factory ORPO on TRL; tests/real_logs/PROVENANCE.md)
+    made long enough to be cached: the run's 33 train rows laid end to end ``repeats`` times (steps
+    shifted by the run's 336 steps each time), then its real end-of-training summary. With
+    ``resume_at``, the last repeat is logged again from that step on, as a job resumed from a checkpoint."""
+    history = json.loads(REAL.read_text())["log_history"]
+    rows, summary = history[:-1], history[-1]
+    lines = [dict(row, step=row["step"] + 336 * k) for k in range(repeats) for row in rows]
+    if resume_at is not None:
+        lines += [line for line in lines[-len(rows) :] if line["step"] >= resume_at]
+    lines.append(dict(summary, step=summary["step"] + 336 * (repeats - 1)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+@pytest.mark.parametrize("resumed", [False, True])
+def test_a_real_log_large_enough_to_cache_comes_back_bit_for_bit(tmp_path, monkeypatch, hits, resumed):
+    """At the real threshold (1 MiB) and block size: a real TRL-era log's values (float32 numbers
+    printed as doubles, learning rates to 1e-9) come back from the entry exactly, and the report
+    from the entry is the report from the log. Resumed, the stream is dropped (its rows changed)
+    and the entry is saved whole, with the same result."""
+    monkeypatch.setattr(cache, "MIN_BYTES", 1 << 20)
+    log = tmp_path / "runs" / "orpo-r16" / "metrics.jsonl"
+    real_log(log, repeats=70, resume_at=336 * 69 + 100 if resumed else None)
+    assert log.stat().st_size > 1 << 20
+    streams = []
+    real = cache.Stream.begin
+    monkeypatch.setattr(cache.Stream, "begin", lambda path: streams.append(real(path)) or streams[-1])
+    grid, first = opened(tmp_path / "runs")
+    assert streams[0] is not None and streams[0].abandoned == resumed
+    assert first.series.train.segments == (2 if resumed else 1) and first.series.finished
+    again, second = opened(tmp_path / "runs")
+    assert hits == [False, True]
+    same_series(second.series, parse_without_cache(tmp_path / "runs", monkeypatch))
+    assert analyse(grid, now=0).to_json() == analyse(again, now=0).to_json()
+
+
+def test_a_named_pipe_in_place_of_an_entry_is_a_miss_not_a_wait(tmp_path, hits):
+    """Opening a FIFO for reading waits for a writer: an entry that is not a regular file is a miss
+    at once, and the next save replaces it with a real entry."""
+    import threading
+
+    log = tmp_path / "runs" / "dpo-r8" / "metrics.jsonl"
+    write_log(log, 30)
+    entry = cache.entry_path(log)
+    entry.parent.mkdir(parents=True)
+    os.mkfifo(entry)
+    done = threading.Thread(target=opened, args=(tmp_path / "runs",), daemon=True)
+    done.start()
+    done.join(timeout=30)
+    if done.is_alive():  # the regression: release the reader before failing
+        with open(entry, "wb"):
+            pass
+    assert not done.is_alive() and hits == [False]
+    assert stat.S_ISREG(entry.stat().st_mode)
+    opened(tmp_path / "runs")
+    assert hits == [False, True]

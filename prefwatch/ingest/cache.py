@@ -32,6 +32,7 @@ import json
 import mmap
 import os
 import queue
+import stat
 import struct
 import sys
 import tempfile
@@ -293,7 +294,7 @@ def load(log: Path) -> tuple[CellSeries, Identity] | None:
     if now is None or now[2] < MIN_BYTES:
         return None
     try:
-        with open(entry_path(log), "rb") as f:
+        with _open_entry(entry_path(log)) as f:
             if f.read(len(MAGIC)) != MAGIC:
                 return None
             f.seek(-_LENGTH.size, os.SEEK_END)
@@ -313,6 +314,20 @@ def load(log: Path) -> tuple[CellSeries, Identity] | None:
     series.end_record = summary["end_record"]
     series.first_non_finite = {(s, n): float(step) for s, n, step in summary["first_non_finite"]}
     return series, now
+
+
+def _open_entry(path: Path) -> io.BufferedReader:
+    """An entry opened for reading, only if it is a regular file: opening a named pipe left in its
+    place would wait for a writer forever (O_NONBLOCK), and a device is not an entry."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path}: not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _read_frame(f: BinaryIO) -> dict[str, Any]:
