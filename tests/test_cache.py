@@ -189,8 +189,8 @@ def test_an_entry_streamed_in_chunks_while_the_log_is_read_equals_a_full_read(
     streamed = []
     real = cache.Stream.begin
 
-    def spy(path):
-        stream = real(path)
+    def spy(path, size):
+        stream = real(path, size)
         streamed.append(stream)
         return stream
 
@@ -217,7 +217,7 @@ def test_a_resume_while_streaming_abandons_the_stream_and_saves_the_whole_series
     log.write_text("".join(lines[:-1]) + "".join(resumed) + lines[-1])
     streams = []
     real = cache.Stream.begin
-    monkeypatch.setattr(cache.Stream, "begin", lambda path: streams.append(real(path)) or streams[-1])
+    monkeypatch.setattr(cache.Stream, "begin", lambda path, size: streams.append(real(path, size)) or streams[-1])
     _, first = opened(tmp_path / "runs")
     assert streams[0].abandoned and cache.entry_path(log).is_file()
     assert first.series.train.segments == 2
@@ -311,7 +311,7 @@ def test_a_real_log_large_enough_to_cache_comes_back_bit_for_bit(tmp_path, monke
     assert log.stat().st_size > 1 << 20
     streams = []
     real = cache.Stream.begin
-    monkeypatch.setattr(cache.Stream, "begin", lambda path: streams.append(real(path)) or streams[-1])
+    monkeypatch.setattr(cache.Stream, "begin", lambda path, size: streams.append(real(path, size)) or streams[-1])
     grid, first = opened(tmp_path / "runs")
     assert streams[0] is not None and streams[0].abandoned == resumed
     assert first.series.train.segments == (2 if resumed else 1) and first.series.finished

@@ -203,11 +203,11 @@ class Stream:
         self._thread.start()
 
     @classmethod
-    def begin(cls, log: Path) -> Stream | None:
-        """A stream for ``log`` when it is large and already ends with an end-of-training record (a
-        finished run: its entry will be kept); None otherwise, or when no entry can be written."""
-        now = identity(log)
-        if now is None or now[2] < MIN_BYTES or not ends_finished(log):
+    def begin(cls, log: Path, size: int) -> Stream | None:
+        """A stream for ``log`` (``size`` bytes) when it is large and already ends with an
+        end-of-training record (a finished run: its entry will be kept); None otherwise, or when no
+        entry can be written."""
+        if size < MIN_BYTES or not ends_finished(log):
             return None
         try:
             return cls(log, _Entry(log))

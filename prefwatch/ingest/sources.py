@@ -226,7 +226,7 @@ class CellSource:
         # new series, which replaces the preview when it is complete (the monitor never sees a gap).
         series = CellSeries() if self.preview else self.series
         # A large finished log read from its start has its cache entry written while it is read.
-        stream = None if reader.started or self._cached else cache.Stream.begin(self.metrics_path)
+        stream = None if reader.started or self._cached else cache.Stream.begin(self.metrics_path, size)
 
         def take(block: bytes) -> None:
             nonlocal blocks
