@@ -75,8 +75,10 @@ check-light:
 clean-runs:
 	rm -rf runs/
 
-# Regenerate sample_runs/tiny-demo with the real launcher (checkpoints left out: the logs are the sample).
+# Regenerate sample_runs/tiny-demo with the real launcher (checkpoints left out: the logs are the sample;
+# the machine's paths in its records made neutral).
 sample-runs: venv
 	tmp=$$(mktemp -d) && $(BIN)/prefwatch launch examples/tiny-grid.toml --headless --out $$tmp \
 	  && rm -rf $$tmp/tiny-demo/cells/*/checkpoints && rm -rf sample_runs/tiny-demo \
+	  && $(BIN)/python scripts/neutral_paths.py $$tmp/tiny-demo $$tmp \
 	  && mkdir -p sample_runs && mv $$tmp/tiny-demo sample_runs/ && rm -rf $$tmp

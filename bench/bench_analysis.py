@@ -47,7 +47,7 @@ def refresh_ms(grid: Path, exact: bool, repeats: int = 20) -> float:
     """Median milliseconds of one live refresh after one appended line (the first read excluded):
     as the monitor does it (values at once, findings within findings_age), or ``exact`` (findings
     too, every time: the incremental analysis with findings_age 0)."""
-    from prefwatch.ingest.sources import open_path
+    from prefwatch.ingest.discover import open_path
     from prefwatch.tui.app import IncrementalViews
 
     incremental = IncrementalViews(open_path(grid), heartbeat=float("inf"))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prefwatch.ingest.sources import open_path
+from prefwatch.ingest.discover import open_path
 from prefwatch.ingest.watch import Follower
 
 WRITER = r"""

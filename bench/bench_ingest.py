@@ -21,7 +21,7 @@ import msgspec
 sys.path.insert(0, str(Path(__file__).parent))
 from make_metrics import TRAIN_KEYS, write  # noqa: E402
 
-from prefwatch.ingest.sources import open_path  # noqa: E402
+from prefwatch.ingest.discover import open_path  # noqa: E402
 
 
 def floor(path: Path) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from make_metrics import write_events  # noqa: E402
 
-from prefwatch.ingest.sources import open_path  # noqa: E402
+from prefwatch.ingest.discover import open_path  # noqa: E402
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from make_metrics import TRAIN_KEYS  # noqa: E402
 
-from prefwatch.ingest.sources import open_path  # noqa: E402
+from prefwatch.ingest.discover import open_path  # noqa: E402
 
 KEYS = [*TRAIN_KEYS, "nll_loss", "log_odds_ratio"]  # 20 metrics a log
 EVAL_EVERY = 100

@@ -28,10 +28,10 @@ import harness  # noqa: E402
 from harness import NullTerminal  # noqa: E402
 from table import Row, format_rows  # noqa: E402
 
-from prefwatch import rundir
-from prefwatch.analysis import analyse
-from prefwatch.ingest.sources import open_path
-from prefwatch.series import SplitSeries
+from prefwatch.analysis.analyse import analyse
+from prefwatch.core.series import SplitSeries
+from prefwatch.files import rundir
+from prefwatch.ingest.discover import open_path
 from prefwatch.tui.app import MonitorApp
 
 CELLS = [("dpo", 16), ("dpo", 8), ("simpo", 16), ("simpo", 8)]

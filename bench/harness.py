@@ -79,7 +79,8 @@ def make_folder(
     """A grid of ``cells`` cells: a prefwatch run directory ("rundir") or a plain folder of
     metrics.jsonl files ("plain"). ``lines`` pre-filled lines a cell; ``finished``: with TRL's
     end-of-training record after them."""
-    from prefwatch import jobs, rundir
+    from prefwatch.files import rundir
+    from prefwatch.run import jobs
 
     grid = root / f"{layout}-{cells}"
     for index, (name, objective, rank, seed) in enumerate(cell_names(cells)):

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import NullTerminal  # noqa: E402
 
-from prefwatch.ingest.sources import open_path  # noqa: E402
+from prefwatch.ingest.discover import open_path  # noqa: E402
 from prefwatch.tui.app import MonitorApp  # noqa: E402
 
 

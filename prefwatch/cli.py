@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args)
     except UsageError as exc:
-        from prefwatch.textsafe import plain
+        from prefwatch.core.textsafe import plain
 
         print(f"prefwatch: {plain(exc)}", file=sys.stderr)  # paths and cell names in it are data
         return EXIT_BAD_INPUT
@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from prefwatch import jobs
-    from prefwatch.grid import GridError, load_grid
+    from prefwatch.files.grid import GridError, load_grid
+    from prefwatch.run import jobs
 
     if args.resume:
         return _resume(args)
@@ -146,10 +146,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from prefwatch import jobs
+    from prefwatch.run import jobs
 
     _require_training_packages()
-    from prefwatch.textsafe import plain
+    from prefwatch.core.textsafe import plain
 
     run_dir = args.grid
     try:
@@ -192,9 +192,9 @@ def follow_headless(run_dir: Path) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.text import Text
 
-    from prefwatch import jobs
-    from prefwatch.ingest.sources import open_path
-    from prefwatch.textsafe import plain
+    from prefwatch.core.textsafe import plain
+    from prefwatch.ingest.discover import open_path
+    from prefwatch.run import jobs
 
     grid = open_path(run_dir)
     console = Console(stderr=False)
@@ -227,10 +227,10 @@ def follow_headless(run_dir: Path) -> int:
 
 
 def _print_report(path: Path, console: Any) -> None:
-    from prefwatch import jobs
-    from prefwatch.analysis import analyse
-    from prefwatch.ingest.sources import open_path
-    from prefwatch.report import render_terminal
+    from prefwatch.analysis.analyse import analyse
+    from prefwatch.ingest.discover import open_path
+    from prefwatch.report.text import render_terminal
+    from prefwatch.run import jobs
 
     grid = open_path(path)
     grid.poll()
@@ -248,10 +248,10 @@ def cmd_attach(args: argparse.Namespace) -> int:
 
 
 def _attach_headless(run_dir: Path) -> int:
-    from prefwatch import rundir
+    from prefwatch.act.policy import follow_headless
+    from prefwatch.core.textsafe import plain
+    from prefwatch.files import rundir
     from prefwatch.ingest.sources import SourceError
-    from prefwatch.policy import follow_headless
-    from prefwatch.textsafe import plain
 
     if not rundir.is_grid_dir(run_dir):
         raise UsageError(f"{run_dir}: not a prefwatch run directory (no cells/ folder)")
@@ -295,7 +295,8 @@ def _monitor(path: Path, mode: str, poll: bool, **options: Any) -> int:
 
 
 def _labels(args: argparse.Namespace) -> dict[str, tuple[str | None, int | None]]:
-    from prefwatch.ingest.sources import SourceError, parse_label
+    from prefwatch.ingest.discover import parse_label
+    from prefwatch.ingest.sources import SourceError
 
     try:
         return dict(parse_label(text) for text in args.label)
@@ -306,7 +307,8 @@ def _labels(args: argparse.Namespace) -> dict[str, tuple[str | None, int | None]
 def _open(args: argparse.Namespace) -> Any:
     """The logs at args.path, with --label applied and each launched cell's status handed in by the jobs
     layer; bad input is a one-line UsageError."""
-    from prefwatch.ingest.sources import SourceError, open_path
+    from prefwatch.ingest.discover import open_path
+    from prefwatch.ingest.sources import SourceError
 
     try:
         grid = open_path(args.path, labels=_labels(args) or None)
@@ -314,7 +316,7 @@ def _open(args: argparse.Namespace) -> Any:
         raise UsageError(str(exc)) from None
     grid.poll()
     if grid.managed:  # the jobs layer (processes, Slurm) only for a grid prefwatch launched
-        from prefwatch import jobs
+        from prefwatch.run import jobs
 
         jobs.hand_statuses(grid)
     return grid
@@ -324,9 +326,9 @@ def _open(args: argparse.Namespace) -> Any:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from prefwatch.analysis import analyse
-    from prefwatch.peak import At
-    from prefwatch.report import render_json, render_markdown, render_terminal
+    from prefwatch.analysis.analyse import analyse
+    from prefwatch.analysis.peak import At
+    from prefwatch.report.text import render_json, render_markdown, render_terminal
 
     analysis = analyse(_open(args), heldout_pairs=args.heldout_pairs, at=At(args.at))
     if args.format == "terminal":
@@ -335,7 +337,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         render_terminal(analysis, Console())
     else:
         if args.format == "html":
-            from prefwatch.report_html import render_html
+            from prefwatch.report.html import render_html
 
             text = render_html(analysis)
         else:
@@ -350,7 +352,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                 raise UsageError(f"{output}: cannot write ({exc.strerror or exc})") from None
             print(f"prefwatch: wrote {output}")
     if args.plot:
-        from prefwatch.plot import PlotUnavailable, save_plot
+        from prefwatch.report.plot import PlotUnavailable, save_plot
 
         try:
             save_plot(analysis, args.plot)
@@ -364,9 +366,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     from rich.table import Table
     from rich.text import Text
 
-    from prefwatch import jobs
-    from prefwatch.system import gpu_warnings, machine_lines, system_line
-    from prefwatch.textsafe import plain
+    from prefwatch.core.textsafe import plain
+    from prefwatch.files.system import gpu_warnings, machine_lines, system_line
+    from prefwatch.run import jobs
 
     grid = _open(args)
     supervised = grid.supervised
@@ -426,11 +428,12 @@ def _supervisor_word(alive: bool | None, all_ended: bool) -> str:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from prefwatch import jobs, rundir
+    from prefwatch.files import rundir
+    from prefwatch.run import jobs
 
     if not rundir.is_grid_dir(args.path):
         raise UsageError(f"{args.path}: not a prefwatch run directory (no cells/ folder)")
-    from prefwatch.textsafe import plain
+    from prefwatch.core.textsafe import plain
 
     try:
         outcome = jobs.request_stop(args.path, args.cells or None, grace=args.grace)
@@ -446,8 +449,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from prefwatch.grid import GridError, load_grid
-    from prefwatch.init import write_grid
+    from prefwatch.files.grid import GridError, load_grid
+    from prefwatch.run.init import write_grid
 
     try:
         write_grid(args.output, args.model, args.data, args.name)

@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # module -> its fast unit tests (in-process; no training, no monitor, no Slurm)
 MODULES: dict[str, list[str]] = {
-    "prefwatch/decide.py": ["tests/test_decide.py", "tests/test_decide_edges.py", "tests/test_verdicts_pinned.py"],
-    "prefwatch/diagnose.py": [
+    "prefwatch/core/decide.py": ["tests/test_decide.py", "tests/test_decide_edges.py", "tests/test_verdicts_pinned.py"],
+    "prefwatch/core/diagnose.py": [
         "tests/test_diagnose.py",
         "tests/test_diagnose_pinned.py",
         "tests/test_decide.py",
@@ -35,8 +35,8 @@ MODULES: dict[str, list[str]] = {
         "tests/test_diagnose_edges.py",
         "tests/test_analysis.py",
     ],
-    "prefwatch/grid.py": ["tests/test_grid.py", "tests/test_grid_edges.py"],
-    "prefwatch/analysis.py": [
+    "prefwatch/files/grid.py": ["tests/test_grid.py", "tests/test_grid_edges.py"],
+    "prefwatch/analysis/analyse.py": [
         "tests/test_analysis.py",
         "tests/test_verdicts_pinned.py",
         "tests/test_report.py",
@@ -44,7 +44,7 @@ MODULES: dict[str, list[str]] = {
         "tests/test_real_logs.py",
     ],
     "prefwatch/ingest/tail.py": ["tests/test_ingest.py", "tests/test_tail_edges.py"],
-    "prefwatch/series.py": [
+    "prefwatch/core/series.py": [
         "tests/test_series.py",
         "tests/test_series_fold.py",
         "tests/test_ingest.py",

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from prefwatch import jobs
+from prefwatch.run import jobs
 
 GRID = """
 name = "{name}"

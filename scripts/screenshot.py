@@ -1,6 +1,6 @@
 """Save the monitor's screen on sample_runs/tiny-demo as an SVG (the README's screenshot).
 
-    python scripts/screenshot.py [OUT.svg] [COLUMNS] [ROWS]
+python scripts/screenshot.py [OUT.svg] [COLUMNS] [ROWS]
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from prefwatch.ingest.sources import open_path
+from prefwatch.ingest.discover import open_path
 from prefwatch.tui.app import MonitorApp
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from prefwatch.ingest.sources import open_path
+from prefwatch.ingest.discover import open_path
 from prefwatch.tui.app import MonitorApp
 from prefwatch.tui.screens.overview import OverviewScreen
 
@@ -54,7 +54,9 @@ def write_sweep(root: Path) -> Path:
                     )
                     if step % 20 == 0:
                         peak = 100 if overfits else STEPS
-                        accuracy = skill * min(1.0, 0.8 + 0.2 * step / peak) - (0.002 * (step - peak) if step > peak else 0)
+                        accuracy = skill * min(1.0, 0.8 + 0.2 * step / peak) - (
+                            0.002 * (step - peak) if step > peak else 0
+                        )
                         lines.append(
                             {
                                 "eval_rewards/accuracies": round(accuracy + rng.gauss(0, 0.01), 3),

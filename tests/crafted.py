@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prefwatch import jobs
+from prefwatch.run import jobs
 
 PAIRS = 100  # held-out pairs of every crafted cell
 STEPS = 100  # train steps; an evaluation every EVAL_EVERY

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from prefwatch import jobs
+from prefwatch.run import jobs
 
 
 def prefwatch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -44,7 +44,7 @@ CHILD_ENV = "PREFWATCH_TEST_CHILD"
 def in_child_process(test_file: str, test_name: str) -> bool:
     """Run one test in a pytest process of its own and return True (the caller returns at once); inside
     that process return False (the caller runs its body). For tests that run a live-mode monitor: after
-    one, a monitor started later in the same process missed appended lines (see the i16 note)."""
+    one, a monitor started later in the same process missed appended lines."""
     if os.environ.get(CHILD_ENV) == test_name:
         return False
     child = subprocess.run(

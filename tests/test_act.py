@@ -12,7 +12,9 @@ import pytest
 from helpers import prefwatch, status, wait_for
 from webhook_receiver import SECRET_PATH, Receiver
 
-from prefwatch import alerts, jobs, rundir
+from prefwatch.act import alerts
+from prefwatch.files import rundir
+from prefwatch.run import jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,9 +10,9 @@ import pytest
 from helpers import wait_for
 from webhook_receiver import Receiver
 
-from prefwatch import alerts
-from prefwatch.alerts import Alert, AlertKind, AlertPolicy, CellFacts, Dispatcher, FindingFacts
-from prefwatch.grid import GridError, load_grid
+from prefwatch.act import alerts
+from prefwatch.act.alerts import Alert, AlertKind, AlertPolicy, CellFacts, Dispatcher, FindingFacts
+from prefwatch.files.grid import GridError, load_grid
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Memory settings for large reads (prefwatch.allocator): freed memory stays in the process for the next
+"""Memory settings for large reads (prefwatch.ingest.allocator): freed memory stays in the process for the next
 block instead of going back to the kernel and faulting in again. Each case runs in a fresh interpreter:
 malloc's settings are per process."""
 
@@ -12,7 +12,7 @@ import pytest
 PROBE = """
 import sys
 import numpy as np
-from prefwatch import allocator
+from prefwatch.ingest import allocator
 
 def resident_mb():
     with open("/proc/self/statm") as f:

@@ -14,10 +14,11 @@ from pathlib import Path
 
 from crafted import Cell, write_grid
 
-from prefwatch.analysis import analyse, cell_result, objective_source
-from prefwatch.diagnose import DEFAULT
-from prefwatch.ingest.sources import CellSource, open_path
-from prefwatch.peak import At
+from prefwatch.analysis.analyse import analyse, cell_result, objective_source
+from prefwatch.analysis.peak import At
+from prefwatch.core.diagnose import DEFAULT
+from prefwatch.ingest.discover import open_path
+from prefwatch.ingest.sources import CellSource
 
 BREVITY = {"train": {"chosen_shorter_share": 0.7, "mean_chosen_tokens": 20, "mean_rejected_tokens": 30}}
 

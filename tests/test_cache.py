@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prefwatch.analysis import analyse
+from prefwatch.analysis.analyse import analyse
 from prefwatch.ingest import cache
-from prefwatch.ingest.sources import open_path
+from prefwatch.ingest.discover import open_path
 
 
 @pytest.fixture(autouse=True)

@@ -62,7 +62,7 @@ def test_bash_completion_completes_commands_and_options(tmp_path) -> None:
 
 def test_init_writes_a_grid_that_validates_and_never_overwrites(tmp_path, capsys) -> None:
     from prefwatch.cli import main
-    from prefwatch.grid import load_grid
+    from prefwatch.files.grid import load_grid
 
     target = tmp_path / "grid.toml"
     assert main(["init", "-o", str(target)]) == 0
@@ -73,7 +73,7 @@ def test_init_writes_a_grid_that_validates_and_never_overwrites(tmp_path, capsys
 
 
 def test_init_fits_the_gpus_it_finds() -> None:
-    from prefwatch.init import Gpu, render
+    from prefwatch.run.init import Gpu, render
 
     big = render("Qwen/Qwen2.5-0.5B-Instruct", "trl-lib/ultrafeedback_binarized", "q", [Gpu(0, "H100", 80_000, 9.0)])
     assert 'dtype = "bf16"' in big and "cells_per_device = 2" in big and "batch_size = 6" in big

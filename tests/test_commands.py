@@ -18,8 +18,8 @@ import pytest
 from crafted import Cell, live_process, write_grid
 from helpers import in_child_process, last_step, prefwatch, status, wait_for
 
-from prefwatch import jobs
-from prefwatch.ingest.sources import open_path
+from prefwatch.ingest.discover import open_path
+from prefwatch.run import jobs
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_runs" / "tiny-demo"

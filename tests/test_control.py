@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 from helpers import last_step, prefwatch, status, wait_for
 
-from prefwatch import backend, jobs, rundir
-from prefwatch.backend import LaunchSpec, LocalBackend, launch_spec, process_start_time
-from prefwatch.grid import load_grid
-from prefwatch.job import Job, parse
-from prefwatch.supervise import hold_lock
+from prefwatch.act.supervise import hold_lock
+from prefwatch.files import rundir
+from prefwatch.files.grid import load_grid
+from prefwatch.run import backend, jobs
+from prefwatch.run.backend import LaunchSpec, LocalBackend, launch_spec, process_start_time
+from prefwatch.run.job import Job, parse
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -128,7 +129,7 @@ def test_the_job_passes_its_options_to_the_trainer(tmp_path: Path) -> None:
 
 
 def stand_in(cell_dir: Path, program: str) -> LaunchSpec:
-    """The cell's real job (prefwatch.job), running a short program instead of the trainer."""
+    """The cell's real job (prefwatch.run.job), running a short program instead of the trainer."""
     real = launch_spec(cell_dir, resume=False)
     return LaunchSpec([*real.argv, "--", sys.executable, "-c", program], real.env, real.device)
 
@@ -258,7 +259,7 @@ def test_a_job_that_outlives_its_supervisor_records_its_end(tmp_path: Path) -> N
 FINISHING_SUPERVISOR = """
 import sys, time
 from pathlib import Path
-from prefwatch.supervise import hold_lock
+from prefwatch.act.supervise import hold_lock
 handle = hold_lock(Path(sys.argv[1]))
 print("held", flush=True)
 sys.stdin.readline()  # the test says when; then half a second of last alerts before exiting

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from test_diagnose import peaked, run
 
-from prefwatch.decide import CellResult, decide, sign_test
-from prefwatch.diagnose import diagnose
+from prefwatch.core.decide import CellResult, decide, sign_test
+from prefwatch.core.diagnose import diagnose
 from prefwatch.ingest.sources import PairLog
 
 PAIRS = 100
@@ -171,7 +171,7 @@ def test_cells_without_preference_metrics_are_named_not_compared() -> None:
 
 
 def test_a_label_the_logs_contradict_keeps_the_objective_in_question() -> None:
-    from prefwatch.diagnose import Finding
+    from prefwatch.core.diagnose import Finding
 
     cells = [cell("dpo-r16", 60), cell("dpo-r8", 60), cell("simpo-r16", 85), cell("simpo-r8", 80)]
     cells[2].diagnosis.findings.append(Finding("objective_mismatch", "error", "the folder name says simpo ..."))

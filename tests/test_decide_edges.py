@@ -1,7 +1,7 @@
 """Edges of the verdict's rules that crafted logs reach only with difficulty: zero pairs won, cells
 without objective or rank, equal margin gaps, missing margins, info findings, several names in one
 reason. Each cell is a review (the numbers the rules read) and its findings; expected values are
-worked out from the rules in prefwatch/decide.py (the comment in each test)."""
+worked out from the rules in prefwatch/core/decide.py (the comment in each test)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from prefwatch.decide import CellResult, decide, paired, sign_test
-from prefwatch.diagnose import Diagnosis, Finding, Review
+from prefwatch.core.decide import CellResult, decide, paired, sign_test
+from prefwatch.core.diagnose import Diagnosis, Finding, Review
 
 PAIRS = 100
 

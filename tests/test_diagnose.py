@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from prefwatch.diagnose import Thresholds, diagnose, review
-from prefwatch.series import CellSeries
+from prefwatch.core.diagnose import Thresholds, diagnose, review
+from prefwatch.core.series import CellSeries
 
 
 def run(
@@ -186,7 +186,7 @@ def test_review_splits_train_and_eval_and_reads_trl_keys() -> None:
 
 
 def test_loss_spikes_are_counted_robustly() -> None:
-    from prefwatch.diagnose import count_loss_spikes
+    from prefwatch.core.diagnose import count_loss_spikes
 
     rng = np.random.default_rng(0)
     noisy = 0.5 + 0.05 * rng.standard_normal(200)

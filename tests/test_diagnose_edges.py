@@ -13,8 +13,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefwatch import metrics as m
-from prefwatch.diagnose import (
+from prefwatch.core import metrics as m
+from prefwatch.core.diagnose import (
     DEFAULT,
     ERROR,
     INFO,
@@ -32,8 +32,8 @@ from prefwatch.diagnose import (
     smooth,
     stalled,
 )
-from prefwatch.objectives import Claim, Inference
-from prefwatch.series import CellSeries, median, row_medians
+from prefwatch.core.objectives import Claim, Inference
+from prefwatch.core.series import CellSeries, median, row_medians
 
 NAN = math.nan
 

@@ -9,9 +9,9 @@ import math
 import pytest
 from test_diagnose import peaked, run
 
-from prefwatch.diagnose import Diagnosis, Finding, Review, brevity_summary, diagnose, review
+from prefwatch.core.diagnose import Diagnosis, Finding, Review, brevity_summary, diagnose, review
+from prefwatch.core.series import CellSeries
 from prefwatch.ingest.sources import PairLog
-from prefwatch.series import CellSeries
 
 LN2 = math.log(2)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from helpers import last_step, prefwatch, status, wait_for
 
-from prefwatch import jobs
-from prefwatch.ingest.sources import open_path
+from prefwatch.ingest.discover import open_path
+from prefwatch.run import jobs
 
 ROOT = Path(__file__).resolve().parent.parent
 

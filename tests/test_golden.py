@@ -24,7 +24,7 @@ pytest.importorskip("pytest_textual_snapshot")
 
 from crafted import Cell, write_grid  # noqa: E402
 
-from prefwatch.ingest.sources import open_path  # noqa: E402
+from prefwatch.ingest.discover import open_path  # noqa: E402
 from prefwatch.tui.app import MonitorApp  # noqa: E402
 from prefwatch.tui.widgets.cell_panel import CellPanel  # noqa: E402
 

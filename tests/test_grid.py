@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from prefwatch.cli import main
-from prefwatch.grid import GridError, load_grid
+from prefwatch.files.grid import GridError, load_grid
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD = sorted((Path(__file__).parent / "grids" / "bad").glob("*.toml"))
@@ -104,7 +104,7 @@ def test_tilde_in_a_data_path_is_the_home_folder(tmp_path: Path, monkeypatch: py
     ],
 )
 def test_sbatch_abbreviations_of_prefwatchs_own_options(option: str, own: str | None) -> None:
-    from prefwatch.grid import sbatch_own_option
+    from prefwatch.files.grid import sbatch_own_option
 
     assert sbatch_own_option(option) == own
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from prefwatch.grid import (
+from prefwatch.files.grid import (
     OBJECTIVE_TABLES,
     Field,
     GridError,

@@ -21,8 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_ingest_tensorboard import event, field, file_version_event, record, simple_value, tensor_value, varint
 
-from prefwatch import cli, metrics
-from prefwatch.ingest import tensorboard as tb
+from prefwatch import cli
+from prefwatch.core import metrics
+from prefwatch.ingest.readers import tensorboard as tb
 from prefwatch.ingest.tail import MAX_LINE_BYTES, TailReader
 
 # cell.json is read whole through rundir's typed record: a field of the wrong type is the cell's one-line
@@ -133,9 +134,9 @@ def test_objective_escapes_print_literally_in_the_headline(tmp_path: Path, capsy
     # this objective in the headline: render a verdict that names it, as a grid of such cells would.
     from rich.console import Console
 
-    from prefwatch.analysis import analyse
-    from prefwatch.ingest.sources import open_path
-    from prefwatch.report import render_markdown, render_terminal
+    from prefwatch.analysis.analyse import analyse
+    from prefwatch.ingest.discover import open_path
+    from prefwatch.report.text import render_markdown, render_terminal
 
     source = open_path(sample_grid(tmp_path / "clean"))
     source.poll()

@@ -13,7 +13,7 @@ pytest.importorskip("textual")
 from hostile import BAD_CELL, CASES, GOOD_CELL, _append, sample_grid  # noqa: E402
 from test_tui import app_for, make_grid, panels, run, wait_for  # noqa: E402
 
-from prefwatch import jobs  # noqa: E402
+from prefwatch.run import jobs  # noqa: E402
 
 METRICS_CASES = [name for name in CASES if name.startswith(("step", "value", "nested", "key"))]
 

@@ -1,5 +1,5 @@
 """Hostile or broken run-directory records (status.json, cell.json): through the typed readers in
-prefwatch.rundir each is a one-line error or a counted rejection, never a traceback, and the rest of the
+prefwatch.files.rundir each is a one-line error or a counted rejection, never a traceback, and the rest of the
 grid is still shown. The CLI runs in-process here (fast) and once per kind in a subprocess (real exit)."""
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from helpers import prefwatch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prefwatch import jobs, rundir
 from prefwatch.cli import main
-from prefwatch.grid import load_grid
+from prefwatch.files import rundir
+from prefwatch.files.grid import load_grid
+from prefwatch.run import jobs
 
 ROOT = Path(__file__).resolve().parent.parent
 DEEP = '{"previous":' * 1100 + "{}" + "}" * 1100
@@ -126,7 +127,7 @@ def test_any_json_as_status_reads_without_an_exception(record: object, tmp_path:
     original = os.killpg
     os.killpg = lambda pgid, sig: killed.append(pgid)  # type: ignore[assignment]
     try:
-        from prefwatch.backend import LocalBackend
+        from prefwatch.run.backend import LocalBackend
 
         LocalBackend().cancel([cell_dir], grace=0)
     except rundir.RecordError:

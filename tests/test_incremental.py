@@ -17,10 +17,10 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prefwatch import rundir
-from prefwatch.analysis import analyse
-from prefwatch.incremental import IncrementalAnalysis
-from prefwatch.ingest.sources import open_path
+from prefwatch.analysis.analyse import analyse
+from prefwatch.analysis.incremental import IncrementalAnalysis
+from prefwatch.files import rundir
+from prefwatch.ingest.discover import open_path
 
 CELLS = ("dpo-r8", "simpo-r16")
 

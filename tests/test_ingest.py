@@ -13,10 +13,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from prefwatch.core.series import CellSeries, minmax_buckets
 from prefwatch.ingest import columnar
-from prefwatch.ingest.sources import open_path
+from prefwatch.ingest.discover import open_path
 from prefwatch.ingest.tail import MAX_LINE_BYTES, TailReader
-from prefwatch.series import CellSeries, minmax_buckets
 
 
 def line(step: int, **values: float) -> bytes:

@@ -14,9 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefwatch.ingest import tensorboard as tb
-from prefwatch.ingest.sources import SourceError, open_path, parse_label
-from prefwatch.series import CellSeries
+from prefwatch.core.series import CellSeries
+from prefwatch.ingest.discover import open_path, parse_label
+from prefwatch.ingest.readers import tensorboard as tb
+from prefwatch.ingest.sources import SourceError
 
 # --- a minimal event-file writer: TFRecord framing with masked CRC32C, Event protobufs by hand ---
 

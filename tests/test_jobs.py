@@ -14,16 +14,17 @@ from pathlib import Path
 import pytest
 from helpers import wait_for
 
-from prefwatch import jobs, rundir
-from prefwatch.backend import LaunchSpec
-from prefwatch.grid import ResourcesSettings, load_grid
-from prefwatch.supervise import Slot, Supervisor, hold_lock, plan_slots
+from prefwatch.act.supervise import Slot, Supervisor, hold_lock, plan_slots
+from prefwatch.files import rundir
+from prefwatch.files.grid import ResourcesSettings, load_grid
+from prefwatch.run import jobs
+from prefwatch.run.backend import LaunchSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 class StandInSupervisor(Supervisor):
-    """Runs the real job (prefwatch.job) with a short Python program per cell instead of the trainer."""
+    """Runs the real job (prefwatch.run.job) with a short Python program per cell instead of the trainer."""
 
     scripts: dict[str, str] = {}
 
@@ -183,7 +184,7 @@ def test_lock_is_exclusive_and_released_by_death(run_dir: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys, time; from prefwatch.supervise import hold_lock;"
+            "import sys, time; from prefwatch.act.supervise import hold_lock;"
             "from pathlib import Path; h = hold_lock(Path(sys.argv[1])); print(h is not None, flush=True); time.sleep(60)",
             str(run_dir),
         ],

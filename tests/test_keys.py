@@ -22,7 +22,7 @@ from helpers import in_child_process, status  # noqa: E402
 from textual.command import CommandPalette  # noqa: E402
 from textual.keys import _character_to_key  # noqa: E402
 
-from prefwatch.ingest.sources import open_path  # noqa: E402
+from prefwatch.ingest.discover import open_path  # noqa: E402
 from prefwatch.tui.app import MonitorApp  # noqa: E402
 from prefwatch.tui.screens.cell import CellScreen  # noqa: E402
 from prefwatch.tui.screens.compare import CompareScreen  # noqa: E402
@@ -272,7 +272,7 @@ async def stop_and_restart_keys(tmp_path):
 
 def test_stop_and_restart_keys_ask_first(tmp_path):
     """In a process of its own (helpers.in_child_process): a live-mode monitor leaves something behind
-    that made a later monitor in the same process miss appended lines (see the i16 note)."""
+    that made a later monitor in the same process miss appended lines."""
     if in_child_process(__file__, "test_stop_and_restart_keys_ask_first"):
         return
     asyncio.run(stop_and_restart_keys(tmp_path))

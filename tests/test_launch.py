@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from prefwatch import jobs
-from prefwatch.analysis import analyse
-from prefwatch.ingest.sources import open_path
+from prefwatch.analysis.analyse import analyse
+from prefwatch.ingest.discover import open_path
+from prefwatch.run import jobs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,7 +86,7 @@ def test_detached_launch_from_a_relative_out_dir(tmp_path: Path) -> None:
 
 
 def test_a_supervisor_that_cannot_start_is_a_launch_error(tmp_path: Path) -> None:
-    from prefwatch.grid import load_grid
+    from prefwatch.files.grid import load_grid
 
     run_dir = jobs.create_run_dir(load_grid(ROOT / "examples" / "tiny-grid.toml"), tmp_path)
     (run_dir / "launch.lock").mkdir()  # the supervisor cannot take its lock

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from prefwatch import jobs, rundir
+from prefwatch.files import rundir
+from prefwatch.run import jobs
 
 pytest.importorskip("textual")
 

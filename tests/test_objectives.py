@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from prefwatch.objectives import Claim, infer, mismatch, name_objective
-from prefwatch.series import CellSeries
+from prefwatch.core.objectives import Claim, infer, mismatch, name_objective
+from prefwatch.core.series import CellSeries
 
 
 def logs(rows: list[dict]) -> CellSeries:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from prefwatch.analysis import CellAnalysis, analyse
-from prefwatch.diagnose import Finding
-from prefwatch.ingest.sources import open_path
-from prefwatch.policy import StopPolicy, evaluations_past_best, grid_settings
-from prefwatch.rundir import CellState, CellStatus
+from prefwatch.act.policy import StopPolicy, evaluations_past_best, grid_settings
+from prefwatch.analysis.analyse import CellAnalysis, analyse
+from prefwatch.core.diagnose import Finding
+from prefwatch.files.rundir import CellState, CellStatus
+from prefwatch.ingest.discover import open_path
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_runs" / "tiny-demo"
 

@@ -20,10 +20,10 @@ import pytest
 from rich.console import Console
 from test_ingest_tensorboard import event, file_version_event, record, simple_value
 
-from prefwatch.analysis import analyse
+from prefwatch.analysis.analyse import analyse
 from prefwatch.cli import EXIT_NOT_DECISIVE, main
-from prefwatch.ingest.sources import open_path
-from prefwatch.report import render_terminal, review_row
+from prefwatch.ingest.discover import open_path
+from prefwatch.report.text import render_terminal, review_row
 
 CORPUS = Path(__file__).resolve().parent / "real_logs"
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_runs" / "tiny-demo" / "cells"
@@ -446,7 +446,7 @@ def test_tensorboard_summary_of_a_real_run_is_not_a_train_row(
     TensorBoardCallback. The latest values in the report, the monitor and status are the last real train
     row's, never nan; and both readers classify the summary alike (metrics.END_KEYS), so the event file
     and the trainer_state.json it came from are judged the same."""
-    from prefwatch.metrics import END_KEYS, canonical
+    from prefwatch.core.metrics import END_KEYS, canonical
     from prefwatch.tui.model import cell_view
 
     history = json.loads((corpus / folder / "trainer_state.json").read_text())["log_history"]

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from helpers import prefwatch
 
-from prefwatch.analysis import analyse
-from prefwatch.ingest.sources import open_path
-from prefwatch.peak import At
-from prefwatch.report_html import render_html
+from prefwatch.analysis.analyse import analyse
+from prefwatch.analysis.peak import At
+from prefwatch.ingest.discover import open_path
+from prefwatch.report.html import render_html
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_runs" / "tiny-demo"

@@ -11,9 +11,9 @@ from helpers import prefwatch, status, wait_for
 from test_tui import app_for, run, screen_text
 from test_tui import wait_for as wait_in_app
 
-from prefwatch.analysis import analyse
-from prefwatch.ingest.sources import open_path
-from prefwatch.report_html import render_html
+from prefwatch.analysis.analyse import analyse
+from prefwatch.ingest.discover import open_path
+from prefwatch.report.html import render_html
 
 SEEDED = """
 name = "seeded"
@@ -61,7 +61,7 @@ def test_the_reports_draw_one_band_per_setting(seeded):
     assert line in markdown
     page = render_html(analysis)
     assert page.count('class="band"') == 1 and page.count("<svg") == 3  # one band, and each seed's own chart
-    from prefwatch.plot import draw
+    from prefwatch.report.plot import draw
 
     figure = draw(analysis)
     band_axes = [ax for ax in figure.axes if "(2 seeds)" in ax.get_title()]

@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from prefwatch import metrics
-from prefwatch.series import _INITIAL_CAPACITY, CellSeries, SplitSeries, minmax_buckets
+from prefwatch.core import metrics
+from prefwatch.core.series import _INITIAL_CAPACITY, CellSeries, SplitSeries, minmax_buckets
 
 CAP = metrics.MAX_NAMES
 

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prefwatch import diagnose, series
-from prefwatch import metrics as m
-from prefwatch.diagnose import Thresholds
-from prefwatch.series import CellSeries, SplitSeries
+from prefwatch.core import diagnose, series
+from prefwatch.core import metrics as m
+from prefwatch.core.diagnose import Thresholds
+from prefwatch.core.series import CellSeries, SplitSeries
 
 T = Thresholds(spike_window=3)
 VALUES = st.one_of(

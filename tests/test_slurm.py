@@ -2,7 +2,7 @@
 (controller and node daemon on localhost, configured from a temporary folder through SLURM_CONF), plus
 unit tests of what cannot run here (several GPUs per cell) and of Slurm's answers.
 
-The cluster follows docs from shared/notes/slurm.md: auth/none on Slurm 22.05 (munge from 23.11 on),
+The cluster is set up as docs/slurm-tests.md records: auth/none on Slurm 22.05 (munge from 23.11 on),
 proctrack/linuxproc, no accounting, MinJobAge=600. When the daemons cannot start, the tests say why:
 they fail (or, where Slurm is not installed and PREFWATCH_REQUIRE_SLURM is unset, skip with the reason
 as a warning). ``.ci/run`` installs the packages and sets PREFWATCH_REQUIRE_SLURM=1.
@@ -29,10 +29,11 @@ from pathlib import Path
 import pytest
 from helpers import last_step, prefwatch, status, wait_for
 
-from prefwatch import jobs, rundir, slurm
-from prefwatch.backend import launch_spec, train_command
-from prefwatch.grid import SlurmSettings, load_grid
-from prefwatch.ingest.sources import open_path
+from prefwatch.files import rundir
+from prefwatch.files.grid import SlurmSettings, load_grid
+from prefwatch.ingest.discover import open_path
+from prefwatch.run import jobs, slurm
+from prefwatch.run.backend import launch_spec, train_command
 
 ROOT = Path(__file__).resolve().parent.parent
 SLURM_BINARIES = ("slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sinfo", "scontrol")
@@ -151,7 +152,7 @@ def test_job_script_quotes_every_value_and_shares_the_launch_spec(tmp_path: Path
     assert "CUDA_VISIBLE_DEVICES" not in script  # Slurm sets it for a GPU cell
     job_line = next(line for line in lines if line.startswith("exec "))
     assert shlex.split(job_line)[1:] == spec.argv
-    assert spec.argv[1:] == ["-m", "prefwatch.job", str(cell_dir / "cell.json"), "--resume", "--gpus=2"]
+    assert spec.argv[1:] == ["-m", "prefwatch.run.job", str(cell_dir / "cell.json"), "--resume", "--gpus=2"]
     assert f"cd {shlex.quote(str(cell_dir))} || exit 1" in lines
     assert subprocess.run(["sh", "-n"], input=script, text=True).returncode == 0
     # One spec for both backends: the same environment, offline hub access included (it once drifted).
@@ -228,11 +229,11 @@ def test_unreachable_slurm_keeps_the_recorded_state_and_says_why(tmp_path: Path,
 
 
 def test_the_job_records_its_start_and_end(tmp_path: Path) -> None:
-    """The job (prefwatch.job, what job.sh runs) records its node and Slurm job, then its exit, itself."""
+    """The job (prefwatch.run.job, what job.sh runs) records its node and Slurm job, then its exit, itself."""
     cell_dir = tmp_path / "c"
     cell_dir.mkdir()
     (cell_dir / "cell.json").write_text("{}")
-    job = [sys.executable, "-m", "prefwatch.job", str(cell_dir / "cell.json"), "--", sys.executable, "-c"]
+    job = [sys.executable, "-m", "prefwatch.run.job", str(cell_dir / "cell.json"), "--", sys.executable, "-c"]
     env = {**os.environ, "SLURM_JOB_ID": "5"}
     rundir.write_json_atomic(cell_dir / "status.json", {"state": "queued", "backend": "slurm", "job_id": "5"})
     ran = subprocess.run([*job, "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], env=env)

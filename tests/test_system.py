@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from prefwatch import system
-from prefwatch.analysis import analyse
-from prefwatch.ingest.sources import open_path
-from prefwatch.system import GpuSample, SystemLog, SystemSample, gpu_warnings, system_line
+from prefwatch.analysis.analyse import analyse
+from prefwatch.files import system
+from prefwatch.files.system import GpuSample, SystemLog, SystemSample, gpu_warnings, system_line
+from prefwatch.ingest.discover import open_path
 
 
 def fake_nvml(util: list[float], used: list[int], total: int = 80 << 30, pids: list[list[int]] | None = None):
@@ -120,7 +120,7 @@ def test_idle_gpu_is_a_warning_that_leaves_the_verdict_alone(tmp_path: Path, mon
 
 
 def _running():
-    from prefwatch import jobs
+    from prefwatch.run import jobs
 
     return jobs.CellStatus(jobs.RUNNING)
 

@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prefwatch import metrics as m
-from prefwatch import rundir
-from prefwatch.analysis import analyse
-from prefwatch.ingest.sources import GridSource, SourceError, open_path
+from prefwatch.analysis.analyse import analyse
+from prefwatch.core import metrics as m
+from prefwatch.files import rundir
+from prefwatch.ingest.discover import open_path
+from prefwatch.ingest.sources import GridSource, SourceError
 
 pytestmark = pytest.mark.skipif(
     not all(find_spec(n) for n in ("torch", "trl", "peft", "trackio", "mlflow", "sqlalchemy", "wandb", "psutil")),
@@ -83,7 +84,7 @@ def proc_cpu_seconds(pid: int) -> float:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> dict:
-    from prefwatch.system import Recorder
+    from prefwatch.files.system import Recorder
 
     root = tmp_path_factory.mktemp("trackers")
     offline = {
@@ -313,7 +314,7 @@ def test_job_records_system_jsonl_and_sources_read_it(run):
 
 
 def _has_gpu() -> bool:
-    from prefwatch.system import load_nvml
+    from prefwatch.files.system import load_nvml
 
     return load_nvml() is not None
 
@@ -347,7 +348,7 @@ def test_mlflow_sqlite_nan_and_keys_that_appear_later(tmp_path):
 
 def test_wandb_file_read_in_bounded_pieces(run, monkeypatch):
     """A large .wandb file is read a piece at a time in one poll (memory stays bounded): 4 KiB pieces here."""
-    from prefwatch.ingest import wandb as wandb_reader
+    from prefwatch.ingest.readers import wandb as wandb_reader
 
     monkeypatch.setattr(wandb_reader.Framing.read, "__defaults__", (4096,))
     (source,) = run["stores"]["wandb"].glob("*run-*/run-*.wandb")

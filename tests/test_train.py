@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from prefwatch import rundir
+from prefwatch.files import rundir
 from prefwatch.train.cell import CellError, resolve_cell
 from prefwatch.train.data import TRAIT, DataError, read_pairs, tiny_sales_splits
 

@@ -16,8 +16,9 @@ pytest.importorskip("textual")
 
 from textual.geometry import Region  # noqa: E402
 
-from prefwatch import jobs, rundir  # noqa: E402
-from prefwatch.ingest.sources import open_path  # noqa: E402
+from prefwatch.files import rundir
+from prefwatch.ingest.discover import open_path  # noqa: E402
+from prefwatch.run import jobs  # noqa: E402
 from prefwatch.tui.app import MonitorApp  # noqa: E402
 from prefwatch.tui.screens.cell import CellScreen  # noqa: E402
 from prefwatch.tui.screens.confirm import ConfirmScreen  # noqa: E402
@@ -380,7 +381,7 @@ def test_run_monitor_lets_a_bad_path_through(tmp_path):
 
 @run
 async def test_an_analysis_failure_is_reported_not_fatal(tmp_path, monkeypatch):
-    import prefwatch.incremental as incremental_module
+    import prefwatch.analysis.incremental as incremental_module
 
     def broken(grid, **kwargs):
         raise RuntimeError("[bold]boom[/]")

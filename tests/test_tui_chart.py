@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("textual")
 
-from prefwatch.textsafe import plain as printable  # noqa: E402
+from prefwatch.core.textsafe import plain as printable  # noqa: E402
 from prefwatch.tui import braille  # noqa: E402
 from prefwatch.tui.model import CellView, Curve, format_value, grid_positions  # noqa: E402
 from prefwatch.tui.text import literal, terminal_line  # noqa: E402

@@ -14,7 +14,7 @@ pytest.importorskip("textual")
 
 from textual.widgets import DataTable  # noqa: E402
 
-from prefwatch.ingest.sources import open_path  # noqa: E402
+from prefwatch.ingest.discover import open_path  # noqa: E402
 from prefwatch.tui.app import MonitorApp  # noqa: E402
 from prefwatch.tui.screens.cell import CellScreen  # noqa: E402
 from prefwatch.tui.screens.compare import CompareScreen  # noqa: E402

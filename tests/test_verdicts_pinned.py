@@ -1,5 +1,5 @@
 """The verdict pinned against values worked out by hand, one crafted grid per branch of the rules in
-prefwatch/decide.py, read from real run directories through ``prefwatch report --format json``.
+prefwatch/core/decide.py, read from real run directories through ``prefwatch report --format json``.
 
 Each case's expected objective, rank, ``decisive``, reasons, needs and exit status were written from
 the rules (the comment above each case) before the test was first run. Numbers used by the rules:

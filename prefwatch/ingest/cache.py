@@ -45,9 +45,9 @@ from typing import Any, BinaryIO
 import msgspec
 import numpy as np
 
-from prefwatch import metrics
-from prefwatch.metrics import Split
-from prefwatch.series import CellSeries, SplitSeries
+from prefwatch.core import metrics
+from prefwatch.core.metrics import Split
+from prefwatch.core.series import CellSeries, SplitSeries
 
 FORMAT = 2
 MAGIC = b"prefwatch-cache\x02"

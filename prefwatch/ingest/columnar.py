@@ -22,9 +22,9 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from prefwatch import metrics
+from prefwatch.core import metrics
+from prefwatch.core.series import CellSeries
 from prefwatch.ingest.tail import Batch, decode_lines
-from prefwatch.series import CellSeries
 
 # Pieces at most this long go record by record (after a failed fast decode, or to learn the keys).
 _EXACT_BYTES = 16 << 10

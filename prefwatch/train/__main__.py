@@ -12,8 +12,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from prefwatch.backend import job_environment
-from prefwatch.rundir import SYSTEM_FILE
+from prefwatch.files.rundir import SYSTEM_FILE
+from prefwatch.run.backend import job_environment
 from prefwatch.train.cell import CellError, load_cell
 from prefwatch.train.data import DataError
 
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cell = load_cell(args.cell)
         set_environment(cell)
-        from prefwatch.system import Recorder
+        from prefwatch.files.system import Recorder
         from prefwatch.train.run import run  # after set_environment: torch reads thread settings at import
 
         interval = float(os.environ.get("PREFWATCH_SYSTEM_INTERVAL", "10"))  # tests sample faster
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 def set_environment(cell) -> None:
     """Thread counts before torch loads; no hub access when everything needed is embedded or local.
 
-    The job's launch spec (prefwatch.backend.job_environment) sets the same on either backend; this
+    The job's launch spec (prefwatch.run.backend.job_environment) sets the same on either backend; this
     fills it in for a trainer started by hand."""
     for name, value in job_environment(cell).items():
         os.environ.setdefault(name, value)

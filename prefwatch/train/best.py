@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from prefwatch import rundir
+from prefwatch.files import rundir
 
 
 class BestAdapter:

@@ -1,7 +1,7 @@
 """A cell's settings: cell.json with every missing key filled from the defaults below.
 
 The launcher writes fully resolved cells; the defaults let tests and users hand-write minimal ones.
-This module imports only the standard library and prefwatch.grid (which declares the defaults): the
+This module imports only the standard library and prefwatch.files.grid (which declares the defaults): the
 entry point reads the cell before importing torch, so that thread settings take effect.
 """
 
@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prefwatch.grid import OBJECTIVES, cell_defaults, objective_defaults
+from prefwatch.files.grid import OBJECTIVES, cell_defaults, objective_defaults
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
 

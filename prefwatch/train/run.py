@@ -1,6 +1,6 @@
 """Train one cell: model + LoRA adapter, data, the objective's TRL trainer, metrics files. Top to bottom.
 
-Writes into the cell directory (names from prefwatch.rundir):
+Writes into the cell directory (names from prefwatch.files.rundir):
   data.json          at start: pair counts and chosen/rejected token lengths (the brevity check)
   metrics.jsonl      every Trainer log event (PrefwatchCallback)
   eval_pairs.jsonl   every evaluation: each held-out pair's chosen and rejected reward (pairs.py)
@@ -25,9 +25,9 @@ from trl import DPOConfig
 from trl.experimental.cpo import CPOConfig
 from trl.experimental.orpo import ORPOConfig
 
-from prefwatch import rundir
-from prefwatch.callback import PrefwatchCallback
+from prefwatch.files import rundir
 from prefwatch.train.best import BestAdapter
+from prefwatch.train.callback import PrefwatchCallback
 from prefwatch.train.data import DataError, length_stats, load_splits
 from prefwatch.train.pairs import CPOPairTrainer, DPOPairTrainer, ORPOPairTrainer, PairLog
 from prefwatch.train.tiny import TINY_MODEL_NAME, tiny_model_path

@@ -28,13 +28,14 @@ from textual.message import Message
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
 
-from prefwatch import jobs
-from prefwatch.alerts import AlertPolicy, CellFacts, FindingFacts
-from prefwatch.analysis import CellAnalysis, analyse
-from prefwatch.incremental import HEARTBEAT_SECONDS, IncrementalAnalysis
-from prefwatch.ingest.sources import GridSource, open_path
+from prefwatch.act.alerts import AlertPolicy, CellFacts, FindingFacts
+from prefwatch.analysis.analyse import CellAnalysis, analyse
+from prefwatch.analysis.incremental import HEARTBEAT_SECONDS, IncrementalAnalysis
+from prefwatch.core.textsafe import plain
+from prefwatch.ingest.discover import open_path
+from prefwatch.ingest.sources import GridSource
 from prefwatch.ingest.watch import Follower
-from prefwatch.textsafe import plain
+from prefwatch.run import jobs
 from prefwatch.tui.model import CellView, GridView, cell_view, grid_view
 from prefwatch.tui.replay import ReplayGrid
 from prefwatch.tui.screens.cell import CellScreen
@@ -54,9 +55,9 @@ REDRAW_BURST = 3  # near-simultaneous changes (cells logging the same second) ar
 SETTLE_SECONDS = 0.01  # events within this long after the first are read in one refresh (a write makes several)
 # However busy, at least six or seven refreshes a second: the throttle paces frames, it never holds a
 # fresh value back for long (goal: p99 append -> screen <= 250 ms at 10 lines/s a cell; 0.2 s gave
-# 210-240 ms, 0.15 s 160-180 ms, for 0.68-0.77x the floor's CPU at 4 cells x 10 lines/s, i13p).
+# 210-240 ms, 0.15 s 160-180 ms, for 0.68-0.77x the floor's CPU at 4 cells x 10 lines/s).
 MAX_REDRAW_INTERVAL = 0.15
-CPU_BUDGET = 0.04  # share of a core the whole monitor aims at; the throttle widens above it (charts.md)
+CPU_BUDGET = 0.04  # share of a core the whole monitor aims at; the throttle widens above it (docs/charts.md)
 PREVIEW_BYTES = 256 << 10  # attach draws a first frame from this much of the end of each larger log
 OVERVIEW_FROM = 17  # a grid of this many cells opens on the overview (one row a cell), not the panels
 FOLLOW_UP_GRACE = 0.25  # owed findings are read this share of their age past due, unless a line brings them first
@@ -380,7 +381,7 @@ class MonitorApp(App[int]):
     def _alert(self, view: GridView) -> None:
         """Bell and one short notification when cells finish, fail, stall or are lost, or show a new finding.
 
-        What is news is decided by prefwatch.alerts (the same policy the supervisor's alerts use): each
+        What is news is decided by prefwatch.act.alerts (the same policy the supervisor's alerts use): each
         finding of a cell once per session, each arrival in an alerting state once. The first view is
         the baseline. One line per event, one toast per refresh.
         """
@@ -610,7 +611,7 @@ class IncrementalViews:
         # 3.75-5 s (64 cells; the heartbeat redoes every cell by 5 s anyway): diagnosing is most
         # of a busy grid's cost; its values are new at once.
         findings_age = min(HEARTBEAT_SECONDS, max(2.0, len(source.cells) / 12))
-        self.analysis = IncrementalAnalysis(source, heartbeat, clock, findings_age)
+        self.analysis = IncrementalAnalysis(source, heartbeat, clock, findings_age, statuses=jobs.hand_statuses)
         self._views: dict[str, tuple[CellAnalysis, CellView]] = {}
         self.last: GridView | None = None
 

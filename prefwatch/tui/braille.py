@@ -1,6 +1,6 @@
 """Curves drawn with braille dots: each terminal cell holds a 2×4 grid of pixels.
 
-Rasterising is numpy work and independent of the number of points (see /work/shared/notes/charts.md):
+Rasterising is numpy work and independent of the number of points (see docs/charts.md):
 
 1. the x axis is cut into pixel columns; ``searchsorted`` finds each column's points (x is sorted)
    and ``fmin/fmax.reduceat`` gives each column's lowest and highest value, so a spike in a

@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from prefwatch import jobs
-from prefwatch import metrics as m
-from prefwatch.analysis import CellAnalysis, GridAnalysis
-from prefwatch.bands import seed_summaries
-from prefwatch.decide import UNKNOWN
-from prefwatch.diagnose import ERROR, WARN, heldout_accuracy_series, heldout_margin_series
-from prefwatch.system import machine_lines, system_line
+from prefwatch.analysis.analyse import CellAnalysis, GridAnalysis
+from prefwatch.analysis.bands import seed_summaries
+from prefwatch.core import metrics as m
+from prefwatch.core.decide import UNKNOWN
+from prefwatch.core.diagnose import ERROR, WARN, heldout_accuracy_series, heldout_margin_series
+from prefwatch.files.system import machine_lines, system_line
+from prefwatch.run import jobs
 from prefwatch.tui.braille import nice_ceiling
 
 # The curves of a cell panel, in display order: key, label.

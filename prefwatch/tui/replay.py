@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from prefwatch.core.series import CellSeries, SplitSeries
+from prefwatch.files.rundir import CellState, CellStatus
 from prefwatch.ingest.sources import CellSource, GridSource, PairLog
-from prefwatch.rundir import CellState, CellStatus
-from prefwatch.series import CellSeries, SplitSeries
 
 
 @dataclasses.dataclass

@@ -1,4 +1,4 @@
-"""Text from logs in the monitor: every such string goes through ``prefwatch.textsafe.plain``
+"""Text from logs in the monitor: every such string goes through ``prefwatch.core.textsafe.plain``
 and is wrapped in ``Content`` (literal), never parsed as markup."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import re
 
 from textual.content import Content
 
-from prefwatch.textsafe import plain
+from prefwatch.core.textsafe import plain
 
 
 def literal(value: object, style: str = "") -> Content:

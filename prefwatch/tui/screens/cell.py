@@ -18,9 +18,9 @@ from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Log, Static
 
-from prefwatch import metrics as m
-from prefwatch import rundir
-from prefwatch.textsafe import plain
+from prefwatch.core import metrics as m
+from prefwatch.core.textsafe import plain
+from prefwatch.files import rundir
 from prefwatch.tui import closer
 from prefwatch.tui.model import CellView, Curve, format_value
 from prefwatch.tui.text import literal, terminal_line

@@ -14,9 +14,9 @@ from textual.content import Content
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
-from prefwatch import bands
-from prefwatch import metrics as m
-from prefwatch.decide import UNKNOWN
+from prefwatch.analysis import bands
+from prefwatch.core import metrics as m
+from prefwatch.core.decide import UNKNOWN
 from prefwatch.tui.model import CellView, Curve, GridView, format_value
 from prefwatch.tui.screens.cell import CURVE_COLOURS, finite_range
 from prefwatch.tui.text import literal

@@ -18,7 +18,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
-from prefwatch.textsafe import plain
+from prefwatch.core.textsafe import plain
 from prefwatch.tui.model import CellView, GridView, format_value
 
 SORTS = {"name": "name", "accuracy": "held-out accuracy", "gap": "margin gap", "state": "state"}

@@ -23,7 +23,7 @@ from textual.strip import Strip
 from textual.visual import RenderOptions
 from textual.widget import Widget
 
-from prefwatch.textsafe import plain
+from prefwatch.core.textsafe import plain
 from prefwatch.tui.model import PANEL_CURVES, CellView, Curve, format_value
 from prefwatch.tui.text import literal, same_content
 from prefwatch.tui.widgets.chart import RowRaster, same_codes, strips_of

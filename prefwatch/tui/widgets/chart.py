@@ -1,7 +1,7 @@
 """BrailleChart: one or more curves drawn with braille dots, as fast for a million points as for ten.
 
 Textual's Sparkline and the plotting packages were measured too slow for a live grid and raise on
-NaN (see /work/shared/notes/charts.md). This widget reduces each curve to its pixel columns with
+NaN (see docs/charts.md). This widget reduces each curve to its pixel columns with
 numpy (prefwatch.tui.braille), caches the resulting strips, and draws again only when the data or
 its size changes.
 """

@@ -7,7 +7,7 @@ from typing import NamedTuple
 from textual.content import Content
 from textual.widgets import Static
 
-from prefwatch.bands import SPREAD
+from prefwatch.analysis.bands import SPREAD
 from prefwatch.tui.model import GridView
 from prefwatch.tui.text import literal, same_content
 

@@ -1,0 +1,371 @@
+"""Alerts that reach a person with no screen open: what is news, and where it goes.
+
+``AlertPolicy`` is the one place that decides what is new: each finding of a cell once (info findings
+never), each cell's end (finished, failed with its signal or exit, stopped with its reason, lost) once
+per run of that cell, and the grid's verdict once when every cell has ended. The monitor's toasts and
+the grid's supervisor (or ``attach --headless``) both ask it.
+
+``Dispatcher`` delivers the alerts: every alert at once to ``alerts.jsonl`` in the run directory (the
+record, also read back so that a restarted follower does not repeat itself), and to the webhook and
+the command at most once per ``min_interval`` seconds, alerts in between folded into one message.
+Deliveries run in a background thread with retries and backoff: training never waits on a network.
+
+A webhook URL carries its secret in its path; only its host is ever printed or logged.
+This module imports neither Textual nor torch.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import queue
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+
+from prefwatch.files import rundir
+
+ALERTS_FILE = rundir.ALERTS_FILE
+END_STATES = frozenset({"finished", "failed", "stopped", "lost"})
+# Slack's text and Discord's content: Discord refuses more than 2000 characters.
+MAX_MESSAGE = 1900
+RETRIES = 5  # deliveries tried per message: backoff 1, 2, 4, 8 s between them (a minute-long outage)
+BACKOFF_SECONDS = 1.0
+HTTP_TIMEOUT = 10.0
+COMMAND_TIMEOUT = 30.0
+
+
+class AlertKind(enum.StrEnum):
+    FINDING = "finding"
+    END = "end"
+    VERDICT = "verdict"
+
+
+class Alert(msgspec.Struct, frozen=True):
+    """One piece of news: a line for a person, with what it is about."""
+
+    kind: AlertKind
+    grid: str
+    severity: str  # info, warn, error
+    text: str  # the whole line: "dpo-r16: non_finite @ step 40: loss is NaN ..."
+    short: str  # the toast's line: "dpo-r16: non finite"
+    cell: str | None = None
+    step: int | None = None
+    key: str = ""  # what makes it the same news twice
+    time: float = 0.0
+
+
+class FindingFacts(msgspec.Struct, frozen=True):
+    kind: str
+    severity: str
+    message: str
+    step: int | None = None
+
+
+class CellFacts(msgspec.Struct, frozen=True):
+    """What the policy needs of a cell: its state, as read now, and its findings."""
+
+    id: str
+    state: str
+    status: str  # as a person reads it: "failed (signal 9)", "stopped (non_finite)"
+    findings: tuple[FindingFacts, ...] = ()
+
+
+class AlertPolicy:
+    """Decides what is news, once. ``alert_states`` are the states whose arrival is news."""
+
+    def __init__(self, grid: str, alert_states: frozenset[str] = END_STATES) -> None:
+        self.grid = grid
+        self.alert_states = alert_states
+        self._states: dict[str, str] = {}
+        self._seen: set[str] = set()
+
+    def baseline(self, cells: Iterable[CellFacts]) -> None:
+        """Take what is there now as known (the monitor's first view): only later changes are news."""
+        for cell in cells:
+            self._states[cell.id] = cell.state
+            self._seen.update(_finding_key(cell.id, f) for f in cell.findings)
+
+    def restore(self, sent: Iterable[Alert]) -> None:
+        """Alerts sent earlier (alerts.jsonl): a follower started again does not repeat them."""
+        for alert in sent:
+            self._seen.add(alert.key)
+            if alert.kind == AlertKind.END and alert.cell is not None:
+                self._states[alert.cell] = alert.key.rsplit(":", 1)[-1]
+
+    def news(self, cells: Iterable[CellFacts], now: float | None = None) -> list[Alert]:
+        now = time.time() if now is None else now
+        alerts: list[Alert] = []
+        for cell in cells:
+            before = self._states.get(cell.id)
+            self._states[cell.id] = cell.state
+            if cell.state != before and cell.state in self.alert_states:
+                severity = {"finished": "info", "stopped": "warn", "stalled": "warn"}.get(cell.state, "error")
+                alerts.append(
+                    Alert(
+                        AlertKind.END,
+                        self.grid,
+                        severity,
+                        f"{cell.id}: {cell.status}",
+                        f"{cell.id}: {cell.status}",
+                        cell=cell.id,
+                        key=f"end:{cell.id}:{cell.state}",
+                        time=now,
+                    )
+                )
+            for finding in cell.findings:
+                key = _finding_key(cell.id, finding)
+                if finding.severity == "info" or key in self._seen:
+                    continue
+                self._seen.add(key)
+                at = f" @ step {finding.step}" if finding.step is not None else ""
+                alerts.append(
+                    Alert(
+                        AlertKind.FINDING,
+                        self.grid,
+                        finding.severity,
+                        f"{cell.id}: {finding.kind}{at}: {finding.message}",
+                        f"{cell.id}: {(finding.kind or finding.message).replace('_', ' ')}",
+                        cell=cell.id,
+                        step=finding.step,
+                        key=key,
+                        time=now,
+                    )
+                )
+        return alerts
+
+    def verdict(self, headline: str, evidence: Sequence[str], now: float | None = None) -> Alert | None:
+        """The verdict once, when the grid has ended (again only if a resumed grid ends with another one)."""
+        key = f"verdict:{headline}"
+        if key in self._seen:
+            return None
+        self._seen.add(key)
+        lines = [f"{self.grid} ended. Verdict: {headline}", *(f"• {line}" for line in evidence)]
+        now = time.time() if now is None else now
+        return Alert(AlertKind.VERDICT, self.grid, "info", "\n".join(lines), headline, key=key, time=now)
+
+
+def _finding_key(cell_id: str, finding: FindingFacts) -> str:
+    return f"finding:{cell_id}:{finding.kind or finding.message}:{finding.severity}"
+
+
+# ---- Where alerts go ---------------------------------------------------------------------------
+
+
+def url_host(url: str) -> str:
+    """What of a webhook URL may be shown: its host. The path holds the secret token."""
+    try:
+        return urlsplit(url).hostname or "the webhook"
+    except ValueError:
+        return "the webhook"
+
+
+def message_of(alerts: Sequence[Alert]) -> str:
+    """One message for a batch of alerts, cut to what Slack and Discord both take."""
+    grid = alerts[0].grid
+    lines = [a.text for a in alerts]
+    text = (
+        "\n".join(lines)
+        if len(alerts) == 1 and alerts[0].kind == AlertKind.VERDICT
+        else f"[{grid}] " + "\n".join(lines)
+    )
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+
+
+def webhook_body(text: str) -> bytes:
+    """A body that Slack (``text``) and Discord (``content``) incoming webhooks both accept.
+
+    Text from logs is data: Slack reads ``<!channel>`` and ``<url|label>`` in text, so its three control
+    characters are escaped as Slack documents; Discord is told to ping nobody (``allowed_mentions``)."""
+    slack = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return json.dumps({"text": slack, "content": text, "allowed_mentions": {"parse": []}}).encode()
+
+
+class Sink:
+    """A destination that may fail: ``deliver`` raises DeliveryError to be tried again later."""
+
+    name = "sink"
+
+    def deliver(self, text: str, alerts: Sequence[Alert]) -> None:
+        raise NotImplementedError
+
+
+class DeliveryError(RuntimeError):
+    """A delivery that failed; ``retry`` False when trying again cannot help (HTTP 4xx but 429)."""
+
+    def __init__(self, message: str, retry: bool = True, wait: float | None = None) -> None:
+        super().__init__(message)
+        self.retry, self.wait = retry, wait
+
+
+class WebhookSink(Sink):
+    def __init__(self, url: str, timeout: float = HTTP_TIMEOUT) -> None:
+        self.url, self.timeout = url, timeout
+        self.name = f"webhook {url_host(url)}"
+
+    def deliver(self, text: str, alerts: Sequence[Alert]) -> None:
+        request = urllib.request.Request(
+            self.url, data=webhook_body(text), headers={"Content-Type": "application/json"}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                response.read(1024)
+        except urllib.error.HTTPError as exc:  # never str(exc) of a URL error: it can carry the URL
+            retry = exc.code >= 500 or exc.code == 429
+            after = exc.headers.get("Retry-After") if exc.headers else None
+            wait = float(after) if after and after.isdigit() else None
+            raise DeliveryError(f"HTTP {exc.code}", retry=retry, wait=wait) from None
+        except urllib.error.URLError as exc:
+            raise DeliveryError(f"cannot connect ({type(exc.reason).__name__})") from None
+        except (OSError, ValueError) as exc:
+            raise DeliveryError(type(exc).__name__) from None
+
+
+class CommandSink(Sink):
+    """An argument list run with no shell: the message is its last argument, the alerts as JSON lines on stdin."""
+
+    def __init__(self, argv: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> None:
+        self.argv, self.timeout = list(argv), timeout
+        self.name = f"command {self.argv[0]}"
+
+    def deliver(self, text: str, alerts: Sequence[Alert]) -> None:
+        stdin = b"".join(msgspec.json.encode(a) + b"\n" for a in alerts)
+        try:
+            done = subprocess.run(
+                [*self.argv, text], input=stdin, capture_output=True, timeout=self.timeout, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise DeliveryError(type(exc).__name__, retry=False) from None
+        if done.returncode != 0:
+            raise DeliveryError(f"exit status {done.returncode}", retry=False)
+
+
+class Dispatcher:
+    """Writes every alert to alerts.jsonl now; delivers to the sinks from a background thread.
+
+    Rate limit: a sink gets at most one message per ``min_interval`` seconds; alerts that come in
+    between wait and go together in the next message. ``close`` sends what waits and returns
+    within ``drain`` seconds, whatever the network does.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        sinks: Sequence[Sink],
+        log: Callable[[str], None],
+        min_interval: float = 10.0,
+        backoff: float = BACKOFF_SECONDS,
+        retries: int = RETRIES,
+    ) -> None:
+        self.path = run_dir / ALERTS_FILE
+        self.sinks, self.log = list(sinks), log
+        self.min_interval, self.backoff, self.retries = min_interval, backoff, retries
+        self._queue: queue.Queue[Alert | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self.delivered = 0
+        self.failed = 0
+
+    def send(self, alerts: Iterable[Alert]) -> None:
+        alerts = list(alerts)
+        if not alerts:
+            return
+        try:
+            with open(self.path, "ab") as f:
+                for alert in alerts:
+                    f.write(msgspec.json.encode(alert) + b"\n")
+        except OSError as exc:  # a read-only run directory: deliver all the same
+            self.log(f"alerts: cannot record in {self.path} ({exc.strerror or exc})")
+        if not self.sinks:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._deliver_loop, name="prefwatch-alerts", daemon=True)
+            self._thread.start()
+        for alert in alerts:
+            self._queue.put(alert)
+
+    def close(self, drain: float = 60.0) -> None:
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        self._thread.join(drain)
+        if self._thread.is_alive():
+            self.log(f"alerts: {self._queue.qsize()} alert(s) not delivered before exit")
+
+    def _deliver_loop(self) -> None:
+        last = -float("inf")
+        closing = False
+        while not closing:
+            item = self._queue.get()
+            if item is None:
+                break
+            batch = [item]
+            # Wait out the rate limit, gathering what comes meanwhile (a close sends at once).
+            while True:
+                wait = last + self.min_interval - time.monotonic()
+                try:
+                    more = self._queue.get(timeout=max(0.05, wait)) if wait > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    if wait <= 0:
+                        break
+                    continue
+                if more is None:
+                    closing = True
+                    break
+                batch.append(more)
+            last = time.monotonic()
+            text = message_of(batch)
+            for sink in self.sinks:
+                self._deliver(sink, text, batch)
+
+    def _deliver(self, sink: Sink, text: str, batch: Sequence[Alert]) -> None:
+        delay = self.backoff
+        for attempt in range(1, self.retries + 1):
+            try:
+                sink.deliver(text, batch)
+                self.delivered += 1
+                if attempt > 1:
+                    self.log(f"alerts: delivered to {sink.name} on try {attempt}")
+                return
+            except DeliveryError as exc:
+                if not exc.retry or attempt == self.retries:
+                    self.failed += 1
+                    self.log(f"alerts: delivery to {sink.name} failed after {attempt} tries: {exc}")
+                    return
+                time.sleep(exc.wait if exc.wait is not None else delay)
+                delay *= 2
+
+
+def read_sent(run_dir: Path) -> list[Alert]:
+    """The alerts recorded in alerts.jsonl (lines that do not parse are skipped: a torn last line)."""
+    path = run_dir / ALERTS_FILE
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError:
+        return []
+    sent = []
+    for line in lines:
+        try:
+            sent.append(msgspec.json.decode(line, type=Alert))
+        except msgspec.ValidationError:
+            continue
+        except msgspec.DecodeError:
+            continue
+    return sent
+
+
+def sinks_from(settings: dict[str, Any]) -> list[Sink]:
+    """The sinks an [alerts] table asks for."""
+    sinks: list[Sink] = []
+    if settings.get("webhook"):
+        sinks.append(WebhookSink(settings["webhook"]))
+    if settings.get("command"):
+        sinks.append(CommandSink(settings["command"]))
+    return sinks

@@ -1,0 +1,147 @@
+"""One pass from what was read to what it means: each cell's status and diagnosis, and the verdict.
+
+The monitor and the report both call ``analyse``; neither re-implements a rule.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefwatch.analysis.peak import At, BestEvaluation, best_evaluation, diagnosis_at
+from prefwatch.core.decide import CellResult, Verdict, decide
+from prefwatch.core.diagnose import DEFAULT, WARN, Diagnosis, Finding, Thresholds, diagnose
+from prefwatch.core.objectives import PREFERENCE
+from prefwatch.files.rundir import CellState, CellStatus
+from prefwatch.files.system import gpu_warnings
+from prefwatch.ingest.sources import INCOMPLETE, CellSource, GridSource
+
+
+@dataclass
+class CellAnalysis:
+    source: CellSource
+    status: CellStatus
+    diagnosis: Diagnosis
+    best: BestEvaluation | None = None  # the best held-out evaluation and its kept adapter (prefwatch.analysis.peak)
+
+    @property
+    def state(self) -> str:
+        if self.status.state == CellState.RUNNING and self.diagnosis.has("stalled"):
+            return "stalled"
+        return self.status.state
+
+    def to_json(self) -> dict[str, Any]:
+        source = self.source
+        claim = source.claim
+        return {
+            "id": source.id,
+            "objective": source.objective,
+            "rank": source.rank,
+            "seed": source.seed,
+            "objective_source": objective_source(source),
+            "rank_source": claim.rank_source if claim else None,
+            "label": {"objective": claim.objective, "source": claim.objective_source, "note": claim.note}
+            if claim
+            else None,
+            "logs": {
+                "objective": source.inference.objective,
+                "preference": source.inference.preference,
+                "says": source.inference.words,
+                "evidence": source.inference.evidence,
+            },
+            "state": self.state,
+            "status": self.status.describe(),
+            "step": source.series.last_step,
+            "max_steps": source.max_steps,
+            "review": self.diagnosis.review.to_json(),
+            "best": None if self.best is None else self.best.to_json(),
+            "findings": [f.to_json() for f in self.diagnosis.findings],
+            "data": source.data_stats,
+            "ingest": {
+                "records": source.series.records,
+                "rejected": sum(source.series.rejected.values()),
+                "rejected_by_reason": dict(source.series.rejected),
+                "segments": source.series.train.segments,
+                "error": source.read_error,
+            },
+        }
+
+
+@dataclass
+class GridAnalysis:
+    grid: GridSource
+    cells: list[CellAnalysis]
+    verdict: Verdict
+    at: At = At.FINAL  # which evaluation of each cell the verdict compares
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "grid": self.grid.name,
+            "path": str(self.grid.root),
+            "cells": [c.to_json() for c in self.cells],
+            "verdict": {**self.verdict.to_json(), "at": str(self.at)},
+        }
+
+
+def analyse(
+    grid: GridSource,
+    now: float | None = None,
+    heldout_pairs: int | None = None,
+    thresholds: Thresholds = DEFAULT,
+    at: At = At.FINAL,
+) -> GridAnalysis:
+    now = time.time() if now is None else now
+    cells = []
+    for source in grid.cells:
+        status = source.status()  # a launched cell's was handed in by the jobs layer
+        diagnosis = diagnose(
+            source.series,
+            source.pairs,
+            source.data_stats,
+            source.objective,
+            heldout_pairs,
+            now=now,
+            alive=status.state == CellState.RUNNING,
+            t=thresholds,
+            claim=source.claim,
+            inference=source.inference,
+        )
+        running = status.state == CellState.RUNNING
+        diagnosis.findings += [Finding(w.kind, WARN, w.message) for w in gpu_warnings(source.system, running)]
+        cells.append(CellAnalysis(source, status, diagnosis, best_evaluation(source)))
+    return GridAnalysis(grid, cells, decide([cell_result(c, at) for c in cells]), at)
+
+
+def cell_result(cell: CellAnalysis, at: At = At.FINAL) -> CellResult:
+    """What the verdict needs of an analysed cell: its final evaluation, or (at best) its best one."""
+    diagnosis, wins = cell.diagnosis, cell.source.pairs.wins()
+    if at == At.BEST and cell.best is not None:
+        diagnosis = diagnosis_at(diagnosis, cell.best)
+        wins = cell.source.pairs.wins(cell.best.index) if cell.best.index is not None else None
+    return CellResult(
+        cell.source.id,
+        cell.source.objective,
+        cell.source.rank,
+        cell.source.seed,
+        finished=cell.status.state == CellState.FINISHED,
+        diagnosis=diagnosis,
+        wins=wins,
+        preference=cell.source.inference.preference is not False or cell.source.objective in PREFERENCE,
+        stopped_at=cell.source.stopped_at if cell.status.state == INCOMPLETE else None,
+        max_steps=cell.source.max_steps,
+    )
+
+
+def objective_source(source: CellSource) -> str | None:
+    """Where the cell's objective was read: "logs", or the label's source when the logs cannot tell."""
+    if source.inference.objective is not None:
+        return "logs"
+    return source.claim.objective_source if source.claim and source.objective is not None else None
+
+
+def best_lines(cells: Iterable[CellAnalysis], root: Path) -> list[str]:
+    """One line per cell that was evaluated: "dpo-r16: best: step 40, held-out accuracy 0.94 (cells/dpo-r16/best/)"."""
+    return [f"{cell.source.id}: {cell.best.describe(root)}" for cell in cells if cell.best is not None]

@@ -1,0 +1,113 @@
+"""Seeds as bands: one line per setting (objective and LoRA rank) with its spread across seeds.
+
+With several seeds a chart of every cell is a tangle; what a reader needs is each setting's typical
+curve and how far seeds disagree. The band is the minimum to maximum across seeds at each step (with
+two or three seeds a standard deviation says little), the line their mean. Steps are the evaluation
+steps the seeds share a value at; a step only some seeds reached yet counts those seeds (``count``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from prefwatch.analysis.analyse import CellAnalysis
+
+SPREAD = "min–max across seeds"  # what the band shows, said wherever a band is drawn
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Band:
+    steps: np.ndarray
+    mean: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    count: np.ndarray  # seeds with a value at each step
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+@dataclass(frozen=True)
+class Setting(Generic[T]):
+    """The cells of one objective and rank, one per seed."""
+
+    objective: str | None
+    rank: int | None
+    cells: tuple[T, ...]
+
+    @property
+    def label(self) -> str:
+        name = " ".join(x for x in (self.objective, f"r={self.rank}" if self.rank else None) if x) or "cells"
+        return f"{name} ({len(self.cells)} seeds)"
+
+
+def settings(cells: Sequence[T], key: Callable[[T], tuple[str | None, int | None]]) -> list[Setting[T]]:
+    """Cells grouped by setting, in first-seen order; only settings with several cells (seeds)."""
+    groups: dict[tuple[str | None, int | None], list[T]] = {}
+    for cell in cells:
+        groups.setdefault(key(cell), []).append(cell)
+    return [Setting(o, r, tuple(g)) for (o, r), g in groups.items() if len(g) > 1 and (o, r) != (None, None)]
+
+
+def has_seeds(cells: Sequence[T], key: Callable[[T], tuple[str | None, int | None]]) -> bool:
+    return bool(settings(cells, key))
+
+
+def band(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> Band:
+    """Mean, min and max across curves at each step any curve has a finite value at (NaN ignored)."""
+    steps = np.unique(np.concatenate([np.asarray(s, dtype=float) for s, _ in curves] or [np.empty(0)]))
+    table = np.full((len(curves), len(steps)), np.nan)
+    for row, (s, v) in enumerate(curves):
+        s, v = np.asarray(s, dtype=float), np.asarray(v, dtype=float)
+        if len(s):
+            table[row, np.searchsorted(steps, s)] = v
+    finite = np.isfinite(table)
+    count = finite.sum(axis=0)
+    keep = count > 0
+    table, finite, count, steps = table[:, keep], finite[:, keep], count[keep], steps[keep]
+    with np.errstate(invalid="ignore"):
+        mean = np.where(finite, table, 0.0).sum(axis=0) / np.maximum(count, 1)
+        low = np.where(finite, table, np.inf).min(axis=0) if len(steps) else np.empty(0)
+        high = np.where(finite, table, -np.inf).max(axis=0) if len(steps) else np.empty(0)
+    return Band(steps, mean, low, high, count)
+
+
+def seed_finals(
+    cells: Sequence[CellAnalysis],
+) -> list[tuple[Setting[CellAnalysis], list[tuple[int | None, float | None]]]]:
+    """Per setting with several seeds: each seed's final held-out accuracy."""
+    return [
+        (group, [(c.source.seed, c.diagnosis.review.heldout_accuracy) for c in group.cells])
+        for group in settings(cells, lambda c: (c.source.objective, c.source.rank))
+    ]
+
+
+def seed_lines(cells: Sequence[CellAnalysis]) -> list[str]:
+    """One line per setting with several seeds: its final held-out accuracy, mean and spread."""
+    lines = []
+    for group, finals in seed_finals(cells):
+        values = [v for _, v in finals if v is not None]
+        if not values:
+            continue
+        each = ", ".join(f"seed {seed}: {'–' if v is None else f'{v:.2f}'}" for seed, v in finals)
+        lines.append(
+            f"{group.label}: held-out accuracy {np.mean(values):.2f}, {SPREAD} {min(values):.2f}–{max(values):.2f} ({each})"
+        )
+    return lines
+
+
+def seed_summaries(cells: Sequence[CellAnalysis]) -> list[str]:
+    """The same, short, for the monitor's strip: "simpo r=8 (2 seeds) 0.80 [0.78–0.82]"."""
+    out = []
+    for group, finals in seed_finals(cells):
+        values = [v for _, v in finals if v is not None]
+        spread = f"{np.mean(values):.2f} [{min(values):.2f}–{max(values):.2f}]" if values else "–"
+        out.append(f"{group.label} {spread}")
+    return out

@@ -1,0 +1,646 @@
+"""Findings per cell: the review of a run, and what in its curves a careful engineer would flag.
+
+Train logs and evaluations come at different cadences and are noisy (with 100 held-out pairs an
+accuracy moves by about 0.1 between evaluations), so every rule compares window means, never
+single points, and train and held-out rows are split before anything is compared.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from prefwatch.core import metrics as m
+from prefwatch.core.objectives import Claim, Inference, mismatch
+from prefwatch.core.series import CellSeries, SplitSeries, median, row_medians
+
+# ---- Thresholds. Each is a named constant, and each can be overridden through Thresholds. ----
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    # Share of train rows in the "late" window: the last quarter is what the run ended on, and long
+    # enough (25 rows of a 100-step run) to average out batch noise.
+    late_window: float = 0.25
+    # Held-out accuracy is smoothed over this many evaluations before looking for its peak.
+    eval_smoothing: int = 3
+    # Over-optimisation needs the held-out peak at least this many evaluations before the end...
+    min_evals_after_peak: int = 3
+    # ...and the train margin after the peak to exceed the margin at the peak by this fraction of
+    # the margin's own scale: rewards of different objectives live on different scales.
+    margin_rise: float = 0.25
+    # Likelihood displacement: the chosen log-probability falls by at least this many nats, and by
+    # more than this many standard errors of the difference between the halves' means.
+    logp_drop: float = 1.0
+    logp_noise: float = 3.0
+    # Degeneration: the chosen log-prob's late mean this many times its starting level (an order
+    # of magnitude lower) is an error, not a warning.
+    degeneration_factor: float = 10.0
+    # Saturation: late train loss below this with every train batch ranked right.
+    saturated_loss: float = 0.01
+    # Reference equal to policy: this many train rows with rewards exactly zero and loss at ln 2.
+    reference_rows: int = 5
+    # Margin consistency: |margins - (chosen - rejected)| allowed, relative to the rewards' scale.
+    margin_tolerance: float = 0.02
+    # Stalled: no new line for this many times the usual interval between lines...
+    stall_factor: float = 5.0
+    # ...and never less than this many seconds (start-up and evaluations pause logging). The usual
+    # interval is the median over the last stall_history lines: the pace a run keeps lately (a job
+    # resumed on another node, evaluations added), read in constant time at any length.
+    stall_min_seconds: float = 60.0
+    stall_history: int = 1000
+    # Brevity: chosen answers shorter than rejected ones in at least this share of pairs.
+    brevity_share: float = 0.6
+    # A loss spike: a train loss this many robust deviations (MAD) above the median of the previous
+    # spike_window rows. Noise in a healthy run stays within ~5; divergence jumps far beyond.
+    spike_deviations: float = 10.0
+    spike_window: int = 20
+
+
+DEFAULT = Thresholds()
+
+INFO, WARN, ERROR = "info", "warn", "error"
+# Findings about the data (brevity) and the machine (a GPU full or idle: prefwatch.files.system), not the run's health.
+NOT_RUN_HEALTH = frozenset({"brevity_bias", "gpu_memory", "gpu_idle"})
+HEALTH_KINDS = frozenset(
+    {
+        "non_finite",
+        "intermittent_non_finite",
+        "reference_equals_policy",
+        "likelihood_displacement",
+        "saturation",
+        "margin_inconsistent",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    severity: str
+    message: str
+    step: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Review:
+    """The founding write-up's review of a run, computed from split, windowed series."""
+
+    train_margin_early: float | None = None
+    train_margin_late: float | None = None
+    late_chosen: float | None = None
+    late_rejected: float | None = None
+    heldout_margin: float | None = None
+    heldout_accuracy: float | None = None
+    heldout_pairs_won: int | None = None
+    heldout_pairs: int | None = None
+    heldout_pairs_source: str | None = None  # "per-pair", "data.json", "given", "estimated"
+    peak_heldout_accuracy: float | None = None
+    peak_heldout_step: int | None = None
+    evaluations: int = 0
+    loss_spikes: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: _json_number(v) for k, v in asdict(self).items()}
+
+
+def _json_number(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+@dataclass
+class Diagnosis:
+    review: Review
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def worst(self) -> str | None:
+        order = {INFO: 0, WARN: 1, ERROR: 2}
+        return max((f.severity for f in self.findings), key=order.__getitem__, default=None)
+
+    def has(self, *kinds: str) -> bool:
+        return any(f.kind in kinds for f in self.findings)
+
+    @property
+    def clean(self) -> bool:
+        """No over-optimisation and no health finding above info (the data's and the machine's are not the run's)."""
+        return not any(f.severity != INFO for f in self.findings if f.kind not in NOT_RUN_HEALTH)
+
+
+# ---- Windows -----------------------------------------------------------------------------------
+
+
+def window_mean(values: np.ndarray) -> float | None:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else None
+
+
+def late(values: np.ndarray, share: float) -> np.ndarray:
+    n = len(values)
+    return values[n - max(1, int(round(n * share))) :] if n else values
+
+
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Centered moving mean that ignores NaN; the ends use the points available."""
+    if len(values) == 0 or window <= 1:
+        return values.astype(float)
+    finite = np.isfinite(values)
+    filled = np.where(finite, values, 0.0)
+    kernel = np.ones(window)
+    sums = np.convolve(filled, kernel, mode="same")
+    counts = np.convolve(finite.astype(float), kernel, mode="same")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+# ---- The review ----------------------------------------------------------------------------------
+
+
+def heldout_accuracy_series(series: CellSeries, pairs: Any | None) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, accuracy) per evaluation: from per-pair results where they exist, else TRL's average."""
+    if pairs is not None and pairs.steps:
+        steps = np.asarray(pairs.steps, dtype=float)
+        accuracy = np.array([np.mean(c > r) for c, r in zip(pairs.chosen, pairs.rejected)])
+        return steps, accuracy
+    return series.eval.steps, series.eval.column(m.ACCURACIES)
+
+
+def heldout_margin_series(series: CellSeries, pairs: Any | None) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, margin) per evaluation: from per-pair results where they exist, else TRL's average.
+
+    Both are the mean over held-out pairs of chosen minus rejected reward; per-pair results are exact
+    where TRL averages per batch."""
+    if pairs is not None and pairs.steps:
+        steps = np.asarray(pairs.steps, dtype=float)
+        return steps, np.array([np.mean(c - r) for c, r in zip(pairs.chosen, pairs.rejected)])
+    return series.eval.steps, series.eval.column(m.MARGINS)
+
+
+def review(
+    series: CellSeries,
+    pairs: Any | None = None,
+    heldout_pairs: int | None = None,
+    data_stats: dict[str, Any] | None = None,
+    t: Thresholds = DEFAULT,
+) -> Review:
+    train, evals = series.train, series.eval
+    margins = train.column(m.MARGINS)
+    half = len(margins) // 2
+    steps, accuracy = heldout_accuracy_series(series, pairs)
+    won, total, source = _pairs_won(pairs, accuracy, heldout_pairs, data_stats, evals)
+    peak_accuracy, peak_step = _peak(steps, accuracy, t)
+    heldout_margin = _last_finite(heldout_margin_series(series, pairs)[1])
+    return Review(
+        train_margin_early=window_mean(margins[:half]) if half else None,
+        train_margin_late=window_mean(margins[half:]) if half else window_mean(margins),
+        late_chosen=window_mean(late(train.column(m.CHOSEN), t.late_window)),
+        late_rejected=window_mean(late(train.column(m.REJECTED), t.late_window)),
+        heldout_margin=heldout_margin,
+        heldout_accuracy=_last_finite(accuracy),
+        heldout_pairs_won=won,
+        heldout_pairs=total,
+        heldout_pairs_source=source,
+        peak_heldout_accuracy=peak_accuracy,
+        peak_heldout_step=peak_step,
+        evaluations=len(steps),
+        loss_spikes=train.fold(_spike_rows, NO_SPIKES, t).found,
+    )
+
+
+def _last_finite(values: np.ndarray) -> float | None:
+    """The last finite value: the tail first (a long series is rarely NaN at its end), then the
+    whole series in one numpy pass (a column never logged is all NaN: no Python loop over it)."""
+    for part in (values[-64:], values):
+        finite = np.flatnonzero(np.isfinite(part))
+        if len(finite):
+            return float(part[finite[-1]])
+    return None
+
+
+def peak_index(accuracy: np.ndarray, t: Thresholds) -> int | None:
+    """Where held-out accuracy peaked: the best smoothed window (one lucky evaluation is not a peak),
+    then the best evaluation inside that window."""
+    smoothed = smooth(accuracy, t.eval_smoothing)
+    if not np.isfinite(smoothed).any():
+        return None
+    centre = int(np.nanargmax(smoothed))
+    half = t.eval_smoothing // 2
+    start = max(0, centre - half)
+    window = accuracy[start : centre + half + 1]
+    return start + int(np.nanargmax(window)) if np.isfinite(window).any() else centre
+
+
+def _peak(steps: np.ndarray, accuracy: np.ndarray, t: Thresholds) -> tuple[float | None, int | None]:
+    index = peak_index(accuracy, t)
+    if index is None:
+        return None, None
+    return float(accuracy[index]), int(steps[index])
+
+
+def _pairs_won(
+    pairs: Any | None,
+    accuracy: np.ndarray,
+    given: int | None,
+    data_stats: dict[str, Any] | None,
+    evals: SplitSeries,
+) -> tuple[int | None, int | None, str | None]:
+    if pairs is not None and pairs.steps:
+        wins = pairs.wins()
+        return int(wins.sum()), len(wins), "per-pair"
+    last = _last_finite(accuracy)
+    total, source = given, "given"
+    if total is None and data_stats and isinstance(data_stats.get("heldout_pairs"), int):
+        total, source = data_stats["heldout_pairs"], "data.json"
+    if total is None:
+        runtime = _last_finite(evals.column("runtime"))
+        rate = _last_finite(evals.column("samples_per_second"))
+        if runtime and rate:
+            total, source = int(round(runtime * rate)), "estimated"
+    if last is None or total is None:
+        return None, total, source if total is not None else None
+    return int(round(last * total)), total, source
+
+
+def count_loss_spikes(loss: np.ndarray, t: Thresholds = DEFAULT) -> int:
+    """Train-loss rows far above the median of the block of rows before theirs (robust to the loss's
+    own noise). Blocks rather than a sliding window keep this linear: a million rows take milliseconds."""
+    return _spikes(NO_SPIKES, loss, t).found
+
+
+class Spikes(NamedTuple):
+    """Loss spikes counted so far: the finite losses not yet in a whole block, the limit the block
+    before them set (None before the first), and the spikes found."""
+
+    pending: np.ndarray
+    limit: float | None
+    found: int
+
+
+NO_SPIKES = Spikes(np.empty(0), None, 0)
+
+
+def _spikes(state: Spikes, loss: np.ndarray, t: Thresholds) -> Spikes:
+    """``state`` carried over more loss rows: each whole block of ``spike_window`` finite losses is
+    compared with the limit of the block before it (its median plus ``spike_deviations`` MADs)."""
+    finite = loss[np.isfinite(loss)]
+    values = np.concatenate((state.pending, finite)) if len(state.pending) else finite
+    window = t.spike_window
+    blocks = len(values) // window
+    if blocks == 0:
+        return Spikes(values, state.limit, state.found)
+    grouped = values[: blocks * window].reshape(blocks, window)
+    median = row_medians(grouped)
+    mad = row_medians(np.abs(grouped - median[:, None]))
+    scale = np.maximum(mad * 1.4826, 1e-3 * np.maximum(np.abs(median), 1e-6))
+    limits = median + t.spike_deviations * scale
+    found = state.found + int(np.sum(grouped[1:] > limits[:-1, None]))
+    if state.limit is not None:
+        found += int(np.sum(grouped[0] > state.limit))
+    return Spikes(values[blocks * window :].copy(), float(limits[-1]), found)
+
+
+def _spike_rows(state: Spikes, split: SplitSeries, start: int, stop: int, t: Thresholds) -> Spikes:
+    return _spikes(state, split.column(m.LOSS)[start:stop], t)
+
+
+# ---- Findings --------------------------------------------------------------------------------
+
+
+def diagnose(
+    series: CellSeries,
+    pairs: Any | None = None,
+    data_stats: dict[str, Any] | None = None,
+    objective: str | None = None,
+    heldout_pairs: int | None = None,
+    now: float | None = None,
+    alive: bool = False,
+    t: Thresholds = DEFAULT,
+    claim: Claim | None = None,
+    inference: Inference | None = None,
+) -> Diagnosis:
+    summary = review(series, pairs, heldout_pairs, data_stats, t)
+    findings = [
+        f
+        for f in (
+            objective_mismatch(claim, inference),
+            *non_finite(series),
+            reference_equals_policy(series, t),
+            overoptimization(series, pairs, t),
+            likelihood_displacement(series, t),
+            saturation(series, t),
+            margin_inconsistent(series, t),
+            brevity_bias(data_stats, objective, t),
+            stalled(series, now, alive, t),
+        )
+        if f is not None
+    ]
+    return Diagnosis(summary, findings)
+
+
+WATCHED = (m.LOSS, m.CHOSEN, m.REJECTED, m.MARGINS, m.GRAD_NORM)
+# Listed steps in a message stop after this many ("… 40 in all").
+LISTED_STEPS = 8
+
+
+def non_finite(series: CellSeries) -> list[Finding]:
+    """NaN or infinite values, told apart by what they mean:
+
+    - diverged (error): a value non-finite on its last rows and since some step, to the end;
+    - grad-scaler skips (info): ``grad_norm`` NaN on rows whose loss is finite and after which
+      the learning rate did not move: mixed precision skipped those updates, as it is built to;
+    - intermittent (warn): non-finite on some rows, finite again after.
+    """
+    found: dict[str, list[str]] = {}
+    first: dict[str, int] = {}
+    for (split_name, name), since in sorted(series.first_non_finite.items(), key=lambda kv: kv[1]):
+        if name not in WATCHED:
+            continue
+        split = series.split(split_name)
+        kind, text, step = _classify(split, name, since)
+        where = "held-out " if split_name == "eval" else ""
+        found.setdefault(kind, []).append(where + text)
+        first.setdefault(kind, step)
+    severity = {"non_finite": ERROR, "intermittent_non_finite": WARN, "grad_scaler_skips": INFO}
+    return [Finding(kind, severity[kind], "; ".join(texts), first[kind]) for kind, texts in found.items()]
+
+
+def _classify(split: SplitSeries, name: str, since: float) -> tuple[str, str, int]:
+    """(kind, text, first step) for one metric's non-finite rows. A row counts when it logged
+    anything: a column cannot tell a logged NaN from a key the row did not carry."""
+    steps, column = split.steps, split.column(name)
+    present = np.isinf(column)
+    for other in split.names:
+        present |= np.isfinite(split.column(other))
+    rows = np.flatnonzero(present & (steps >= since))
+    bad = rows[~np.isfinite(column[rows])]
+    if not len(bad):  # only the reader saw it (a row cut away later): report the step it noted
+        bad = np.flatnonzero(steps >= since)[:1] if (steps >= since).any() else np.array([len(steps) - 1])
+    good = np.flatnonzero(np.isfinite(column))
+    tail = bad[bad > good[-1]] if len(good) else bad
+    bad_steps = [int(s) for s in steps[bad]] if len(steps) else [int(since)]
+    if len(tail) >= 2 or len(tail) and name != m.GRAD_NORM:  # a loss or reward non-finite on the last row
+        start = int(steps[tail[0]])
+        before = good[good < tail[0]]
+        last = f"last finite step {int(steps[before[-1]])}" if len(before) else "never finite before"
+        return "non_finite", f"{name} is NaN or infinite from step {start} to the end ({last})", start
+    listed = _steps_text(bad_steps)
+    plural = "s" if len(bad_steps) > 1 else ""
+    if name == m.GRAD_NORM and _scaler_skips(split, bad):
+        return (
+            "grad_scaler_skips",
+            f"grad_norm is NaN at step{plural} {listed} with a finite loss and the learning rate held: "
+            "the mixed-precision grad scaler skipped those updates (normal)",
+            bad_steps[0],
+        )
+    after = "finite again after" if len(tail) == 0 else "the last row"
+    return "intermittent_non_finite", f"{name} is NaN or infinite at step{plural} {listed} ({after})", bad_steps[0]
+
+
+def _scaler_skips(split: SplitSeries, bad: np.ndarray) -> bool:
+    """Every bad row has a finite loss, and the next row's learning rate equals its own (the
+    scheduler does not step when the optimizer step was skipped)."""
+    loss, rate = split.column(m.LOSS), split.column(m.LEARNING_RATE)
+    if not np.isfinite(loss[bad]).all():
+        return False
+    follow = bad[bad + 1 < len(rate)]
+    return bool(np.all(rate[follow + 1] == rate[follow]) and np.isfinite(rate[follow]).all())
+
+
+def _steps_text(steps: list[int]) -> str:
+    shown = ", ".join(str(s) for s in steps[:LISTED_STEPS])
+    return shown if len(steps) <= LISTED_STEPS else f"{shown} … ({len(steps)} in all)"
+
+
+def objective_mismatch(claim: Claim | None, inference: Inference | None) -> Finding | None:
+    """The label (folder name, --label, cell.json) says one objective and the logs show another."""
+    why = mismatch(claim, inference) if claim is not None and inference is not None else None
+    return None if why is None else Finding("objective_mismatch", ERROR, why, None)
+
+
+def reference_equals_policy(series: CellSeries, t: Thresholds) -> Finding | None:
+    train = series.train
+    stuck, first = train.fold(_stuck_rows, (0, None))
+    if stuck < t.reference_rows or stuck < 0.5 * len(train):
+        return None
+    return Finding(
+        "reference_equals_policy",
+        ERROR,
+        f"rewards are exactly 0 and loss is ln 2 in {stuck} of {len(train)} train rows: "
+        "the policy equals the reference (is the adapter trained, or the reference the adapted model?)",
+        int(train.steps[first]),
+    )
+
+
+def _stuck_rows(state: tuple[int, int | None], split: SplitSeries, start: int, stop: int) -> tuple[int, int | None]:
+    """(rows whose rewards are exactly 0 with loss at ln 2, the first of them) carried over rows [start, stop)."""
+    chosen, rejected, loss = (split.column(name)[start:stop] for name in (m.CHOSEN, m.REJECTED, m.LOSS))
+    stuck = np.flatnonzero((chosen == 0) & (rejected == 0) & (np.abs(loss - math.log(2)) < 1e-3))
+    count, first = state
+    return count + len(stuck), first if first is not None or not len(stuck) else start + int(stuck[0])
+
+
+def overoptimization(series: CellSeries, pairs: Any | None, t: Thresholds) -> Finding | None:
+    steps, accuracy = heldout_accuracy_series(series, pairs)
+    if len(steps) < t.min_evals_after_peak + 2:
+        return None
+    peak = peak_index(accuracy, t)
+    if peak is None or len(steps) - 1 - peak < t.min_evals_after_peak:
+        return None
+    peak_step = float(steps[peak])
+    train = series.train
+    margins = train.column(m.MARGINS)
+    cut = int(np.searchsorted(train.steps, peak_step, side="right"))  # a split's steps never go down
+    before, after = margins[:cut], late(margins[cut:], 0.5)
+    at_peak, now = window_mean(late(before, 0.5)), window_mean(after)
+    if at_peak is None or now is None:
+        return None
+    scale = max(abs(at_peak), abs(now), 1e-8)
+    if (now - at_peak) / scale < t.margin_rise:
+        return None
+    recent = window_mean(accuracy[-t.eval_smoothing :])
+    return Finding(
+        "overoptimization",
+        WARN,
+        f"train margin rose {at_peak:.3g} -> {now:.3g} after step {int(peak_step)} while held-out "
+        f"accuracy peaked there at {accuracy[peak]:.2f} and averages {recent:.2f} over the last "
+        f"{t.eval_smoothing} evaluations",
+        int(peak_step),
+    )
+
+
+def falls(values: np.ndarray, by: float, noise: float) -> tuple[float, float] | None:
+    """(early mean, late mean) when the second half's mean lies below the first half's by more than
+    ``by`` and more than ``noise`` standard errors of the difference; else None. Per-batch log-probs
+    of summed tokens swing by tens of nats, so a fixed drop alone would fire on noise."""
+    finite = values[np.isfinite(values)]
+    half = len(finite) // 2
+    if half < 4:
+        return None
+    early, late_ = finite[:half], finite[half:]
+    drop = early.mean() - late_.mean()
+    error = math.sqrt(early.var(ddof=1) / len(early) + late_.var(ddof=1) / len(late_))
+    return (float(early.mean()), float(late_.mean())) if drop > max(by, noise * error) else None
+
+
+def likelihood_displacement(series: CellSeries, t: Thresholds) -> Finding | None:
+    """Chosen log-probabilities falling while the margin rises (a warning); falling an order of
+    magnitude below where they started is degeneration, an error whatever the margin does."""
+    train = series.train
+    degenerate = degeneration(train.column(m.LOGPS_CHOSEN), t)
+    if degenerate is not None:
+        start, end, row = degenerate
+        return Finding(
+            "likelihood_displacement",
+            ERROR,
+            f"degeneration: chosen log-prob fell from {start:.3g} at the start to {end:.3g} late in the run "
+            f"({end / start:.0f}× lower): the model no longer gives the chosen answers their probability",
+            int(train.steps[row]),
+        )
+    chosen = falls(train.column(m.LOGPS_CHOSEN), t.logp_drop, t.logp_noise)
+    if chosen is None:
+        return None
+    peak = int(np.nanargmax(smooth(train.column(m.LOGPS_CHOSEN), 5)))
+    rejected = falls(train.column(m.LOGPS_REJECTED), 0.0, t.logp_noise)
+    margins = train.column(m.MARGINS)
+    half = len(margins) // 2
+    margin_early, margin_late = window_mean(margins[:half]), window_mean(margins[half:])
+    if rejected is None or margin_early is None or margin_late is None:
+        return None
+    if margin_late <= margin_early:
+        return None
+    return Finding(
+        "likelihood_displacement",
+        WARN,
+        f"chosen log-prob fell {chosen[0]:.3g} -> {chosen[1]:.3g} (rejected {rejected[0]:.3g} -> {rejected[1]:.3g}) "
+        "while the margin rose: both answers lose probability, which may move to unwanted answers",
+        int(train.steps[peak]),
+    )
+
+
+def degeneration(logps: np.ndarray, t: Thresholds) -> tuple[float, float, int] | None:
+    """(start, late mean, first row past the threshold) when the late mean of a log-probability is
+    ``degeneration_factor`` times its starting level (the median of the first rows) or lower."""
+    rows = np.flatnonzero(np.isfinite(logps))
+    if len(rows) < 8:
+        return None
+    start = median(logps[rows[: max(3, len(rows) // 20)]])
+    end = window_mean(late(logps[rows], t.late_window))
+    if end is None or start >= 0 or end > t.degeneration_factor * start or end > start - t.logp_drop:
+        return None
+    below = rows[logps[rows] <= t.degeneration_factor * start]
+    return start, end, int(below[0]) if len(below) else int(rows[-1])
+
+
+def saturation(series: CellSeries, t: Thresholds) -> Finding | None:
+    train = series.train
+    loss = window_mean(late(train.column(m.LOSS), t.late_window))
+    accuracy = window_mean(late(train.column(m.ACCURACIES), t.late_window))
+    if loss is None or accuracy is None or loss >= t.saturated_loss or accuracy < 1.0:
+        return None
+    start = np.flatnonzero(train.column(m.LOSS) < t.saturated_loss)
+    return Finding(
+        "saturation",
+        WARN,
+        f"train loss {loss:.2g} with every train batch ranked right: nothing left to learn from these pairs",
+        int(train.steps[start[0]]) if len(start) else None,
+    )
+
+
+def margin_inconsistent(series: CellSeries, t: Thresholds) -> Finding | None:
+    for split_name in ("train", "eval"):
+        split = series.split(split_name)  # type: ignore[arg-type]
+        both, off, first = split.fold(_margin_rows, (0, 0, None), t.margin_tolerance)
+        if both and off > max(1, 0.1 * both):
+            where = "held-out" if split_name == "eval" else "train"
+            return Finding(
+                "margin_inconsistent",
+                WARN,
+                f"{where} rewards/margins differs from chosen - rejected in {off} of "
+                f"{both} rows: an aggregation bug in the logger?",
+                int(split.steps[first]),
+            )
+    return None
+
+
+def _margin_rows(
+    state: tuple[int, int, int | None], split: SplitSeries, start: int, stop: int, tolerance: float
+) -> tuple[int, int, int | None]:
+    """(rows with chosen, rejected and margin all finite, rows among them whose margin is not
+    chosen - rejected within ``tolerance`` of the rewards' scale, the first such row) over rows [start, stop)."""
+    chosen, rejected, margins = (split.column(name)[start:stop] for name in (m.CHOSEN, m.REJECTED, m.MARGINS))
+    both = np.isfinite(chosen) & np.isfinite(rejected) & np.isfinite(margins)
+    scale = np.maximum(np.abs(chosen) + np.abs(rejected), 1e-6)
+    with np.errstate(invalid="ignore"):
+        off = np.flatnonzero(both & (np.abs(margins - (chosen - rejected)) / scale > tolerance))
+    count, wrong, first = state
+    return (
+        count + int(both.sum()),
+        wrong + len(off),
+        first if first is not None or not len(off) else start + int(off[0]),
+    )
+
+
+def brevity_bias(data_stats: dict[str, Any] | None, objective: str | None, t: Thresholds) -> Finding | None:
+    train = (data_stats or {}).get("train")
+    if not isinstance(train, dict):
+        return None
+    share = train.get("chosen_shorter_share")
+    if not isinstance(share, (int, float)) or share < t.brevity_share:
+        return None
+    chosen, rejected = train.get("mean_chosen_tokens"), train.get("mean_rejected_tokens")
+    lengths = f" (mean {chosen:.0f} vs {rejected:.0f} tokens)" if chosen and rejected else ""
+    remedy = (
+        "SimPO's length-normalised reward is the remedy"
+        if objective != "simpo"
+        else "this cell's length-normalised reward already addresses it"
+    )
+    return Finding(
+        "brevity_bias",
+        INFO,
+        f"chosen answers are shorter than rejected ones in {share:.0%} of train pairs{lengths}: "
+        f"a summed-log-prob reward can learn 'shorter wins'; {remedy}",
+        None,
+    )
+
+
+def brevity_summary(data_stats: dict[str, Any] | None, t: Thresholds = DEFAULT) -> str | None:
+    """The brevity check's answer, whether or not it found a bias (the report always says it)."""
+    train = (data_stats or {}).get("train")
+    if not isinstance(train, dict) or not isinstance(train.get("chosen_shorter_share"), (int, float)):
+        return None
+    share = train["chosen_shorter_share"]
+    chosen, rejected = train.get("mean_chosen_tokens"), train.get("mean_rejected_tokens")
+    lengths = f" (mean {chosen:.1f} vs {rejected:.1f} tokens)" if chosen and rejected else ""
+    verdict = (
+        "consistently shorter: brevity bias, SimPO's length-normalised reward addresses it"
+        if share >= t.brevity_share
+        else f"not consistently shorter (the check needs {t.brevity_share:.0%})"
+    )
+    return f"chosen answers are shorter than rejected ones in {share:.0%} of train pairs{lengths}: {verdict}"
+
+
+def stalled(series: CellSeries, now: float | None, alive: bool, t: Thresholds) -> Finding | None:
+    if not alive or now is None or series.finished:
+        return None
+    times = series.train.times[-t.stall_history - 1 :]
+    times = times[np.isfinite(times)]
+    if len(times) < 3:
+        return None
+    usual = median(np.diff(times))
+    silence = now - float(times[-1])
+    if silence < max(t.stall_factor * usual, t.stall_min_seconds):
+        return None
+    return Finding(
+        "stalled",
+        WARN,
+        f"no new log line for {silence:.0f} s (usually every {usual:.1g} s) while the job is alive",
+        series.last_step,
+    )

@@ -1,0 +1,258 @@
+"""What a path holds: a run directory, one run, a folder of runs, or a tracker's store, turned into cells.
+
+``open_path`` is the one entry: it recognises the format (a tracker's store first, then prefwatch's run
+directory, TRL's ``trainer_state.json``, TensorBoard event files, a ``metrics.jsonl``), searches a folder
+of runs a few levels down, and says what it skipped and why. Nothing is read yet: call ``poll()``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from pathlib import Path
+
+from prefwatch.core.objectives import PREFERENCE, TOKENS
+from prefwatch.files import rundir
+from prefwatch.ingest.readers.tensorboard import EVENT_FILE_PREFIX, event_files
+from prefwatch.ingest.sources import (
+    TRAINER_STATE,
+    CellSource,
+    GridSource,
+    SourceError,
+    guess_labels,
+    guess_seed,
+    natural_key,
+    newest_trainer_state,
+)
+
+# How deep a folder of runs is searched for cells (runs/x/adapters/dpo/ is three levels down).
+SEARCH_DEPTH = 3
+
+
+# Files that look like logs but are not a format prefwatch reads, with what to point it at instead.
+UNREAD_LOGS = {
+    "trainer_log.jsonl": "LLaMA-Factory's progress log (loss and accuracy only); prefwatch reads the "
+    "run's trainer_state.json, which LLaMA-Factory writes beside it",
+}
+
+
+# A folder of runs names, among the folders it skips, those holding console logs (a Trainer's
+# printed records): a run logged only to the console is a run the user expects to see.
+CONSOLE_LOG = "*.log"
+
+
+CONSOLE_LOG_WHY = (
+    "a console log (printed records, not a log prefwatch reads); point prefwatch at the run's "
+    "trainer_state.json, metrics.jsonl or TensorBoard events"
+)
+
+
+Labels = dict[str, tuple[str | None, int | None]]
+
+
+def open_path(path: Path | str, labels: Labels | None = None) -> GridSource:
+    """Recognise what a path holds and build its cells (nothing is read yet: call poll()).
+
+    ``labels`` gives cells their objective and LoRA rank by cell name (the folder's name) where
+    neither the name nor adapter_config.json says; a part given as None is left as found.
+    """
+    grid = _open(Path(path))
+    _apply_labels(grid, labels or {})
+    return grid
+
+
+def _open(path: Path) -> GridSource:
+    if not path.exists():
+        raise SourceError(f"{path}: no such file or folder")
+
+    from prefwatch.ingest.trackers import open_store  # lazy: SQLite, the W&B protobufs
+
+    store = open_store(path)
+    if store is not None:
+        return store
+    if path.is_file():
+        if path.name == TRAINER_STATE:
+            return GridSource(path.parent.name, path.parent, [_trl_cell(path.parent)])
+        if path.name.startswith(EVENT_FILE_PREFIX):
+            return GridSource(path.parent.name, path.parent, [_tb_cell(path.parent)])
+        if path.name in UNREAD_LOGS:
+            raise SourceError(f"{path}: not read: {UNREAD_LOGS[path.name]}")
+        return GridSource(path.stem, path.parent, [_jsonl_cell(path.parent, path)])
+    if rundir.is_grid_dir(path):
+        cells = [_prefwatch_cell(d) for d in rundir.cell_dirs(path)]
+        return GridSource(path.name, path, cells, managed=True)
+    single = _cell_at(path)
+    if single is not None:
+        return GridSource(path.name, path.parent, [single])
+    cells, skipped = find_cells(path)
+    if not cells:
+        if skipped:
+            why = "; ".join(f"{where}: {reason}" for where, reason in skipped)
+            raise SourceError(f"{path}: no logs prefwatch reads ({why})")
+        raise SourceError(
+            f"{path}: no logs found within {SEARCH_DEPTH} folder levels (looked for a run directory, "
+            "metrics.jsonl, trainer_state.json and TensorBoard event files)"
+        )
+    for cell in cells:  # cells found further down are named by their path from here
+        if cell.directory.parent != path:
+            cell.id = cell.directory.relative_to(path).as_posix()
+    cells.sort(key=lambda c: [natural_key(Path(part)) for part in c.directory.relative_to(path).parts])
+    return GridSource(path.resolve().name or str(path), path, cells, skipped=skipped)
+
+
+def find_cells(root: Path, depth: int = SEARCH_DEPTH) -> tuple[list[CellSource], list[tuple[Path, str]]]:
+    """The runs in a folder and in its subfolders down to ``depth`` levels (a run's own folder is not
+    searched further), and the folders holding log-like files prefwatch does not read, with why."""
+    cells: list[CellSource] = []
+    skipped: list[tuple[Path, str]] = []
+    level = [root]
+    for _ in range(depth):
+        below: list[Path] = []
+        for folder in level:
+            for child in _subfolders(folder):
+                cell = _cell_at(child)
+                if cell is not None:
+                    cells.append(cell)
+                    continue
+                unread = _unread(child)
+                if unread is not None:
+                    skipped.append((child.relative_to(root), f"{unread[0]} is {unread[1]}"))
+                below.append(child)
+        level = below
+    unread = _unread(root)
+    if unread is not None:
+        skipped.insert(0, (Path(unread[0]), unread[1]))
+    return cells, skipped
+
+
+def _unread(folder: Path) -> tuple[str, str] | None:
+    """(file, why) for a folder that is not a run but holds a file that looks like a log, or None."""
+    for name, why in UNREAD_LOGS.items():
+        if (folder / name).is_file():
+            return name, why
+    console = sorted(p.name for p in folder.glob(CONSOLE_LOG) if p.is_file())
+    return (console[0], CONSOLE_LOG_WHY) if console else None
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    """Subfolders worth searching: not hidden, not a checkpoint (read with its run), not a link loop."""
+    try:
+        children = sorted(folder.iterdir(), key=natural_key)  # r4, r8, r16: numbers as numbers
+    except OSError:
+        return []
+    return [
+        c
+        for c in children
+        if c.is_dir() and not c.is_symlink() and not c.name.startswith(".") and not re.match(r"checkpoint-\d+$", c.name)
+    ]
+
+
+def _apply_labels(grid: GridSource, labels: Labels) -> None:
+    unknown = [name for name in labels if not any(name in (c.id, str(c.directory)) for c in grid.cells)]
+    if unknown:
+        names = ", ".join(c.id for c in grid.cells)
+        raise SourceError(f"label for {', '.join(unknown)}: no such cell (cells: {names})")
+    for cell in grid.cells:
+        label = labels.get(cell.id) or labels.get(str(cell.directory))
+        if label is not None:
+            cell.relabel(*label, source="--label")
+
+
+def parse_label(text: str) -> tuple[str, tuple[str | None, int | None]]:
+    """Parse ``NAME=OBJECTIVE:RANK`` (``NAME=OBJECTIVE`` and ``NAME=:RANK`` too) for open_path's labels.
+
+    >>> parse_label("run-a=dpo:16")
+    ('run-a', ('dpo', 16))
+    """
+    name, sep, value = text.partition("=")
+    name = name.strip()
+    if not sep or not name:
+        raise SourceError(f"label {text!r}: expected NAME=OBJECTIVE:RANK, e.g. run-a=dpo:16")
+    objective_text, _, rank_text = value.strip().partition(":")
+    objective = None
+    if objective_text.strip():
+        objective = TOKENS.get(objective_text.strip().lower())
+        if objective not in PREFERENCE:
+            objective = None
+            known = ", ".join(sorted(t for t, o in TOKENS.items() if o in PREFERENCE))
+            raise SourceError(f"label {text!r}: unknown objective {objective_text.strip()!r} (one of {known})")
+    rank = None
+    if rank_text.strip():
+        if not rank_text.strip().isdigit() or int(rank_text) <= 0:
+            raise SourceError(f"label {text!r}: the rank must be a positive whole number, not {rank_text.strip()!r}")
+        rank = int(rank_text)
+    if objective is None and rank is None:
+        raise SourceError(f"label {text!r}: give an objective, a rank or both, e.g. run-a=dpo:16")
+    return name, (objective, rank)
+
+
+def _cell_at(path: Path) -> CellSource | None:
+    if (path / rundir.CELL_FILE).is_file():
+        return _prefwatch_cell(path)
+    if (path / rundir.METRICS_FILE).is_file():
+        return _jsonl_cell(path, path / rundir.METRICS_FILE)
+    if event_files(path):
+        return _tb_cell(path)
+    if newest_trainer_state(path) is not None:
+        return _trl_cell(path)
+    return None
+
+
+def _prefwatch_cell(path: Path) -> CellSource:
+    try:
+        cell, problem = rundir.read_cell(path), None
+    except rundir.RecordError as exc:  # shown as the cell's read error; the logs are still read
+        cell, problem = rundir.CellRecord(), str(exc)
+    claim = guess_labels(path)
+    if cell.objective is not None:
+        claim = replace(claim, objective=cell.objective, objective_source="cell.json", note=None)
+    if cell.rank is not None:
+        claim = replace(claim, rank=cell.rank, rank_source="cell.json")
+    return CellSource(
+        id=path.name,
+        directory=path,
+        objective=claim.objective,
+        rank=claim.rank,
+        seed=cell.seed if cell.seed is not None else guess_seed(path),
+        info=cell.to_dict() if problem is None else {},
+        claim=claim,
+        metrics_path=path / rundir.METRICS_FILE,
+        managed=rundir.is_launched_cell(path),
+        record_error=problem,
+    )
+
+
+def _jsonl_cell(directory: Path, metrics_path: Path) -> CellSource:
+    claim = guess_labels(directory)
+    return CellSource(
+        directory.name,
+        directory,
+        claim.objective,
+        claim.rank,
+        guess_seed(directory),
+        claim=claim,
+        metrics_path=metrics_path,
+    )
+
+
+def _trl_cell(path: Path) -> CellSource:
+    claim = guess_labels(path)
+    return CellSource(
+        path.name, path, claim.objective, claim.rank, guess_seed(path), claim=claim, trainer_state_dir=path
+    )
+
+
+def _tb_cell(path: Path) -> CellSource:
+    """A TRL output_dir written with report_to="tensorboard" (or a bare logging dir): the event
+    files are live (flushed at every log), trainer_state.json only at checkpoints."""
+    claim = guess_labels(path)
+    return CellSource(
+        path.name,
+        path,
+        claim.objective,
+        claim.rank,
+        guess_seed(path),
+        claim=claim,
+        trainer_state_dir=path,
+        event_dir=path,
+    )

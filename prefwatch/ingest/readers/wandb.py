@@ -1,0 +1,258 @@
+"""W&B run directories (what ``report_to="wandb"`` writes, offline or synced), read live.
+
+A run folder ``wandb/offline-run-<time>-<id>/`` (``run-<time>-<id>/`` when synced) holds the run's
+transaction log ``run-<id>.wandb``: a LevelDB-style log (a 7-byte ``:W&B`` header, then 32 KiB
+blocks of records ``crc32 (4), length (2), type (1), data``, one logical record split over blocks
+as FIRST/MIDDLE/LAST pieces; the CRC is zlib's crc32 seeded with the type byte), each record a
+``wandb_internal_pb2.Record`` protobuf. The framing is read here (wandb 0.30 removed its Python
+reader; its Go core reads them now); the records are decoded with the wandb package's own protobuf
+classes, so reading W&B runs needs the optional extra ``prefwatch[wandb]``.
+
+transformers' WandbCallback logs TRL's metrics as ``history`` records (``train/`` and ``eval/``
+prefixes, ``train/global_step``, W&B's ``_step`` and ``_timestamp``); the end-of-training values
+(``train_runtime``...) go to ``summary`` records only, and the settings (TrainingArguments, the
+model's config, ``peft_config``) to ``config`` records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from prefwatch.core import metrics
+from prefwatch.ingest.readers.store import Points, StoreBatch, StoreRun
+from prefwatch.ingest.sources import SourceError
+
+HINT = "reading W&B runs needs the wandb package: pip install 'prefwatch[wandb]'"
+_FILE_HEADER = b":W&B\xe1\xbe\x00"  # ident, magic 0xBEE1, version 0
+_HEADER = 7
+_BLOCK = 32768
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+_SEEDS = [zlib.crc32(bytes([t])) for t in range(5)]
+_decoder = msgspec.json.Decoder()
+
+
+def run_files(path: Path) -> list[Path]:
+    """The ``run-*.wandb`` files of a run folder, or of ``wandb/`` (its ``latest-run`` link left out)."""
+    for pattern in ("run-*.wandb", "*run-*/run-*.wandb"):
+        found = sorted(p for p in path.glob(pattern) if p.is_file() and not p.parent.is_symlink())
+        if found:
+            return found
+    return []
+
+
+def _pb() -> Any:
+    try:
+        from wandb.proto import wandb_internal_pb2
+    except ImportError:
+        raise SourceError(HINT) from None
+    return wandb_internal_pb2
+
+
+def store_run(path: Path) -> StoreRun:
+    """A run's name and settings, from the records before its first history row."""
+    pb = _pb()
+    name, config = path.parent.name, {}
+    framing = Framing(path)
+    for data in framing.read():
+        record = pb.Record()
+        try:
+            record.ParseFromString(data)
+        except Exception:
+            continue
+        kind = record.WhichOneof("record_type")
+        if kind == "run" and record.run.display_name:
+            name = record.run.display_name
+        elif kind == "config":
+            config.update(_items(record.config.update))
+        elif kind == "history":
+            break
+    return StoreRun(name, WandbReader(path), config)
+
+
+def _nested(key: Any) -> str:
+    """W&B's nested key as one name (its history keys are one part: ``["train/loss"]``); indexing is
+    cheaper than joining the protobuf's repeated field, and this runs once per point."""
+    return key[0] if len(key) == 1 else "/".join(key)
+
+
+def _items(items: Any) -> dict[str, Any]:
+    """``key`` (or ``nested_key`` joined by ``/``) -> decoded ``value_json`` of config, summary or history items."""
+    out = {}
+    for item in items:
+        key = item.key or _nested(item.nested_key)
+        try:
+            out[key] = json.loads(item.value_json)
+        except ValueError:
+            continue
+    return out
+
+
+class Framing:
+    """The logical records of a growing ``.wandb`` file, each returned once, by byte offset.
+
+    A record not yet written whole stays for the next read. A record whose CRC does not match with
+    more data after it is damaged: it is counted and skipped to the next block, as LevelDB does.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0  # where the next logical record starts (0: before the file header)
+        self.damaged = 0
+        self.more = False  # the last read stopped at its size limit
+        self._inode: tuple[int, int] | None = None
+
+    def read(self, max_bytes: int = 1 << 25) -> list[bytes]:
+        """Logical records appended since the last read, from at most ``max_bytes`` of the file (more
+        only for one record larger than that); ``more`` says whether the file holds more after them.
+        Raises OSError when the file cannot be read."""
+        with open(self.path, "rb") as f:
+            stat = os.fstat(f.fileno())
+            inode = (stat.st_dev, stat.st_ino)
+            if self._inode is not None and (inode != self._inode or stat.st_size < self.offset):
+                raise _Restarted
+            self._inode = inode
+            f.seek(self.offset)
+            data = f.read(max_bytes)
+            self.more = self.offset + len(data) < stat.st_size
+        records = self._frame(data)
+        if not records and self.more:  # a record longer than max_bytes: read it whole
+            return self.read(stat.st_size - self.offset + 1)
+        return records
+
+    def _frame(self, data: bytes) -> list[bytes]:
+        base, at, records = self.offset, 0, []
+        if base == 0:
+            if len(data) < _HEADER:
+                return []
+            if data[:_HEADER] != _FILE_HEADER:
+                raise ValueError("not a W&B transaction log (bad header)")
+            at = _HEADER
+        pieces: list[bytes] = []
+        start = at
+        while True:
+            left = _BLOCK - (base + at) % _BLOCK
+            if left < _HEADER:  # the block's zero trailer
+                if at + left > len(data):
+                    break
+                at += left
+                continue
+            if at + _HEADER > len(data):
+                break
+            crc, length, kind = struct.unpack_from("<IHB", data, at)
+            end = at + _HEADER + length
+            if end > len(data):
+                break
+            body = data[at + _HEADER : end]
+            if kind > _LAST or zlib.crc32(body, _SEEDS[kind]) != crc:
+                if end == len(data):
+                    break  # perhaps still being written
+                self.damaged += 1
+                at += left  # on to the next block
+                pieces, start = [], at
+                continue
+            at = end
+            if kind == _FULL:
+                records.append(body)
+                pieces, start = [], at
+            elif kind == _FIRST:
+                pieces = [body]
+            elif pieces and kind in (_MIDDLE, _LAST):
+                pieces.append(body)
+                if kind == _LAST:
+                    records.append(b"".join(pieces))
+                    pieces, start = [], at
+            else:  # a piece without its FIRST
+                self.damaged += 1
+                start = at
+        self.offset = base + start
+        return records
+
+
+def _decode_rows(rows: list[tuple[list[str], list[str]]], points: Points) -> list[dict[str, Any]]:
+    """The history rows as dicts, every value decoded in one JSON parse (item by item only when that fails)."""
+    values = [v for _, row_values in rows for v in row_values]
+    try:
+        decoded = _decoder.decode(("[" + ",".join(values) + "]").encode())
+    except msgspec.DecodeError:
+        decoded = []
+        for value in values:
+            try:
+                decoded.append(json.loads(value))  # NaN and Infinity, as Python's json writes them
+            except ValueError:
+                decoded.append(None)
+                points.rejected["bad W&B value"] += 1
+    out, at = [], 0
+    for keys, _ in rows:
+        out.append(dict(zip(keys, decoded[at : at + len(keys)])))
+        at += len(keys)
+    return out
+
+
+class _Restarted(Exception):
+    """The file was replaced or truncated."""
+
+
+class WandbReader:
+    """One run's history rows and its end-of-training summary."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.error: str | None = None
+        self._framing = Framing(path)
+        self._damaged = 0
+        self._end: dict[str, float] | None = None
+
+    def watched(self) -> list[Path]:
+        return [self.path.parent]
+
+    def poll(self) -> StoreBatch:
+        pb = _pb()
+        try:
+            records = self._framing.read()
+        except _Restarted:
+            self._framing, self._damaged, self._end = Framing(self.path), 0, None
+            batch = self.poll()
+            batch.restarted = True
+            return batch
+        except (OSError, ValueError) as exc:
+            self.error = f"{self.path}: {getattr(exc, 'strerror', None) or exc}"
+            return StoreBatch(Points().scalars())
+        self.error = None
+        points, end = Points(), None
+        if self._framing.damaged > self._damaged:
+            points.rejected["damaged W&B record"] += self._framing.damaged - self._damaged
+            self._damaged = self._framing.damaged
+        rows: list[tuple[list[str], list[str]]] = []  # (keys, JSON values) of each history row
+        for data in records:
+            record = pb.Record()
+            try:
+                record.ParseFromString(data)
+            except Exception:
+                points.rejected["bad W&B record"] += 1
+                continue
+            kind = record.WhichOneof("record_type")
+            if kind == "history":
+                items = [(i.key, i.nested_key, i.value_json) for i in record.history.item]
+                rows.append(([k or _nested(n) for k, n, _ in items], [v for _, _, v in items]))
+            elif kind == "summary":  # every log updates the summary: only the end values are looked at
+                wanted = [i for i in record.summary.update if i.key in metrics.END_KEYS]
+                found = {k: float(v) for k, v in _items(wanted).items() if isinstance(v, (int, float))}
+                if found:
+                    end = {**(end or {}), **found}
+        for row in _decode_rows(rows, points):
+            step = row.get("train/global_step", row.get("_step"))
+            if not isinstance(step, (int, float)):
+                points.rejected["W&B history row without a step"] += 1
+                continue
+            wall = row.get("_timestamp")
+            points.add_row(row, int(step), float(wall) if isinstance(wall, (int, float)) else float("nan"))
+        if end:
+            self._end = {**(self._end or {}), **end}
+        return StoreBatch(points.scalars(), end=self._end if end else None, more=self._framing.more)
