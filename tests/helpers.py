@@ -4,7 +4,6 @@ last logged step, and waiting for a condition with a deadline."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -36,23 +35,3 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "
             return time.monotonic() - start
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-CHILD_ENV = "PREFWATCH_TEST_CHILD"
-
-
-def in_child_process(test_file: str, test_name: str) -> bool:
-    """Run one test in a pytest process of its own and return True (the caller returns at once); inside
-    that process return False (the caller runs its body). For tests that run a live-mode monitor: after
-    one, a monitor started later in the same process missed appended lines."""
-    if os.environ.get(CHILD_ENV) == test_name:
-        return False
-    child = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{test_file}::{test_name}"],
-        env={**os.environ, CHILD_ENV: test_name},
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert child.returncode == 0 and "1 passed" in child.stdout, child.stdout[-4000:] + child.stderr[-2000:]
-    return True

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from crafted import Cell, live_process, write_grid
-from helpers import in_child_process, last_step, prefwatch, status, wait_for
+from helpers import last_step, prefwatch, status, wait_for
 
 from prefwatch.ingest.discover import open_path
 from prefwatch.run import jobs
@@ -287,8 +287,6 @@ def test_rejected_lines_are_counted_by_reason_in_json(tmp_path: Path) -> None:
 def test_the_monitor_and_the_report_call_a_silent_running_job_stalled(tmp_path: Path) -> None:
     """A live job whose log is silent for ten minutes (it usually logs every second): stalled, in the
     report and on the monitor's panel, with the finding's message."""
-    if in_child_process(__file__, "test_the_monitor_and_the_report_call_a_silent_running_job_stalled"):
-        return
     from prefwatch.tui.app import MonitorApp
     from prefwatch.tui.widgets.cell_panel import CellPanel
 
@@ -322,8 +320,6 @@ def test_the_monitor_and_the_report_call_a_silent_running_job_stalled(tmp_path: 
 
 
 def test_s_in_the_monitor_stops_a_real_training_job(tmp_path: Path) -> None:
-    if in_child_process(__file__, "test_s_in_the_monitor_stops_a_real_training_job"):
-        return
     from prefwatch.tui.app import MonitorApp
     from prefwatch.tui.screens.confirm import ConfirmScreen
     from prefwatch.tui.widgets.cell_panel import CellPanel

@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("textual")
 
 from crafted import Cell, live_process, write_grid  # noqa: E402
-from helpers import in_child_process, status  # noqa: E402
+from helpers import status  # noqa: E402
 from textual.command import CommandPalette  # noqa: E402
 from textual.keys import _character_to_key  # noqa: E402
 
@@ -271,10 +271,6 @@ async def stop_and_restart_keys(tmp_path):
 
 
 def test_stop_and_restart_keys_ask_first(tmp_path):
-    """In a process of its own (helpers.in_child_process): a live-mode monitor leaves something behind
-    that made a later monitor in the same process miss appended lines."""
-    if in_child_process(__file__, "test_stop_and_restart_keys_ask_first"):
-        return
     asyncio.run(stop_and_restart_keys(tmp_path))
 
 
