@@ -13,7 +13,7 @@ from typing import Any
 
 from prefwatch.analysis.peak import At, BestEvaluation, best_evaluation, diagnosis_at
 from prefwatch.core.decide import CellResult, Verdict, decide
-from prefwatch.core.diagnose import DEFAULT, WARN, Diagnosis, Finding, Thresholds, diagnose
+from prefwatch.core.diagnose import DEFAULT, WARN, Diagnosis, Finding, FindingKind, Thresholds, diagnose
 from prefwatch.core.objectives import PREFERENCE
 from prefwatch.files.rundir import CellState, CellStatus
 from prefwatch.files.system import gpu_warnings
@@ -110,7 +110,9 @@ def analyse(
             inference=source.inference,
         )
         running = status.state == CellState.RUNNING
-        diagnosis.findings += [Finding(w.kind, WARN, w.message) for w in gpu_warnings(source.system, running)]
+        diagnosis.findings += [
+            Finding(FindingKind(w.kind), WARN, w.message) for w in gpu_warnings(source.system, running)
+        ]
         cells.append(CellAnalysis(source, status, diagnosis, best_evaluation(source)))
     return GridAnalysis(grid, cells, decide([cell_result(c, at) for c in cells]), at)
 

@@ -7,6 +7,7 @@ single points, and train and held-out rows are split before anything is compared
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
@@ -62,25 +63,54 @@ class Thresholds:
 
 DEFAULT = Thresholds()
 
-INFO, WARN, ERROR = "info", "warn", "error"
+
+class Severity(enum.StrEnum):
+    """How much a finding weighs: ``info`` is said, ``warn`` colours the cell, ``error`` makes the run unhealthy."""
+
+    INFO = "info"
+    WARN = "warn"
+    ERROR = "error"
+
+
+INFO, WARN, ERROR = Severity.INFO, Severity.WARN, Severity.ERROR
+
+
+class FindingKind(enum.StrEnum):
+    """What a finding is about; one rule (a function below, or the machine's warnings) makes each."""
+
+    NON_FINITE = "non_finite"
+    INTERMITTENT_NON_FINITE = "intermittent_non_finite"
+    GRAD_SCALER_SKIPS = "grad_scaler_skips"
+    OBJECTIVE_MISMATCH = "objective_mismatch"
+    REFERENCE_EQUALS_POLICY = "reference_equals_policy"
+    OVEROPTIMIZATION = "overoptimization"
+    LIKELIHOOD_DISPLACEMENT = "likelihood_displacement"
+    SATURATION = "saturation"
+    MARGIN_INCONSISTENT = "margin_inconsistent"
+    BREVITY_BIAS = "brevity_bias"
+    STALLED = "stalled"
+    GPU_MEMORY = "gpu_memory"
+    GPU_IDLE = "gpu_idle"
+
+
 # Findings about the data (brevity) and the machine (a GPU full or idle: prefwatch.files.system), not the run's health.
-NOT_RUN_HEALTH = frozenset({"brevity_bias", "gpu_memory", "gpu_idle"})
+NOT_RUN_HEALTH = frozenset({FindingKind.BREVITY_BIAS, FindingKind.GPU_MEMORY, FindingKind.GPU_IDLE})
 HEALTH_KINDS = frozenset(
     {
-        "non_finite",
-        "intermittent_non_finite",
-        "reference_equals_policy",
-        "likelihood_displacement",
-        "saturation",
-        "margin_inconsistent",
+        FindingKind.NON_FINITE,
+        FindingKind.INTERMITTENT_NON_FINITE,
+        FindingKind.REFERENCE_EQUALS_POLICY,
+        FindingKind.LIKELIHOOD_DISPLACEMENT,
+        FindingKind.SATURATION,
+        FindingKind.MARGIN_INCONSISTENT,
     }
 )
 
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str
-    severity: str
+    kind: FindingKind
+    severity: Severity
     message: str
     step: int | None = None
 
@@ -358,8 +388,8 @@ def non_finite(series: CellSeries) -> list[Finding]:
       the learning rate did not move: mixed precision skipped those updates, as it is built to;
     - intermittent (warn): non-finite on some rows, finite again after.
     """
-    found: dict[str, list[str]] = {}
-    first: dict[str, int] = {}
+    found: dict[FindingKind, list[str]] = {}
+    first: dict[FindingKind, int] = {}
     for (split_name, name), since in sorted(series.first_non_finite.items(), key=lambda kv: kv[1]):
         if name not in WATCHED:
             continue
@@ -368,11 +398,15 @@ def non_finite(series: CellSeries) -> list[Finding]:
         where = "held-out " if split_name == "eval" else ""
         found.setdefault(kind, []).append(where + text)
         first.setdefault(kind, step)
-    severity = {"non_finite": ERROR, "intermittent_non_finite": WARN, "grad_scaler_skips": INFO}
+    severity = {
+        FindingKind.NON_FINITE: ERROR,
+        FindingKind.INTERMITTENT_NON_FINITE: WARN,
+        FindingKind.GRAD_SCALER_SKIPS: INFO,
+    }
     return [Finding(kind, severity[kind], "; ".join(texts), first[kind]) for kind, texts in found.items()]
 
 
-def _classify(split: SplitSeries, name: str, since: float) -> tuple[str, str, int]:
+def _classify(split: SplitSeries, name: str, since: float) -> tuple[FindingKind, str, int]:
     """(kind, text, first step) for one metric's non-finite rows. A row counts when it logged
     anything: a column cannot tell a logged NaN from a key the row did not carry."""
     steps, column = split.steps, split.column(name)
@@ -390,18 +424,22 @@ def _classify(split: SplitSeries, name: str, since: float) -> tuple[str, str, in
         start = int(steps[tail[0]])
         before = good[good < tail[0]]
         last = f"last finite step {int(steps[before[-1]])}" if len(before) else "never finite before"
-        return "non_finite", f"{name} is NaN or infinite from step {start} to the end ({last})", start
+        return FindingKind.NON_FINITE, f"{name} is NaN or infinite from step {start} to the end ({last})", start
     listed = _steps_text(bad_steps)
     plural = "s" if len(bad_steps) > 1 else ""
     if name == m.GRAD_NORM and _scaler_skips(split, bad):
         return (
-            "grad_scaler_skips",
+            FindingKind.GRAD_SCALER_SKIPS,
             f"grad_norm is NaN at step{plural} {listed} with a finite loss and the learning rate held: "
             "the mixed-precision grad scaler skipped those updates (normal)",
             bad_steps[0],
         )
     after = "finite again after" if len(tail) == 0 else "the last row"
-    return "intermittent_non_finite", f"{name} is NaN or infinite at step{plural} {listed} ({after})", bad_steps[0]
+    return (
+        FindingKind.INTERMITTENT_NON_FINITE,
+        f"{name} is NaN or infinite at step{plural} {listed} ({after})",
+        bad_steps[0],
+    )
 
 
 def _scaler_skips(split: SplitSeries, bad: np.ndarray) -> bool:
@@ -422,7 +460,7 @@ def _steps_text(steps: list[int]) -> str:
 def objective_mismatch(claim: Claim | None, inference: Inference | None) -> Finding | None:
     """The label (folder name, --label, cell.json) says one objective and the logs show another."""
     why = mismatch(claim, inference) if claim is not None and inference is not None else None
-    return None if why is None else Finding("objective_mismatch", ERROR, why, None)
+    return None if why is None else Finding(FindingKind.OBJECTIVE_MISMATCH, ERROR, why, None)
 
 
 def reference_equals_policy(series: CellSeries, t: Thresholds) -> Finding | None:
@@ -431,7 +469,7 @@ def reference_equals_policy(series: CellSeries, t: Thresholds) -> Finding | None
     if stuck < t.reference_rows or stuck < 0.5 * len(train):
         return None
     return Finding(
-        "reference_equals_policy",
+        FindingKind.REFERENCE_EQUALS_POLICY,
         ERROR,
         f"rewards are exactly 0 and loss is ln 2 in {stuck} of {len(train)} train rows: "
         "the policy equals the reference (is the adapter trained, or the reference the adapted model?)",
@@ -467,7 +505,7 @@ def overoptimization(series: CellSeries, pairs: Any | None, t: Thresholds) -> Fi
         return None
     recent = window_mean(accuracy[-t.eval_smoothing :])
     return Finding(
-        "overoptimization",
+        FindingKind.OVEROPTIMIZATION,
         WARN,
         f"train margin rose {at_peak:.3g} -> {now:.3g} after step {int(peak_step)} while held-out "
         f"accuracy peaked there at {accuracy[peak]:.2f} and averages {recent:.2f} over the last "
@@ -498,7 +536,7 @@ def likelihood_displacement(series: CellSeries, t: Thresholds) -> Finding | None
     if degenerate is not None:
         start, end, row = degenerate
         return Finding(
-            "likelihood_displacement",
+            FindingKind.LIKELIHOOD_DISPLACEMENT,
             ERROR,
             f"degeneration: chosen log-prob fell from {start:.3g} at the start to {end:.3g} late in the run "
             f"({end / start:.0f}× lower): the model no longer gives the chosen answers their probability",
@@ -517,7 +555,7 @@ def likelihood_displacement(series: CellSeries, t: Thresholds) -> Finding | None
     if margin_late <= margin_early:
         return None
     return Finding(
-        "likelihood_displacement",
+        FindingKind.LIKELIHOOD_DISPLACEMENT,
         WARN,
         f"chosen log-prob fell {chosen[0]:.3g} -> {chosen[1]:.3g} (rejected {rejected[0]:.3g} -> {rejected[1]:.3g}) "
         "while the margin rose: both answers lose probability, which may move to unwanted answers",
@@ -547,7 +585,7 @@ def saturation(series: CellSeries, t: Thresholds) -> Finding | None:
         return None
     start = np.flatnonzero(train.column(m.LOSS) < t.saturated_loss)
     return Finding(
-        "saturation",
+        FindingKind.SATURATION,
         WARN,
         f"train loss {loss:.2g} with every train batch ranked right: nothing left to learn from these pairs",
         int(train.steps[start[0]]) if len(start) else None,
@@ -561,7 +599,7 @@ def margin_inconsistent(series: CellSeries, t: Thresholds) -> Finding | None:
         if both and off > max(1, 0.1 * both):
             where = "held-out" if split_name == "eval" else "train"
             return Finding(
-                "margin_inconsistent",
+                FindingKind.MARGIN_INCONSISTENT,
                 WARN,
                 f"{where} rewards/margins differs from chosen - rejected in {off} of "
                 f"{both} rows: an aggregation bug in the logger?",
@@ -603,7 +641,7 @@ def brevity_bias(data_stats: dict[str, Any] | None, objective: str | None, t: Th
         else "this cell's length-normalised reward already addresses it"
     )
     return Finding(
-        "brevity_bias",
+        FindingKind.BREVITY_BIAS,
         INFO,
         f"chosen answers are shorter than rejected ones in {share:.0%} of train pairs{lengths}: "
         f"a summed-log-prob reward can learn 'shorter wins'; {remedy}",
@@ -639,7 +677,7 @@ def stalled(series: CellSeries, now: float | None, alive: bool, t: Thresholds) -
     if silence < max(t.stall_factor * usual, t.stall_min_seconds):
         return None
     return Finding(
-        "stalled",
+        FindingKind.STALLED,
         WARN,
         f"no new log line for {silence:.0f} s (usually every {usual:.1g} s) while the job is alive",
         series.last_step,
