@@ -21,6 +21,7 @@ def run(
     train_accuracy=lambda s: 0.8,
     eval_every: int = 10,
     extra=lambda s: {},
+    chosen_reward=None,
 ) -> CellSeries:
     """TRL-shaped log records of one cell, as a DPO run writes them."""
     series = CellSeries()
@@ -31,8 +32,8 @@ def run(
                 "loss": loss(s),
                 "grad_norm": 1.0,
                 "learning_rate": 5e-4,
-                "rewards/chosen": m / 2,
-                "rewards/rejected": -m / 2,
+                "rewards/chosen": m / 2 if chosen_reward is None else chosen_reward(s),
+                "rewards/rejected": -m / 2 if chosen_reward is None else chosen_reward(s) - m,
                 "rewards/margins": m,
                 "rewards/accuracies": train_accuracy(s),
                 "logps/chosen": chosen_logp(s),
@@ -85,10 +86,28 @@ def test_no_overoptimization_when_heldout_peaks_at_the_end() -> None:
     assert "overoptimization" not in kinds(run(accuracy=lambda s: 0.5 + 0.003 * s))
 
 
-def test_likelihood_displacement() -> None:
+def test_likelihood_displacement_from_the_reference_relative_reward() -> None:
+    """DPO's rewards/chosen = β·log π/π_ref: below 0 and falling while the margin rises is the chosen
+    answer pushed below the reference. (The rule changed with issue 23: it read raw summed train
+    log-probs, which different batches move by tens of nats; those alone fire nothing now.)"""
+    below = run(margin=lambda s: 0.03 * (s - 1), chosen_reward=lambda s: -0.015 * (s - 1))
+    (finding,) = [f for f in diagnose(below).findings if f.kind == "likelihood_displacement"]
+    assert finding.severity == "warn" and "below 0 on 99 of 100 rows" in finding.message
+    # The same fall beside a margin ten times larger is noise around the reference.
+    small = run(margin=lambda s: 0.3 * (s - 1), chosen_reward=lambda s: -0.015 * (s - 1))
+    assert "likelihood_displacement" not in kinds(small)
+    # A chosen reward that rises, or a margin that falls, is no displacement.
+    rising = run(margin=lambda s: 0.03 * (s - 1), chosen_reward=lambda s: 0.01 * (s - 1))
+    assert "likelihood_displacement" not in kinds(rising)
+    shrinking = run(margin=lambda s: -0.01 * (s - 1), chosen_reward=lambda s: -0.015 * (s - 1))
+    assert "likelihood_displacement" not in kinds(shrinking)
+    # The rule fires on that shrinking run's rewards once its margin rises instead.
+    assert "likelihood_displacement" in kinds(
+        run(margin=lambda s: 0.03 * (s - 1), chosen_reward=lambda s: -0.015 * (s - 1))
+    )
+    # Summed train log-probs falling by a few nats (different batches each row) say nothing alone.
     falling = run(chosen_logp=lambda s: -50 - 0.1 * s, rejected_logp=lambda s: -60 - 0.2 * s)
-    assert "likelihood_displacement" in kinds(falling)
-    assert "likelihood_displacement" not in kinds(run(chosen_logp=lambda s: -50 + 0.01 * s))
+    assert "likelihood_displacement" not in kinds(falling)
 
 
 def test_saturation() -> None:
@@ -146,7 +165,12 @@ def test_chosen_log_probs_an_order_of_magnitude_down_is_degeneration() -> None:
     collapse = run(chosen_logp=lambda s: -360.0 if s < 20 else -13000.0, rejected_logp=lambda s: -400.0)
     (finding,) = [f for f in diagnose(collapse).findings if f.kind == "likelihood_displacement"]
     assert finding.severity == "error" and finding.message.startswith("degeneration") and finding.step == 20
-    mild = run(chosen_logp=lambda s: -50.0 - 0.05 * s, rejected_logp=lambda s: -60.0 - 0.2 * s)
+    mild = run(
+        chosen_logp=lambda s: -50.0 - 0.05 * s,
+        rejected_logp=lambda s: -60.0 - 0.2 * s,
+        margin=lambda s: 0.03 * (s - 1),
+        chosen_reward=lambda s: -0.015 * (s - 1),
+    )
     (finding,) = [f for f in diagnose(mild).findings if f.kind == "likelihood_displacement"]
     assert finding.severity == "warn"
 

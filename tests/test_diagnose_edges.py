@@ -211,26 +211,42 @@ def test_degeneration_is_an_error_with_its_numbers() -> None:
 
 
 def test_displacement_while_the_margin_rises_is_a_warning_at_the_chosen_peak() -> None:
-    # Chosen -10 -> -12 (one row at -9.5, step 6) and rejected -11 -> -14 over 20 rows, margin 1 -> 2. The peak
-    # is that of the chosen log-prob's 5-row moving mean: every window holding step 6 ties; the first is step 4.
+    # Per-token mean log-probs (SimPO: rewards = 2 × logps on every row), rewritten with issue 23 (the rule
+    # reads per-token log-probs where the trainer logs them, not summed ones of different batches).
+    # Chosen -1.0 -> -1.2 (one row at -0.95, step 6), rejected -1.1 -> -1.4 over 20 rows; margin 2 × (c - r):
+    # halves 0.21 and 0.4. The chosen halves: -0.995 and -1.2, a drop of 0.205 nats a token (> 0.05, and
+    # > 3 standard errors: 0.015). The peak is that of the chosen log-prob's 5-row moving mean: every
+    # window holding step 6 ties; the first is step 4.
     rows = []
     for i in range(20):
         late_ = i >= 10
+        chosen = (-1.2 if late_ else -1.0) + (0.05 if i == 5 else 0.0)
+        rejected = -1.4 if late_ else -1.1
         rows.append(
             healthy(
                 **{
-                    m.LOGPS_CHOSEN: (-12.0 if late_ else -10.0) + (0.5 if i == 5 else 0.0),
-                    m.LOGPS_REJECTED: -14.0 if late_ else -11.0,
-                    m.MARGINS: 2.0 if late_ else 1.0,
+                    m.LOGPS_CHOSEN: chosen,
+                    m.LOGPS_REJECTED: rejected,
+                    m.CHOSEN: 2 * chosen,
+                    m.REJECTED: 2 * rejected,
+                    m.MARGINS: 2 * (chosen - rejected),
                 }
             )
         )
     finding = likelihood_displacement(series_of(rows), DEFAULT)
     assert finding is not None
     assert (finding.kind, finding.severity, finding.step) == ("likelihood_displacement", WARN, 4)
-    assert finding.message.startswith("chosen log-prob fell -9.95 -> -12 (rejected -11 -> -14) while the margin rose")
-    flat = [dict(r, **{m.MARGINS: 1.0}) for r in rows]  # the margin did not rise: no warning
+    assert finding.message.startswith(
+        "chosen logps/chosen (per token) fell -0.995 -> -1.2 while the margin rose 0.21 -> 0.4"
+    )
+    flat = [dict(r, **{m.MARGINS: 0.2}) for r in rows]  # the margin did not rise: no warning
     assert likelihood_displacement(series_of(flat), DEFAULT) is None
+    # The same log-probs summed over the answers' tokens (x 100, below -10: summed) fall 20 nats between
+    # halves of different batches: no train-row finding.
+    summed = [
+        dict(r, **{m.LOGPS_CHOSEN: 100 * r[m.LOGPS_CHOSEN], m.LOGPS_REJECTED: 100 * r[m.LOGPS_REJECTED]}) for r in rows
+    ]
+    assert likelihood_displacement(series_of(summed), DEFAULT) is None
 
 
 def test_falls_needs_eight_values_and_more_than_the_drop() -> None:

@@ -98,36 +98,32 @@ def test_overoptimization_needs_three_evaluations_after_the_peak() -> None:
 
 
 def test_likelihood_displacement_message() -> None:
-    # chosen -50 - 0.1 s: halves average -52.55 and -57.55 (a 5-nat drop); rejected -60 - 0.2 s: -65.1
-    # and -75.1; the margin rises. The smoothed chosen log-prob is highest at step 1.
-    falling = run(chosen_logp=lambda s: -50 - 0.1 * s, rejected_logp=lambda s: -60 - 0.2 * s)
-    finding = only(falling, "likelihood_displacement")
-    assert finding == Finding(
+    # Rewritten with issue 23: the rule reads DPO's reference-relative chosen reward, not raw summed train
+    # log-probs. Chosen reward -0.012 (s - 1), margin 0.03 (s - 1) over 100 rows (both 0 at step 1: DPO).
+    # Halves of the chosen reward: mean of (s - 1) is 24.5 and 74.5, so -0.294 and -0.894 (3 standard
+    # errors of the difference: 0.105, under the 0.6 drop); below 0 on rows 2-100, 99 of 100; late window
+    # (last 25 rows, mean s - 1 = 87): -1.044 = -1.04, beside a late margin of 2.61 (bar 0.25 x 2.61 =
+    # 0.65); margin halves 0.735 and 2.235 (printed 2.23). The 5-row moving mean of a falling reward is
+    # highest at its first row: step 1.
+    below = run(margin=lambda s: 0.03 * (s - 1), chosen_reward=lambda s: -0.012 * (s - 1))
+    assert only(below, "likelihood_displacement") == Finding(
         "likelihood_displacement",
         "warn",
-        "chosen log-prob fell -52.5 -> -57.5 (rejected -65.1 -> -75.1) while the margin rose: both answers "
-        "lose probability, which may move to unwanted answers",
+        "chosen reward (β·log-ratio to the reference) fell -0.294 -> -0.894 and is below 0 on 99 of 100 rows "
+        "(late mean -1.04) while the margin rose 0.735 -> 2.23: the chosen answers end 1.04/β nats less likely "
+        "than under the reference",
         1,
     )
-    # the same fall with a margin that falls too is no finding
+    # Late mean -1.044 against a late margin of 26.1 (bar 6.5): noise around the reference, no finding.
+    wide = run(margin=lambda s: 0.3 * (s - 1), chosen_reward=lambda s: -0.012 * (s - 1))
+    assert only(wide, "likelihood_displacement") is None
+    # A margin that falls: no finding.
+    falling_margin = run(margin=lambda s: -0.01 * (s - 1), chosen_reward=lambda s: -0.012 * (s - 1))
+    assert only(falling_margin, "likelihood_displacement") is None
+    # Summed train log-probs falling 5 nats between halves (-52.55 -> -57.55, different batches each row)
+    # with rewards that rise: no finding (the old rule fired here).
     assert (
-        only(
-            falling
-            if False
-            else run(
-                chosen_logp=lambda s: -50 - 0.1 * s,
-                rejected_logp=lambda s: -60 - 0.2 * s,
-                margin=lambda s: 1.0 - 0.005 * s,
-            ),
-            "likelihood_displacement",
-        )
-        is None
-    )
-    # a drop under 1 nat is no finding (-50 - 0.01 s: 0.5 nat between halves)
-    assert (
-        only(
-            run(chosen_logp=lambda s: -50 - 0.01 * s, rejected_logp=lambda s: -60 - 0.2 * s), "likelihood_displacement"
-        )
+        only(run(chosen_logp=lambda s: -50 - 0.1 * s, rejected_logp=lambda s: -60 - 0.2 * s), "likelihood_displacement")
         is None
     )
 

@@ -15,8 +15,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from prefwatch.core import metrics as m
-from prefwatch.core.objectives import Claim, Inference, mismatch
+from prefwatch.core.objectives import Claim, Inference, infer, mismatch
 from prefwatch.core.series import CellSeries, SplitSeries, median, row_medians
+from prefwatch.core.signatures import Reward
 
 # ---- Thresholds. Each is a named constant, and each can be overridden through Thresholds. ----
 
@@ -59,6 +60,25 @@ class Thresholds:
     # spike_window rows. Noise in a healthy run stays within ~5; divergence jumps far beyond.
     spike_deviations: float = 10.0
     spike_window: int = 20
+    # ---- Likelihood displacement read from the signal that carries it (see likelihood_displacement).
+    # Reference-relative rewards (DPO, KTO, BCO: β·log π/π_ref): the chosen reward below 0 on at least
+    # this share of train rows...
+    below_reference_share: float = 0.6
+    # ...its late mean below minus this fraction of the late margin: rewards and margin share β, so the
+    # bar scales with the trainer's reward scale (a chosen reward of −0.05 beside a margin of 2 is noise
+    # around the reference; −0.9 beside 2.1 is the chosen answer pushed down).
+    below_reference_margin: float = 0.25
+    # Per-token mean log-probabilities (SimPO, CPO, ORPO): a fall of this many nats per token (e^-0.05
+    # = 5 % less likely per token; a 300-token answer 15 nats less likely) beyond the halves' noise.
+    mean_logp_drop: float = 0.05
+    # ---- A frozen run: the weights do not move.
+    # grad_norm exactly 0 on at least this many consecutive train rows (a skipped fp16 step is one row),
+    # or this many rows repeating an earlier row's rewards and log-probs bit for bit (the same batch
+    # through unchanged weights).
+    frozen_rows: int = 5
+    # Repeats are looked for among the last this many train rows (a frozen run repeats within an epoch;
+    # the window bounds the work of a refresh on a run of a million rows).
+    frozen_window: int = 4096
 
 
 DEFAULT = Thresholds()
@@ -91,12 +111,14 @@ class FindingKind(enum.StrEnum):
     STALLED = "stalled"
     GPU_MEMORY = "gpu_memory"
     GPU_IDLE = "gpu_idle"
+    FROZEN = "frozen"
 
 
 # Findings about the data (brevity) and the machine (a GPU full or idle: prefwatch.files.system), not the run's health.
 NOT_RUN_HEALTH = frozenset({FindingKind.BREVITY_BIAS, FindingKind.GPU_MEMORY, FindingKind.GPU_IDLE})
 HEALTH_KINDS = frozenset(
     {
+        FindingKind.FROZEN,
         FindingKind.NON_FINITE,
         FindingKind.INTERMITTENT_NON_FINITE,
         FindingKind.REFERENCE_EQUALS_POLICY,
@@ -364,7 +386,8 @@ def diagnose(
             *non_finite(series),
             reference_equals_policy(series, t),
             overoptimization(series, pairs, t),
-            likelihood_displacement(series, t),
+            likelihood_displacement(series, t, inference),
+            frozen(series, t),
             saturation(series, t),
             margin_inconsistent(series, t),
             brevity_bias(data_stats, objective, t),
@@ -528,9 +551,17 @@ def falls(values: np.ndarray, by: float, noise: float) -> tuple[float, float] | 
     return (float(early.mean()), float(late_.mean())) if drop > max(by, noise * error) else None
 
 
-def likelihood_displacement(series: CellSeries, t: Thresholds) -> Finding | None:
-    """Chosen log-probabilities falling while the margin rises (a warning); falling an order of
-    magnitude below where they started is degeneration, an error whatever the margin does."""
+def likelihood_displacement(series: CellSeries, t: Thresholds, inference: Inference | None = None) -> Finding | None:
+    """The chosen answers losing probability while the margin rises, read from the signal that carries it:
+
+    - degeneration (error): the chosen log-prob an order of magnitude below where it started, whatever
+      the margin does (summed log-probs of different batches never move tenfold by chance);
+    - reference-relative rewards (DPO, KTO, BCO, Online DPO): ``rewards/chosen`` = β·log π/π_ref below 0
+      and falling while the margin rises (raw summed log-probs of different batches swing by tens of
+      nats: they cannot show a fall of a few);
+    - per-token mean log-probs (SimPO, CPO, ORPO): falling per token while the margin rises;
+    - summed log-probs only within the same examples: held-out rows, evaluation after evaluation.
+    """
     train = series.train
     degenerate = degeneration(train.column(m.LOGPS_CHOSEN), t)
     if degenerate is not None:
@@ -542,25 +573,14 @@ def likelihood_displacement(series: CellSeries, t: Thresholds) -> Finding | None
             f"({end / start:.0f}× lower): the model no longer gives the chosen answers their probability",
             int(train.steps[row]),
         )
-    chosen = falls(train.column(m.LOGPS_CHOSEN), t.logp_drop, t.logp_noise)
-    if chosen is None:
-        return None
-    peak = int(np.nanargmax(smooth(train.column(m.LOGPS_CHOSEN), 5)))
-    rejected = falls(train.column(m.LOGPS_REJECTED), 0.0, t.logp_noise)
-    margins = train.column(m.MARGINS)
-    half = len(margins) // 2
-    margin_early, margin_late = window_mean(margins[:half]), window_mean(margins[half:])
-    if rejected is None or margin_early is None or margin_late is None:
-        return None
-    if margin_late <= margin_early:
-        return None
-    return Finding(
-        FindingKind.LIKELIHOOD_DISPLACEMENT,
-        WARN,
-        f"chosen log-prob fell {chosen[0]:.3g} -> {chosen[1]:.3g} (rejected {rejected[0]:.3g} -> {rejected[1]:.3g}) "
-        "while the margin rose: both answers lose probability, which may move to unwanted answers",
-        int(train.steps[peak]),
-    )
+    reward = (inference if inference is not None else infer(series)).reward
+    if reward in (Reward.LOG_RATIO, Reward.LOG_RATIO_PER_TOKEN):
+        found = _below_reference(train, t)
+    elif reward is Reward.MEAN_LOGP:
+        found = _mean_logps_fall(train, t)
+    else:
+        found = None
+    return found or _heldout_logps_fall(series, t)
 
 
 def degeneration(logps: np.ndarray, t: Thresholds) -> tuple[float, float, int] | None:
@@ -575,6 +595,182 @@ def degeneration(logps: np.ndarray, t: Thresholds) -> tuple[float, float, int] |
         return None
     below = rows[logps[rows] <= t.degeneration_factor * start]
     return start, end, int(below[0]) if len(below) else int(rows[-1])
+
+
+def _rising_margin(split: SplitSeries) -> tuple[float, float] | None:
+    """(early, late) half means of the margin when the late one is higher."""
+    margins = split.column(m.MARGINS)
+    margins = margins[np.isfinite(margins)]
+    half = len(margins) // 2
+    if half < 2:
+        return None
+    early, late_ = float(margins[:half].mean()), float(margins[half:].mean())
+    return (early, late_) if late_ > early else None
+
+
+def _below_reference(train: SplitSeries, t: Thresholds) -> Finding | None:
+    """β·log π/π_ref of the chosen answers below 0 on most rows, falling, its late mean well below 0 for
+    the margin's scale, while the margin rises: the chosen answers are less likely than under the
+    reference model, by −reward/β nats."""
+    rewards = train.column(m.CHOSEN)
+    finite = rewards[np.isfinite(rewards)]
+    fall = falls(rewards, 0.0, t.logp_noise)
+    margin = _rising_margin(train)
+    if fall is None or margin is None:
+        return None
+    below = int(np.sum(finite < 0))
+    late_reward = window_mean(late(finite, t.late_window))
+    late_margin = window_mean(late(train.column(m.MARGINS), t.late_window))
+    if late_reward is None or late_margin is None or below < t.below_reference_share * len(finite):
+        return None
+    if late_reward > -t.below_reference_margin * abs(late_margin):
+        return None
+    peak = int(np.nanargmax(smooth(rewards, 5)))
+    return Finding(
+        FindingKind.LIKELIHOOD_DISPLACEMENT,
+        WARN,
+        f"chosen reward (β·log-ratio to the reference) fell {fall[0]:.3g} -> {fall[1]:.3g} and is below 0 on "
+        f"{below} of {len(finite)} rows (late mean {late_reward:.3g}) while the margin rose {margin[0]:.3g} -> "
+        f"{margin[1]:.3g}: the chosen answers end {-late_reward:.3g}/β nats less likely than under the reference",
+        int(train.steps[peak]),
+    )
+
+
+def _mean_logps_fall(train: SplitSeries, t: Thresholds) -> Finding | None:
+    """Per-token mean log-probabilities of the chosen answers falling (by mean_logp_drop nats a token,
+    beyond the halves' noise) while the margin rises."""
+    name = "avg_logps/chosen" if train.has("avg_logps/chosen") else m.LOGPS_CHOSEN
+    logps = train.column(name)
+    chosen = falls(logps, t.mean_logp_drop, t.logp_noise)
+    margin = _rising_margin(train)
+    if chosen is None or margin is None:
+        return None
+    peak = int(np.nanargmax(smooth(logps, 5)))
+    return Finding(
+        FindingKind.LIKELIHOOD_DISPLACEMENT,
+        WARN,
+        f"chosen {name} (per token) fell {chosen[0]:.3g} -> {chosen[1]:.3g} while the margin rose "
+        f"{margin[0]:.3g} -> {margin[1]:.3g}: every token of the chosen answers loses probability, which may "
+        "move to unwanted answers",
+        int(train.steps[peak]),
+    )
+
+
+def _heldout_logps_fall(series: CellSeries, t: Thresholds) -> Finding | None:
+    """Summed log-probabilities compared only within the same examples: the held-out set, evaluation
+    after evaluation (at least three), the chosen answers' down by logp_drop nats or more while the
+    held-out margin rose."""
+    evals = series.eval
+    logps, margins = evals.column(m.LOGPS_CHOSEN), evals.column(m.MARGINS)
+    rows = np.flatnonzero(np.isfinite(logps))
+    if len(rows) < 3:
+        return None
+    first, last = float(logps[rows[0]]), float(logps[rows[-1]])
+    margin_rows = np.flatnonzero(np.isfinite(margins))
+    if first - last < t.logp_drop or len(margin_rows) < 2 or margins[margin_rows[-1]] <= margins[margin_rows[0]]:
+        return None
+    return Finding(
+        FindingKind.LIKELIHOOD_DISPLACEMENT,
+        WARN,
+        f"held-out chosen log-prob (the same examples at every evaluation) fell {first:.4g} -> {last:.4g} over "
+        f"{len(rows)} evaluations while the held-out margin rose {margins[margin_rows[0]]:.3g} -> "
+        f"{margins[margin_rows[-1]]:.3g}: the chosen answers lose probability",
+        int(evals.steps[rows[-1]]),
+    )
+
+
+# ---- A frozen run ---------------------------------------------------------------------------------
+# The rewards and log-probabilities whose exact repetition shows the same batch through unchanged weights.
+FROZEN_SIGNALS = (m.CHOSEN, m.REJECTED, m.LOGPS_CHOSEN, m.LOGPS_REJECTED)
+
+
+def frozen(series: CellSeries, t: Thresholds) -> Finding | None:
+    """The weights do not move (an error: every further step burns the device for nothing):
+
+    - grad_norm exactly 0 on frozen_rows consecutive train rows or more, unless the rewards and
+      log-probs logged on those rows all differ (then the policy moves: the logger cannot see the
+      gradients, as DeepSpeed ZeRO-3 reporting 0 does);
+    - or frozen_rows rows repeating an earlier row's rewards and log-probs exactly (the same batch,
+      seen again through the same weights).
+    Both read the last frozen_window train rows."""
+    train = series.train
+    start = max(0, len(train) - t.frozen_window)
+    steps = train.steps[start:]
+    signals = np.column_stack(
+        [train.column(n)[start:] for n in FROZEN_SIGNALS if train.has(n)] or [np.empty((len(steps), 0))]
+    )
+    grad = train.column(m.GRAD_NORM)[start:]
+    run_start, run_length = _longest_zero_run(grad)
+    if run_length >= t.frozen_rows:
+        rows = signals[run_start : run_start + run_length]
+        if _repeats(rows) > 0 or not _informative(rows).any():
+            first, last = int(steps[run_start]), int(steps[run_start + run_length - 1])
+            return Finding(
+                FindingKind.FROZEN,
+                ERROR,
+                f"grad_norm is exactly 0 on {run_length} consecutive rows (steps {first}-{last})"
+                f"{_repeat_words(rows)}: no update reaches the weights (a frozen adapter, a learning rate of 0, "
+                "or a loss that does not depend on the trained parameters)",
+                first,
+            )
+    repeated = _repeats(signals)
+    if repeated >= t.frozen_rows:
+        first = int(steps[_first_repeat(signals)])
+        return Finding(
+            FindingKind.FROZEN,
+            ERROR,
+            f"{repeated} of the last {len(steps)} train rows repeat an earlier row's rewards and log-probs "
+            "exactly: the same batches through unchanged weights (the policy does not move)",
+            first,
+        )
+    return None
+
+
+def _longest_zero_run(grad: np.ndarray) -> tuple[int, int]:
+    """(first row, length) of the longest run of rows whose grad_norm is exactly 0."""
+    zero = np.concatenate(([False], grad == 0, [False]))
+    edges = np.flatnonzero(np.diff(zero.astype(np.int8)))
+    if not len(edges):
+        return 0, 0
+    starts, ends = edges[::2], edges[1::2]
+    longest = int(np.argmax(ends - starts))
+    return int(starts[longest]), int(ends[longest] - starts[longest])
+
+
+def _informative(rows: np.ndarray) -> np.ndarray:
+    """Rows with at least two finite signals, not all 0 (rewards of 0 at a policy equal to its
+    reference repeat without a frozen run: reference_equals_policy says that)."""
+    finite = np.isfinite(rows)
+    return (finite.sum(axis=1) >= 2) & np.any(finite & (rows != 0), axis=1) if rows.size else np.zeros(len(rows), bool)
+
+
+def _repeat_mask(rows: np.ndarray) -> np.ndarray:
+    """Which informative rows repeat an earlier row exactly (NaN compared as a value)."""
+    keep = np.flatnonzero(_informative(rows))
+    mask = np.zeros(len(rows), bool)
+    if len(keep) < 2:
+        return mask
+    values = np.nan_to_num(rows[keep], nan=np.inf, posinf=np.inf, neginf=-np.inf)
+    _, first_index = np.unique(values, axis=0, return_index=True)
+    repeated = np.ones(len(keep), bool)
+    repeated[first_index] = False
+    mask[keep[repeated]] = True
+    return mask
+
+
+def _repeats(rows: np.ndarray) -> int:
+    return int(_repeat_mask(rows).sum())
+
+
+def _first_repeat(rows: np.ndarray) -> int:
+    return int(np.flatnonzero(_repeat_mask(rows))[0])
+
+
+def _repeat_words(rows: np.ndarray) -> str:
+    repeated = _repeats(rows)
+    if not repeated:
+        return ""
+    return f", and {repeated} of those rows repeat an earlier row's rewards and log-probs exactly"
 
 
 def saturation(series: CellSeries, t: Thresholds) -> Finding | None:

@@ -55,7 +55,29 @@ ALIASES = {
     "accuracy": ACCURACIES,
     "rewards/accuracy": ACCURACIES,
     "rewards/margin": MARGINS,
+    # OpenRLHF's DPO trainer (openrlhf/trainer/dpo_trainer.py): β·(policy − reference), as TRL's.
+    "chosen_reward": CHOSEN,
+    "reject_reward": REJECTED,
 }
+
+# How writers that cannot put NaN or ±Infinity in JSON spell them: trackio and some W&B exports write
+# the string "NaN" (Python's float("nan") spelling), "Infinity" / "-Infinity" (JavaScript's) or "inf".
+# A value spelled so is the non-finite number it names, counted and flagged like a JSON NaN token.
+NON_FINITE_TEXT = {
+    **dict.fromkeys(("nan", "+nan", "-nan"), math.nan),
+    **dict.fromkeys(("inf", "+inf", "infinity", "+infinity"), math.inf),
+    **dict.fromkeys(("-inf", "-infinity"), -math.inf),
+}
+
+
+def non_finite_text(value: str) -> float | None:
+    """The non-finite number a string spells ("NaN", "nan", "Infinity", "-inf"), else None: any other
+    string is not a metric value.
+
+    >>> non_finite_text("NaN"), non_finite_text("-Infinity"), non_finite_text("0.5")
+    (nan, -inf, None)
+    """
+    return NON_FINITE_TEXT.get(value.strip().lower()) if len(value) <= 12 else None
 
 
 @lru_cache(maxsize=4096)

@@ -334,6 +334,10 @@ class CellSeries:
 
 
 def _number(value: Any) -> float | None:
+    """A logged value as a float: a number, or a string spelling NaN or ±Infinity (metrics.NON_FINITE_TEXT);
+    None for anything else."""
+    if isinstance(value, str):
+        return metrics.non_finite_text(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value)

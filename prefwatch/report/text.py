@@ -13,7 +13,7 @@ from prefwatch.analysis.analyse import CellAnalysis, GridAnalysis, best_lines
 from prefwatch.analysis.bands import seed_lines
 from prefwatch.analysis.peak import at_line
 from prefwatch.core.diagnose import brevity_summary
-from prefwatch.core.objectives import said_by
+from prefwatch.core.objectives import agrees, said_by
 from prefwatch.core.textsafe import plain
 
 if TYPE_CHECKING:  # Rich is imported by the terminal rendering only: JSON and Markdown go without it
@@ -86,7 +86,9 @@ def provenance(cell: CellAnalysis) -> str:
     said = source.inference.words
     if source.inference.objective is not None:
         objective = f"{source.objective} from the logs ({source.inference.evidence})"
-        if claim and claim.objective and claim.objective == source.inference.objective:
+        if source.inference.trainer:
+            objective += f"; keys of {source.inference.trainer}"
+        if claim is not None and agrees(claim, source.inference):
             objective += f"; {said_by(claim.objective_source)} agrees"
     elif source.objective is not None and claim is not None:
         objective = f"{source.objective} from the {claim.objective_source}; the logs: {said}"

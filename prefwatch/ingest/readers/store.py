@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from prefwatch.core.metrics import non_finite_text
 from prefwatch.ingest.readers.tensorboard import Scalars
 
 # Keys a tracker logs beside TRL's metrics that index a row rather than measure anything.
@@ -57,7 +58,8 @@ class Points:
         self._tags: dict[str, int | None] = {}
 
     def add_row(self, row: Mapping[str, Any], step: int, wall: float) -> None:
-        """One logged dict: its numbers (booleans and text are not metrics), index keys left out.
+        """One logged dict: its numbers, index keys left out. Booleans and text are not metrics, except
+        text that spells NaN or ±Infinity (trackio stores NaN as "NaN"): that is the number it names.
 
         The inner loop of every tracker reader: a key's tag id (or None: not a metric) is looked up once.
         """
@@ -65,7 +67,11 @@ class Points:
         before = len(values)
         for key, value in row.items():
             kind = type(value)
-            if kind is not float and kind is not int:  # bool, str, dict, None: not a point
+            if kind is str:
+                value = non_finite_text(value)
+                if value is None:
+                    continue
+            elif kind is not float and kind is not int:  # bool, dict, None: not a point
                 continue
             tag = tags.get(key, -1)
             if tag == -1:
