@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -202,6 +203,7 @@ def check(case: Case, status: int, report: dict) -> None:
         assert (got["rank"], got["rank_source"]) == (want.rank, want.rank_source), cell_id
         assert got["state"] == want.state, cell_id
         assert want.must <= kinds and not (want.must_not & kinds), (cell_id, kinds)
+        assert "frozen" not in kinds, cell_id  # EXPECTED.md: no committed log is frozen
         if want.says:
             assert want.says in got["logs"]["says"], got["logs"]
         assert "None" not in " ".join(f["message"] for f in got["findings"])
@@ -224,6 +226,29 @@ def _opened(path: Path):
     grid = open_path(path)
     grid.poll()
     return grid
+
+
+# Who wrote each log (PROVENANCE.md), against the catalogue's reading of its keys (core/signatures.py):
+# the catalogued trainer must be the writer, and logs without preference metrics name none.
+WRITERS = {
+    "soup-dpo-takehome": "TRL DPOTrainer 0.29.0-1.9.0",  # TRL 1.x keys: entropy, num_tokens, mean_token_accuracy
+    "rlhf-recsys-outputs": "LLaMA-Factory CustomDPOTrainer",  # stage dpo, pref_loss orpo
+    "llm-recovery-gemma": "TRL DPOTrainer 0.7.0-0.10.1, 0.11.0-0.28.0",
+    "llm-recovery-long": "TRL DPOTrainer 0.7.0-0.10.1, 0.11.0-0.28.0",
+    "chaos-economy": "TRL GRPOTrainer / RLOOTrainer 0.17.0-1.9.0",
+    "outputs/dpo": "TRL DPOTrainer 0.7.0-0.10.1, 0.11.0-0.28.0",
+}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.folder for c in CASES])
+def test_the_catalogue_names_each_logs_writer(case: Case, corpus: Path, capsys) -> None:
+    _, report = report_json(corpus / case.folder, capsys=capsys)
+    for cell in report["cells"]:
+        writer, trainer = WRITERS.get(cell["id"]), cell["logs"]["trainer"]
+        assert (writer is None and trainer is None) or (writer is not None and writer in (trainer or "")), (
+            cell["id"],
+            trainer,
+        )
 
 
 @pytest.mark.parametrize("folder", ["soup-dpo-takehome", "distill-safety", "chaos-economy"])
@@ -263,7 +288,9 @@ def test_the_whole_corpus_opens_with_every_run_found_or_named(corpus: Path, caps
     assert status == EXIT_NOT_DECISIVE
     grid = open_path(corpus)
     assert [(str(where), why.split(" is ")[0]) for where, why in grid.skipped] == [
+        ("halos-issue-24-kto", "console.log"),
         ("hykun-360-llama-factory", "trainer_log.jsonl"),
+        ("trl-issue-1447-kto", "console.log"),
         ("mabelgao/2026-04-11-llama3_8b_instruct_dpo_qlora", "simpo_train_local.log"),
     ]
     main(["report", str(corpus), "--format", "md"])
@@ -546,3 +573,55 @@ def test_a_simpo_run_under_a_dpo_name_whose_chosen_logps_collapse(tmp_path: Path
     assert not {"non_finite", "intermittent_non_finite", "margin_inconsistent", "saturation"} & kinds.keys()
     assert "None" not in " ".join(f["message"] for f in cell["findings"])
     assert status == EXIT_NOT_DECISIVE and not report["verdict"]["decisive"]
+
+
+# ---- KTO runs printed in public issue threads (EXPECTED.md: trl-issue-1447-kto, halos-issue-24-kto) ----
+
+
+def printed_records(log: Path) -> list[dict]:
+    """A console log's printed dicts (Python's repr: single quotes, bare ``nan``), one per line, in order."""
+    records = []
+    for line in log.read_text().splitlines():
+        text = re.sub(r"'([^']*)'", r'"\1"', line)
+        records.append(json.loads(re.sub(r"\bnan\b", "NaN", text)))
+    return records
+
+
+def history_run(tmp_path: Path, folder: str, name: str) -> Path:
+    """The printed records as a trainer_state.json's log_history, steps 1, 2, ... (EXPECTED.md says why)."""
+    history = [{**r, "step": i} for i, r in enumerate(printed_records(CORPUS / folder / "console.log"), start=1)]
+    run = tmp_path / name
+    run.mkdir()
+    (run / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    os.utime(run / "trainer_state.json", (PAST, PAST))
+    return run
+
+
+def test_an_early_2024_kto_run_is_kto_and_its_label_stands(tmp_path: Path, capsys) -> None:
+    """Issue 23's first case: TRL 0.8.1's KTO keys (kl, rewards, margins, logps; no sums or counts) were
+    read as DPO (its rewards are 0 at step 1), and the folder name kto became an objective_mismatch error."""
+    history = printed_records(CORPUS / "trl-issue-1447-kto" / "console.log")
+    assert [r["learning_rate"] for r in history] == pytest.approx([1e-6 * n for n in range(1, 6)])  # one a step
+    run = history_run(tmp_path, "trl-issue-1447-kto", "kto-r16")
+    _, report = report_json(run, capsys=capsys)
+    (cell,) = report["cells"]
+    kinds = {f["kind"]: f for f in cell["findings"]}
+    assert (cell["objective"], cell["objective_source"]) == ("kto", "logs")
+    assert "kl" in cell["logs"]["evidence"] and "TRL KTOTrainer 0.8.0-0.8.1" in cell["logs"]["trainer"]
+    assert "objective_mismatch" not in kinds
+    diverged = kinds["non_finite"]
+    assert diverged["severity"] == "error" and diverged["step"] == 2
+    assert "loss is NaN or infinite from step 2 to the end (last finite step 1)" in diverged["message"]
+    assert not {"frozen", "likelihood_displacement", "saturation"} & kinds.keys()
+    _, labelled = report_json(run, "--label", "kto-r16=dpo", capsys=capsys)
+    (mismatch,) = [f for f in labelled["cells"][0]["findings"] if f["kind"] == "objective_mismatch"]
+    assert mismatch["severity"] == "error" and "KTO" in mismatch["message"] and "kl" in mismatch["message"]
+
+
+def test_a_kto_run_with_positive_rewards_and_logits_is_kto(tmp_path: Path, capsys) -> None:
+    run = history_run(tmp_path, "halos-issue-24-kto", "halos-issue-24-kto")
+    _, report = report_json(run, capsys=capsys)
+    (cell,) = report["cells"]
+    assert (cell["objective"], cell["objective_source"]) == ("kto", "logs")
+    assert "TRL KTOTrainer 0.12.0-1.4.0" in cell["logs"]["trainer"]
+    assert cell["findings"] == []
