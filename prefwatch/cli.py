@@ -17,6 +17,14 @@ from prefwatch import __version__
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_DECISIVE = 0, 1, 2, 3
 
 
+REPORT_EXIT_STATUSES = f"""exit status:
+  {EXIT_OK}    the verdict is decisive
+  {EXIT_BAD_INPUT}    bad input: no logs at the path, a bad --label or option, an output or plot that
+       cannot be written (one line on stderr says which)
+  {EXIT_NOT_DECISIVE}    the verdict is not decisive: the report says what would decide it
+  130  interrupted (Ctrl-C)"""
+
+
 class UsageError(Exception):
     """Bad input: the message is printed on one line and the exit status is 2."""
 
@@ -50,7 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--speed", type=float, metavar="X", help="play back at X times the logs' own pace (default: all at once)"
     )
-    report = commands.add_parser("report", help="findings and verdict without a screen")
+    report = commands.add_parser(
+        "report",
+        help="findings and verdict without a screen",
+        description="Findings per cell and the verdict, without a screen.",
+        epilog=REPORT_EXIT_STATUSES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     status = commands.add_parser("status", help="what runs where")
     for sub in (attach, replay, report, status):
         sub.add_argument("path", type=Path, help="a run directory, a cell, a metrics.jsonl or TRL output dirs")
@@ -341,7 +355,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
             text = render_html(analysis)
         else:
-            text = render_json(analysis) + "\n" if args.format == "json" else render_markdown(analysis)
+            text = render_json(analysis, str(args.path)) + "\n" if args.format == "json" else render_markdown(analysis)
         output = args.output or (Path("report.html") if args.format == "html" else None)
         if output is None:
             print(text, end="")

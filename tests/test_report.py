@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+
+import pytest
 
 from prefwatch.cli import main
 
@@ -63,3 +66,65 @@ def test_text_from_logs_is_printed_literally(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "[bold red]dpo-r8\\x1b[31m" in out.replace("\n", "")
     assert "\x1b" not in out
+
+
+# ---- readable at any width (issue 23): a number is never broken, narrow terminals stack ------------
+
+CORPUS = Path(__file__).resolve().parent / "real_logs"
+NUMBER = r"-?\d+(?:\.\d+)?(?:e[+-]?\d+)?"
+
+
+def terminal_report(path: Path, width: int) -> tuple[str, list[list[str]]]:
+    import re
+
+    from rich.console import Console
+
+    from prefwatch.analysis.analyse import analyse
+    from prefwatch.ingest.discover import open_path
+    from prefwatch.report.text import render_terminal, review_row
+
+    grid = open_path(path)
+    grid.poll()
+    analysis = analyse(grid)
+    console = Console(width=width, record=True, color_system=None)
+    render_terminal(analysis, console)
+    text = console.export_text()
+    numbers = [re.findall(NUMBER, value) for cell in analysis.cells for value in review_row(cell)[1:]]
+    return text, numbers
+
+
+@pytest.mark.parametrize("width", [120, 80, 60, 40])
+def test_every_number_of_the_review_is_whole_at_any_width(width: int) -> None:
+    """The real corpus (names of 30+ characters, margins like -0.00396/-0.00678): at 80 columns the table
+    broke '-0.0441/-' from '26.8'. Every number of every review value now appears whole on one line of
+    the output, and no line is wider than the terminal."""
+    import re
+
+    text, numbers = terminal_report(CORPUS, width)
+    lines = text.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= width
+    found = {n for line in lines for n in re.findall(NUMBER, line)}
+    assert {n for value in numbers for n in value} <= found
+    stacked = "train margin early→late" in text  # the stacked layout's label
+    assert stacked is (width < 80)
+
+
+def test_report_help_lists_the_exit_statuses(capsys) -> None:
+    from prefwatch.cli import EXIT_BAD_INPUT, EXIT_NOT_DECISIVE, EXIT_OK
+
+    with pytest.raises(SystemExit):
+        main(["report", "--help"])
+    help_text = capsys.readouterr().out
+    assert "exit status:" in help_text
+    for status in (EXIT_OK, EXIT_BAD_INPUT, EXIT_NOT_DECISIVE):
+        assert re.search(rf"^\s+{status}\s+\S", help_text, re.MULTILINE), status
+
+
+def test_json_path_is_the_path_given(capsys, monkeypatch) -> None:
+    """A metrics.jsonl given by name, and a folder: the JSON says the path as given, not its parent."""
+    monkeypatch.chdir(SAMPLE.parent.parent)
+    given = SAMPLE / "cells" / "dpo-r16" / "metrics.jsonl"
+    main(["report", str(given), "--format", "json"])
+    assert json.loads(capsys.readouterr().out)["path"] == str(given)
+    main(["report", "sample_runs/tiny-demo", "--format", "json"])
+    assert json.loads(capsys.readouterr().out)["path"] == "sample_runs/tiny-demo"

@@ -18,10 +18,11 @@ from prefwatch.core.textsafe import plain
 
 if TYPE_CHECKING:  # Rich is imported by the terminal rendering only: JSON and Markdown go without it
     from rich.console import Console
+    from rich.table import Table
     from rich.text import Text
 
-# Three-line headers keep the table inside 80 columns. The decision columns (state, step and the
-# held-out ones) are never cut: the cell name and the train columns wrap instead.
+# Three-line headers keep the table inside 80 columns. No column but the cell name wraps, so no number is
+# ever broken; where even that does not fit, the paired columns take two lines a row, then the cells stack.
 COLUMNS = (
     "cell",
     "state",
@@ -32,7 +33,6 @@ COLUMNS = (
     "held-\nout\nacc.",
     "held-\nout\npairs",
 )
-DECISION_COLUMNS = frozenset({1, 2, 5, 6, 7})
 PAIR_SOURCES = {
     "data.json": "held-out size from the job's data.json; pairs won = accuracy × size",
     "given": "held-out size from --heldout-pairs; pairs won = accuracy × size",
@@ -115,9 +115,28 @@ def brevity_lines(analysis: GridAnalysis) -> list[str]:
     return [f"{', '.join(ids)}: {summary}" for summary, ids in lines.items()]
 
 
-def render_terminal(analysis: GridAnalysis, console: Console) -> None:
+# Columns whose values join two numbers ("0.0566→0.233", "-0.0441/-26.8"): where the table does not fit
+# on one line a row, each number goes on a line of its own, broken only after the sign that joins them.
+PAIRED_COLUMNS = {3: "→", 4: "/"}
+# The cell name wraps (it is text, not a number) down to this many columns.
+NAME_MIN_WIDTH = 8
+
+
+def split_pairs(rows: list[list[str]]) -> list[list[str]]:
+    """The rows with each number of the paired columns on its own line, broken after the joining sign."""
+    return [
+        [
+            v.replace(PAIRED_COLUMNS[i], PAIRED_COLUMNS[i] + "\n", 1) if i in PAIRED_COLUMNS else v
+            for i, v in enumerate(row)
+        ]
+        for row in rows
+    ]
+
+
+def review_table(analysis: GridAnalysis, shown: list[list[str]]) -> Table:
+    """The review as a table of the rows ``shown`` (split_pairs or not). Every column but the cell name is
+    no_wrap at its widest line: a number is never broken."""
     from rich import box
-    from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
@@ -131,16 +150,69 @@ def render_terminal(analysis: GridAnalysis, console: Console) -> None:
         caption=Text("\n".join(pair_notes(analysis))) or None,
         caption_justify="left",
     )
-    rows = [review_row(cell) for cell in analysis.cells]
     for index, name in enumerate(COLUMNS):
-        if index in DECISION_COLUMNS:
-            widest = max([len(part) for part in name.split("\n")] + [len(row[index]) for row in rows])
-            table.add_column(name, no_wrap=True, min_width=widest)
-        else:
-            table.add_column(name, overflow="fold")
-    for row in rows:
+        if index == 0:
+            table.add_column(name, overflow="fold", min_width=min(NAME_MIN_WIDTH, max(len(r[0]) for r in shown)))
+            continue
+        lines = name.split("\n") + [line for row in shown for line in row[index].split("\n")]
+        table.add_column(name, no_wrap=True, min_width=max(len(line) for line in lines))
+    for row in shown:
         table.add_row(*(Text(v) for v in row))
-    parts: list[Any] = [table]
+    return table
+
+
+def stacked_review(rows: list[list[str]]) -> Text:
+    """The review one block per cell, for a terminal too narrow for the table: label and value pairs
+    that wrap between pairs, never inside a number."""
+    from rich.text import Text
+
+    text = Text()
+    for row in rows:
+        name, state, step, margins, rewards, margin, accuracy, pairs = row
+        text.append(f"{name}\n", style="bold")
+        text.append(f"  {state}, step {step}\n")
+        text.append(f"  train margin early→late {margins}\n")
+        text.append(f"  late reward ch./rej. {rewards}\n")
+        text.append(f"  held-out margin {margin}, accuracy {accuracy}, pairs {pairs}\n")
+    return text
+
+
+def fits(table: Table, rows: list[list[str]], width: int) -> bool:
+    """Whether ``table`` drawn ``width`` columns wide shows every value whole: Rich crops a table wider
+    than the terminal silently, dropping columns at the right or cutting their values."""
+    import io
+
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=width, color_system=None, legacy_windows=False)
+    with console.capture() as capture:
+        console.print(table)
+    drawn = capture.get()
+    if max((len(line.rstrip()) for line in drawn.splitlines()), default=0) > width:
+        return False
+    words = {line for row in rows for value in row[1:] for line in value.split("\n")}
+    words |= {part for name in COLUMNS for part in name.split("\n")}  # every column is there, headed
+    words |= {row[0][:NAME_MIN_WIDTH] for row in rows}  # and the names, folded at worst
+    lines = [line.strip() for line in drawn.splitlines()]
+    return all(any(word in line for line in lines) for word in words)
+
+
+def render_terminal(analysis: GridAnalysis, console: Console) -> None:
+    from rich.console import Group
+    from rich.text import Text
+
+    rows = [review_row(cell) for cell in analysis.cells]
+    review: Any = None
+    for shown in (rows, split_pairs(rows)) if rows else ():
+        table = review_table(analysis, shown)
+        if fits(table, shown, console.width):
+            review = table
+            break
+    if review is None:
+        title = Text(f"prefwatch report: {plain(analysis.grid.name)}\n")
+        notes = "".join(f"{note}\n" for note in pair_notes(analysis))
+        review = Group(title, stacked_review(rows), Text(notes)) if rows else title
+    parts: list[Any] = [review]
     cells = Text()
     for cell in analysis.cells:
         cells.append(f"{plain(provenance(cell))}\n")
@@ -221,9 +293,13 @@ def _md(text: str) -> str:
     return plain(text).replace("|", "\\|").replace("\n", " ")
 
 
-def render_json(analysis: GridAnalysis) -> str:
-    """Strict JSON (RFC 8259): NaN and infinities from the logs, data.json or cell.json become null."""
-    return json.dumps(json_safe(analysis.to_json()), indent=2, allow_nan=False, default=str)
+def render_json(analysis: GridAnalysis, path: str | None = None) -> str:
+    """Strict JSON (RFC 8259): NaN and infinities from the logs, data.json or cell.json become null.
+    ``path`` is the path as the user gave it (a file, a folder, relative or not); else the grid's root."""
+    document = analysis.to_json()
+    if path is not None:
+        document["path"] = path
+    return json.dumps(json_safe(document), indent=2, allow_nan=False, default=str)
 
 
 # Deeper than this, a value copied from a data file (data.json's statistics) is not one prefwatch wrote.
