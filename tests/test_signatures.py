@@ -121,3 +121,12 @@ def test_first_loss_values_from_the_code() -> None:
     assert first_loss("sppo_hard", beta=0.1) == pytest.approx(50.0)
     assert first_loss("nca_pair") == pytest.approx(2 * math.log(2))
     assert first_loss("sft") is None
+
+
+def test_the_docs_list_every_entry() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "signatures.md").read_text()
+    for signature in SIGNATURES:
+        assert f"| {signature.trainer} | {signature.objective} | {signature.versions} |" in doc
+        assert f"`{signature.source}`" in doc
