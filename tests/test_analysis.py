@@ -68,6 +68,11 @@ def test_a_cells_json_says_what_was_read_and_what_was_found(tmp_path: Path) -> N
             "preference": True,
             "says": "SimPO/CPO",
             "evidence": simpo.source.inference.evidence,
+            # crafted rows lack logits/*: no catalogued trainer logs exactly these keys; the reward is
+            # 2 x logps/chosen of -4.5 to -5.5 (above -10: a per-token mean)
+            "trainer": None,
+            "loss_type": None,
+            "reward": "β·mean per-token log-probability",
         },
         "state": "finished",
         "status": "finished",

@@ -690,8 +690,8 @@ def frozen(series: CellSeries, t: Thresholds) -> Finding | None:
     - grad_norm exactly 0 on frozen_rows consecutive train rows or more, unless the rewards and
       log-probs logged on those rows all differ (then the policy moves: the logger cannot see the
       gradients, as DeepSpeed ZeRO-3 reporting 0 does);
-    - or frozen_rows rows repeating an earlier row's rewards and log-probs exactly (the same batch,
-      seen again through the same weights).
+    - or frozen_rows rows repeating an earlier row's rewards and log-probs exactly, other rows between
+      (the same batch, seen again through the same weights).
     Both read the last frozen_window train rows."""
     train = series.train
     start = max(0, len(train) - t.frozen_window)
@@ -745,7 +745,9 @@ def _informative(rows: np.ndarray) -> np.ndarray:
 
 
 def _repeat_mask(rows: np.ndarray) -> np.ndarray:
-    """Which informative rows repeat an earlier row exactly (NaN compared as a value)."""
+    """Which informative rows repeat an earlier row exactly (NaN compared as a value) with other values
+    logged between: a batch seen again. A row equal to the one just before it is left out: a record
+    logged twice, or synthetic constants, not a batch coming round again."""
     keep = np.flatnonzero(_informative(rows))
     mask = np.zeros(len(rows), bool)
     if len(keep) < 2:
@@ -754,6 +756,7 @@ def _repeat_mask(rows: np.ndarray) -> np.ndarray:
     _, first_index = np.unique(values, axis=0, return_index=True)
     repeated = np.ones(len(keep), bool)
     repeated[first_index] = False
+    repeated[1:] &= np.any(values[1:] != values[:-1], axis=1)
     mask[keep[repeated]] = True
     return mask
 
