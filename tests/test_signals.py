@@ -161,3 +161,49 @@ def test_a_trackio_store_keeps_nan_as_a_string_and_it_is_flagged(tmp_path: Path)
     assert series.first_non_finite[("train", "loss")] == 4
     (finding,) = [f for f in diagnose(series).findings if f.kind == "non_finite"]
     assert "loss is NaN or infinite from step 4 to the end (last finite step 3)" in finding.message
+
+
+# ---- summed log-probs compared only within the same examples ---------------------------------------
+
+
+def with_evaluations(eval_chosen: list[float], eval_margin: list[float]) -> CellSeries:
+    """A moving DPO run (rewards up, no train-row sign of displacement) evaluated every 5 steps on the
+    same held-out pairs: eval_logps/chosen is the mean over the same examples each time."""
+    series = series_of(dpo_rows())
+    for i, (chosen, margin) in enumerate(zip(eval_chosen, eval_margin), start=1):
+        series.add(
+            {
+                "eval_loss": 0.6,
+                "eval_rewards/chosen": 0.1,
+                "eval_rewards/rejected": 0.1 - margin,
+                "eval_rewards/margins": margin,
+                "eval_rewards/accuracies": 0.7,
+                "eval_logps/chosen": chosen,
+                "eval_logps/rejected": chosen - 10.0,
+                "step": 5 * i,
+            }
+        )
+    return series
+
+
+def test_held_out_chosen_log_probs_falling_on_the_same_examples_are_displacement() -> None:
+    falling = with_evaluations([-301.2, -302.0, -303.1, -304.4], [0.1, 0.4, 0.8, 1.2])
+    (finding,) = [f for f in diagnose(falling).findings if f.kind == "likelihood_displacement"]
+    assert finding.severity == "warn" and finding.step == 20
+    assert "fell -301.2 -> -304.4 over 4 evaluations" in finding.message and "rose 0.1 -> 1.2" in finding.message
+    # Under 1 nat (logp_drop), or two evaluations only, or a held-out margin that falls: no finding.
+    assert not [
+        f
+        for f in diagnose(with_evaluations([-301.2, -301.5, -301.9], [0.1, 0.4, 0.8])).findings
+        if f.kind == "likelihood_displacement"
+    ]
+    assert not [
+        f
+        for f in diagnose(with_evaluations([-301.2, -304.4], [0.1, 1.2])).findings
+        if f.kind == "likelihood_displacement"
+    ]
+    assert not [
+        f
+        for f in diagnose(with_evaluations([-301.2, -302.0, -304.4], [1.2, 0.8, 0.1])).findings
+        if f.kind == "likelihood_displacement"
+    ]
