@@ -625,3 +625,20 @@ def test_a_kto_run_with_positive_rewards_and_logits_is_kto(tmp_path: Path, capsy
     assert (cell["objective"], cell["objective_source"]) == ("kto", "logs")
     assert "TRL KTOTrainer 0.12.0-1.4.0" in cell["logs"]["trainer"]
     assert cell["findings"] == []
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.folder for c in CASES])
+def test_a_right_label_never_becomes_an_error(case: Case, corpus: Path, capsys) -> None:
+    """Every committed cell whose logs show a preference objective, labelled with that objective or
+    another of its family (dpo on IPO, Online DPO; kto on DPOTrainer's kto_pair), reads no mismatch."""
+    from prefwatch.core.objectives import FAMILY, PREFERENCE, TOKENS
+
+    for cell_id, want in case.cells.items():
+        if want.objective not in PREFERENCE or want.objective_source != "logs":
+            continue
+        labels = {o for o in TOKENS.values() if o in PREFERENCE}  # what --label accepts
+        family = sorted(o for o in labels if FAMILY.get(o, o) == FAMILY.get(want.objective, want.objective))
+        for label in family:
+            _, report = report_json(corpus / case.folder, "--label", f"{cell_id}={label}", capsys=capsys)
+            (cell,) = [c for c in report["cells"] if c["id"] == cell_id]
+            assert not [f for f in cell["findings"] if f["kind"] == "objective_mismatch"], (cell_id, label)
