@@ -207,3 +207,30 @@ def test_held_out_chosen_log_probs_falling_on_the_same_examples_are_displacement
         for f in diagnose(with_evaluations([-301.2, -302.0, -304.4], [1.2, 0.8, 0.1])).findings
         if f.kind == "likelihood_displacement"
     ]
+
+
+def test_a_kto_margin_averaged_over_other_batches_than_its_rewards_is_not_inconsistent() -> None:
+    """TRL 1.5+ KTO appends rewards/margins only for batches holding both classes, each reward for the
+    batches holding it (kto_trainer.py:1637-1655 @ v1.9.0): averaged over a logging window they differ."""
+    from prefwatch.core.objectives import infer
+
+    rows = [{"loss": 0.5, "kl": 0.0, "rewards/chosen": 0.0, "rewards/rejected": 0.0, "rewards/margins": 0.0, "step": 1}]
+    for s in range(2, 21):
+        rows.append(
+            {
+                "loss": 0.45,
+                "kl": 0.1,
+                "rewards/chosen": 0.05 * s,
+                "rewards/rejected": -0.02 * s,
+                "rewards/margins": 0.05 * s,  # the batches holding both classes only
+                "logps/chosen": -40.0 - s,
+                "logps/rejected": -80.0 - s,
+                "step": s,
+            }
+        )
+    series = series_of(rows)
+    assert infer(series).objective == "kto"
+    assert "margin_inconsistent" not in {f.kind for f in diagnose(series, inference=infer(series)).findings}
+    dpo = [{**r, "rewards/accuracies": 0.5} for r in rows]  # the same numbers logged by DPOTrainer: flagged
+    dpo = [{k: v for k, v in r.items() if k != "kl"} for r in dpo]
+    assert "margin_inconsistent" in {f.kind for f in diagnose(series_of(dpo)).findings}

@@ -389,7 +389,7 @@ def diagnose(
             likelihood_displacement(series, t, inference),
             frozen(series, t),
             saturation(series, t),
-            margin_inconsistent(series, t),
+            margin_inconsistent(series, t, inference),
             brevity_bias(data_stats, objective, t),
             stalled(series, now, alive, t),
         )
@@ -795,7 +795,12 @@ def saturation(series: CellSeries, t: Thresholds) -> Finding | None:
     )
 
 
-def margin_inconsistent(series: CellSeries, t: Thresholds) -> Finding | None:
+def margin_inconsistent(series: CellSeries, t: Thresholds, inference: Inference | None = None) -> Finding | None:
+    """Logged margins that are not chosen − rejected. Not for KTO: from TRL 1.5 its margin is averaged
+    over the batches holding both classes only, its rewards over the batches holding each
+    (trl/trainer/kto_trainer.py:1637-1655 @ v1.9.0), so they differ by design."""
+    if inference is not None and inference.objective == "kto":
+        return None
     for split_name in ("train", "eval"):
         split = series.split(split_name)  # type: ignore[arg-type]
         both, off, first = split.fold(_margin_rows, (0, 0, None), t.margin_tolerance)
