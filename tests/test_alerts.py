@@ -109,7 +109,11 @@ def test_a_failing_webhook_is_retried_with_backoff_and_recovers(tmp_path):
         wait_for(lambda: receiver.bodies, 10, "the post after two failures")
         dispatcher.close()
         assert receiver.attempts == 3 and receiver.texts() == ["[g] one"]
-        assert logged == ["alerts: delivered to webhook 127.0.0.1 on try 3"]
+        assert logged == [  # each failed try logged with the host, then the delivery
+            "alerts: try 1 of 5 to webhook 127.0.0.1 failed: HTTP 500; again in 0.05 s",
+            "alerts: try 2 of 5 to webhook 127.0.0.1 failed: HTTP 500; again in 0.1 s",
+            "alerts: delivered to webhook 127.0.0.1 on try 3",
+        ]
     finally:
         receiver.close()
 
@@ -122,7 +126,12 @@ def test_a_webhook_that_never_recovers_is_logged_with_its_host_only(tmp_path):
         dispatcher.send([alert("one")])
         dispatcher.close(drain=10)
         assert receiver.attempts == 3 and dispatcher.failed == 1
-        assert logged == ["alerts: delivery to webhook 127.0.0.1 failed after 3 tries: HTTP 500"]
+        assert logged == [
+            "alerts: try 1 of 3 to webhook 127.0.0.1 failed: HTTP 500; again in 0.01 s",
+            "alerts: try 2 of 3 to webhook 127.0.0.1 failed: HTTP 500; again in 0.02 s",
+            "alerts: delivery to webhook 127.0.0.1 failed after 3 tries: HTTP 500",
+            "alerts: 1 of 1 alert(s) not delivered to webhook 127.0.0.1",
+        ]
         assert "s3cr3t" not in "".join(logged)
     finally:
         receiver.close()
@@ -136,7 +145,8 @@ def test_a_client_error_is_not_retried_and_an_unreachable_host_does_not_block(tm
         dispatcher.send([alert("one")])
         dispatcher.close(drain=10)
         assert receiver.attempts == 1 and logged == [
-            "alerts: delivery to webhook 127.0.0.1 failed after 1 tries: HTTP 404"
+            "alerts: delivery to webhook 127.0.0.1 failed after 1 tries: HTTP 404",
+            "alerts: 1 of 1 alert(s) not delivered to webhook 127.0.0.1",
         ]
     finally:
         receiver.close()
@@ -147,8 +157,9 @@ def test_a_client_error_is_not_retried_and_an_unreachable_host_does_not_block(tm
     )
     dispatcher.send([alert("two")])  # returns at once: delivery is the thread's business
     dispatcher.close(drain=10)
-    assert logged and logged[0].startswith("alerts: delivery to webhook 127.0.0.1 failed after 2 tries: cannot connect")
-    assert "secret" not in logged[0]
+    assert logged[0].startswith("alerts: try 1 of 2 to webhook 127.0.0.1 failed: cannot connect")
+    assert logged[1].startswith("alerts: delivery to webhook 127.0.0.1 failed after 2 tries: cannot connect")
+    assert "secret" not in "".join(logged)
 
 
 def test_alerts_inside_the_rate_limit_go_together_in_one_message(tmp_path, receiver):
@@ -178,11 +189,23 @@ def test_a_command_gets_the_message_as_its_last_argument_and_json_on_stdin(tmp_p
 def test_a_failing_command_is_logged(tmp_path):
     logged: list[str] = []
     dispatcher = Dispatcher(
-        tmp_path, [alerts.CommandSink([sys.executable, "-c", "raise SystemExit(3)"])], logged.append, 0
+        tmp_path, [alerts.CommandSink([sys.executable, "-c", "raise SystemExit(3)"])], logged.append, 0, 0.01, 2
     )
     dispatcher.send([alert("x")])
     dispatcher.close()
-    assert logged == [f"alerts: delivery to command {sys.executable} failed after 1 tries: exit status 3"]
+    assert logged == [  # a notifier's failure may pass (its own network): tried again like a webhook's
+        f"alerts: try 1 of 2 to command {sys.executable} failed: exit status 3; again in 0.01 s",
+        f"alerts: delivery to command {sys.executable} failed after 2 tries: exit status 3",
+        f"alerts: 1 of 1 alert(s) not delivered to command {sys.executable}",
+    ]
+    logged = []
+    missing = Dispatcher(tmp_path, [alerts.CommandSink([str(tmp_path / "no-such-program")])], logged.append, 0)
+    missing.send([alert("x")])
+    missing.close()
+    assert (
+        logged[0]
+        == f"alerts: delivery to command {tmp_path / 'no-such-program'} failed after 1 tries: FileNotFoundError"
+    )
 
 
 # ---- Settings ---------------------------------------------------------------------------------------

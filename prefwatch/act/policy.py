@@ -14,6 +14,7 @@ decision -> the jobs layer; this module never writes into a cell itself.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -176,17 +177,25 @@ class Lookout:
             return False
 
     def finish(self) -> None:
-        """The grid is over: a last look (ends and the verdict), then deliver what waits."""
+        """The grid is over: a last look (ends and the verdict), recorded in alerts.jsonl. Delivering
+        what waits is ``dispatcher.close``'s, which may come after the grid is handed over."""
         self._done.set()
         if self._thread is not None:
             self._thread.join()
         self._guarded_tick()
-        self.dispatcher.close()
 
 
 @contextmanager
-def watching(run_dir: Path, log: Callable[[str], None]) -> Iterator[Lookout | None]:
-    """The supervisor's hook: a Lookout in a thread while the block runs, its last look at the end."""
+def watching(
+    run_dir: Path, log: Callable[[str], None], hand_over: Callable[[], None] = lambda: None
+) -> Iterator[Lookout | None]:
+    """The supervisor's hook: a Lookout in a thread while the block runs, its last look at the end.
+
+    Then the grid is handed over before the last alerts are delivered: alerts.lock is released and
+    ``hand_over`` called (the supervisor gives launch.lock up), so that a ``launch --resume`` starts
+    the next supervisor at once, which follows the grid and sends its alerts (alerts.jsonl says what
+    was sent already), while this one delivers what waits for at most DRAIN_SECONDS. A webhook that
+    never answers holds up nothing but this process's exit."""
     lock = hold_alerts_lock(run_dir)
     if lock is None:
         log("lookout: another follower sends this grid's alerts")
@@ -205,6 +214,10 @@ def watching(run_dir: Path, log: Callable[[str], None]) -> Iterator[Lookout | No
     finally:
         lookout.finish()
         lock.close()
+        hand_over()
+        if lookout.dispatcher.sinks:
+            log(f"lookout: the grid is free for a resume; pid {os.getpid()} delivers its last alerts")
+        lookout.dispatcher.close()
 
 
 def hold_alerts_lock(run_dir: Path) -> TextIO | None:

@@ -227,6 +227,23 @@ def hold_lock(run_dir: Path) -> TextIO | None:
     return handle
 
 
+def release_lock(handle: TextIO) -> None:
+    """Give launch.lock up, its record emptied first: from here this process is not the grid's supervisor
+    (it may still deliver its last alerts), ``supervisor_alive`` says so, and a resume starts the next
+    one at once. A SIGTERM now ends this process instead of stopping the cells of a grid that another
+    supervisor may run by then."""
+    if handle.closed:
+        return
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.flush()
+    except OSError:
+        pass  # the kernel releases the flock with the handle all the same
+    handle.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m prefwatch.act.supervise")
     parser.add_argument("run_dir", type=Path)
@@ -240,10 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     supervisor = Supervisor(args.run_dir, args.resume, sys.stdout)
     signal.signal(signal.SIGTERM, supervisor.stop_all)
     try:
-        with watching(args.run_dir, supervisor.say):  # alerts and the stop policy (prefwatch.act.policy)
+        # alerts and the stop policy (prefwatch.act.policy); the lock is given up before the last alerts go
+        with watching(args.run_dir, supervisor.say, functools.partial(release_lock, lock)):
             return supervisor.run()
     finally:
-        lock.close()
+        release_lock(lock)
 
 
 if __name__ == "__main__":

@@ -137,7 +137,16 @@ def cell_result(cell: CellAnalysis, at: At = At.FINAL) -> CellResult:
         preference=cell.source.inference.preference is not False or cell.source.objective in PREFERENCE,
         stopped_at=cell.source.stopped_at if cell.status.state == INCOMPLETE else None,
         max_steps=cell.source.max_steps,
+        ended=ended_as(cell),
     )
+
+
+def ended_as(cell: CellAnalysis) -> str | None:
+    """What the verdict says of a cell that did not finish: how it ended, "queued", or None (running)."""
+    state = cell.status.state
+    if state in (CellState.FAILED, CellState.STOPPED, CellState.LOST):
+        return cell.status.describe()
+    return "queued" if state == CellState.QUEUED else None
 
 
 def objective_source(source: CellSource) -> str | None:

@@ -50,6 +50,9 @@ class CellResult:
     preference: bool = True  # False: the logs show no preference metrics (GRPO, SFT, loss only)
     stopped_at: int | None = None  # the step an incomplete run stopped at (no end-of-training record)
     max_steps: int | None = None
+    # How a cell that did not finish ended, as a person reads it ("failed (exit 1)", "stopped
+    # (non_finite)", "lost"); "queued" for one that has not started; None while it runs.
+    ended: str | None = None
 
     @property
     def pairs_won(self) -> int | None:
@@ -186,17 +189,25 @@ def _decide(cells: list[CellResult]) -> Verdict:
 
 
 def _unfinished(cells: list[CellResult], verdict: Verdict) -> bool:
-    """Say which cells are still running and which stopped before their last step; True if any."""
-    running = [c.id for c in cells if not c.finished and c.stopped_at is None]
+    """Say which cells are still running, which wait to start, which ended before their last step
+    (failed, stopped or lost: named as such) and which logs stopped early; True if any."""
+    unfinished = [c for c in cells if not c.finished and c.stopped_at is None]
+    running = [c.id for c in unfinished if c.ended is None]
+    queued = [c.id for c in unfinished if c.ended == "queued"]
+    ended = [f"{c.id} {c.ended}" for c in unfinished if c.ended not in (None, "queued")]
     stopped = [c for c in cells if not c.finished and c.stopped_at is not None]
     if running:
         verdict.needs.append(f"the cells still running to finish ({', '.join(running)})")
+    if queued:
+        verdict.needs.append(f"the queued cells to run ({', '.join(queued)})")
+    if ended:
+        verdict.needs.append(f"the cells that ended early run again to their last step ({'; '.join(ended)})")
     if stopped:
         where = ", ".join(
             f"{c.id} stopped at step {c.stopped_at}" + (f" of {c.max_steps}" if c.max_steps else "") for c in stopped
         )
         verdict.needs.append(f"complete runs ({where}, without an end-of-training record)")
-    return bool(running or stopped)
+    return bool(unfinished or stopped)
 
 
 def _no_evaluation(cells: list[CellResult], verdict: Verdict) -> None:

@@ -182,8 +182,9 @@ def start_supervisor(run_dir: Path, resume: bool = False, timeout: float = 15.0)
     return process.pid
 
 
-# A supervisor whose cells have all ended still takes a last look at the grid and delivers its last
-# alerts (retries included) before it exits; a resume asked for in that moment waits for it.
+# A supervisor whose cells have all ended still takes a last look at the grid (ends and the verdict)
+# before it gives launch.lock up (its last deliveries come after: prefwatch.act.policy.watching); a
+# resume asked for in that moment waits for it.
 SUPERVISOR_FINISH_SECONDS = 30.0
 
 
