@@ -1,6 +1,8 @@
 """Headless renderings of a grid's analysis: the terminal (Rich), Markdown, JSON.
 
-Cell ids, metric names and messages come from logs: they are rendered as plain text, never markup.
+Cell ids, metric names and messages come from logs: they are rendered as plain text, never markup. In
+Markdown every character that Markdown or the HTML it passes through would read is escaped
+(``textsafe.markdown_literal``): the only links, images or emphasis are prefwatch's own.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from prefwatch.analysis.bands import seed_lines
 from prefwatch.analysis.peak import at_line
 from prefwatch.core.diagnose import brevity_summary
 from prefwatch.core.objectives import agrees, said_by
-from prefwatch.core.textsafe import plain
+from prefwatch.core.textsafe import markdown_code, markdown_literal, plain
 
 if TYPE_CHECKING:  # Rich is imported by the terminal rendering only: JSON and Markdown go without it
     from rich.console import Console
@@ -272,7 +274,7 @@ def render_markdown(analysis: GridAnalysis) -> str:
         lines += ["", "### Findings", ""]
         for cell, f in findings:
             at = f" (step {f.step})" if f.step is not None else ""
-            lines.append(f"- **{f.severity}** `{_md(cell.source.id)}` {f.kind}{at}: {_md(f.message)}")
+            lines.append(f"- **{f.severity}** {markdown_code(cell.source.id)} {_md(f.kind)}{at}: {_md(f.message)}")
     lines += [f"\n**Brevity:** {_md(line)}" for line in brevity_lines(analysis)]
     seeds = seed_lines(analysis.cells)
     if seeds:
@@ -290,7 +292,8 @@ def render_markdown(analysis: GridAnalysis) -> str:
 
 
 def _md(text: str) -> str:
-    return plain(text).replace("|", "\\|").replace("\n", " ")
+    """Text from logs (and lines that hold some) as Markdown that renders as exactly that text."""
+    return markdown_literal(text)
 
 
 def render_json(analysis: GridAnalysis, path: str | None = None) -> str:
