@@ -11,6 +11,10 @@ from __future__ import annotations
 import json
 import os
 import stat
+import struct
+import subprocess
+import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -254,11 +258,12 @@ def test_an_entry_whose_summary_promises_more_rows_than_it_holds_is_a_miss_witho
     _, first = opened(tmp_path / "runs")
     entry = cache.entry_path(log)
     data = entry.read_bytes()
-    (at,) = cache._LENGTH.unpack(data[-8:])
-    summary = json.loads(data[at + 8 : -8])
+    at, _ = cache._TRAILER.unpack(data[-cache._TRAILER.size :])
+    summary = json.loads(data[at + 8 : -cache._TRAILER.size])
     summary["train"]["rows"] = 10**12
     text = json.dumps(summary).encode()
-    entry.write_bytes(data[:at] + cache._LENGTH.pack(len(text)) + text + cache._LENGTH.pack(at))
+    frame = cache._LENGTH.pack(len(text)) + text  # with its checksum right: the size check refuses it
+    entry.write_bytes(data[:at] + frame + cache._TRAILER.pack(at, zlib.crc32(frame)))
     _, again = opened(tmp_path / "runs")
     assert hits == [False, False]
     same_series(again.series, first.series)
@@ -341,3 +346,88 @@ def test_a_named_pipe_in_place_of_an_entry_is_a_miss_not_a_wait(tmp_path, hits):
     assert stat.S_ISREG(entry.stat().st_mode)
     opened(tmp_path / "runs")
     assert hits == [False, True]
+
+
+# ---- Whose entries are trusted ----------------------------------------------------------------------
+
+
+def accuracy_of(run: Path, cell: str, env: dict[str, str]) -> tuple[float, dict, str]:
+    """A real ``prefwatch report --format json`` of ``run`` (the real 1 MiB threshold): the cell's
+    held-out accuracy, the verdict, and what it said on stderr."""
+    done = subprocess.run(
+        [sys.executable, "-m", "prefwatch", "report", str(run), "--format", "json", "--heldout-pairs", "200"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
+    assert done.returncode in (0, 3), done.stderr
+    report = json.loads(done.stdout)
+    cells = {c["id"]: c for c in report["cells"]}
+    return cells[cell]["review"]["heldout_accuracy"], report["verdict"], done.stderr
+
+
+def forge(log: Path, accuracy: float) -> None:
+    """Rewrite ``log``'s entry with another held-out accuracy, as anyone with prefwatch can."""
+    series, seen = cache.load(log)
+    column = series.split("eval").column("rewards/accuracies")
+    column[np.isfinite(column)] = accuracy
+    assert cache.save(log, seen, series)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder to another user needs root")
+def test_a_cache_folder_another_user_made_is_not_used(tmp_path, monkeypatch):
+    """A shared XDG_CACHE_HOME whose prefwatch/ folder another user made first (world-writable, as they
+    would make it to share it): their forged entry read a held-out accuracy of 0.60 as 0.99 and
+    turned the verdict. The folder is given to uid 4242 with chown (root can; a user added with
+    useradd is the same owner to the kernel, without changing this machine's user database)."""
+    runs = tmp_path / "runs"
+    write_log(runs / "dpo-r8" / "metrics.jsonl", 14_000)  # 0.6 held out, past the real 1 MiB threshold
+    write_log(runs / "dpo-r16" / "metrics.jsonl", 14_000)
+    rewritten = (
+        (runs / "dpo-r16" / "metrics.jsonl")
+        .read_text()
+        .replace('"eval_rewards/accuracies": 0.6', '"eval_rewards/accuracies": 0.8')
+    )
+    (runs / "dpo-r16" / "metrics.jsonl").write_text(rewritten)
+    assert (runs / "dpo-r8" / "metrics.jsonl").stat().st_size > 1 << 20
+    shared = tmp_path / "shared"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(shared))
+    truth, verdict, _ = accuracy_of(runs, "dpo-r8", {"XDG_CACHE_HOME": str(tmp_path / "mine")})
+    assert truth == pytest.approx(0.6) and verdict["rank"] == 16
+    opened(runs)  # the other user's prefwatch reads the same logs: entries in the shared folder
+    forge(runs / "dpo-r8" / "metrics.jsonl", 0.99)
+    folder = shared / "prefwatch"
+    for path in [folder, *folder.iterdir()]:
+        os.chown(path, 4242, 4242)
+    folder.chmod(0o777)
+
+    read, verdict, said = accuracy_of(runs, "dpo-r8", {"XDG_CACHE_HOME": str(shared)})
+    assert read == pytest.approx(0.6) and verdict["rank"] == 16  # the logs, not the forged entry
+    assert said.count(f"prefwatch: not using the cache folder {folder}: it belongs to uid 4242") == 1
+    assert all(p.stat().st_uid == 4242 for p in folder.iterdir())  # nothing of the user's went into it
+
+
+def test_an_entry_whose_rows_were_changed_is_a_miss(tmp_path, hits):
+    """Bound to its content: an entry in the user's own folder with one held-out accuracy rewritten in
+    place (same size, a valid float) was read as it stood."""
+    log = tmp_path / "runs" / "dpo-r8" / "metrics.jsonl"
+    write_log(log, 30)
+    _, first = opened(tmp_path / "runs")
+    entry = cache.entry_path(log)
+    data = entry.read_bytes()
+    assert data.count(struct.pack("<d", 0.6)) == 1
+    entry.write_bytes(data.replace(struct.pack("<d", 0.6), struct.pack("<d", 0.99)))
+    _, again = opened(tmp_path / "runs")
+    assert hits == [False, False]
+    same_series(again.series, first.series)
+    assert np.nanmax(again.series.split("eval").column("rewards/accuracies")) == pytest.approx(0.6)
+
+
+def test_an_entry_someone_else_may_write_is_not_read(tmp_path, hits):
+    log = tmp_path / "runs" / "dpo-r8" / "metrics.jsonl"
+    write_log(log, 30)
+    opened(tmp_path / "runs")
+    cache.entry_path(log).chmod(0o666)
+    opened(tmp_path / "runs")
+    assert hits == [False, False]

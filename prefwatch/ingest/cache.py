@@ -12,6 +12,15 @@ or a replacement (even to the same size) makes it a miss, and the log is read as
 are written to a temporary file and renamed, so a crash leaves no half entry; any error (a
 read-only or full cache folder, a damaged entry) is a miss, never a failure: the log is the truth.
 
+Only the user's own entries are read: the folder must belong to the user and be theirs alone (mode
+0700; prefwatch creates it so, and takes group and other access away from an older folder of the
+user's own). A folder that belongs to someone else (a shared ``XDG_CACHE_HOME`` where another user
+made ``prefwatch/`` first, and could put forged series in it) is not used at all, and prefwatch says
+so once on stderr. Each entry must be a regular file of the user's that nobody else may write, and
+is bound to the log it describes: its summary names the entry's key and the log's path, and
+carries a CRC-32 of the rows, the trailer one of the summary, so an entry copied under another
+log's key or damaged is a miss.
+
 The first reading pays for the entry. Writing ~100 MB of new file pages costs 0.02-0.7 s on a
 virtual machine (the page cache's fresh pages), as much as a third of the read itself; so when a
 large log already ends with its end-of-training record, a ``Stream`` writes the rows on a thread of
@@ -20,8 +29,9 @@ small summary is written at the end.
 
 An entry is a sequence of frames: ``MAGIC``, then chunks (a JSON header naming the split, its row
 count and metric names, then the steps, times and each named column as little-endian float64),
-then the summary (JSON), then the summary's offset (8 bytes). Rows arrive in file order; a chunk
-that lacks a metric holds NaN for it, as the series does.
+then the summary (JSON, with the CRC-32 of everything before it), then the summary's offset and
+the summary's CRC-32 (8 bytes each). Rows arrive in file order; a chunk that lacks a metric holds
+NaN for it, as the series does.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -49,12 +60,13 @@ from prefwatch.core import metrics
 from prefwatch.core.metrics import Split
 from prefwatch.core.series import CellSeries, SplitSeries
 
-FORMAT = 2
-MAGIC = b"prefwatch-cache\x02"
+FORMAT = 3
+MAGIC = b"prefwatch-cache\x03"
 MIN_BYTES = 1 << 20  # smaller logs parse in milliseconds: not worth an entry
 Identity = tuple[int, int, int, int]  # device, inode, size, mtime_ns
 SPLITS: tuple[Split, Split] = ("train", "eval")
 _LENGTH = struct.Struct("<Q")
+_TRAILER = struct.Struct("<QQ")  # the summary's offset, the summary's CRC-32
 _TAIL_BYTES = 64 << 10  # where a log's last line is looked for (an end record is a few hundred bytes)
 _QUEUE = 8  # chunks waiting for the writer thread at most: memory stays bounded if the disk is slow
 # Rows handed to the writer at a time: a few large writes, not one per block read (each hand-over
@@ -67,6 +79,41 @@ def cache_dir() -> Path:
     return Path(base) / "prefwatch"
 
 
+_refused: set[Path] = set()  # folders already said to be refused: once a process each
+
+
+def usable_dir(create: bool = False) -> Path | None:
+    """The cache folder when it is the user's alone; None when it is missing (and not ``create``d)
+    or not to be trusted (said once on stderr)."""
+    folder = cache_dir()
+    if create:
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700)
+        except OSError:
+            pass  # there already, or cannot be: the checks below say which
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    why = None
+    if not stat.S_ISDIR(st.st_mode):
+        why = "not a folder"
+    elif st.st_uid != os.geteuid():
+        why = f"it belongs to uid {st.st_uid}, not to you (uid {os.geteuid()}), and may hold entries you did not write"
+    elif st.st_mode & 0o077:
+        try:  # the user's own folder, made by an older prefwatch: theirs alone from now on
+            os.chmod(folder, stat.S_IMODE(st.st_mode) & 0o700)
+        except OSError:
+            why = f"mode {stat.S_IMODE(st.st_mode):04o} lets others in and cannot be changed to 0700"
+    if why is None:
+        return folder
+    if folder not in _refused:
+        _refused.add(folder)
+        print(f"prefwatch: not using the cache folder {folder}: {why}", file=sys.stderr)
+    return None
+
+
 def identity(path: Path) -> Identity | None:
     try:
         stat = os.stat(path)
@@ -75,9 +122,12 @@ def identity(path: Path) -> Identity | None:
     return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
+def entry_key(log: Path) -> str:
+    return hashlib.sha256(str(Path(log).resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
 def entry_path(log: Path) -> Path:
-    digest = hashlib.sha256(str(Path(log).resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:32]
-    return cache_dir() / f"{digest}.entry"
+    return cache_dir() / f"{entry_key(log)}.entry"
 
 
 class _Entry:
@@ -85,23 +135,32 @@ class _Entry:
     renamed over the entry only by ``commit``. Any OSError is the caller's to turn into a miss."""
 
     def __init__(self, log: Path) -> None:
-        self.target = entry_path(log)
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        _sweep(self.target.parent)
-        fd, self._temporary = tempfile.mkstemp(dir=self.target.parent, prefix=".entry-", suffix=".tmp")
+        folder = usable_dir(create=True)
+        if folder is None:
+            raise OSError("no cache folder of the user's own")
+        self.key = entry_key(log)
+        self.target = folder / f"{self.key}.entry"
+        _sweep(folder)
+        fd, self._temporary = tempfile.mkstemp(dir=folder, prefix=".entry-", suffix=".tmp")
         self._file: BinaryIO = os.fdopen(fd, "wb")
-        self._file.write(MAGIC)
+        self._crc = 0
+        self._write(MAGIC)
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self._file.write(data)
+        self._crc = zlib.crc32(data, self._crc)
 
     def chunk(self, split: str, steps: np.ndarray, times: np.ndarray, columns: dict[str, np.ndarray]) -> None:
         """Rows of one split: ``columns`` by metric name, each as long as ``steps``."""
         self._frame({"split": split, "rows": len(steps), "names": list(columns)})
         for array in (steps, times, *columns.values()):
-            self._file.write(np.ascontiguousarray(array, dtype="<f8").data.cast("B"))
+            self._write(np.ascontiguousarray(array, dtype="<f8").data.cast("B"))
 
     def commit(self, summary: dict[str, Any]) -> None:
         at = self._file.tell()
-        self._frame(summary)
-        self._file.write(_LENGTH.pack(at))
+        text = _frame_bytes({**summary, "key": self.key, "checksum": self._crc})
+        self._file.write(text)
+        self._file.write(_TRAILER.pack(at, zlib.crc32(text)))
         self._file.close()
         os.replace(self._temporary, self.target)
 
@@ -113,8 +172,12 @@ class _Entry:
             pass
 
     def _frame(self, header: dict[str, Any]) -> None:
-        text = json.dumps(header).encode()
-        self._file.write(_LENGTH.pack(len(text)) + text)
+        self._write(_frame_bytes(header))
+
+
+def _frame_bytes(header: dict[str, Any]) -> bytes:
+    text = json.dumps(header).encode()
+    return _LENGTH.pack(len(text)) + text
 
 
 _swept = False
@@ -293,18 +356,27 @@ def load(log: Path) -> tuple[CellSeries, Identity] | None:
     now = identity(log)
     if now is None or now[2] < MIN_BYTES:
         return None
+    folder = usable_dir()
+    if folder is None:
+        return None
+    key = entry_key(log)
     try:
-        with _open_entry(entry_path(log)) as f:
-            if f.read(len(MAGIC)) != MAGIC:
-                return None
-            f.seek(-_LENGTH.size, os.SEEK_END)
+        with _open_entry(folder / f"{key}.entry") as f:
+            f.seek(-_TRAILER.size, os.SEEK_END)
             end = f.tell()
-            (summary_at,) = _LENGTH.unpack(f.read(_LENGTH.size))
-            f.seek(summary_at)
-            summary = _read_frame(f)
-            if f.tell() != end or summary.get("format") != FORMAT or summary.get("byteorder") != sys.byteorder:
+            summary_at, summary_crc = _TRAILER.unpack(f.read(_TRAILER.size))
+            if not len(MAGIC) <= summary_at < end:
                 return None
-            if tuple(summary["identity"]) != now or summary.get("path") != str(Path(log).resolve()):
+            f.seek(summary_at)
+            text = f.read(end - summary_at)
+            if zlib.crc32(text) != summary_crc:
+                return None
+            summary, _ = _read_frame(io.BytesIO(text))
+            if summary.get("format") != FORMAT or summary.get("byteorder") != sys.byteorder:
+                return None
+            if summary.get("key") != key or summary.get("path") != str(Path(log).resolve()):
+                return None  # an entry copied under another log's name
+            if tuple(summary["identity"]) != now:
                 return None
             series = _read_rows(f, summary, summary_at)
     except (OSError, ValueError, KeyError, TypeError, struct.error, json.JSONDecodeError):
@@ -317,12 +389,14 @@ def load(log: Path) -> tuple[CellSeries, Identity] | None:
 
 
 def _open_entry(path: Path) -> io.BufferedReader:
-    """An entry opened for reading, only if it is a regular file: opening a named pipe left in its
-    place would wait for a writer forever (O_NONBLOCK), and a device is not an entry."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    """An entry opened for reading, only if it is a regular file of the user's that nobody else may
+    write: opening a named pipe left in its place would wait for a writer forever (O_NONBLOCK), a
+    device is not an entry, and a link (O_NOFOLLOW) or another's file is not the user's entry."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{path}: not a regular file")
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise OSError(f"{path}: not a regular file of the user's own")
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
@@ -330,12 +404,15 @@ def _open_entry(path: Path) -> io.BufferedReader:
         raise
 
 
-def _read_frame(f: BinaryIO) -> dict[str, Any]:
-    (length,) = _LENGTH.unpack(f.read(_LENGTH.size))
-    header = json.loads(f.read(length))
+def _read_frame(f: BinaryIO) -> tuple[dict[str, Any], bytes]:
+    """A frame's header, and the frame's bytes as they are in the entry (for its checksum)."""
+    prefix = f.read(_LENGTH.size)
+    (length,) = _LENGTH.unpack(prefix)
+    text = f.read(length)
+    header = json.loads(text)
     if not isinstance(header, dict):
         raise ValueError("not a frame")
-    return header
+    return header, prefix + text
 
 
 def _read_rows(f: io.BufferedReader, summary: dict[str, Any], summary_at: int) -> CellSeries:
@@ -347,10 +424,16 @@ def _read_rows(f: io.BufferedReader, summary: dict[str, Any], summary_at: int) -
         raise ValueError("the summary promises more rows than the entry holds")
     for shape in shapes.values():
         shape.allocate()
-    f.seek(len(MAGIC))
+    f.seek(0)
+    magic = f.read(len(MAGIC))
+    if magic != MAGIC:
+        raise ValueError("not an entry")
+    crc = zlib.crc32(magic)
     while f.tell() < summary_at:
-        header = _read_frame(f)
-        shapes[header["split"]].read(f, int(header["rows"]), header["names"])
+        header, frame = _read_frame(f)
+        crc = shapes[header["split"]].read(f, int(header["rows"]), header["names"], zlib.crc32(frame, crc))
+    if crc != summary["checksum"]:
+        raise ValueError("the rows are not those the entry was written with")
     series = CellSeries()
     for name, shape in shapes.items():
         setattr(series, name, shape.split())
@@ -389,7 +472,8 @@ class _Shape:
         self.steps, self.times = table[0], table[1]
         self.columns = {name: table[2 + i] for i, name in enumerate(self.names)}
 
-    def read(self, f: io.BufferedReader, count: int, names: list[str]) -> None:
+    def read(self, f: io.BufferedReader, count: int, names: list[str], crc: int) -> int:
+        """Read a chunk of ``count`` rows; ``crc`` carried on over its bytes."""
         start, stop = self.filled, self.filled + count
         if count < 0 or stop > self.rows or not set(names) <= self.columns.keys():
             raise ValueError("a chunk the summary does not describe")
@@ -397,9 +481,11 @@ class _Shape:
             view = array[start:stop].data.cast("B")
             if f.readinto(view) != len(view):
                 raise ValueError("entry cut short")
+            crc = zlib.crc32(view, crc)
         for name in self.columns.keys() - set(names):
             self.columns[name][start:stop] = np.nan  # a metric first logged after these rows
         self.filled = stop
+        return crc
 
     def split(self) -> SplitSeries:
         if self.filled != self.rows:
