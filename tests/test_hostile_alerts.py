@@ -118,6 +118,22 @@ def test_the_count_of_undelivered_alerts_is_true_when_none_got_through(tmp_path,
     assert dispatcher._thread is not None and not dispatcher._thread.is_alive()
 
 
+def test_a_log_that_cannot_be_written_does_not_end_the_deliveries(tmp_path, receivers):
+    """supervisor.log on a full disk: the failed try's log line raises, and the delivery goes on."""
+    receiver = serve(receivers, fail_first=1)
+
+    def full(line: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    dispatcher = Dispatcher(tmp_path, [alerts.WebhookSink(receiver.url)], full, 0, backoff=0.01)
+    dispatcher.send([alert("one")])
+    wait_for(lambda: receiver.bodies, 30, "the second try")
+    dispatcher.send([alert("the verdict", AlertKind.VERDICT)])
+    wait_for(lambda: len(receiver.bodies) == 2, 30, "the later alert")
+    dispatcher.close(drain=10)
+    assert receiver.texts() == ["[g] one", "the verdict"]
+
+
 # ---- The command ----------------------------------------------------------------------------------------
 
 
@@ -181,9 +197,11 @@ def test_a_webhook_that_never_answers_does_not_hold_up_a_resume(tmp_path, receiv
     launched = prefwatch("launch", str(grid), "--detach", "--out", str(tmp_path / "runs"))
     assert launched.returncode == 0, launched.stderr
     run_dir = tmp_path / "runs" / "hang"
-    wait_for(lambda: status(run_dir, "dpo-r8").state == jobs.FAILED, 300, "the cell's job to fail")
     first = json.loads((run_dir / rundir.LOCK_FILE).read_text())
+    wait_for(lambda: status(run_dir, "dpo-r8").state == jobs.FAILED, 300, "the cell's job to fail")
     wait_for(lambda: receiver.attempts >= 1, 120, "the supervisor's last alerts to reach the silent webhook")
+    wait_for(lambda: jobs.supervisor_alive(run_dir) is False, 60, "the grid to be handed over")
+    assert is_alive(first["pid"], first["pid_start"])  # still delivering, but no longer the grid's supervisor
     verdict = [a for a in alerts.read_sent(run_dir) if a.kind == AlertKind.VERDICT]
     assert verdict and "still running" not in verdict[0].text and "dpo-r8" in verdict[0].text
     assert "failed" in verdict[0].text.split("would decide it:", 1)[-1]

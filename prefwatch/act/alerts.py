@@ -432,6 +432,13 @@ class Dispatcher:
                 why = f" (still trying after {drain:g} s)" if cut else ""
                 self.log(f"alerts: {self.handed - reached} of {self.handed} alert(s) not delivered to {sink.name}{why}")
 
+    def _say(self, line: str) -> None:
+        """Log from the delivery thread: a log that cannot be written (a full disk) must not end it."""
+        try:
+            self.log(line)
+        except (OSError, ValueError):
+            pass
+
     def _deliver_loop(self) -> None:
         last = -float("inf")
         closing = False
@@ -470,17 +477,17 @@ class Dispatcher:
             else:
                 self.delivered += 1
                 if attempt > 1:
-                    self.log(f"alerts: delivered to {sink.name} on try {attempt}")
+                    self._say(f"alerts: delivered to {sink.name} on try {attempt}")
                 return True
             if self._give_up.is_set() or not error.retry or attempt == self.retries:
                 self.failed += 1
-                self.log(f"alerts: delivery to {sink.name} failed after {attempt} tries: {error}")
+                self._say(f"alerts: delivery to {sink.name} failed after {attempt} tries: {error}")
                 return False
             wait = min(error.wait if error.wait is not None else delay, self.max_backoff)
-            self.log(f"alerts: try {attempt} of {self.retries} to {sink.name} failed: {error}; again in {wait:g} s")
+            self._say(f"alerts: try {attempt} of {self.retries} to {sink.name} failed: {error}; again in {wait:g} s")
             if self._give_up.wait(wait):
                 self.failed += 1
-                self.log(f"alerts: delivery to {sink.name} abandoned at exit after {attempt} tries")
+                self._say(f"alerts: delivery to {sink.name} abandoned at exit after {attempt} tries")
                 return False
             delay = min(delay * 2, self.max_backoff)
         return False

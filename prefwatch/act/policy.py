@@ -241,6 +241,7 @@ def follow_headless(run_dir: Path, log: Callable[[str], None], interval: float =
             while not lookout._guarded_tick():
                 time.sleep(interval)
         finally:
+            lock.close()  # what is news is recorded: another follower may take over while the last alerts go
             lookout.dispatcher.close()
         return len(alerts.read_sent(run_dir))
     finally:

@@ -228,16 +228,17 @@ def hold_lock(run_dir: Path) -> TextIO | None:
 
 
 def release_lock(handle: TextIO) -> None:
-    """Give launch.lock up, its record emptied first: from here this process is not the grid's supervisor
-    (it may still deliver its last alerts), ``supervisor_alive`` says so, and a resume starts the next
-    one at once. A SIGTERM now ends this process instead of stopping the cells of a grid that another
-    supervisor may run by then."""
+    """Give launch.lock up, its record naming no process first: from here this process is not the grid's
+    supervisor (it may still deliver its last alerts), ``supervisor_alive`` says so (False), and a
+    resume starts the next one at once. A SIGTERM now ends this process instead of stopping the cells
+    of a grid that another supervisor may run by then."""
     if handle.closed:
         return
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         handle.seek(0)
         handle.truncate()
+        json.dump({"pid": None, "host": socket.gethostname()}, handle)
         handle.flush()
     except OSError:
         pass  # the kernel releases the flock with the handle all the same
