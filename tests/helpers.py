@@ -4,6 +4,7 @@ last logged step, and waiting for a condition with a deadline."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -35,3 +36,8 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "
             return time.monotonic() - start
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def markdown_text(markdown: str) -> str:
+    """What Markdown reads as: its backslash escapes (CommonMark's, of ASCII punctuation) undone."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)

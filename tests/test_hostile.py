@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import struct
 import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import markdown_text
 from hostile import BAD_CELL, CASES, GOOD_CELL, MEMORY_CASES, logs_folder, memory_case, run_cli, sample_grid
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -148,11 +148,6 @@ def test_objective_escapes_print_literally_in_the_headline(tmp_path: Path, capsy
     headline = next(line for line in console.export_text().splitlines() if "pwned" in line)
     assert headline.startswith("dpo\\x1b[2J\\x1b]0;pwned\\x07[bold]")
     assert "\x1b" not in render_markdown(analysis) and "\\x1b[2J" in markdown_text(render_markdown(analysis))
-
-
-def markdown_text(markdown: str) -> str:
-    """What Markdown reads as: its backslash escapes (CommonMark's, of ASCII punctuation) undone."""
-    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
 
 
 def test_mathtext_in_an_objective_is_drawn_literally(tmp_path: Path, capsys) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import markdown_text
 from rich.console import Console
 from test_ingest_tensorboard import event, file_version_event, record, simple_value
 
@@ -295,7 +296,7 @@ def test_the_whole_corpus_opens_with_every_run_found_or_named(corpus: Path, caps
     ]
     main(["report", str(corpus), "--format", "md"])
     assert "not read: mabelgao/2026-04-11-llama3_8b_instruct_dpo_qlora: simpo_train_local.log is a console log" in (
-        capsys.readouterr().out
+        markdown_text(capsys.readouterr().out)
     )
 
 
