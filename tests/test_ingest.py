@@ -287,6 +287,23 @@ def test_columnar_path_takes_big_regular_blocks(tmp_path: Path) -> None:
     assert_same_series(source.series, slow_series(b"".join(lines).decode()))
 
 
+def exact_lines_of(grid) -> list[int]:  # noqa: ANN001
+    """Poll ``grid``, returning the line counts of the pieces that went record by record."""
+    counted: list[int] = []
+    original = columnar._exact
+
+    def counting(series, block, decoder):  # noqa: ANN001
+        counted.append(block.count(b"\n"))
+        original(series, block, decoder)
+
+    columnar._exact = counting
+    try:
+        grid.poll()
+    finally:
+        columnar._exact = original
+    return counted
+
+
 def test_odd_lines_inside_big_blocks_take_the_exact_path_only_around_them(tmp_path: Path) -> None:
     cell = tmp_path / "dpo-r8"
     cell.mkdir()
@@ -298,18 +315,7 @@ def test_odd_lines_inside_big_blocks_take_the_exact_path_only_around_them(tmp_pa
     (cell / "metrics.jsonl").write_bytes(b"".join(lines))
     grid = open_path(cell)
     source = grid.cells[0]
-    exact_lines = []
-    original = columnar._exact
-
-    def counting(series, block, decoder):  # noqa: ANN001
-        exact_lines.append(block.count(b"\n"))
-        original(series, block, decoder)
-
-    columnar._exact = counting
-    try:
-        grid.poll()
-    finally:
-        columnar._exact = original
+    exact_lines = exact_lines_of(grid)
     assert_same_series(source.series, slow_series(b"".join(lines).decode()))
     assert source.series.train.segments == 2 and source.series.finished
     assert sum(exact_lines) < 2_000  # four odd lines, each in a small piece; the rest went column-wise

@@ -6,16 +6,25 @@ without a Python call per value: the Structs are encoded to MessagePack in one C
 row has the same layout (every field a float64 after the same key), and numpy reads the columns out
 of that buffer at fixed offsets.
 
-Anything the fast path cannot take whole — a key not seen before, NaN tokens, a value of the wrong
-type, an end-of-training record (its keys are never learned, so it is an unknown field), a resumed
-run's step going back — makes a block fail; the block is then split in halves and each retried,
-down to pieces of a few lines that go through the record-by-record path, which is exact. One odd
-line in a 4 MiB block so costs about one more decode of the block, not a slow decode of all of it.
+Anything the fast path cannot take — a key not seen before, NaN tokens, a value of the wrong type,
+an end-of-training record (its keys are never learned, so it is an unknown field), a resumed run's
+step going back — makes a block fail. msgspec's error says where (the byte of a malformed token, or
+the index of the value that failed validation): the lines before it go column-wise, that one line
+goes through the record-by-record path, which is exact, and the rest of the block is tried again.
+Where the error does not say, or the lines before it fail too, the block is split in halves and each
+retried, down to pieces of a few lines that go record by record. A finished log's end-of-training
+record so costs one more decode of its last block and one line decoded the exact way.
+
+The keys are learned from the distinct key sets of the first lines (decoded once as plain objects),
+not by adding those lines record by record: a folder of a thousand short logs was a third record
+by record before.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import re
 from operator import attrgetter
 from typing import Any
 
@@ -30,6 +39,12 @@ from prefwatch.ingest.tail import Batch, decode_lines
 _EXACT_BYTES = 16 << 10
 # A live log brings a line or two per poll: for so little, records cost less than building columns.
 _SMALL_BYTES = 4 << 10
+# The keys are learned from the key sets of this much of a log's first block (an eval line every few
+# hundred train lines is learned when it comes: its line alone goes the exact way).
+_LEARN_BYTES = 16 << 10
+_plain = msgspec.json.Decoder()
+_AT_VALUE = re.compile(r"at `\$\[(\d+)\]")
+_AT_BYTE = re.compile(r"\(byte (\d+)\)")
 # The most keys a decoder learns: a cell keeps at most MAX_NAMES names per split (train and eval keys
 # differ), plus the index keys. A Struct of thousands of fields would be rebuilt at every new key.
 MAX_KEYS = 2 * metrics.MAX_NAMES + len(metrics.INDEX_KEYS)
@@ -43,12 +58,28 @@ class ColumnarDecoder:
         self._decoder: msgspec.json.Decoder[Any] | None = None
         self._encoder = msgspec.msgpack.Encoder()
         self._row_bytes = 0
-        self._offsets: np.ndarray = np.empty(0, dtype=np.int64)
         self._row_dtype: np.dtype[Any] = np.dtype(np.float64)
+        # The line (start, end offsets) msgspec named in the last failed decode(), when it named one.
+        self.failed_line: tuple[int, int] | None = None
 
     @property
     def ready(self) -> bool:
         return self._decoder is not None
+
+    def learn_block(self, block: bytes) -> bool:
+        """Learn the keys of the first lines of ``block`` from one record of each distinct key set;
+        False when they cannot be decoded as plain JSON (NaN tokens...): the caller learns the exact way."""
+        head = block[: _split_at_line(block, _LEARN_BYTES)]
+        try:
+            records = _plain.decode_lines(head)
+        except (msgspec.DecodeError, RecursionError):
+            return False
+        shapes: dict[tuple[str, ...], dict[str, Any]] = {}
+        for record in records:
+            if type(record) is dict:
+                shapes.setdefault(tuple(record), record)
+        self.learn(list(shapes.values()))
+        return self.ready
 
     def learn(self, records: list[Any]) -> None:
         """Add the numeric keys of records decoded the slow way; the next block may then go fast."""
@@ -68,42 +99,17 @@ class ColumnarDecoder:
         if not new:
             return
         self.keys = (*self.keys, *new)
-        # A missing key decodes as NaN; null or a string is a validation error (the exact path counts it).
-        fields = [(f"f{i}", float, math.nan) for i in range(len(self.keys))]
-        rename = {f"f{i}": key for i, key in enumerate(self.keys)}
-        struct = msgspec.defstruct("LogLine", fields, rename=rename, forbid_unknown_fields=True, gc=False)
-        self._decoder = msgspec.json.Decoder(struct)
-        self._layout(struct)
-
-    def _layout(self, struct: Any) -> None:
-        """Where each field's 8 bytes sit in a row's MessagePack encoding (a map: key, 0xcb, float64)."""
-        row = self._encoder.encode(struct())
-        offsets, at = [], 1 if len(self.keys) < 16 else 3 if len(self.keys) < 1 << 16 else 5
-        for key in self.keys:
-            at += len(self._encoder.encode(key))
-            if row[at] != 0xCB:  # pragma: no cover - a float is always encoded as float64
-                self._row_bytes = 0
-                return
-            offsets.append(at + 1)
-            at += 9
-        self._row_bytes = len(row) if at == len(row) else 0
-        self._offsets = np.array(offsets, dtype=np.int64)
-        self._row_dtype = np.dtype(
-            {
-                "names": [f"v{i}" for i in range(len(offsets))],
-                "formats": [">f8"] * len(offsets),
-                "offsets": offsets,
-                "itemsize": self._row_bytes or 8 * len(offsets),
-            }
-        )
+        self._decoder, self._row_bytes, self._row_dtype = _layout(self.keys)
 
     def decode(self, block: bytes) -> dict[str, np.ndarray] | None:
         """Columns by key (NaN where a line lacks the key), or None when the block needs the exact path."""
         if self._decoder is None:
             return None
+        self.failed_line = None
         try:
             rows = self._decoder.decode_lines(block)
-        except (msgspec.DecodeError, RecursionError):
+        except (msgspec.DecodeError, RecursionError) as exc:
+            self.failed_line = _line_named(str(exc), block)
             return None
         n = len(rows)
         width = self._row_bytes
@@ -121,6 +127,39 @@ class ColumnarDecoder:
         }
 
 
+@functools.lru_cache(maxsize=64)
+def _layout(keys: tuple[str, ...]) -> tuple[msgspec.json.Decoder[Any], int, np.dtype[Any]]:
+    """The decoder of lines holding ``keys``, and where each field's 8 bytes sit in a row's MessagePack
+    encoding (a map: key, 0xcb, float64): (decoder, row bytes (0: no fixed layout), row dtype).
+
+    Kept per key set: the cells of a grid log the same keys, and making a Struct type costs more than
+    decoding a short log (a folder of a thousand logs made a thousand identical ones)."""
+    # A missing key decodes as NaN; null or a string is a validation error (the exact path counts it).
+    fields = [(f"f{i}", float, math.nan) for i in range(len(keys))]
+    rename = {f"f{i}": key for i, key in enumerate(keys)}
+    struct = msgspec.defstruct("LogLine", fields, rename=rename, forbid_unknown_fields=True, gc=False)
+    decoder = msgspec.json.Decoder(struct)
+    encoder = msgspec.msgpack.Encoder()
+    row = encoder.encode(struct())
+    offsets, at = [], 1 if len(keys) < 16 else 3 if len(keys) < 1 << 16 else 5
+    for key in keys:
+        at += len(encoder.encode(key))
+        if row[at] != 0xCB:  # pragma: no cover - a float is always encoded as float64
+            return decoder, 0, np.dtype(np.float64)
+        offsets.append(at + 1)
+        at += 9
+    row_bytes = len(row) if at == len(row) else 0
+    dtype = np.dtype(
+        {
+            "names": [f"v{i}" for i in range(len(offsets))],
+            "formats": [">f8"] * len(offsets),
+            "offsets": offsets,
+            "itemsize": row_bytes or 8 * len(offsets),
+        }
+    )
+    return decoder, row_bytes, dtype
+
+
 def add_blocks(series: CellSeries, blocks: list[bytes], decoder: ColumnarDecoder) -> None:
     """Add blocks of lines to a series in file order: the columnar path where it can take a piece
     whole, else record by record (which counts what it rejects and teaches the decoder new keys)."""
@@ -128,27 +167,61 @@ def add_blocks(series: CellSeries, blocks: list[bytes], decoder: ColumnarDecoder
         _add(series, block, decoder)
 
 
-def _add(series: CellSeries, block: bytes, decoder: ColumnarDecoder) -> None:
-    if not block:
-        return
-    if not decoder.ready or len(block) <= _SMALL_BYTES:
-        if len(block) <= _EXACT_BYTES:
+def _add(series: CellSeries, block: bytes, decoder: ColumnarDecoder, locate: bool = True) -> None:
+    while block:
+        if len(block) <= _SMALL_BYTES or not decoder.ready and not decoder.learn_block(block):
+            if len(block) <= _EXACT_BYTES:
+                _exact(series, block, decoder)
+                return
+            # Learn the keys from the first lines, record by record; the rest of the block may go fast.
+            head = _split_at_line(block, _EXACT_BYTES)
+            _exact(series, block[:head], decoder)
+            block = block[head:]
+            continue
+        columns = decoder.decode(block)
+        if columns is not None and (not columns or series.add_columns(columns)):
+            return
+        line = decoder.failed_line if columns is None and locate else None
+        if line is not None:
+            # The lines before the one msgspec named decoded; that one goes the exact way (which
+            # counts what it rejects and learns a new key), then the rest is tried again.
+            start, end = line
+            _add(series, block[:start], decoder, locate=False)
+            _exact(series, block[start:end], decoder)
+            block = block[end:]
+            continue
+        middle = _split_at_line(block, len(block) // 2)
+        if len(block) <= _EXACT_BYTES or middle >= len(block):
             _exact(series, block, decoder)
             return
-        # Learn the keys from the first lines, record by record; the rest of the block may go fast.
-        head = _split_at_line(block, _EXACT_BYTES)
-        _exact(series, block[:head], decoder)
-        _add(series, block[head:], decoder)
-        return
-    columns = decoder.decode(block)
-    if columns is not None and (not columns or series.add_columns(columns)):
-        return
-    middle = _split_at_line(block, len(block) // 2)
-    if len(block) <= _EXACT_BYTES or middle >= len(block):
-        _exact(series, block, decoder)
-        return
-    _add(series, block[:middle], decoder)
-    _add(series, block[middle:], decoder)
+        _add(series, block[:middle], decoder, locate)
+        block = block[middle:]
+
+
+def _line_named(error: str, block: bytes) -> tuple[int, int] | None:
+    """(start, end) of the line a decode error of ``block`` points at, or None when it names none.
+
+    A malformed token is named by its byte; a value that failed validation by its index among the
+    block's values (blank lines hold none). Only a hint: every piece is decoded either way, so a
+    wrong line costs time (the lines before it fail again and are halved), never a value.
+    """
+    found = _AT_BYTE.search(error)
+    if found is not None:
+        at = min(int(found.group(1)), len(block) - 1)
+        start = block.rfind(b"\n", 0, at) + 1
+    else:
+        found = _AT_VALUE.search(error)
+        if found is None:
+            return None
+        ends = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        filled = ends > starts
+        index = int(found.group(1))
+        if index >= int(np.count_nonzero(filled)):
+            return None
+        start = int(starts[filled][index])
+    end = _split_at_line(block, start + 1)
+    return (start, end) if end > start else None
 
 
 def _split_at_line(block: bytes, at: int) -> int:

@@ -365,9 +365,9 @@ class MonitorApp(App[int]):
             self.call_after_refresh(_freeze_startup_objects)
         if self.mode == "live":
             self._alert(view)
-        grid_screen.show(view, self.source_label, self._error)
         if previous is None and len(view.cells) >= OVERVIEW_FROM and self.screen is grid_screen:
-            self.push_screen(OverviewScreen(view))
+            self.push_screen(OverviewScreen(view))  # first: the panels behind it are made when shown
+        grid_screen.show(view, self.source_label, self._error)
         for screen in self.screen_stack:
             if isinstance(screen, OverviewScreen) and screen.is_mounted:
                 screen.show_grid(view)

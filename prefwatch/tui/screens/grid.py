@@ -37,11 +37,13 @@ class GridScreen(Screen[None]):
         """Draw a new view of the grid; returns how many panels were redrawn.
 
         While another screen covers this one (the overview of a large sweep), the view is only
-        kept: the panels are brought up to date when the screen shows again, not at every refresh.
+        kept: the panels are brought up to date when the screen shows again, not at every refresh,
+        and made only then (a sweep of a thousand cells opens on the overview: its panels cost
+        seconds that a user who never leaves the overview should not wait for).
         """
         self.grid_view = grid
         self._pending = (source, message)
-        if self._built and self.app.screen is not self:  # not is_current: that counts screens behind an overlay
+        if self.app.screen is not self:  # not is_current: that counts screens behind an overlay
             return 0
         if not self._strip.is_attached:  # a view that came before the screen's widgets were mounted: on_mount draws it
             return 0

@@ -1,0 +1,114 @@
+"""Work that must grow with what changed, not with the size of the grid or of the logs.
+
+No test here times anything: each counts the work done (lines through the record-by-record path,
+panels made, files opened) and checks the result equals the plain way's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from prefwatch.ingest import columnar
+from prefwatch.ingest.discover import open_path
+from tests.test_ingest import assert_same_series, exact_lines_of, line, slow_series
+
+
+def test_a_finished_log_goes_column_wise_but_for_its_end_record(tmp_path: Path) -> None:
+    # Train lines with an evaluation every 10 steps, then the end-of-training record: the keys are
+    # learned from the first lines' key sets, and only the end record goes the exact way.
+    lines = []
+    for step in range(1, 301):
+        lines.append(line(step, loss=1 / step, **{"rewards/margins": step / 100}))
+        if step % 10 == 0:
+            lines.append(line(step, eval_loss=0.5, **{"eval_rewards/accuracies": 0.6}))
+    lines.append(b'{"train_runtime": 10.0, "train_loss": 0.4, "step": 300}\n')
+    (tmp_path / "dpo-r8").mkdir()
+    (tmp_path / "dpo-r8" / "metrics.jsonl").write_bytes(b"".join(lines))
+    grid = open_path(tmp_path / "dpo-r8")
+    assert exact_lines_of(grid) == [1]
+    series = grid.cells[0].series
+    assert_same_series(series, slow_series(b"".join(lines).decode()))
+    assert series.finished and len(series.train) == 300 and len(series.eval) == 30
+
+
+def test_odd_lines_go_the_exact_way_one_line_each(tmp_path: Path) -> None:
+    lines = [line(s, loss=s / 10, **{"rewards/margins": s / 100}) for s in range(1, 20001)]
+    odd = {
+        2_000: b'{"step": 2001, "time": 1.0, "loss": NaN}\n',  # a malformed token: named by its byte
+        5_000: b'{"step": 5001, "time": 1.0, "loss": null}\n',  # a wrong type: named by its index
+        9_000: line(9001, loss=0.5, grad_norm=1.0),  # a key not seen before
+        12_000: b"not json at all\n",
+    }
+    for index, text in odd.items():
+        lines[index] = text
+    (tmp_path / "dpo-r8").mkdir()
+    (tmp_path / "dpo-r8" / "metrics.jsonl").write_bytes(b"".join(lines))
+    grid = open_path(tmp_path / "dpo-r8")
+    assert exact_lines_of(grid) == [1, 1, 1, 1]
+    assert_same_series(grid.cells[0].series, slow_series(b"".join(lines).decode()))
+
+
+def test_a_line_named_wrongly_costs_time_not_values() -> None:
+    # Blank lines hold no value: an index counts values, so the hint may point at the wrong line.
+    # Every piece is decoded either way; the series equals the plain way's.
+    from prefwatch.core.series import CellSeries
+
+    pieces = []
+    for i in range(0, 1200, 3):
+        pieces += [
+            line(i + 1, loss=0.1),
+            b"\n",
+            b"   \n",
+            line(i + 2, loss=0.2),
+            b'{"step": %d, "loss": null}\n' % (i + 3),
+        ]
+    text = b"".join(pieces) + line(5000, loss=0.3)
+    series, exact = CellSeries(), CellSeries()
+    columnar.add_blocks(series, [text], columnar.ColumnarDecoder())
+    columnar._exact(exact, text, columnar.ColumnarDecoder())  # every line record by record
+    assert_same_series(series, exact)
+    assert len(series.train) == 1201 and series.rejected == {"wrong type": 400}
+
+
+def finished_runs(root: Path, count: int) -> None:
+    now = time.time() - 100
+    for i in range(count):
+        folder = root / f"{('dpo', 'simpo')[i % 2]}-r{(4, 8, 16, 32)[i // 2 % 4]}-seed{i // 8}"
+        folder.mkdir()
+        rows = [{"loss": 0.5, "rewards/margins": 1.0 + i, "step": s, "time": now + s} for s in range(1, 11)]
+        rows += [{"eval_rewards/accuracies": 0.6, "eval_rewards/margins": 0.5, "step": 10, "time": now + 10}]
+        rows += [{"train_runtime": 10.0, "step": 10}]
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_a_sweep_that_opens_on_the_overview_makes_its_panels_only_when_they_are_shown(tmp_path: Path) -> None:
+    pytest.importorskip("textual")
+    from prefwatch.tui.app import OVERVIEW_FROM, MonitorApp
+    from prefwatch.tui.screens.grid import GridScreen
+    from prefwatch.tui.screens.overview import OverviewScreen
+    from prefwatch.tui.widgets.cell_panel import CellPanel
+
+    finished_runs(tmp_path, OVERVIEW_FROM + 7)
+
+    async def scenario() -> None:
+        app = MonitorApp(open_path(tmp_path), mode="replay")
+        async with app.run_test(size=(120, 36)) as pilot:
+            deadline = time.monotonic() + 30
+            while not (isinstance(app.screen, OverviewScreen) and app.screen.table.row_count == OVERVIEW_FROM + 7):
+                assert time.monotonic() < deadline, "the overview did not open"
+                await pilot.pause(0.05)
+            grid_screen = app.screen_stack[0]
+            assert isinstance(grid_screen, GridScreen)
+            assert not grid_screen.cells.panels and not grid_screen.query(CellPanel)
+            await pilot.press("escape")
+            while len(grid_screen.query(CellPanel)) < OVERVIEW_FROM + 7:
+                assert time.monotonic() < deadline, "the panels were not made"
+                await pilot.pause(0.05)
+            assert app.screen is grid_screen and len(grid_screen.cells.panels) == OVERVIEW_FROM + 7
+
+    asyncio.run(scenario())
