@@ -105,6 +105,16 @@ def wait_past_reopen() -> None:
     time.sleep(0.26)
 
 
+def apply_and_settle(jobs: Jobs, kind: str, cell: str, amount: float, flag: bool) -> None:
+    """Do what a job would, then wait out what a reader waits for before it can see it."""
+    jobs.apply(kind, cell, amount, flag)
+    if kind == "truncate":
+        wait_past_reopen()
+    if kind == "data" and not jobs.data_seen[cell]:
+        jobs.data_seen[cell] = True
+        time.sleep(1.0)  # data.json is looked for at most once a second
+
+
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(operations=st.lists(operation, min_size=1, max_size=10))
 def test_incremental_equals_full_analysis(tmp_path_factory, operations):
@@ -114,12 +124,7 @@ def test_incremental_equals_full_analysis(tmp_path_factory, operations):
     incremental = IncrementalAnalysis(open_path(root), heartbeat=float("inf"), clock=lambda: now)
     incremental.update()
     for kind, cell, amount, flag in operations:
-        jobs.apply(kind, cell, amount, flag)
-        if kind == "truncate":
-            wait_past_reopen()
-        if kind == "data" and not jobs.data_seen[cell]:
-            jobs.data_seen[cell] = True
-            time.sleep(1.0)  # data.json is looked for at most once a second
+        apply_and_settle(jobs, kind, cell, amount, flag)
         result = incremental.update() or incremental.last
         fresh = open_path(root)
         fresh.poll()

@@ -12,9 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from prefwatch.ingest import columnar
 from prefwatch.ingest.discover import open_path
+from tests import test_incremental
 from tests.test_ingest import assert_same_series, exact_lines_of, line, slow_series
 
 
@@ -112,3 +115,121 @@ def test_a_sweep_that_opens_on_the_overview_makes_its_panels_only_when_they_are_
             assert app.screen is grid_screen and len(grid_screen.cells.panels) == OVERVIEW_FROM + 7
 
     asyncio.run(scenario())
+
+
+# ---- a refresh reads what changed, not the whole grid ------------------------------------------
+
+
+def test_the_follower_says_which_folders_changed(tmp_path: Path) -> None:
+    from prefwatch.ingest.watch import Follower
+
+    folders = [tmp_path / name for name in ("a", "b", "c")]
+    for folder in folders:
+        folder.mkdir()
+        (folder / "metrics.jsonl").write_text("")
+    taken: list[set[Path] | None] = []
+    follower = Follower(folders, lambda: taken.append(follower.take_changed()), interval=60)
+    with follower:
+        assert follower.mode == "events"
+        deadline = time.monotonic() + 30
+        with open(folders[1] / "metrics.jsonl", "a") as f:
+            f.write('{"step": 1}\n')
+        while not any(taken):
+            assert time.monotonic() < deadline, "no callback for the append"
+            time.sleep(0.02)
+        assert set().union(*filter(None, taken)) == {folders[1]}  # only the folder written to
+        taken.clear()
+        follower.nudge(files=False)  # a clock's tick: nothing to read again
+        while not taken:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert taken == [set()]
+        taken.clear()
+        follower.nudge()  # anything may have changed: read everything
+        while not taken:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert taken == [None]
+    polling = Follower(folders, lambda: None, poll=True)
+    assert polling.take_changed() is None  # polled file systems may hide a change until a file is opened
+
+
+def test_a_clock_tick_over_finished_cells_reads_no_file(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    from prefwatch.analysis.incremental import IncrementalAnalysis
+    from prefwatch.ingest.sources import CellSource
+
+    finished_runs(tmp_path, 12)
+    incremental = IncrementalAnalysis(open_path(tmp_path), heartbeat=0.0)  # every update is a heartbeat
+    assert incremental.update() is not None
+    polled: list[str] = []
+    poll = CellSource.poll
+    monkeypatch.setattr(CellSource, "poll", lambda self: polled.append(self.id) or poll(self))
+    before = incremental.analysed
+    assert incremental.update(only=set()) is None
+    assert polled == [] and incremental.analysed == before
+    one = incremental.source.cells[3]
+    with open(one.directory / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"loss": 0.1, "step": 11, "time": time.time()}) + "\n")
+    result = incremental.update(only={one.id})
+    assert polled == [one.id] and incremental.changed == {one.id}
+    assert result is not None and next(c for c in result.cells if c.source.id == one.id).source.series.last_step == 11
+
+
+def test_statuses_are_read_again_only_when_their_file_changes(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    import os
+
+    from prefwatch.files import rundir
+    from prefwatch.run import jobs
+
+    for index, state in enumerate(["finished", "running", "failed"]):
+        cell = tmp_path / rundir.CELLS_DIR / f"dpo-r{4 << index}"
+        cell.mkdir(parents=True)
+        rundir.write_json_atomic(cell / rundir.CELL_FILE, {"index": index, "objective": "dpo", "rank": 4 << index})
+        status = {"state": state, "host": None}
+        if state == "running":
+            status.update(pid=os.getpid(), pid_start=jobs.process_start_time(os.getpid()))
+        rundir.write_json_atomic(cell / rundir.STATUS_FILE, status)
+    grid = open_path(tmp_path)
+    assert grid.managed
+    reads: list[Path] = []
+    read = jobs.read_status
+    monkeypatch.setattr(jobs, "read_status", lambda d, s=None: reads.append(d) or read(d, s))
+    now = [0.0]
+    reader = jobs.StatusReader(recheck=5.0, clock=lambda: now[0])
+    reader(grid)
+    assert len(reads) == 3
+    first = [c.handed_status for c in grid.cells]
+    assert [s.state for s in first if s] == ["finished", "running", "failed"]
+    reads.clear()
+    now[0] = 1.0
+    reader(grid)
+    assert reads == [] and [c.handed_status for c in grid.cells] == first  # nothing changed: nothing read
+    now[0] = 6.0
+    reader(grid)
+    running = grid.cells[1]
+    assert reads == [running.directory]  # past the recheck: the job that has not ended is looked at again
+    assert all(a is b for a, b in zip(first, (c.handed_status for c in grid.cells)))  # the same: kept as is
+    reads.clear()
+    rundir.write_json_atomic(running.directory / rundir.STATUS_FILE, {"state": "finished", "host": None})
+    reader(grid)
+    assert reads == [running.directory] and running.handed_status.state == "finished"
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(operations=st.lists(test_incremental.operation, min_size=1, max_size=8))
+def test_reading_only_the_changed_cell_equals_a_full_analysis(tmp_path_factory, operations) -> None:  # noqa: ANN001
+    from prefwatch.analysis.analyse import analyse
+    from prefwatch.analysis.incremental import IncrementalAnalysis
+
+    root = tmp_path_factory.mktemp("grid")
+    jobs = test_incremental.Jobs(root)
+    now = time.time()
+    incremental = IncrementalAnalysis(open_path(root), heartbeat=float("inf"), clock=lambda: now)
+    incremental.update()
+    for kind, cell, amount, flag in operations:
+        test_incremental.apply_and_settle(jobs, kind, cell, amount, flag)
+        result = incremental.update(only={cell}) or incremental.last  # the follower saw this cell's folder change
+        fresh = open_path(root)
+        fresh.poll()
+        assert result is not None
+        assert result.to_json() == analyse(fresh, now=now).to_json(), f"after {kind} on {cell}"

@@ -9,7 +9,13 @@ Two ways to notice a change, used together:
 - a fallback poll that compares (inode, size, mtime) of each folder's entries every ``interval``
   seconds, because some writers and file systems deliver no events. NFS is the common case: a job
   on another host appends to a file and the local kernel never hears of it. ``poll=True`` turns
-  events off and polls every 0.25 s, for exactly that case.
+  events off and polls every 0.25 s, for exactly that case. With events on, the fallback poll of a
+  large grid (a thousand folders) spaces itself so that it costs at most FALLBACK_SHARE of a core.
+
+The follower also keeps which watched folders changed (from the events, or the poll's comparison):
+``take_changed()`` hands them to the owner, who then reads those cells only, not every log of the
+grid. None means "anything may have changed" (a nudge, forced polling where a file's attributes
+may be stale until it is opened, an event outside the watched folders): read everything.
 
 Every callback runs on the follower's one background thread, so callbacks never overlap, and
 changes that arrive while a callback runs are coalesced into one more callback. ``min_interval``
@@ -36,8 +42,14 @@ log = logging.getLogger(__name__)
 
 EVENT_FALLBACK_INTERVAL = 1.0
 FORCED_POLL_INTERVAL = 0.25
+# With events on, the fallback poll may take at most this share of a core: a thousand folders took
+# 12 ms a look (0.012 of a core at one look a second, more than the rest of an idle monitor);
+# spaced by its own cost, they are looked at every 2-3 s. 64 folders still are every second.
+FALLBACK_SHARE = 0.005
 
-Snapshot = dict[str, tuple[int, int, int] | None]
+Identity = tuple[int, int, int] | None
+# Each watched path's entries (name -> inode, size, mtime), or the path's own identity for a file.
+Snapshot = dict[str, dict[str, Identity] | Identity]
 
 
 class Follower:
@@ -77,6 +89,11 @@ class Follower:
         self._due = float("inf")  # time.monotonic() of a callback asked for with nudge(after=...)
         self._nudged = False  # nudge() was called: the next callback is owed whatever the files say
         self._event_at = float("-inf")  # when the last change event woke the follower
+        self._watched = {str(p) for p in self.paths}
+        self._changed: set[Path] | None = set()  # watched paths changed since take_changed(); None: any
+        self._changed_lock = threading.Lock()
+        self._fallback_every = self.interval  # the fallback poll's spacing (see FALLBACK_SHARE)
+        self._looked_at = time.monotonic()
 
     @property
     def mode(self) -> str:
@@ -88,7 +105,7 @@ class Follower:
             return self
         self._snapshot = snapshot(self.paths)
         if not self.forced_poll:
-            self._observer = _start_observer(self.paths, self._wake.set)
+            self._observer = _start_observer(self.paths, self._event)
         self._thread = threading.Thread(target=self._run, name="prefwatch-follower", daemon=True)
         self._thread.start()
         return self
@@ -104,17 +121,48 @@ class Follower:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
-    def nudge(self, after: float = 0.0) -> None:
+    def nudge(self, after: float = 0.0, files: bool = True) -> None:
         """Ask for a callback soon although no file changed (state that depends on time or on processes).
 
         ``after`` > 0: a callback that many seconds from now, unless another callback comes first
         (any callback serves it: the owner asks again from that callback if it still needs one).
         Kept by the follower's own thread, no timer thread per request; asked from another thread
-        than the callback's, it may come up to ``interval`` late."""
+        than the callback's, it may come up to ``interval`` late. ``files``: whether the owner
+        should read every file again (``take_changed()`` says None); False for a clock's tick."""
+        if files:
+            self._mark(None)
         if after > 0:
             self._due = min(self._due, time.monotonic() + after)
             return
         self._nudged = True
+        self._wake.set()
+
+    def take_changed(self) -> set[Path] | None:
+        """The watched paths that changed since the last call (None: any may have), and start afresh."""
+        with self._changed_lock:
+            changed, self._changed = self._changed, set()
+        return None if self.forced_poll else changed
+
+    def _mark(self, paths: Iterable[Path] | None) -> None:
+        with self._changed_lock:
+            if paths is None or self._changed is None:
+                self._changed = None
+            else:
+                self._changed.update(paths)
+
+    def _event(self, where: Iterable[str]) -> None:
+        """A change event about these file or folder paths: mark the watched path each belongs to."""
+        marked: list[Path] | None = []
+        for path in where:
+            if path in self._watched:
+                marked.append(Path(path))  # type: ignore[union-attr]
+                continue
+            parent = os.path.dirname(path)
+            if parent not in self._watched:
+                marked = None  # somewhere the follower does not know: read everything
+                break
+            marked.append(Path(parent))  # type: ignore[union-attr]
+        self._mark(marked)
         self._wake.set()
 
     def __enter__(self) -> Follower:
@@ -141,7 +189,14 @@ class Follower:
             self._wake.clear()
             nudged, self._nudged = self._nudged, False
             due = time.monotonic() >= self._due  # a callback asked for with nudge(after=...)
-            current = snapshot(self.paths)
+            if woken and self._observer is not None:
+                # Events say where: look at those folders only (the snapshot stays current, so the
+                # fallback poll reports only what no event did).
+                with self._changed_lock:
+                    marked = None if self._changed is None else list(self._changed)
+                differs = self._look(marked)
+            else:
+                differs = self._look() if self._fallback_due() else False
             if nudged or due:
                 changed = True
             elif woken and not streaming:
@@ -149,10 +204,29 @@ class Follower:
             else:
                 # The trailing events of writes already read (modify, then close) change nothing on
                 # disk since the last look: no callback. The fallback poll lands here as well.
-                changed = current != self._snapshot
-            self._snapshot = current
+                changed = differs
             if changed and self._throttle():
                 self._call()
+
+    def _fallback_due(self) -> bool:
+        return self.forced_poll or self._observer is None or time.monotonic() - self._looked_at >= self._fallback_every
+
+    def _look(self, paths: list[Path] | None = None) -> bool:
+        """Compare the watched folders (or only ``paths``) with the last look; mark those that changed.
+
+        Every folder's look is the fallback poll: with events on, it is spaced to cost at most
+        FALLBACK_SHARE of a core."""
+        started = time.thread_time()
+        current = snapshot(self.paths if paths is None else paths)
+        changed = [Path(path) for path, entries in current.items() if self._snapshot.get(path) != entries]
+        self._snapshot.update(current)
+        if paths is None:
+            self._looked_at = time.monotonic()
+            if self._observer is not None:
+                self._fallback_every = max(self.interval, (time.thread_time() - started) / FALLBACK_SHARE)
+        if changed:
+            self._mark(changed)
+        return bool(changed)
 
     def _throttle(self) -> bool:
         """Wait for a token of the bucket (see the module's notes); False when stopped meanwhile."""
@@ -180,7 +254,7 @@ class Follower:
 
 
 def snapshot(paths: Iterable[Path]) -> Snapshot:
-    """(inode, size, mtime) of every entry of every watched folder, one level deep.
+    """(inode, size, mtime) of every entry of every watched folder, one level deep, by folder.
 
     A sub-folder's own mtime changes when entries are added to it (a new checkpoint-N folder, a
     trainer_state.json written into it), so one level is enough to notice those without walking
@@ -190,8 +264,7 @@ def snapshot(paths: Iterable[Path]) -> Snapshot:
     for path in paths:
         try:
             with os.scandir(path) as entries:
-                for entry in entries:
-                    seen[entry.path] = _identity(entry)
+                seen[str(path)] = {entry.name: _identity(entry) for entry in entries}
         except NotADirectoryError:
             seen[str(path)] = _stat_identity(path)
         except OSError:
@@ -215,8 +288,9 @@ def _stat_identity(path: Path) -> tuple[int, int, int] | None:
     return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
 
-def _start_observer(paths: list[Path], wake: Callable[[], None]) -> object | None:
-    """A running watchdog observer that calls ``wake`` on writes, or None where events are unavailable.
+def _start_observer(paths: list[Path], wake: Callable[[list[str]], None]) -> object | None:
+    """A running watchdog observer that calls ``wake`` with the paths an event names on writes, or None
+    where events are unavailable.
 
     Open and close-without-write events are filtered out: the monitor's own reads would otherwise
     wake it again, forever.
@@ -229,7 +303,8 @@ def _start_observer(paths: list[Path], wake: Callable[[], None]) -> object | Non
 
     class Wake(events.FileSystemEventHandler):
         def on_any_event(self, event: events.FileSystemEvent) -> None:
-            wake()
+            where = [event.src_path, *([event.dest_path] if event.dest_path else [])]
+            wake([os.fsdecode(p) for p in where])
 
     wanted = [
         events.FileModifiedEvent,

@@ -345,6 +345,54 @@ def hand_statuses(grid: GridSource) -> None:
             cell.handed_status = read_status(cell.directory, grid.supervised)
 
 
+class StatusReader:
+    """``hand_statuses`` for a caller that asks at every refresh (the monitor, a thousand cells).
+
+    A cell's status.json is read again only when its (inode, size, mtime) changed or the grid's
+    supervisor came or went; the process table (or Slurm) is asked again about a cell that has not
+    ended at most every ``recheck`` seconds (a job killed without recording its end reads "lost"
+    within that long). A status that did not change keeps its object, so a caller may compare
+    statuses by identity. Reading every status.json and every job's /proc entry at each refresh
+    was most of what a refresh of a large grid cost.
+    """
+
+    def __init__(self, recheck: float = 5.0, clock: Any = time.monotonic) -> None:
+        self.recheck = recheck
+        self.clock = clock
+        self._seen: dict[Path, tuple[tuple[int, int, int] | None, bool | None, float]] = {}
+
+    def __call__(self, grid: GridSource) -> None:
+        if not grid.managed:
+            return
+        grid.supervised = supervisor_alive(grid.root)
+        now = self.clock()
+        for cell in grid.cells:
+            if not cell.managed:
+                continue
+            seen = _identity(cell.directory / rundir.STATUS_FILE)
+            before = self._seen.get(cell.directory)
+            status = cell.handed_status
+            if (
+                before is not None
+                and status is not None
+                and before[:2] == (seen, grid.supervised)
+                and (status.state in ENDED_STATES or now - before[2] < self.recheck)
+            ):
+                continue
+            fresh = read_status(cell.directory, grid.supervised)
+            if fresh != status:
+                cell.handed_status = fresh
+            self._seen[cell.directory] = (seen, grid.supervised, now)
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
 def describe(status: CellStatus) -> str:
     """A cell's state as a person reads it, in its backend's words."""
     backend = backend_for_record(status.record)

@@ -137,6 +137,7 @@ class MonitorApp(App[int]):
         self._error: str | None = None
         self._news: AlertPolicy | None = None
         self._incremental = IncrementalViews(source, heartbeat)
+        self._cells_of: dict[Path, list[str]] = {}  # the cells watching each followed path
         # Replay as a time-lapse at ``speed`` times real time (None: everything at once, the default).
         self.speed = speed if mode == "replay" else None
         self.replay: ReplayGrid | None = None
@@ -244,7 +245,11 @@ class MonitorApp(App[int]):
         with self._follow_lock:
             if self._unmounted:
                 return
-            paths = [p for cell in self.source.cells for p in cell.watched_paths()]
+            paths = []
+            for cell in self.source.cells:
+                for path in cell.watched_paths():
+                    paths.append(path)
+                    self._cells_of.setdefault(path, []).append(cell.id)
             follower = Follower(
                 paths,
                 self._read_and_post,
@@ -273,8 +278,10 @@ class MonitorApp(App[int]):
             self.post_message(ViewReady())
 
     def _nudge(self) -> None:
+        """The heartbeat: running cells' clock-bound findings (stalled...) are looked at again; the
+        files are read again only where the follower saw them change."""
         if self.follower is not None:
-            self.follower.nudge()
+            self.follower.nudge(files=False)
 
     def _read_and_post(self) -> None:
         """Poll the logs and analyse them; runs off the UI thread, never twice at once."""
@@ -282,7 +289,7 @@ class MonitorApp(App[int]):
             started = time.perf_counter()
             try:
                 had_error = self._error is not None
-                view: GridView | None = self._incremental.view()
+                view: GridView | None = self._incremental.view(self._changed_cells())
                 self._error = None
                 if view is None and not had_error:
                     self._pace(time.perf_counter() - started)
@@ -300,6 +307,20 @@ class MonitorApp(App[int]):
             if empty:
                 self.post_message(ViewReady())
 
+    def _changed_cells(self) -> set[str] | None:
+        """Ids of the cells whose folders the follower saw change (None: read every cell)."""
+        follower = self.follower
+        changed = follower.take_changed() if follower is not None else None
+        if changed is None or self.replay is not None:
+            return None
+        cells: set[str] = set()
+        for path in changed:
+            ids = self._cells_of.get(path)
+            if ids is None:
+                return None  # a path no cell watches: read every cell
+            cells.update(ids)
+        return cells
+
     def _follow_up(self) -> None:
         """When a cell's findings wait (it only gained train rows), read again once they are due,
         even if no line comes meanwhile. The follower keeps the time (no timer thread); a line that
@@ -311,7 +332,7 @@ class MonitorApp(App[int]):
             # the next line instead of a read and a frame of their own just before it (at exactly the
             # due time the follow-up came ~0.1 s before each second line and set the findings' clock
             # to itself: two refreshes where one does). A quiet cell's findings wait 1.25 x the age.
-            follower.nudge(after=max(0.001, analysis.due_in + analysis.findings_age * FOLLOW_UP_GRACE))
+            follower.nudge(after=max(0.001, analysis.due_in + analysis.findings_age * FOLLOW_UP_GRACE), files=False)
         elif analysis.owed and not self._follow_up_pending:  # before the follower starts (first read)
             self._follow_up_pending = True
 
@@ -611,7 +632,9 @@ class IncrementalViews:
         # 3.75-5 s (64 cells; the heartbeat redoes every cell by 5 s anyway): diagnosing is most
         # of a busy grid's cost; its values are new at once.
         findings_age = min(HEARTBEAT_SECONDS, max(2.0, len(source.cells) / 12))
-        self.analysis = IncrementalAnalysis(source, heartbeat, clock, findings_age, statuses=jobs.hand_statuses)
+        # Each status.json is read again when it changes, a job's process looked at every heartbeat.
+        statuses = jobs.StatusReader(recheck=min(heartbeat, HEARTBEAT_SECONDS))
+        self.analysis = IncrementalAnalysis(source, heartbeat, clock, findings_age, statuses=statuses)
         self._views: dict[str, tuple[CellAnalysis, CellView]] = {}
         self.last: GridView | None = None
 
@@ -620,9 +643,10 @@ class IncrementalViews:
         """Cells analysed so far (tests and the benchmark read it)."""
         return self.analysis.analysed
 
-    def view(self) -> GridView | None:
-        """A new view of the grid, or None when nothing changed since the last one."""
-        analysis = self.analysis.update()
+    def view(self, only: set[str] | None = None) -> GridView | None:
+        """A new view of the grid, or None when nothing changed since the last one (``only``: the
+        cells whose files changed; None: every cell)."""
+        analysis = self.analysis.update(only)
         if analysis is None:
             return None
         views = {}
