@@ -91,6 +91,8 @@ def finished_runs(root: Path, count: int) -> None:
 
 def test_a_sweep_that_opens_on_the_overview_makes_its_panels_only_when_they_are_shown(tmp_path: Path) -> None:
     pytest.importorskip("textual")
+    from textual.widgets import DataTable
+
     from prefwatch.tui.app import OVERVIEW_FROM, MonitorApp
     from prefwatch.tui.screens.grid import GridScreen
     from prefwatch.tui.screens.overview import OverviewScreen
@@ -102,7 +104,11 @@ def test_a_sweep_that_opens_on_the_overview_makes_its_panels_only_when_they_are_
         app = MonitorApp(open_path(tmp_path), mode="replay")
         async with app.run_test(size=(120, 36)) as pilot:
             deadline = time.monotonic() + 30
-            while not (isinstance(app.screen, OverviewScreen) and app.screen.table.row_count == OVERVIEW_FROM + 7):
+            while not (
+                isinstance(app.screen, OverviewScreen)
+                and app.screen.query(DataTable)
+                and app.screen.table.row_count == OVERVIEW_FROM + 7
+            ):
                 assert time.monotonic() < deadline, "the overview did not open"
                 await pilot.pause(0.05)
             grid_screen = app.screen_stack[0]
@@ -137,19 +143,19 @@ def test_the_follower_says_which_folders_changed(tmp_path: Path) -> None:
         while not any(taken):
             assert time.monotonic() < deadline, "no callback for the append"
             time.sleep(0.02)
+        time.sleep(0.3)  # the write's trailing events (close after modify) may call back once more
         assert set().union(*filter(None, taken)) == {folders[1]}  # only the folder written to
         taken.clear()
         follower.nudge(files=False)  # a clock's tick: nothing to read again
         while not taken:
             assert time.monotonic() < deadline
             time.sleep(0.02)
-        assert taken == [set()]
+        assert all(t is not None and t <= {folders[1]} for t in taken)
         taken.clear()
         follower.nudge()  # anything may have changed: read everything
-        while not taken:
-            assert time.monotonic() < deadline
+        while None not in taken:
+            assert time.monotonic() < deadline, "a nudge did not say: read everything"
             time.sleep(0.02)
-        assert taken == [None]
     polling = Follower(folders, lambda: None, poll=True)
     assert polling.take_changed() is None  # polled file systems may hide a change until a file is opened
 
