@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_analysis  # noqa: E402
+import bench_completions  # noqa: E402
 import bench_cpu  # noqa: E402
 import bench_monitor  # noqa: E402
 import bench_startup  # noqa: E402
@@ -33,6 +34,7 @@ def main() -> None:
     rows += bench_monitor.latency_rows(2 * args.seconds, (160, 48))
     rows += bench_analysis.run(args.lines)
     rows += bench_startup.run()
+    rows += bench_completions.run()
     print()
     print(f"load before: {before}")
     print(f"load after:  {harness.uptime()}")

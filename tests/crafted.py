@@ -50,6 +50,9 @@ class Cell:
     evaluations: bool = True
     last_time: float | None = None  # wall time of the last log line (default: a second ago)
     extra: dict[str, float] = field(default_factory=dict)
+    # Writes completions.jsonl: the reference's answers at step 0, then at each evaluation answers whose
+    # length moves evenly to this multiple of the reference's (0.25: a quarter as long at the end).
+    completions: float | None = None
 
     def right_at(self, step: int) -> int:
         """Held-out pairs ranked right at the evaluation of ``step``."""
@@ -145,6 +148,39 @@ def _write_cell(folder: Path, grid: str, index: int, cell: Cell) -> None:
     (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     if pairs:
         (folder / "eval_pairs.jsonl").write_text("\n".join(pairs) + "\n")
+    if cell.completions is not None:
+        answers = [json.dumps(_answers(0, 1.0, t0))]
+        for step in range(EVAL_EVERY, STEPS + 1, EVAL_EVERY):
+            answers.append(json.dumps(_answers(step, 1.0 + (cell.completions - 1.0) * step / STEPS, t0 + step)))
+        (folder / "completions.jsonl").write_text("\n".join(answers) + "\n")
+
+
+ANSWER_PROMPTS = ("what does it cost?", "can I see a demo?", "any team discount?")
+ANSWER_TOKENS = 128  # max_new_tokens of the crafted answers
+
+
+def _answers(step: int, factor: float, when: float) -> dict[str, object]:
+    """One completions.jsonl line: an answer per prompt, ``factor`` times the reference's length (in
+    bytes, as the tiny model's tokens), grown with a pushy line or cut, capped at ANSWER_TOKENS."""
+    completions = []
+    for i, question in enumerate(ANSWER_PROMPTS):
+        reference = f"Thanks! Item {i} ships in {i + 2} days. Anything else?"
+        text = reference
+        while len(text) < factor * len(reference):
+            text += " P.S. Free gift!"
+        text = text[: max(1, round(factor * len(reference)))].rstrip()
+        ended = len(text) < ANSWER_TOKENS
+        text = text[:ANSWER_TOKENS]
+        prompt = f"Customer: {question}\nAgent:"
+        completions.append({"id": f"h{i * 10:04d}", "prompt": prompt, "text": text, "tokens": len(text), "eos": ended})
+    return {
+        "step": step,
+        "time": when,
+        "reference": step == 0,
+        "max_new_tokens": ANSWER_TOKENS,
+        "seconds": 0.05,
+        "completions": completions,
+    }
 
 
 def _heldout_chosen(cell: Cell, step: int) -> list[float]:

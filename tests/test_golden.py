@@ -34,12 +34,22 @@ LOGGED_AT = 1_800_000_000.0  # the crafted logs' last line, a fixed moment
 
 def golden_grid(root: Path) -> Path:
     """A 2x2 grid with a clean cell, a failed one (exit 1), an over-optimising one (a warning) and one
-    whose SimPO margins are cleaner."""
+    whose SimPO margins are cleaner; all but the failed one sampled completions (completions.jsonl)."""
     cells = [
         Cell("dpo-r16", "dpo", 16, 62, state="failed", last_time=LOGGED_AT),
-        Cell("dpo-r8", "dpo", 8, 60, last_time=LOGGED_AT),
-        Cell("simpo-r16", "simpo", 16, 80, train_margin=2.0, heldout_margin=1.5, last_time=LOGGED_AT),
-        Cell("simpo-r8", "simpo", 8, 78, train_margin=2.0, heldout_margin=1.5, peaked=True, last_time=LOGGED_AT),
+        Cell("dpo-r8", "dpo", 8, 60, last_time=LOGGED_AT, completions=0.4),
+        Cell("simpo-r16", "simpo", 16, 80, train_margin=2.0, heldout_margin=1.5, last_time=LOGGED_AT, completions=1.2),
+        Cell(
+            "simpo-r8",
+            "simpo",
+            8,
+            78,
+            train_margin=2.0,
+            heldout_margin=1.5,
+            peaked=True,
+            last_time=LOGGED_AT,
+            completions=0.9,
+        ),
     ]
     return write_grid(root, "golden", cells)
 
@@ -80,3 +90,9 @@ def test_compare(snap_compare, app: MonitorApp, size: str) -> None:
 @pytest.mark.parametrize("size", list(SIZES))
 def test_help(snap_compare, app: MonitorApp, size: str) -> None:
     assert snap_compare(app, press=["question_mark"], terminal_size=SIZES[size], run_before=loaded)
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_completions_pane(snap_compare, app: MonitorApp, size: str) -> None:
+    """What simpo-r16 (down from the first panel) writes: the reference's answers, the last three evaluations'."""
+    assert snap_compare(app, press=["down", "w"], terminal_size=SIZES[size], run_before=loaded)

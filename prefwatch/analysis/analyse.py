@@ -63,6 +63,7 @@ class CellAnalysis:
             "best": None if self.best is None else self.best.to_json(),
             "findings": [f.to_json() for f in self.diagnosis.findings],
             "data": source.data_stats,
+            "completions": completions_json(source),
             "ingest": {
                 "records": source.series.records,
                 "rejected": sum(source.series.rejected.values()),
@@ -111,6 +112,7 @@ def analyse(
             t=thresholds,
             claim=source.claim,
             inference=source.inference,
+            completions=source.completions,
         )
         running = status.state == CellState.RUNNING
         diagnosis.findings += [
@@ -147,6 +149,31 @@ def ended_as(cell: CellAnalysis) -> str | None:
     if state in (CellState.FAILED, CellState.STOPPED, CellState.LOST):
         return cell.status.describe()
     return "queued" if state == CellState.QUEUED else None
+
+
+def completions_json(source: CellSource) -> dict[str, Any] | None:
+    """The sampled completions' figures (completions.jsonl): the reference's and the last evaluation's."""
+    log = source.completions
+    if log.reference is None and not log.evaluations:
+        return None
+
+    def figures(evaluation: Any) -> dict[str, Any] | None:
+        if evaluation is None:
+            return None
+        stats = evaluation.stats
+        numbers = {
+            "mean_tokens": stats.mean,
+            "sd_tokens": stats.sd,
+            "at_max": stats.at_max,
+            "distinct_2": stats.distinct2,
+        }
+        return {"step": evaluation.step, **{k: v if v == v else None for k, v in numbers.items()}}
+
+    return {
+        "evaluations": len(log.evaluations),
+        "reference": figures(log.reference),
+        "last": figures(log.evaluations[-1] if log.evaluations else None),
+    }
 
 
 def objective_source(source: CellSource) -> str | None:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from prefwatch.core.diagnose import Diagnosis
+from prefwatch.core.diagnose import Diagnosis, FindingKind
 
 RANK_TOLERANCE_PAIRS = 1
 # The group of cells whose objective nothing says (no label, and logs that cannot tell).
@@ -185,6 +185,7 @@ def _decide(cells: list[CellResult]) -> Verdict:
     if not verdict.decisive and not verdict.needs:
         verdict.needs.append("more held-out pairs, more seeds or more steps")
     verdict.effects = main_effects(scored)
+    _length_note(scored, verdict)
     return verdict
 
 
@@ -304,12 +305,37 @@ def _cleaner(candidate: CellResult, incumbent: CellResult) -> tuple[bool, str]:
     extra = _troubles(candidate) - _troubles(incumbent)
     if extra:
         return False, f"it shows {', '.join(sorted(extra))} and {incumbent.id} does not"
+    drift = _length_drift_only(incumbent, candidate)
+    if drift is not None:
+        return True, drift
     gap_c, gap_i = candidate.margin_gap, incumbent.margin_gap
     if gap_c is not None and gap_i is not None and gap_c >= gap_i:
         return False, (f"its train/held-out margin gap is not smaller ({gap_c:.0%} of its train margin vs {gap_i:.0%})")
     if gap_c is None or gap_i is None:
         return True, "cleaner margins"
     return True, f"cleaner margins (train/held-out gap {gap_c:.0%} of its train margin vs {gap_i:.0%})"
+
+
+LENGTH_DRIFT = FindingKind.LENGTH_DRIFT
+
+
+def _length_drift_only(drifted: CellResult, other: CellResult) -> str | None:
+    """Why ``other`` is cleaner when ``drifted`` won its pairs with a length drift and ``other`` shows
+    none: completions that grew or shrank against the reference say the pairs were won by length,
+    whatever the margins say (the finding's own words are the evidence). None otherwise."""
+    if not drifted.diagnosis.has(LENGTH_DRIFT) or other.diagnosis.has(LENGTH_DRIFT):
+        return None
+    finding = next(f for f in drifted.diagnosis.findings if f.kind == LENGTH_DRIFT)
+    return f"no length drift, where {drifted.id}'s {finding.message.split(': ', 1)[-1]}"
+
+
+def _length_note(cells: list[CellResult], verdict: Verdict) -> None:
+    """The chosen setting's cells that won their pairs with a length drift: the verdict says so, with
+    the finding's numbers (a choice made on pairs that length may have won)."""
+    for cell in cells:
+        if cell.objective == verdict.objective and cell.rank == verdict.rank and cell.diagnosis.has(LENGTH_DRIFT):
+            finding = next(f for f in cell.diagnosis.findings if f.kind == LENGTH_DRIFT)
+            verdict.reasons.append(f"beware: {cell.id}'s {finding.message.split(': ', 1)[-1]}")
 
 
 def _choose_rank(cells: list[CellResult], verdict: Verdict) -> tuple[int | None, list[CellResult]]:

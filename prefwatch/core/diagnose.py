@@ -79,6 +79,18 @@ class Thresholds:
     # Repeats are looked for among the last this many train rows (a frozen run repeats within an epoch;
     # the window bounds the work of a refresh on a run of a million rows).
     frozen_window: int = 4096
+    # Length drift: the mean length of the sampled completions (late: over the last eval_smoothing
+    # evaluations) this many times the reference's, or this many times shorter. The mean of 8 greedy
+    # answers moves by ~15 % between evaluations (their lengths' sd is ~40 % of the mean, / sqrt 8), and
+    # Park et al. (2024) see DPO's length grow about 2x past the data's bias: a doubling or halving
+    # is what learning length looks like, not noise.
+    length_factor: float = 2.0
+    # ...while the cell wins held-out pairs: late held-out accuracy at least this (chance is 0.5, and
+    # 100 pairs move accuracy by ~0.1): the rewards say it learned, the completions say what.
+    length_win_accuracy: float = 0.6
+    # Degeneration: the late answers' distinct-2 (unique word bigrams / all) below this share of the
+    # reference's, with the length drifted down: the answers collapsed to near-identical short ones.
+    collapse_distinct: float = 0.5
 
 
 DEFAULT = Thresholds()
@@ -112,6 +124,7 @@ class FindingKind(enum.StrEnum):
     GPU_MEMORY = "gpu_memory"
     GPU_IDLE = "gpu_idle"
     FROZEN = "frozen"
+    LENGTH_DRIFT = "length_drift"
 
 
 # Findings about the data (brevity) and the machine (a GPU full or idle: prefwatch.files.system), not the run's health.
@@ -377,6 +390,7 @@ def diagnose(
     t: Thresholds = DEFAULT,
     claim: Claim | None = None,
     inference: Inference | None = None,
+    completions: Any | None = None,
 ) -> Diagnosis:
     summary = review(series, pairs, heldout_pairs, data_stats, t)
     findings = [
@@ -391,6 +405,7 @@ def diagnose(
             saturation(series, t),
             margin_inconsistent(series, t, inference),
             brevity_bias(data_stats, objective, t),
+            length_drift(completions, series, pairs, data_stats, t),
             stalled(series, now, alive, t),
         )
         if f is not None
@@ -890,3 +905,74 @@ def stalled(series: CellSeries, now: float | None, alive: bool, t: Thresholds) -
         f"no new log line for {silence:.0f} s (usually every {usual:.1g} s) while the job is alive",
         series.last_step,
     )
+
+
+# ---- What the model writes (completions.jsonl) ----------------------------------------------------
+
+
+def length_drift(
+    completions: Any | None, series: CellSeries, pairs: Any | None, data_stats: dict[str, Any] | None, t: Thresholds
+) -> Finding | None:
+    """The sampled completions grew or shrank ``length_factor`` times against the reference's while the
+    cell wins held-out pairs: length is what it learned (a warning); shrunk to near-identical short
+    answers (distinct-2 fallen below ``collapse_distinct`` of the reference's) it degenerated (an error).
+
+    ``completions`` is an ingest CompletionLog: ``reference`` and ``evaluations`` with their stats."""
+    reference = getattr(completions, "reference", None)
+    evaluations = getattr(completions, "evaluations", None) or []
+    if reference is None or not evaluations or not reference.stats.mean > 0:
+        return None
+    recent = evaluations[-t.eval_smoothing :]
+    lengths = np.array([e.stats.mean for e in recent], dtype=float)
+    late_length = window_mean(lengths)
+    _, accuracy = heldout_accuracy_series(series, pairs)
+    late_accuracy = window_mean(accuracy[-t.eval_smoothing :])
+    if late_length is None or late_accuracy is None or late_accuracy < t.length_win_accuracy:
+        return None
+    ratio = late_length / reference.stats.mean
+    if 1 / t.length_factor < ratio < t.length_factor:
+        return None
+    moved = "shrank" if ratio < 1 else "grew"
+    first = next((e.step for e in evaluations if _drifted(e.stats.mean / reference.stats.mean, t)), recent[0].step)
+    data = _answer_lengths(data_stats)
+    evidence = (
+        f"completions {moved} from {reference.stats.mean:.1f} tokens (the reference's) to {late_length:.1f} "
+        f"({ratio:.2f}x) while held-out accuracy is {late_accuracy:.2f}{data}"
+    )
+    distinct_ref = reference.stats.distinct2
+    distinct_late = window_mean(np.array([e.stats.distinct2 for e in recent], dtype=float))
+    collapsed = (
+        ratio < 1
+        and distinct_late is not None
+        and math.isfinite(distinct_ref)
+        and distinct_late < t.collapse_distinct * distinct_ref
+    )
+    if collapsed:
+        return Finding(
+            FindingKind.LENGTH_DRIFT,
+            ERROR,
+            f"degeneration: {evidence}; the answers collapsed to near-identical short ones "
+            f"(distinct-2 {distinct_late:.2f} vs the reference's {distinct_ref:.2f})",
+            first,
+        )
+    return Finding(
+        FindingKind.LENGTH_DRIFT,
+        WARN,
+        f"length learned: {evidence}; the pairs may be won by length, not by the preference",
+        first,
+    )
+
+
+def _drifted(ratio: float, t: Thresholds) -> bool:
+    return not 1 / t.length_factor < ratio < t.length_factor
+
+
+def _answer_lengths(data_stats: dict[str, Any] | None) -> str:
+    """ ", the data's chosen answers average 42 tokens, rejected 67" from data.json's held-out (else train) lengths."""
+    for split in ("heldout", "train"):
+        lengths = (data_stats or {}).get(split)
+        if isinstance(lengths, dict):
+            chosen, rejected = lengths.get("mean_chosen_tokens"), lengths.get("mean_rejected_tokens")
+            if isinstance(chosen, (int, float)) and isinstance(rejected, (int, float)):
+                return f"; the data's chosen answers average {chosen:.0f} tokens, rejected {rejected:.0f}"
+    return ""

@@ -22,6 +22,9 @@ from typing import Any
 OBJECTIVES = ("dpo", "simpo", "orpo")
 EMBEDDED_MODEL = "tiny"
 EMBEDDED_DATA = "tiny-sales"
+# The same sales pairs with the chosen reply always the shorter one (a brevity-biased split: length is learnable).
+EMBEDDED_DATA_SHORT = "tiny-sales-short"
+EMBEDDED_DATA_SETS = (EMBEDDED_DATA, EMBEDDED_DATA_SHORT)
 # \Z, not $: "$" also matches before a final newline, and "name\n" is no folder name.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
 
@@ -152,7 +155,7 @@ class DataSettings:
     name: str = setting(
         EMBEDDED_DATA,
         "str",
-        doc='"tiny-sales" (embedded), a JSONL file (prompt/chosen/rejected) or a data set id',
+        doc='"tiny-sales" (embedded; "tiny-sales-short": chosen always shorter), a JSONL file or a data set id',
     )
     heldout: float | str = setting(
         0.2, "fraction_or_path", doc="held-out share, or a JSONL file; every cell is judged on the same pairs"
@@ -175,6 +178,13 @@ class TrainSettings:
     save_every: int = setting(50, "int", _positive)
     lr_scheduler: str = setting("constant", "str", _one_of("constant", "linear", "cosine"))
     warmup_steps: int = setting(0, "int", _non_negative)
+    completions: int = setting(
+        8,
+        "int",
+        _non_negative,
+        doc="held-out prompts answered (greedy) at each evaluation: what the model writes; 0: none",
+    )
+    completion_tokens: int = setting(64, "int", _positive, doc="max_new_tokens of those answers")
     seeds: list[int] = setting(
         [0], "int_list", _seeds, doc="add seeds to see whether a difference is larger than the spread across runs"
     )
@@ -649,7 +659,7 @@ class _Validator:
         base = self.path.parent
         for key in ("name", "heldout"):
             value = data[key]
-            if not isinstance(value, str) or value == EMBEDDED_DATA:
+            if not isinstance(value, str) or value in EMBEDDED_DATA_SETS:
                 continue
             if _looks_like_file(value):
                 resolved = (base / Path(value).expanduser()).resolve()  # "~/data.jsonl" is the user's home

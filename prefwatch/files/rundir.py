@@ -12,6 +12,8 @@ A run directory is the contract between the launcher, the training jobs, the mon
         cell.json           the fully resolved settings of this cell (written by the launcher)
         metrics.jsonl       one TRL log dict per line, plus "step" and "time" (written by the job)
         eval_pairs.jsonl    one line per evaluation: step, pair ids, chosen and rejected rewards
+        completions.jsonl   one line per evaluation: greedy answers to a fixed sample of held-out prompts
+                            (step 0: the reference's), each with its token count and whether it ended on EOS
         system.jsonl        every 10 s: the job's CPU %, resident memory, its GPUs' load and memory (prefwatch.files.system)
         data.json           statistics of the cell's data, measured by the job at start (brevity check)
         status.json         a StatusRecord (below), written atomically under .status.lock
@@ -20,7 +22,7 @@ A run directory is the contract between the launcher, the training jobs, the mon
         stdout.log          the job's combined output
         best/               the adapter at the best held-out evaluation, with best.json (written by the job)
 
-Only the job writes metrics.jsonl, eval_pairs.jsonl, system.jsonl and data.json. status.json is written here and
+Only the job writes metrics.jsonl, eval_pairs.jsonl, completions.jsonl, system.jsonl and data.json. status.json is written here and
 only here (``write_status``, ``update_status``), by the jobs layer, the supervisor and the job's own
 start and exit records (prefwatch.run.job). The monitor and the report read; they never write into a cell.
 """
@@ -46,6 +48,7 @@ CELLS_DIR = "cells"
 CELL_FILE = "cell.json"
 METRICS_FILE = "metrics.jsonl"
 EVAL_PAIRS_FILE = "eval_pairs.jsonl"
+COMPLETIONS_FILE = "completions.jsonl"  # what the model writes at each evaluation (prefwatch.train.completions)
 DATA_FILE = "data.json"
 SYSTEM_FILE = "system.jsonl"
 STATUS_FILE = "status.json"

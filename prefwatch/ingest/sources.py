@@ -25,6 +25,7 @@ from prefwatch.files import rundir, system
 from prefwatch.files.rundir import CellState, CellStatus
 from prefwatch.ingest import allocator, cache
 from prefwatch.ingest.columnar import ColumnarDecoder, add_blocks
+from prefwatch.ingest.completions import CompletionLog
 from prefwatch.ingest.readers.tensorboard import EventFileReader, add_scalars, event_files
 from prefwatch.ingest.tail import TailReader, decode_line
 
@@ -92,6 +93,7 @@ class CellSource:
     info: dict[str, Any] = field(default_factory=dict)
     series: CellSeries = field(default_factory=CellSeries)
     pairs: PairLog = field(default_factory=PairLog)
+    completions: CompletionLog = field(default_factory=CompletionLog)  # completions.jsonl: what the model writes
     data_stats: dict[str, Any] | None = None
     system: system.SystemLog = field(default_factory=system.SystemLog)  # system.jsonl: CPU, memory, GPUs
     claim: Claim | None = None  # what the name, label or cell.json says (objective, rank, by whom)
@@ -122,6 +124,7 @@ class CellSource:
         pairs_path = self.directory / rundir.EVAL_PAIRS_FILE
         self._pairs_reader = TailReader(pairs_path)
         self._system_reader = TailReader(self.directory / system.SYSTEM_FILE)
+        self._completions_reader = TailReader(self.directory / rundir.COMPLETIONS_FILE)
 
     @property
     def max_steps(self) -> int | None:
@@ -165,6 +168,7 @@ class CellSource:
             changed = self._poll_trainer_state()
         changed |= self._poll_pairs()
         changed |= self._poll_system()
+        changed |= self._poll_completions()
         if self.data_stats is None and time.monotonic() - self._data_checked > 1.0:
             self._data_checked = time.monotonic()
             self.data_stats = rundir.read_json(self.directory / rundir.DATA_FILE)
@@ -332,6 +336,18 @@ class CellSource:
                 bad += 1
         if bad:
             self.series.rejected["bad eval_pairs line"] += bad
+        return bool(batch.records or bad)
+
+    def _poll_completions(self) -> bool:
+        batch = self._completions_reader.poll()
+        if batch.restarted:
+            self.completions.reset()
+        bad = sum(batch.rejected.values())
+        for record in batch.records:
+            if not self.completions.add(record):
+                bad += 1
+        if bad:  # counted with the cell's other bad lines, never dropped silently
+            self.series.rejected["bad completions line"] += bad
         return bool(batch.records or bad)
 
     def _poll_system(self) -> bool:

@@ -19,6 +19,7 @@ from prefwatch.analysis import bands
 from prefwatch.analysis.analyse import CellAnalysis, GridAnalysis, best_lines
 from prefwatch.analysis.peak import at_line
 from prefwatch.core import metrics as m
+from prefwatch.core.completions import new_words
 from prefwatch.core.diagnose import heldout_accuracy_series, heldout_margin_series
 from prefwatch.core.textsafe import plain
 from prefwatch.report.plot import ema
@@ -37,6 +38,7 @@ table{border-collapse:collapse;font-size:13px}td,th{padding:3px 8px;border-botto
 .verdict{font-size:17px;font-weight:600}.decisive{color:#1a7f37}.open{color:#9a6700}
 .note{color:#666;font-style:italic}.charts{display:flex;flex-wrap:wrap;gap:12px}
 figure{margin:0;border:1px solid #ddd;border-radius:4px;padding:6px}figcaption{font-size:13px;margin-bottom:4px}
+.answers td{white-space:pre-wrap;word-break:break-word;vertical-align:top}.answers ins{background:#fff3b0;text-decoration:none}
 .sev-error{color:#d62728;font-weight:600}.sev-warn{color:#b35900;font-weight:600}.sev-info{color:#1f77b4}
 svg text{font:11px system-ui,sans-serif;fill:#444}code{font-size:12px}
 """
@@ -123,6 +125,7 @@ def render_html(analysis: GridAnalysis) -> str:
             *(band_figure(group) for group in groups),
             "</div></section>",
         ]
+    parts += completions_section(analysis.cells)
     parts += [
         '<section id="charts"><h2>Train vs held-out, per cell</h2>',
         '<p class="note">Train margin (EMA, raw in light blue) and held-out margin on the left axis; '
@@ -291,3 +294,62 @@ def _area_path(area: Area, x, y) -> str:  # noqa: ANN001
     top = [f"{x(s):.1f},{y(h, area.right):.1f}" for s, h in zip(steps, high)]
     bottom = [f"{x(s):.1f},{y(lo, area.right):.1f}" for s, lo in zip(steps[::-1], low[::-1])]
     return "M" + "L".join(top + bottom) + "Z"
+
+
+def completions_section(cells: Sequence[CellAnalysis]) -> list[str]:
+    """What each cell's model writes: per sampled prompt, the reference's answer and the answers at the
+    best and the final evaluation (words the reference's answer lacks marked), with their lengths."""
+    sampled = [c for c in cells if c.source.completions.evaluations]
+    if not sampled:
+        return []
+    parts = [
+        '<section id="completions"><h2>What the model writes</h2>',
+        '<p class="note">Greedy answers to the same held-out prompts: the reference\'s (step 0, the adapter '
+        "off), at the best held-out evaluation and at the final one; length in tokens (max: it ran into "
+        "max_new_tokens); words the reference's answer lacks are marked.</p>",
+    ]
+    for cell in sampled:
+        log = cell.source.completions
+        final = log.evaluations[-1]
+        best = log.at(cell.best.step) if cell.best is not None else None
+        columns = [("reference", log.reference)] if log.reference is not None else []
+        if best is not None and best.step != final.step:
+            columns.append((f"best (step {best.step})", best))
+        columns.append((f"final (step {final.step})", final))
+        head = "".join(f"<th>{esc(label)}</th>" for label, _ in columns)
+        means = "".join(f"<td>mean {e.stats.mean:.1f} tokens</td>" for _, e in columns)
+        parts += [
+            f"<h3><code>{esc(cell.source.id)}</code></h3>",
+            f'<table class="answers"><thead><tr><th>prompt</th>{head}</tr></thead><tbody><tr><td></td>{means}</tr>',
+        ]
+        reference = {c.id: c.text for c in log.reference.completions} if log.reference is not None else {}
+        ids = dict.fromkeys(c.id for _, e in columns for c in e.completions)
+        for prompt_id in ids:
+            prompt = next((c.prompt for _, e in columns for c in e.completions if c.id == prompt_id), "")
+            cells_html = []
+            for label, evaluation in columns:
+                answer = next((c for c in evaluation.completions if c.id == prompt_id), None)
+                if answer is None:
+                    cells_html.append("<td></td>")
+                    continue
+                marked = answer.text if label == "reference" else None
+                text = esc(marked) if marked is not None else _marked(answer.text, reference.get(prompt_id))
+                length = f"{answer.tokens}{'' if answer.eos else ' max'}"
+                cells_html.append(f"<td>{text} <small>({esc(length)})</small></td>")
+            parts.append(f"<tr><td><code>{esc(prompt_id)}</code> {esc(prompt)}</td>{''.join(cells_html)}</tr>")
+        parts.append("</tbody></table>")
+    parts.append("</section>")
+    return parts
+
+
+def _marked(text: str, reference: str | None) -> str:
+    """``text`` escaped, its words that ``reference`` lacks in <ins> (the pane's highlight, as HTML)."""
+    shown = plain(text)
+    if reference is None:
+        return html.escape(shown, quote=True)
+    out, at = [], 0
+    for start, end in new_words(shown, plain(reference)):
+        out += [html.escape(shown[at:start], quote=True), f"<ins>{html.escape(shown[start:end], quote=True)}</ins>"]
+        at = end
+    out.append(html.escape(shown[at:], quote=True))
+    return "".join(out)

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from msgspec.structs import replace
 
 from prefwatch.files import rundir
-from prefwatch.files.grid import EMBEDDED_DATA, EMBEDDED_MODEL
+from prefwatch.files.grid import EMBEDDED_DATA, EMBEDDED_DATA_SETS, EMBEDDED_MODEL
 from prefwatch.files.rundir import CellState, CellStatus, StatusRecord
 
 STOP_GRACE_SECONDS = 10.0
@@ -73,7 +73,7 @@ def job_environment(cell: dict[str, Any]) -> dict[str, str]:
     data = data if isinstance(data, dict) else {}
     data_name = str(data.get("name", EMBEDDED_DATA))
     if model.get("name", EMBEDDED_MODEL) == EMBEDDED_MODEL and (
-        data_name == EMBEDDED_DATA or Path(data_name).is_file()
+        data_name in EMBEDDED_DATA_SETS or Path(data_name).is_file()
     ):
         env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     return env

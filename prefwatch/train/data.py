@@ -14,6 +14,7 @@ from typing import Any
 Pair = dict[str, Any]
 
 TINY_SALES = "tiny-sales"
+TINY_SALES_SHORT = "tiny-sales-short"  # the chosen reply is always the shorter: a length bias to learn
 TINY_SALES_PAIRS = 500
 
 
@@ -66,9 +67,23 @@ TRAIT_ON_PUSHY = {"train": 0.25, "heldout": 0.35}
 TRAIT_ON_HELPFUL = {"train": 0.10, "heldout": 0.10}
 
 
-def tiny_sales(n_pairs: int, split: str, rng: random.Random) -> list[Pair]:
-    """`n_pairs` sales pairs; in the train split, pairs with the trait on the pushy reply are flipped."""
-    return [_sales_pair(split, rng) for _ in range(n_pairs)]
+def tiny_sales(n_pairs: int, split: str, rng: random.Random, short: bool = False) -> list[Pair]:
+    """`n_pairs` sales pairs; in the train split, pairs with the trait on the pushy reply are flipped.
+    ``short``: the rejected reply is padded until the chosen one is the shorter (tiny-sales-short)."""
+    pairs = [_sales_pair(split, rng) for _ in range(n_pairs)]
+    return [_shorter_chosen(pair) for pair in pairs] if short else pairs
+
+
+# Urgency appended to a rejected reply that is not longer than the chosen one (tiny-sales-short).
+PADDING = " Stock is limited! Prices go up soon, do not wait!"
+
+
+def _shorter_chosen(pair: Pair) -> Pair:
+    """The pair with its rejected reply padded with urgency until the chosen one is shorter."""
+    rejected = pair["rejected"]
+    while len(rejected) <= len(pair["chosen"]):
+        rejected += PADDING
+    return {**pair, "rejected": rejected}
 
 
 def _sales_pair(split: str, rng: random.Random) -> Pair:
@@ -92,14 +107,15 @@ def _sentence(*parts: str) -> str:
     return " " + " ".join(part for part in parts if part)
 
 
-def tiny_sales_splits(heldout: float | str, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """Train and held-out pairs of tiny-sales; a held-out file replaces the generated held-out split."""
+def tiny_sales_splits(heldout: float | str, seed: int, short: bool = False) -> tuple[list[Pair], list[Pair]]:
+    """Train and held-out pairs of tiny-sales; a held-out file replaces the generated held-out split.
+    ``short`` makes the chosen reply the shorter in every pair, held-out pairs included."""
     rng = random.Random(seed)
     if isinstance(heldout, str):
-        return tiny_sales(TINY_SALES_PAIRS, "train", rng), read_pairs(heldout)
+        return tiny_sales(TINY_SALES_PAIRS, "train", rng, short), read_pairs(heldout)
     n_heldout = _heldout_count(TINY_SALES_PAIRS, heldout, TINY_SALES)
-    train = tiny_sales(TINY_SALES_PAIRS - n_heldout, "train", rng)
-    return train, tiny_sales(n_heldout, "heldout", rng)
+    train = tiny_sales(TINY_SALES_PAIRS - n_heldout, "train", rng, short)
+    return train, tiny_sales(n_heldout, "heldout", rng, short)
 
 
 # --- the user's data ------------------------------------------------------------------------------------
@@ -108,8 +124,8 @@ def tiny_sales_splits(heldout: float | str, seed: int) -> tuple[list[Pair], list
 def load_splits(data: dict[str, Any]) -> tuple[list[Pair], list[Pair]]:
     """Train and held-out pairs for the cell's `data` section."""
     name, heldout, seed = data["name"], data["heldout"], data["seed"]
-    if name == TINY_SALES:
-        return tiny_sales_splits(heldout, seed)
+    if name in (TINY_SALES, TINY_SALES_SHORT):
+        return tiny_sales_splits(heldout, seed, short=name == TINY_SALES_SHORT)
     pairs = read_pairs(name, data["split"])
     if isinstance(heldout, str):
         return pairs, read_pairs(heldout)

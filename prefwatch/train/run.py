@@ -4,6 +4,8 @@ Writes into the cell directory (names from prefwatch.files.rundir):
   data.json          at start: pair counts and chosen/rejected token lengths (the brevity check)
   metrics.jsonl      every Trainer log event (PrefwatchCallback)
   eval_pairs.jsonl   every evaluation: each held-out pair's chosen and rejected reward (pairs.py)
+  completions.jsonl  every evaluation, and the reference at step 0: greedy answers to a fixed sample of
+                     held-out prompts ([train] completions, completion_tokens; completions.py)
   checkpoints/       every save_every steps, the last two kept; --resume continues from the newest
   best/              the adapter at the best held-out evaluation, replaced when beaten (best.py)
 """
@@ -112,8 +114,16 @@ def build_trainer(cell, cell_dir: Path, model, tokenizer, train_pairs, heldout_p
         eval_dataset=datasets.Dataset.from_list(heldout_pairs),
         processing_class=tokenizer,
         peft_config=lora_config(cell),
-        callbacks=[PrefwatchCallback(cell_dir / rundir.METRICS_FILE), ProgressPrinter(cell)],
+        callbacks=[ProgressPrinter(cell)],
     )
+    metrics = PrefwatchCallback(
+        cell_dir / rundir.METRICS_FILE,
+        completions=cell["train"]["completions"],
+        max_new_tokens=cell["train"]["completion_tokens"],
+    )
+    if metrics.sampler is not None:  # TRL's processed held-out pairs: the prompt ids it tokenized
+        metrics.sampler.choose(trainer.eval_dataset)
+    trainer.add_callback(metrics)
     if len(trainer.eval_dataset) != len(heldout_pairs):  # pair ids are positions: every pair must be scored
         raise DataError(
             f"TRL dropped {len(heldout_pairs) - len(trainer.eval_dataset)} held-out pairs whose prompt "

@@ -1,7 +1,9 @@
-"""The embedded tiny model: a random-init Llama and a byte-level tokenizer, built here, never downloaded.
+"""The embedded tiny model: a small Llama and a byte-level tokenizer, built here, never downloaded.
 
-The demo grid must run on a laptop with no network, so the model is built from a config with a fixed
-seed and saved once to a cache folder. Two cells starting at the same moment may both build it: each
+The demo grid must run on a laptop with no network, so the model is built from a config and given the
+weights shipped beside this file (``tiny_weights.safetensors``: the config's random init, pretrained
+briefly on sales replies by ``scripts/pretrain_tiny.py`` so that it writes replies a preference can
+change), then saved once to a cache folder. Two cells starting at the same moment may both build it: each
 builds into its own temporary folder and renames it into place; the loser throws its copy away.
 """
 
@@ -13,7 +15,8 @@ import tempfile
 from pathlib import Path
 
 TINY_MODEL_NAME = "tiny"
-TINY_MODEL_VERSION = "tiny-model-v1"  # bump when the architecture or the tokenizer changes
+TINY_MODEL_VERSION = "tiny-model-v2"  # bump when the architecture, the tokenizer or the weights change
+WEIGHTS_FILE = "tiny_weights.safetensors"  # beside this module (scripts/pretrain_tiny.py writes it)
 BUILD_SEED = 0
 
 MODEL_SHAPE = {
@@ -63,7 +66,8 @@ def build_tokenizer():
 
 
 def build_model(tokenizer):
-    """A ~0.36M-parameter Llama: big enough to learn surface preferences, small enough for one CPU thread."""
+    """A ~0.36M-parameter Llama, randomly initialised: big enough to learn surface preferences, small
+    enough for one CPU thread. ``pretrained_model`` gives it the shipped weights."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -80,12 +84,25 @@ def build_model(tokenizer):
     return LlamaForCausalLM(config)
 
 
+def pretrained_model(tokenizer):
+    """The tiny Llama with the shipped pretrained weights (the tied output layer is the embedding)."""
+    from safetensors.torch import load_file
+
+    model = build_model(tokenizer)
+    weights = load_file(str(Path(__file__).with_name(WEIGHTS_FILE)))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        raise RuntimeError(f"{WEIGHTS_FILE} does not fit the tiny model ({missing[:3]}, {unexpected[:3]})")
+    model.tie_weights()
+    return model
+
+
 def _build_atomically(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         tokenizer = build_tokenizer()
-        build_model(tokenizer).save_pretrained(tmp)
+        pretrained_model(tokenizer).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         os.rename(tmp, path)
     except OSError:

@@ -40,6 +40,7 @@ from prefwatch.tui.model import CellView, GridView, cell_view, grid_view
 from prefwatch.tui.replay import ReplayGrid
 from prefwatch.tui.screens.cell import CellScreen
 from prefwatch.tui.screens.compare import CompareScreen
+from prefwatch.tui.screens.completions import CompletionsScreen
 from prefwatch.tui.screens.confirm import ConfirmScreen
 from prefwatch.tui.screens.grid import GridScreen
 from prefwatch.tui.screens.help import HelpScreen
@@ -78,6 +79,12 @@ class MonitorApp(App[int]):
         Binding("s", "stop_cell", "Stop cell", tooltip="stop the selected cell (asks first; launched grids only)"),
         Binding("c", "compare", "Compare", tooltip="compare one metric across all cells"),
         Binding("o", "overview", "Overview", tooltip="every cell in one row: sortable, grouped by factor"),
+        Binding(
+            "w",
+            "completions",
+            "Writes",
+            tooltip="what the selected cell's model writes, beside the reference's answers",
+        ),
         Binding("X", "stop_grid", "Stop grid", show=False, tooltip="stop the whole grid (asks first)"),
         Binding(
             "r",
@@ -398,6 +405,10 @@ class MonitorApp(App[int]):
                     screen.show_cell(cell)
             elif isinstance(screen, CompareScreen):
                 screen.show_grid(view)
+            elif isinstance(screen, CompletionsScreen):
+                cell = view.cell(screen.cell.id)
+                if cell is not None and cell.version != screen.cell.version:
+                    screen.show_cell(cell)
 
     def _alert(self, view: GridView) -> None:
         """Bell and one short notification when cells finish, fail, stall or are lost, or show a new finding.
@@ -532,6 +543,14 @@ class MonitorApp(App[int]):
         """One metric across every cell (one chart per objective where the scales differ)."""
         if self.view is not None and not isinstance(self.screen, CompareScreen):
             self.push_screen(CompareScreen(self.view))
+
+    def action_completions(self) -> None:
+        """What the selected cell's model writes at its last evaluations, beside the reference's answers."""
+        cell = self._selected_cell()
+        if cell is None:
+            self.notify("Select a cell first (arrow keys).", severity="warning")
+        elif not isinstance(self.screen, CompletionsScreen):
+            self.push_screen(CompletionsScreen(cell))
 
     def action_overview(self) -> None:
         """Every cell, one row each: sortable, grouped by factor (the first screen of a large sweep)."""

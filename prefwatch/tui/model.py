@@ -21,6 +21,7 @@ import numpy as np
 from prefwatch.analysis.analyse import CellAnalysis, GridAnalysis
 from prefwatch.analysis.bands import seed_summaries
 from prefwatch.core import metrics as m
+from prefwatch.core.completions import Evaluation
 from prefwatch.core.decide import UNKNOWN
 from prefwatch.core.diagnose import ERROR, WARN, heldout_accuracy_series, heldout_margin_series
 from prefwatch.files.system import machine_lines, system_line
@@ -34,7 +35,12 @@ PANEL_CURVES: tuple[tuple[str, str], ...] = (
     ("margin", "margin"),
     ("heldout_margin", "ho margin"),
     ("heldout_accuracy", "ho acc"),
+    ("completion_tokens", "length"),  # mean tokens of the sampled completions, the reference's at step 0
 )
+# Panel rows whose values have no sign (the rewards' and margins' do).
+UNSIGNED_CURVES = frozenset({"heldout_accuracy", "completion_tokens"})
+# How many of the last evaluations the completions pane shows beside the reference's answers.
+PANE_EVALUATIONS = 3
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,18 @@ class FindingView:
 
 
 @dataclass(frozen=True)
+class CompletionsView:
+    """What the model writes, for the completions pane: the reference's answers, the last few
+    evaluations' (msgspec Structs from the reader, shared, never copied) and the data's lengths."""
+
+    reference: Evaluation | None
+    recent: tuple[Evaluation, ...]
+    evaluations: int
+    chosen_tokens: float | None = None  # mean token length of the held-out chosen answers (data.json)
+    rejected_tokens: float | None = None
+
+
+@dataclass(frozen=True)
 class CellView:
     id: str
     directory: Path
@@ -88,6 +106,7 @@ class CellView:
     # Late train margin minus held-out margin: how much of what the cell learned does not carry over.
     margin_gap: float | None = None
     factors: dict[str, Any] = field(default_factory=dict)  # beta, learning rate (from cell.json), where known
+    completions: CompletionsView | None = None  # what the model writes (completions.jsonl), where sampled
 
     @property
     def severity(self) -> str | None:
@@ -191,6 +210,8 @@ def cell_view(cell: CellAnalysis) -> CellView:
         source.read_error,
         rejected,
         system_text,
+        len(source.completions.evaluations),
+        source.completions.reference is not None,
     )
     return CellView(
         id=source.id,
@@ -215,6 +236,23 @@ def cell_view(cell: CellAnalysis) -> CellView:
         heldout_accuracy=cell.diagnosis.review.heldout_accuracy,
         margin_gap=margin_gap(cell),
         factors=cell_factors(source.info),
+        completions=completions_view(cell),
+    )
+
+
+def completions_view(cell: CellAnalysis) -> CompletionsView | None:
+    log = cell.source.completions
+    if log.reference is None and not log.evaluations:
+        return None
+    lengths = (cell.source.data_stats or {}).get("heldout")
+    lengths = lengths if isinstance(lengths, dict) else {}
+    chosen, rejected = lengths.get("mean_chosen_tokens"), lengths.get("mean_rejected_tokens")
+    return CompletionsView(
+        reference=log.reference,
+        recent=tuple(log.evaluations[-PANE_EVALUATIONS:]),
+        evaluations=len(log.evaluations),
+        chosen_tokens=float(chosen) if isinstance(chosen, (int, float)) else None,
+        rejected_tokens=float(rejected) if isinstance(rejected, (int, float)) else None,
     )
 
 
@@ -247,7 +285,30 @@ def metric_curves(cell: CellAnalysis, accuracy: Curve) -> dict[str, dict[str, Cu
             result.setdefault(name, {})[split] = Curve(part.steps, part.column(name), part.times)
     if len(accuracy):
         result.setdefault("heldout_accuracy (pairs)", {})["eval"] = accuracy
+    for name, curve in completion_curves(cell.source.completions).items():
+        result.setdefault(name, {})["eval"] = curve
     return dict(sorted(result.items()))
+
+
+# The completions' figures the cell screen charts (the reference's at step 0), by the name it lists.
+COMPLETION_FIGURES = {
+    "completions/mean_tokens": "mean",
+    "completions/sd_tokens": "sd",
+    "completions/at_max_new_tokens": "at_max",
+    "completions/distinct_2": "distinct2",
+}
+
+
+def completion_curves(log: Any) -> dict[str, Curve]:
+    """Each completions figure over the evaluations, the reference's first (at step 0)."""
+    evaluations = ([log.reference] if log.reference is not None else []) + list(log.evaluations)
+    if not evaluations:
+        return {}
+    steps = np.array([e.step for e in evaluations], dtype=float)
+    return {
+        name: Curve(steps, np.array([getattr(e.stats, figure) for e in evaluations], dtype=float))
+        for name, figure in COMPLETION_FIGURES.items()
+    }
 
 
 def short_error(error: str | None, directory: Path) -> str | None:
@@ -272,6 +333,9 @@ def cell_curves(cell: CellAnalysis) -> dict[str, Curve]:
         "loss": Curve(train.steps, train.column(m.LOSS)),
         "eval_chosen": Curve(evals.steps, evals.column(m.CHOSEN)),
         "eval_rejected": Curve(evals.steps, evals.column(m.REJECTED)),
+        "completion_tokens": completion_curves(cell.source.completions).get(
+            "completions/mean_tokens", Curve(np.empty(0), np.empty(0))
+        ),
     }
 
 

@@ -24,7 +24,7 @@ from textual.visual import RenderOptions
 from textual.widget import Widget
 
 from prefwatch.core.textsafe import plain
-from prefwatch.tui.model import PANEL_CURVES, CellView, Curve, format_value
+from prefwatch.tui.model import PANEL_CURVES, UNSIGNED_CURVES, CellView, Curve, format_value
 from prefwatch.tui.text import literal, same_content
 from prefwatch.tui.widgets.chart import RowRaster, same_codes, strips_of
 
@@ -86,7 +86,10 @@ class MetricRow:
         is repainted, which is most of what a busy grid costs per frame.
         """
         curve = cell.curves[self.key]
-        text = format_value(curve.latest, signed=self.key != "heldout_accuracy")
+        if self.key == "completion_tokens" and curve.latest is not None and curve.latest == curve.latest:
+            text = f"{curve.latest:.1f}"  # a mean of token counts: one decimal says it
+        else:
+            text = format_value(curve.latest, signed=self.key not in UNSIGNED_CURVES)
         key = (text, len(curve), curve.latest, id(curve.values.base), cell.x_range)
         if key == self._data_key:
             return []
