@@ -125,8 +125,8 @@ def test_attach_headless_sends_a_grids_alerts_once(tmp_path):
         texts = "\n".join(receiver.texts())
         for cell in ("dpo-r16", "dpo-r8", "simpo-r16", "simpo-r8"):
             assert f"{cell}: finished" in texts and f"{cell}: overoptimization @ step" in texts
-        assert texts.count("Verdict: simpo r=8 (decisive)") == 1
-        assert "alert: tiny-demo ended. Verdict: simpo r=8 (decisive)" in first.stdout
+        assert texts.count("Verdict: dpo r=8 (decisive)") == 1
+        assert "alert: tiny-demo ended. Verdict: dpo r=8 (decisive)" in first.stdout
         assert SECRET_PATH not in first.stdout + first.stderr
         posts = len(receiver.bodies)
         second = prefwatch("attach", str(run), "--headless", timeout=120)

@@ -307,6 +307,8 @@ def test_a_cell_json_pins_every_setting(tmp_path: Path) -> None:
             "save_every": 50,
             "lr_scheduler": "constant",
             "warmup_steps": 0,
+            "completions": 8,
+            "completion_tokens": 64,
         },
         "objective_params": {"beta": 2.0, "gamma": 1.0},
         "lora": {"alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},

@@ -127,8 +127,11 @@ def test_the_verdict_says_whether_it_compares_final_or_best_evaluations():
     assert "compares each cell's best held-out evaluation" in best
     analysis_final = analyse(polled(SAMPLE))
     analysis_best = analyse(polled(SAMPLE), at=At.BEST)
-    # The sample grid peaked early: its best evaluations beat its final ones, and the verdict sees it.
-    assert analysis_final.verdict.headline != analysis_best.verdict.headline
+    # The sample grid peaked early: its best evaluations beat its final ones, and the verdict sees it
+    # (DPO either way, on other evidence: at their best, SimPO's cells win more pairs than DPO's).
+    assert analysis_final.verdict.reasons[0] != analysis_best.verdict.reasons[0]
+    assert "does not win more held-out pairs" in analysis_final.verdict.reasons[0]
+    assert "simpo-r8 wins 2 more held-out pair(s)" in analysis_best.verdict.reasons[0]
     data = json.loads(prefwatch("report", str(SAMPLE), "--format", "json", "--at", "best").stdout)
     assert data["verdict"]["at"] == "best"
     for cell in data["cells"]:
