@@ -61,7 +61,7 @@ def run(objective: str = "dpo", repeats: int = 5) -> list[Row]:
                 sampler.generate(trainer.model, tokenizer, 0, reference=reference)
                 timings[name].append(time.perf_counter() - started)
     floor = min(timings["evaluation"])
-    note = f"{len(sampler.prompts)} prompts, {len(heldout_pairs)}-pair evaluation, {objective}"
+    note = f"{len(sampler.prompts)} prompts, {objective}"
     return [
         Row(f"completions per evaluation ({note})", min(timings["answers"]), "s", floor, GOAL),
         Row("completions, the reference's (adapter off)", min(timings["reference"]), "s", floor, GOAL),
