@@ -34,7 +34,7 @@ GOAL = 0.5  # the share of an evaluation's time the sampled completions may take
 def run(objective: str = "dpo", repeats: int = 5) -> list[Row]:
     import torch
 
-    from prefwatch.train.callback import PrefwatchCallback
+    from prefwatch.callback import PrefwatchCallback
     from prefwatch.train.cell import resolve_cell
     from prefwatch.train.data import load_splits
     from prefwatch.train.run import build_trainer, load_model

@@ -10,8 +10,9 @@ indirectly. The log readers never reach the process layer, and status.json is wr
     layer 2  analysis                sources -> findings -> verdict (given statuses and a clock)
     layer 3  run                     backends, jobs, the job wrapper, Slurm
     layer 4  act, report, train      alerts/policy/supervisor; text/Markdown/JSON/HTML/plot; the trainer
+                                     and its public face, prefwatch.callback (for a user's TRL script)
     layer 5  tui                     the Textual monitor
-    layer 6  cli, completion, __main__, callback (the public face of train.callback)
+    layer 6  cli, completion, __main__
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "prefwatch"
 LAYERS = {
-    "core": 0, "files": 0, "callback": 0,
+    "core": 0, "files": 0,
     "ingest": 1,
     "analysis": 2,
     "run": 3,
@@ -32,8 +33,11 @@ LAYERS = {
     "tui": 5,
     "top": 6,
 }  # fmt: skip
-# The top-level modules: the command line and the package's public faces (prefwatch.callback).
-TOP = {"cli", "completion", "__main__", "__init__", "callback"}
+# The top-level modules of the command line.
+TOP = {"cli", "completion", "__main__", "__init__"}
+# Top-level modules that belong to a package's layer: the public TRL callback is the trainer's face
+# (prefwatch.callback; it imports transformers only, and the sampler of prefwatch.train when asked to).
+MEMBERS = {"callback": "train"}
 PROCESS_LAYER = {"run", "act"}
 # The jobs layer: the only callers of rundir.write_status / update_status.
 STATUS_WRITERS = {"jobs.py", "backend.py", "supervise.py", "slurm.py", "job.py"}
@@ -81,7 +85,7 @@ def internal_imports(path: Path, known: dict[str, Path]) -> set[str]:
 def layer_of(module: str) -> tuple[str, int]:
     parts = module.split(".")
     key = parts[1] if len(parts) > 1 else "__init__"
-    key = "top" if key in TOP else key
+    key = "top" if key in TOP else MEMBERS.get(key, key)
     assert key in LAYERS, f"{module} is in no layer: add its package or module to LAYERS (and the README picture)"
     return key, LAYERS[key]
 

@@ -228,6 +228,11 @@ class StatusRecord(msgspec.Struct, kw_only=True, omit_defaults=True, forbid_unkn
 _STATUS_DECODER = msgspec.json.Decoder(StatusRecord)
 
 
+def status_path(cell_dir: Path) -> Path:
+    """The cell's status file (for callers that watch it change: its stat, never its name)."""
+    return cell_dir / STATUS_FILE
+
+
 def read_status(cell_dir: Path) -> StatusRecord:
     """The cell's status.json; a missing file is a queued cell (the launcher writes it before any job runs).
 

@@ -369,7 +369,7 @@ class StatusReader:
         for cell in grid.cells:
             if not cell.managed:
                 continue
-            seen = _identity(cell.directory / rundir.STATUS_FILE)
+            seen = _identity(rundir.status_path(cell.directory))
             before = self._seen.get(cell.directory)
             status = cell.handed_status
             if (

@@ -27,9 +27,9 @@ from trl import DPOConfig
 from trl.experimental.cpo import CPOConfig
 from trl.experimental.orpo import ORPOConfig
 
+from prefwatch.callback import PrefwatchCallback
 from prefwatch.files import rundir
 from prefwatch.train.best import BestAdapter
-from prefwatch.train.callback import PrefwatchCallback
 from prefwatch.train.data import DataError, length_stats, load_splits
 from prefwatch.train.pairs import CPOPairTrainer, DPOPairTrainer, ORPOPairTrainer, PairLog
 from prefwatch.train.tiny import TINY_MODEL_NAME, tiny_model_path
