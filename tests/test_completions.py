@@ -205,3 +205,44 @@ async def test_pane_renders_hostile_text_literally(tmp_path):
         await pilot.pause()
         shown = screen_text(app)
         assert "\\x1b[31mred\\x1b[0m [link=x]y[/link]" in shown and "[bold]ref[/bold]" in shown
+
+
+WANDB_RUN = """
+import sys, wandb, pandas as pd
+run = wandb.init(project="p", dir=sys.argv[1], mode="offline", name="dpo-r8")
+rows = []
+for step in (10, 20):
+    wandb.log({"train/loss": 0.5, "train/rewards/margins": 0.1 * step}, step=step)
+    rows += [[str(step), f"Customer: question {i}?\\nAgent:", "word " * (step // 10 + i)] for i in range(3)]
+    # What TRL's LogCompletionsCallback does with report_to="wandb" (trl/trainer/callbacks.py):
+    wandb.log({"completions": pd.DataFrame(columns=["step", "prompt", "completion"], data=rows)})
+run.finish()
+"""
+
+
+def test_trl_log_completions_table_in_a_wandb_run_is_read(tmp_path):
+    pytest.importorskip("wandb")
+    pytest.importorskip("pandas")
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    subprocess.run([sys.executable, "-c", WANDB_RUN, str(tmp_path)], check=True, env=env, timeout=300)
+    (table,) = sorted((tmp_path / "wandb").glob("offline-run-*/files/media/table/completions_20_*.table.json"))
+    written = json.loads(table.read_text())
+    written["data"] += [["20", 5, None], ["x", "p", "t"]]  # rows no completion can be read from
+    table.write_text(json.dumps(written))
+    source = open_path(tmp_path / "wandb")
+    source.poll()
+    (cell,) = source.cells
+    log = cell.completions
+    assert log.reference is None and [e.step for e in log.evaluations] == [10, 20]
+    last = log.evaluations[-1]
+    assert [c.id for c in last.completions] == ["p00", "p01", "p02"]
+    assert [c.tokens for c in last.completions] == [2, 3, 4]  # words: W&B tables carry no token counts
+    assert last.completions[1].prompt == "Customer: question 1?\nAgent:"
+    assert cell.series.rejected["bad completions row"] == 2  # the two bad rows of the last table, once
+    cell._table_checked = -math.inf
+    cell.poll()  # read again: the same table, nothing new, nothing counted twice
+    assert cell.series.rejected["bad completions row"] == 2

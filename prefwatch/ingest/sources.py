@@ -25,7 +25,7 @@ from prefwatch.files import rundir, system
 from prefwatch.files.rundir import CellState, CellStatus
 from prefwatch.ingest import allocator, cache
 from prefwatch.ingest.columnar import ColumnarDecoder, add_blocks
-from prefwatch.ingest.completions import CompletionLog
+from prefwatch.ingest.completions import CompletionLog, wandb_records, wandb_table
 from prefwatch.ingest.readers.tensorboard import EventFileReader, add_scalars, event_files
 from prefwatch.ingest.tail import TailReader, decode_line
 
@@ -113,6 +113,8 @@ class CellSource:
     _history_used: int = 0
     _event_readers: dict[Path, EventFileReader] = field(default_factory=dict)
     _data_checked: float = -math.inf
+    _table_checked: float = -math.inf  # when a W&B run's completions table was last looked for
+    _table_seen: tuple[Path, int, int] | None = None
     _inferred_at: int = -1
     _cached: bool = False  # the series came from, or went to, the columnar cache
 
@@ -339,6 +341,8 @@ class CellSource:
         return bool(batch.records or bad)
 
     def _poll_completions(self) -> bool:
+        if self.tracker is not None and getattr(self.tracker, "path", Path()).suffix == ".wandb":
+            return self._poll_wandb_completions()
         batch = self._completions_reader.poll()
         if batch.restarted:
             self.completions.reset()
@@ -349,6 +353,27 @@ class CellSource:
         if bad:  # counted with the cell's other bad lines, never dropped silently
             self.series.rejected["bad completions line"] += bad
         return bool(batch.records or bad)
+
+    def _poll_wandb_completions(self) -> bool:
+        """TRL's completions table in a W&B run folder, read again when a newer one appears (every 2 s at most)."""
+        if time.monotonic() - self._table_checked < 2.0:
+            return False
+        self._table_checked = time.monotonic()
+        table = wandb_table(self.tracker.path.parent)
+        try:
+            seen = (table, table.stat().st_size, table.stat().st_mtime_ns) if table is not None else None
+        except OSError:
+            seen = None
+        if seen is None or seen == self._table_seen:
+            return False
+        self._table_seen = seen
+        records, bad = wandb_records(seen[0])
+        self.completions.reset()
+        for record in records:
+            bad += not self.completions.add(record)
+        if bad:  # the table is read whole each time: its bad rows are counted once, not once per reading
+            self.series.rejected["bad completions row"] = bad
+        return True
 
     def _poll_system(self) -> bool:
         batch = self._system_reader.poll()
