@@ -74,6 +74,15 @@ def test_a_cells_json_says_what_was_read_and_what_was_found(tmp_path: Path) -> N
             "loss_type": None,
             "reward": "β·mean per-token log-probability",
         },
+        # crafted.py's cell.json names the rank, the seed and max_steps; the objective is the logs' (a
+        # constant rewards / log-prob ratio), the held-out size the per-pair results' (100 pair ids).
+        "factors": {
+            "rank": {"value": 8, "from": "cell.json", "detail": "rank"},
+            "seed": {"value": 3, "from": "cell.json", "detail": "seed"},
+            "max_steps": {"value": 100, "from": "cell.json", "detail": "train.max_steps"},
+            "objective": {"value": "simpo", "from": "logs", "detail": None},
+            "heldout": {"value": 100, "from": "evaluations", "detail": "per-pair"},
+        },
         "state": "finished",
         "status": "finished",
         "step": 100,
@@ -220,7 +229,8 @@ def test_where_a_cells_objective_and_preference_come_from(tmp_path: Path) -> Non
 
 
 def test_no_objective_source_without_an_objective(tmp_path: Path) -> None:
-    # A cell built with no claim is said to be what it was given: "given", even when nothing was.
+    # A cell built with no claim claims no source: "given" was printed for ranks read from a run name or a
+    # logged config (issue 24); where a value came from is said by whoever read it, or not at all.
     source = CellSource("x", tmp_path)
-    assert source.claim is not None and source.claim.objective_source == "given"
+    assert source.claim is not None and (source.claim.objective_source, source.claim.rank_source) == (None, None)
     assert objective_source(source) is None

@@ -285,8 +285,12 @@ def test_the_whole_corpus_opens_with_every_run_found_or_named(corpus: Path, caps
     status, report = report_json(corpus, capsys=capsys)
     ids = {c["id"] for c in report["cells"]}
     assert {"soup-dpo-takehome", "distill-safety/outputs/dpo", "simpo-training/simpo-test"} <= ids
-    assert len(ids) == sum(len(c.cells) for c in CASES)
+    sweep = [f"orpo-isaerft-sweep/{run.name}" for run in (corpus / "orpo-isaerft-sweep").iterdir()]
+    assert len(ids) == sum(len(c.cells) for c in CASES) + len(sweep) and set(sweep) <= ids
     assert status == EXIT_NOT_DECISIVE
+    # Runs of seven repositories: none is a seed of another, no pair counts subtracted between them.
+    verdict = json.dumps(report["verdict"])
+    assert not re.search(r"\(\d+ seeds\)|seed \w+:|pairs on average|spread across seeds", verdict)
     grid = open_path(corpus)
     assert [(str(where), why.split(" is ")[0]) for where, why in grid.skipped] == [
         ("halos-issue-24-kto", "console.log"),

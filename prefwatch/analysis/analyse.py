@@ -8,15 +8,18 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from prefwatch.analysis.peak import At, BestEvaluation, best_evaluation, diagnosis_at
 from prefwatch.core.decide import CellResult, Verdict, decide
 from prefwatch.core.diagnose import DEFAULT, WARN, Diagnosis, Finding, FindingKind, Thresholds, diagnose
+from prefwatch.core.factors import HELDOUT, OBJECTIVE, RANK, Factors, HeldoutSet, Origin, pair_ids_digest
 from prefwatch.core.objectives import PREFERENCE
 from prefwatch.files.rundir import CellState, CellStatus
 from prefwatch.files.system import gpu_warnings
+from prefwatch.ingest.factors import heldout_size
 from prefwatch.ingest.sources import INCOMPLETE, CellSource, GridSource
 
 
@@ -32,6 +35,29 @@ class CellAnalysis:
         if self.status.state == CellState.RUNNING and self.diagnosis.has("stalled"):
             return "stalled"
         return self.status.state
+
+    @cached_property
+    def factors(self) -> Factors:
+        """What tells this run from the others: the factors its files and name give, its objective (from
+        the logs where they tell, else its label) and the size of its held-out set."""
+        source, review = self.source, self.diagnosis.review
+        factors = Factors(dict(source.factors.values))
+        if source.objective is not None:
+            factors.put(OBJECTIVE, source.objective, _origin(objective_source(source)))
+        if source.rank is not None and RANK not in factors.values:
+            factors.put(RANK, source.rank, _origin(source.claim.rank_source if source.claim else None))
+        if review.heldout_pairs:
+            factors.add(HELDOUT, review.heldout_pairs, Origin.EVALUATIONS, review.heldout_pairs_source)
+        return factors
+
+    @property
+    def heldout(self) -> HeldoutSet | None:
+        """The held-out set the cell was judged on (None before its first evaluation)."""
+        size = heldout_size(self.factors)
+        if size is None:
+            return None
+        pairs = self.source.pairs
+        return HeldoutSet(size, pair_ids_digest(pairs.pair_ids) if pairs.steps else None)
 
     def to_json(self) -> dict[str, Any]:
         source = self.source
@@ -54,6 +80,10 @@ class CellAnalysis:
                 "trainer": source.inference.trainer,
                 "loss_type": source.inference.loss_type,
                 "reward": source.inference.reward.value if source.inference.reward else None,
+            },
+            "factors": {
+                name: {"value": v.value, "from": str(v.origin), "detail": v.detail}
+                for name, v in self.factors.values.items()
             },
             "state": self.state,
             "status": self.status.describe(),
@@ -140,6 +170,8 @@ def cell_result(cell: CellAnalysis, at: At = At.FINAL) -> CellResult:
         stopped_at=cell.source.stopped_at if cell.status.state == INCOMPLETE else None,
         max_steps=cell.source.max_steps,
         ended=ended_as(cell),
+        factors=cell.factors,
+        heldout=cell.heldout,
     )
 
 
@@ -181,6 +213,18 @@ def objective_source(source: CellSource) -> str | None:
     if source.inference.objective is not None:
         return "logs"
     return source.claim.objective_source if source.claim and source.objective is not None else None
+
+
+def _origin(source: str | None) -> Origin:
+    """A claim's source as an Origin ("checkpoint-30/adapter_config.json" is the adapter config)."""
+    if source is None:
+        return Origin.LOGS
+    if source.endswith("adapter_config.json"):
+        return Origin.ADAPTER_CONFIG
+    try:
+        return Origin(source)
+    except ValueError:
+        return Origin.LOGS
 
 
 def best_lines(cells: Iterable[CellAnalysis], root: Path) -> list[str]:

@@ -1,4 +1,5 @@
-"""Seeds as bands: one line per setting (objective and LoRA rank) with its spread across seeds.
+"""Seeds as bands: one line per setting (every factor but the seed: objective, LoRA rank, β, learning
+rate, …; prefwatch.core.factors) with its spread across seeds.
 
 With several seeds a chart of every cell is a tangle; what a reader needs is each setting's typical
 curve and how far seeds disagree. The band is the minimum to maximum across seeds at each step (with
@@ -8,11 +9,13 @@ steps the seeds share a value at; a step only some seeds reached yet counts thos
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
+
+from prefwatch.core.factors import HELDOUT, SEED, replicates, setting_key, setting_name, varying
 
 if TYPE_CHECKING:
     from prefwatch.analysis.analyse import CellAnalysis
@@ -36,28 +39,32 @@ class Band:
 
 @dataclass(frozen=True)
 class Setting(Generic[T]):
-    """The cells of one objective and rank, one per seed."""
+    """The cells of one setting, one per seed; ``name`` says the setting (``dpo r=8 β=0.1``)."""
 
-    objective: str | None
-    rank: int | None
+    name: str
     cells: tuple[T, ...]
 
     @property
     def label(self) -> str:
-        name = " ".join(x for x in (self.objective, f"r={self.rank}" if self.rank else None) if x) or "cells"
-        return f"{name} ({len(self.cells)} seeds)"
+        return f"{self.name or 'cells'} ({len(self.cells)} seeds)"
 
 
-def settings(cells: Sequence[T], key: Callable[[T], tuple[str | None, int | None]]) -> list[Setting[T]]:
-    """Cells grouped by setting, in first-seen order; only settings with several cells (seeds)."""
-    groups: dict[tuple[str | None, int | None], list[T]] = {}
-    for cell in cells:
-        groups.setdefault(key(cell), []).append(cell)
-    return [Setting(o, r, tuple(g)) for (o, r), g in groups.items() if len(g) > 1 and (o, r) != (None, None)]
+def settings(
+    cells: Sequence[T], key: Callable[[T], Hashable], seed: Callable[[T], Any], name: Callable[[T], str]
+) -> list[Setting[T]]:
+    """Settings with several seeds, in first-seen order: cells of one ``key`` whose seeds differ."""
+    return [Setting(name(group[0]), tuple(group)) for group in replicates(cells, key, seed) if len(group) > 1]
 
 
-def has_seeds(cells: Sequence[T], key: Callable[[T], tuple[str | None, int | None]]) -> bool:
-    return bool(settings(cells, key))
+def analysed_settings(cells: Sequence[CellAnalysis]) -> list[Setting[CellAnalysis]]:
+    """The seeds of an analysis' settings, each named by the factors that vary across its cells."""
+    names = varying([c.factors for c in cells], skip={SEED, HELDOUT})
+    return settings(
+        cells,
+        lambda c: setting_key(c.source.id, c.factors),
+        lambda c: c.factors.get(SEED),
+        lambda c: setting_name(c.factors, names),
+    )
 
 
 def band(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> Band:
@@ -85,7 +92,7 @@ def seed_finals(
     """Per setting with several seeds: each seed's final held-out accuracy."""
     return [
         (group, [(c.source.seed, c.diagnosis.review.heldout_accuracy) for c in group.cells])
-        for group in settings(cells, lambda c: (c.source.objective, c.source.rank))
+        for group in analysed_settings(cells)
     ]
 
 

@@ -11,8 +11,10 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
+from prefwatch.core.factors import SEED, Factors
 from prefwatch.core.objectives import PREFERENCE, TOKENS
 from prefwatch.files import rundir
+from prefwatch.ingest.factors import cell_record_factors, folder_factors
 from prefwatch.ingest.readers.tensorboard import EVENT_FILE_PREFIX, event_files
 from prefwatch.ingest.sources import (
     TRAINER_STATE,
@@ -20,7 +22,6 @@ from prefwatch.ingest.sources import (
     GridSource,
     SourceError,
     guess_labels,
-    guess_seed,
     natural_key,
     newest_trainer_state,
 )
@@ -203,56 +204,63 @@ def _prefwatch_cell(path: Path) -> CellSource:
         cell, problem = rundir.read_cell(path), None
     except rundir.RecordError as exc:  # shown as the cell's read error; the logs are still read
         cell, problem = rundir.CellRecord(), str(exc)
-    claim = guess_labels(path)
+    factors, problems = cell_record_factors(cell), list[str]()
+    factors.update(folder_factors(path, problems=problems))
+    claim = guess_labels(path, factors)
     if cell.objective is not None:
         claim = replace(claim, objective=cell.objective, objective_source="cell.json", note=None)
-    if cell.rank is not None:
-        claim = replace(claim, rank=cell.rank, rank_source="cell.json")
     return CellSource(
         id=path.name,
         directory=path,
         objective=claim.objective,
         rank=claim.rank,
-        seed=cell.seed if cell.seed is not None else guess_seed(path),
+        seed=_seed(factors),
         info=cell.to_dict() if problem is None else {},
         claim=claim,
         metrics_path=path / rundir.METRICS_FILE,
         managed=rundir.is_launched_cell(path),
         record_error=problem,
+        factors=factors,
+        factor_problems=problems,
     )
 
 
-def _jsonl_cell(directory: Path, metrics_path: Path) -> CellSource:
-    claim = guess_labels(directory)
-    return CellSource(
-        directory.name,
-        directory,
-        claim.objective,
-        claim.rank,
-        guess_seed(directory),
-        claim=claim,
-        metrics_path=metrics_path,
-    )
-
-
-def _trl_cell(path: Path) -> CellSource:
-    claim = guess_labels(path)
-    return CellSource(
-        path.name, path, claim.objective, claim.rank, guess_seed(path), claim=claim, trainer_state_dir=path
-    )
-
-
-def _tb_cell(path: Path) -> CellSource:
-    """A TRL output_dir written with report_to="tensorboard" (or a bare logging dir): the event
-    files are live (flushed at every log), trainer_state.json only at checkpoints."""
-    claim = guess_labels(path)
+def _run_cell(
+    path: Path, metrics_path: Path | None = None, trainer_state_dir: Path | None = None, event_dir: Path | None = None
+) -> CellSource:
+    """A run prefwatch did not launch: its factors from the files in and beside its folder and its name."""
+    problems: list[str] = []
+    factors = folder_factors(path, problems=problems)
+    claim = guess_labels(path, factors)
     return CellSource(
         path.name,
         path,
         claim.objective,
         claim.rank,
-        guess_seed(path),
+        _seed(factors),
         claim=claim,
-        trainer_state_dir=path,
-        event_dir=path,
+        factors=factors,
+        factor_problems=problems,
+        metrics_path=metrics_path,
+        trainer_state_dir=trainer_state_dir,
+        event_dir=event_dir,
     )
+
+
+def _seed(factors: Factors) -> int | None:
+    seed = factors.get(SEED)
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
+def _jsonl_cell(directory: Path, metrics_path: Path) -> CellSource:
+    return _run_cell(directory, metrics_path=metrics_path)
+
+
+def _trl_cell(path: Path) -> CellSource:
+    return _run_cell(path, trainer_state_dir=path)
+
+
+def _tb_cell(path: Path) -> CellSource:
+    """A TRL output_dir written with report_to="tensorboard" (or a bare logging dir): the event
+    files are live (flushed at every log), trainer_state.json only at checkpoints."""
+    return _run_cell(path, trainer_state_dir=path, event_dir=path)

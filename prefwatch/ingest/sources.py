@@ -12,6 +12,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from prefwatch.core import metrics
+from prefwatch.core.factors import RANK, SEED, Factors, Origin, Value, config_factors
 from prefwatch.core.objectives import NOTHING_YET, Claim, Inference, infer, name_objective
 from prefwatch.core.series import CellSeries
 from prefwatch.files import rundir, system
@@ -26,6 +28,7 @@ from prefwatch.files.rundir import CellState, CellStatus
 from prefwatch.ingest import allocator, cache
 from prefwatch.ingest.columnar import ColumnarDecoder, add_blocks
 from prefwatch.ingest.completions import CompletionLog, wandb_records, wandb_table
+from prefwatch.ingest.factors import folder_factors, tracker_factors, trainer_state_factors
 from prefwatch.ingest.readers.tensorboard import EventFileReader, add_scalars, event_files
 from prefwatch.ingest.tail import TailReader, decode_line
 
@@ -34,6 +37,10 @@ TRAINER_STATE = "trainer_state.json"
 # long, are "incomplete": the run stopped (or was stopped) before its last step.
 INCOMPLETE_AFTER_SECONDS = 600.0
 INCOMPLETE = CellState.INCOMPLETE
+
+
+# Where each tracker keeps a run's settings (by the module of the run's reader).
+_TRACKER_ORIGINS = {"mlflow": Origin.MLFLOW_PARAMS, "trackio": Origin.TRACKIO_CONFIG, "wandb": Origin.WANDB_CONFIG}
 
 
 class SourceError(ValueError):
@@ -106,6 +113,10 @@ class CellSource:
     handed_status: CellStatus | None = None  # a launched cell's state, handed in by the jobs layer
     record_error: str | None = None  # cell.json could not be read (one line naming the file and field)
     preview: bool = False  # the series holds only the tail of the log (peek_tail), not all of it
+    # The settings that tell this run from the others of a sweep, each with where it was read
+    # (prefwatch.core.factors); files beside the run that could not be read, one line each.
+    factors: Factors = field(default_factory=Factors)
+    factor_problems: list[str] = field(default_factory=list)
     _metrics_reader: TailReader | None = None
     _columnar: ColumnarDecoder = field(default_factory=ColumnarDecoder)
     _pairs_reader: TailReader | None = None
@@ -119,8 +130,8 @@ class CellSource:
     _cached: bool = False  # the series came from, or went to, the columnar cache
 
     def __post_init__(self) -> None:
-        if self.claim is None:
-            self.claim = Claim(self.objective, "given", self.rank, "given")
+        if self.claim is None:  # a caller that gave no source: none is claimed
+            self.claim = Claim(self.objective, None, self.rank, None)
         if self.metrics_path is not None:
             self._metrics_reader = TailReader(self.metrics_path)
         pairs_path = self.directory / rundir.EVAL_PAIRS_FILE
@@ -195,10 +206,30 @@ class CellSource:
             claim = replace(claim, objective=objective, objective_source=source, note=None)
         if rank is not None:
             claim = replace(claim, rank=rank, rank_source=source)
+            self.factors.put(RANK, rank, Origin.LABEL)
         self.claim, self.rank = claim, claim.rank
         self._inferred_at = -1
         self.objective = claim.objective
         self._infer()
+
+    def describe_run(
+        self, config: Mapping[str, Any], tags: Mapping[str, Any], run_name: str, objective_logged: bool
+    ) -> None:
+        """A tracker's run: its factors from its logged config (MLflow params, trackio's or W&B's
+        config), MLflow's tags, then its name; its objective and rank say where each was read."""
+        module = type(self.tracker).__module__.rsplit(".", 1)[-1]
+        origin = _TRACKER_ORIGINS.get(module, Origin.RUN_NAME)
+        self.factors = tracker_factors(config, run_name, origin)
+        config_factors(tags, Origin.MLFLOW_TAGS, self.factors)
+        rank = self.factors.values.get(RANK)
+        seed = self.factors.get(SEED)
+        self.rank = int(rank.value) if rank is not None else self.rank
+        self.seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else self.seed
+        said = str(origin) if objective_logged else "run name"
+        self.claim = Claim(
+            self.objective, said if self.objective else None, self.rank, factor_source(rank) if rank else None
+        )
+        self.objective = self.claim.objective
 
     @property
     def stopped_at(self) -> int | None:
@@ -398,6 +429,8 @@ class CellSource:
             state = decode_line(path.read_bytes())
         except OSError:
             return False
+        if isinstance(state, dict):
+            trainer_state_factors(state, self.factors)
         if not history:
             self._state_seen = seen
             if isinstance(state, dict) and isinstance(state.get("max_steps"), int):
@@ -516,31 +549,26 @@ def _stopped(state: dict[str, Any]) -> bool:
     return bool(isinstance(control, dict) and (control.get("args") or {}).get("should_training_stop") is True)
 
 
-def guess_labels(path: Path) -> Claim:
-    """Objective and LoRA rank from a folder: name tokens like dpo / simpo and r16, or
-    adapter_config.json (in the folder or its newest checkpoint); each with where it was read."""
+def guess_labels(path: Path, factors: Factors | None = None) -> Claim:
+    """Objective and LoRA rank from a folder: name tokens like dpo / simpo, and the rank among its
+    factors (adapter_config.json in the folder or its newest checkpoint, else an r16 token of the name);
+    each with where it was read. ``factors`` passes the folder's factors when read already."""
     objective, note = name_objective(path.name)
-    tokens = [t.lower() for t in re.split(r"[^A-Za-z0-9]+", path.name) if t]
-    for adapter in [path / "adapter_config.json", *sorted(path.glob("checkpoint-*/adapter_config.json"))]:
-        config = rundir.read_json(adapter)
-        if config and isinstance(config.get("r"), int):
-            return Claim(
-                objective, "folder name" if objective else None, config["r"], adapter.relative_to(path).as_posix(), note
-            )
-    rank = next((int(t[1:]) for t in tokens if re.fullmatch(r"r\d+", t)), None)
-    return Claim(objective, "folder name" if objective else None, rank, "folder name" if rank else None, note)
+    rank = (factors if factors is not None else folder_factors(path)).values.get(RANK)
+    return Claim(
+        objective,
+        "folder name" if objective else None,
+        int(rank.value) if rank is not None else None,
+        factor_source(rank),
+        note,
+    )
 
 
-def guess_seed(path: Path) -> int | None:
-    """The seed a folder's name gives: a ``seed3`` token, or ``seed`` followed by a number (seed-3, seed_3)."""
-    tokens = [t.lower() for t in re.split(r"[^A-Za-z0-9]+", path.name) if t]
-    for index, token in enumerate(tokens):
-        match = re.fullmatch(r"seed(\d+)", token)
-        if match:
-            return int(match.group(1))
-        if token == "seed" and index + 1 < len(tokens) and tokens[index + 1].isdigit():
-            return int(tokens[index + 1])
-    return None
+def factor_source(value: Value | None) -> str | None:
+    """Where a factor was read, as a claim names it: the adapter config's path, else the place."""
+    if value is None:
+        return None
+    return value.detail if value.origin == Origin.ADAPTER_CONFIG and value.detail else str(value.origin)
 
 
 def natural_key(path: Path) -> list[tuple[int, int | str]]:

@@ -21,13 +21,13 @@ Each reader lives in its own module and is imported only when its store is found
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from prefwatch.core.factors import peft_rank as _peft_rank
 from prefwatch.files import rundir
 from prefwatch.ingest.readers.store import StoreRun, is_sqlite, sqlite_tables
 from prefwatch.ingest.sources import CellSource, GridSource, SourceError, guess_labels
@@ -89,6 +89,10 @@ def store_cell(run: StoreRun, root: Path, cell_id: str) -> CellSource:
     max_steps = _int(run.config.get("max_steps"))
     if max_steps is not None and max_steps > 0:
         cell.info["train"] = {"max_steps": max_steps}
+    # The run's factors (its logged config and tags, then its name) and where its objective and rank were read.
+    cell.describe_run(
+        run.config, run.tags, run.name, objective_logged=config_labels(run.config, root, "")[0] is not None
+    )
     return cell
 
 
@@ -117,18 +121,6 @@ def config_labels(config: Mapping[str, Any], root: Path, name: str) -> tuple[str
     claim = guess_labels(root / rundir.CELL_FILE / Path(name).name) if name else None
     by_name = (claim.objective, claim.rank) if claim is not None else (None, None)
     return objective or by_name[0], rank if rank is not None else by_name[1]
-
-
-def _peft_rank(peft_config: Any) -> int | None:
-    """``r`` of PEFT's config as trackers log it: {"default": {"r": 16, ...}} or {"r": 16, ...}."""
-    if isinstance(peft_config, str):
-        match = re.search(r"['\"]r['\"]:\s*(\d+)", peft_config)
-        return int(match.group(1)) if match else None
-    if not isinstance(peft_config, Mapping):
-        return None
-    if isinstance(peft_config.get("r"), int):
-        return int(peft_config["r"])
-    return next((_peft_rank(v) for v in peft_config.values() if isinstance(v, Mapping) and "r" in v), None)
 
 
 def _int(value: Any) -> int | None:

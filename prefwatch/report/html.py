@@ -23,7 +23,7 @@ from prefwatch.core.completions import new_words
 from prefwatch.core.diagnose import heldout_accuracy_series, heldout_margin_series
 from prefwatch.core.textsafe import plain
 from prefwatch.report.plot import ema
-from prefwatch.report.text import COLUMNS, brevity_lines, pair_notes, review_row
+from prefwatch.report.text import COLUMNS, brevity_lines, pair_notes, review_row, verdict_items
 
 WIDTH, HEIGHT = 520, 240
 PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 48, 48, 14, 30
@@ -35,7 +35,7 @@ STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px auto;max-width:1120px;padding:0 16px;color:#222}
 h1{font-size:20px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:13px}td,th{padding:3px 8px;border-bottom:1px solid #eee;text-align:left;white-space:nowrap}
-.verdict{font-size:17px;font-weight:600}.decisive{color:#1a7f37}.open{color:#9a6700}
+.depth1{margin-left:2em}.depth2{margin-left:4em}.verdict{font-size:17px;font-weight:600}.decisive{color:#1a7f37}.open{color:#9a6700}
 .note{color:#666;font-style:italic}.charts{display:flex;flex-wrap:wrap;gap:12px}
 figure{margin:0;border:1px solid #ddd;border-radius:4px;padding:6px}figcaption{font-size:13px;margin-bottom:4px}
 .answers td{white-space:pre-wrap;word-break:break-word;vertical-align:top}.answers ins{background:#fff3b0;text-decoration:none}
@@ -82,10 +82,7 @@ def render_html(analysis: GridAnalysis) -> str:
         '<section id="verdict"><h2>Verdict</h2>',
         f'<p class="verdict {"decisive" if verdict.decisive else "open"}">{esc(verdict.headline)}</p>',
         f'<p class="note">The verdict {esc(at_line(analysis.at))}.</p><ul>',
-        *(f"<li>{esc(r)}</li>" for r in verdict.reasons),
-        *(f"<li>{esc(c.describe())}</li>" for c in verdict.comparisons),
-        *(f"<li>held-out accuracy by {esc(k)}: {esc(v)}</li>" for k, v in verdict.effects.items()),
-        *(f"<li>would decide it: {esc(n)}</li>" for n in verdict.needs),
+        *(f'<li class="depth{min(depth, 2)}">{esc(line)}</li>' for depth, line in verdict_items(verdict)),
         "</ul></section>",
         '<section id="cells"><h2>Cells</h2><table><thead><tr>',
         *(f"<th>{esc(c.replace(chr(10), ' ').replace('- ', '-'))}</th>" for c in COLUMNS),
@@ -114,7 +111,7 @@ def render_html(analysis: GridAnalysis) -> str:
         parts.append("<p>No findings.</p>")
     parts += [f"<p><b>Brevity:</b> {esc(line)}</p>" for line in brevity_lines(analysis)]
     parts.append("</section>")
-    groups = bands.settings(analysis.cells, lambda c: (c.source.objective, c.source.rank))
+    groups = bands.analysed_settings(analysis.cells)
     if groups:
         parts += [
             '<section id="seeds"><h2>Seeds as bands</h2>',

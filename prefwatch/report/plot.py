@@ -43,7 +43,7 @@ def _pyplot():  # noqa: ANN202 (matplotlib.pyplot, imported here only)
 def draw(analysis: GridAnalysis):  # noqa: ANN201 (a matplotlib Figure)
     """Every cell's panel; with several seeds per setting, a row of bands (one per setting) on top."""
     plt = _pyplot()
-    groups = bands.settings(analysis.cells, lambda c: (c.source.objective, c.source.rank))
+    groups = bands.analysed_settings(analysis.cells)
     objectives = list(dict.fromkeys(c.source.objective for c in analysis.cells))
     ranks = list(dict.fromkeys(c.source.rank for c in analysis.cells))
     rows, cols = len(objectives), max(1, len(analysis.cells) // max(1, len(objectives)))

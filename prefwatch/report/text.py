@@ -9,12 +9,29 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from prefwatch.analysis.analyse import CellAnalysis, GridAnalysis, best_lines
 from prefwatch.analysis.bands import seed_lines
 from prefwatch.analysis.peak import at_line
+from prefwatch.core.decide import Verdict
 from prefwatch.core.diagnose import brevity_summary
+from prefwatch.core.factors import (
+    BETA,
+    DATA,
+    GAMMA,
+    HELDOUT,
+    LOSS_TYPE,
+    LR,
+    MODEL,
+    OBJECTIVE,
+    RANK,
+    SEED,
+    Origin,
+    varying,
+)
+from prefwatch.core.factors import text as factor_text
 from prefwatch.core.objectives import agrees, said_by
 from prefwatch.core.textsafe import markdown_code, markdown_literal, plain
 
@@ -82,8 +99,8 @@ def pair_notes(analysis: GridAnalysis) -> list[str]:
     return [PAIR_SOURCES[s] for s in sorted(sources - {"per-pair"})]
 
 
-def provenance(cell: CellAnalysis) -> str:
-    """Where the cell's objective and rank came from, and what its logs show, in one line."""
+def provenance(cell: CellAnalysis, shown: Sequence[str] = ()) -> str:
+    """Where the cell's objective, rank and other factors came from, and what its logs show, in one line."""
     source, claim = cell.source, cell.source.claim
     said = source.inference.words
     if source.inference.objective is not None:
@@ -98,7 +115,29 @@ def provenance(cell: CellAnalysis) -> str:
         objective = f"objective unknown; the logs: {source.inference.evidence}"
         objective += f" (the folder name gave none: {claim.note})" if claim and claim.note else ""
     rank = f"r={source.rank} from {claim.rank_source}" if claim and source.rank is not None else "rank unknown"
-    return f"{source.id}: {objective}; {rank}"
+    return f"{source.id}: {'; '.join([objective, rank, *factor_words(cell, shown), *source.factor_problems])}"
+
+
+# Factors the Cells section names for every cell where known (others only where they vary).
+NAMED_FACTORS = (BETA, GAMMA, LOSS_TYPE, LR, SEED, MODEL, DATA, HELDOUT)
+
+
+def factor_words(cell: CellAnalysis, shown: Sequence[str] = ()) -> list[str]:
+    """Each factor of the cell but its objective and rank, with where it was read: "β=0.2 from the
+    folder name"; ``shown`` adds the factors that vary across the grid (learning rate, batch size, …)."""
+    names = [*NAMED_FACTORS, *(n for n in shown if n not in NAMED_FACTORS and n not in (OBJECTIVE, RANK))]
+    words = []
+    for name in names:
+        value = cell.factors.values.get(name)
+        if value is None or (name == HELDOUT and value.origin == Origin.EVALUATIONS):
+            continue  # the held-out size from the evaluations is in the table already
+        words.append(f"{factor_text(name, value.value)} from {value.where}")
+    return words
+
+
+def swept(analysis: GridAnalysis) -> list[str]:
+    """The factors that vary across the analysis' cells."""
+    return varying([c.factors for c in analysis.cells], skip={SEED})
 
 
 def skipped_lines(analysis: GridAnalysis) -> list[str]:
@@ -217,7 +256,7 @@ def render_terminal(analysis: GridAnalysis, console: Console) -> None:
     parts: list[Any] = [review]
     cells = Text()
     for cell in analysis.cells:
-        cells.append(f"{plain(provenance(cell))}\n")
+        cells.append(f"{plain(provenance(cell, swept(analysis)))}\n")
     for line in skipped_lines(analysis):
         cells.append(f"{plain(line)}\n")
     parts += [Text("Cells", style="bold"), cells]
@@ -248,15 +287,27 @@ def verdict_text(analysis: GridAnalysis) -> Text:
     verdict = analysis.verdict
     text = Text()
     text.append(plain(verdict.headline) + "\n", style="bold green" if verdict.decisive else "bold yellow")
-    for reason in verdict.reasons:
-        text.append(f"  • {plain(reason)}\n")
-    for comparison in verdict.comparisons:
-        text.append(f"  • {plain(comparison.describe())}\n")
-    for factor, effect in verdict.effects.items():
-        text.append(f"  • held-out accuracy by {factor}: {plain(effect)}\n")
-    for need in verdict.needs:
-        text.append(f"  • would decide it: {plain(need)}\n")
+    for depth, line in verdict_items(verdict):
+        text.append(f"{'    ' * depth}  • {plain(line)}\n")
     return text
+
+
+def verdict_items(verdict: Verdict, depth: int = 0) -> list[tuple[int, str]]:
+    """The verdict's evidence as (depth, line): reasons, paired comparisons, each factor's effect, the
+    factor that decides the most, what would decide it; a group decided apart nests its own below."""
+    items = [(depth, reason) for reason in verdict.reasons]
+    items += [(depth, comparison.describe()) for comparison in verdict.comparisons]
+    shown = {effect.factor for effect in verdict.factor_effects}
+    items += [(depth, f"held-out accuracy by {k}: {v}") for k, v in verdict.effects.items() if k not in shown]
+    items += [(depth, f"effect of {effect.describe()}") for effect in verdict.factor_effects]
+    if verdict.decides:
+        items.append((depth, verdict.decides))
+    items += [(depth, f"would decide it: {need}") for need in verdict.needs]
+    for group in verdict.groups:
+        cells = f"{len(group.cells)} cell" + ("s" if len(group.cells) != 1 else "")
+        items.append((depth, f"{group.label} ({cells}): {group.verdict.headline}"))
+        items += verdict_items(group.verdict, depth + 1)
+    return items
 
 
 def render_markdown(analysis: GridAnalysis) -> str:
@@ -267,7 +318,7 @@ def render_markdown(analysis: GridAnalysis) -> str:
         lines.append("| " + " | ".join(_md(v) for v in review_row(cell)) + " |")
     lines += [f"\n_{note}_" for note in pair_notes(analysis)]
     lines += ["", "### Cells", ""]
-    lines += [f"- {_md(provenance(c))}" for c in analysis.cells]
+    lines += [f"- {_md(provenance(c, swept(analysis)))}" for c in analysis.cells]
     lines += [f"- {_md(line)}" for line in skipped_lines(analysis)]
     findings = [(c, f) for c in analysis.cells for f in c.diagnosis.findings]
     if findings:
@@ -284,10 +335,7 @@ def render_markdown(analysis: GridAnalysis) -> str:
         lines += ["", "### Best checkpoints", "", *(f"- {_md(line)}" for line in best)]
     verdict = analysis.verdict
     lines += ["", f"### Verdict: {_md(verdict.headline)}", "", f"_{at_line(analysis.at)}_", ""]
-    lines += [f"- {_md(r)}" for r in verdict.reasons]
-    lines += [f"- {_md(c.describe())}" for c in verdict.comparisons]
-    lines += [f"- held-out accuracy by {k}: {_md(v)}" for k, v in verdict.effects.items()]
-    lines += [f"- would decide it: {_md(n)}" for n in verdict.needs]
+    lines += [f"{'  ' * depth}- {_md(line)}" for depth, line in verdict_items(verdict)]
     return "\n".join(lines) + "\n"
 
 

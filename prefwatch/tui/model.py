@@ -24,6 +24,7 @@ from prefwatch.core import metrics as m
 from prefwatch.core.completions import Evaluation
 from prefwatch.core.decide import UNKNOWN
 from prefwatch.core.diagnose import ERROR, WARN, heldout_accuracy_series, heldout_margin_series
+from prefwatch.core.factors import HELDOUT, SEED, Factors, setting_key, varying
 from prefwatch.files.system import machine_lines, system_line
 from prefwatch.run import jobs
 from prefwatch.tui.braille import nice_ceiling
@@ -105,7 +106,10 @@ class CellView:
     heldout_accuracy: float | None = None  # the last evaluation's (the overview's heat map)
     # Late train margin minus held-out margin: how much of what the cell learned does not carry over.
     margin_gap: float | None = None
-    factors: dict[str, Any] = field(default_factory=dict)  # beta, learning rate (from cell.json), where known
+    # Every factor read for the cell (objective, rank, β, learning rate, model, …; prefwatch.core.factors)
+    # and its setting: the seeds of one setting share it.
+    factors: Factors = field(default_factory=Factors)
+    setting: tuple[Any, ...] = ()
     completions: CompletionsView | None = None  # what the model writes (completions.jsonl), where sampled
 
     @property
@@ -158,6 +162,7 @@ class GridView:
     ranks: list[Any] = field(default_factory=list)
     machines: list[str] = field(default_factory=list)  # system lines, one per machine running cells
     seeds: list[str] = field(default_factory=list)  # per setting with several seeds: mean [min–max] (bands.py)
+    swept: list[str] = field(default_factory=list)  # the factors that vary across the cells, seed left out
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -187,6 +192,7 @@ def grid_view(analysis: GridAnalysis, cells: list[CellView] | None = None) -> Gr
             c.source.system.last for c in analysis.cells if c.state == jobs.RUNNING and c.source.system.last
         ),
         seeds=seed_summaries(analysis.cells),
+        swept=varying([c.factors for c in analysis.cells], skip={SEED, HELDOUT}),
     )
 
 
@@ -235,7 +241,8 @@ def cell_view(cell: CellAnalysis) -> CellView:
         system=system_text,
         heldout_accuracy=cell.diagnosis.review.heldout_accuracy,
         margin_gap=margin_gap(cell),
-        factors=cell_factors(source.info),
+        factors=cell.factors,
+        setting=setting_key(source.id, cell.factors),
         completions=completions_view(cell),
     )
 
@@ -261,18 +268,6 @@ def margin_gap(cell: CellAnalysis) -> float | None:
     if review.train_margin_late is None or review.heldout_margin is None:
         return None
     return review.train_margin_late - review.heldout_margin
-
-
-def cell_factors(info: dict[str, Any]) -> dict[str, Any]:
-    """The swept settings a launched cell's cell.json names (beta, learning rate); {} for plain logs."""
-    factors: dict[str, Any] = {}
-    beta = (info.get("objective_params") or {}).get("beta")
-    rate = (info.get("train") or {}).get("learning_rate")
-    if isinstance(beta, (int, float)):
-        factors["beta"] = beta
-    if isinstance(rate, (int, float)):
-        factors["lr"] = rate
-    return factors
 
 
 def metric_curves(cell: CellAnalysis, accuracy: Curve) -> dict[str, dict[str, Curve]]:

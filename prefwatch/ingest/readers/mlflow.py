@@ -48,10 +48,18 @@ def sqlite_runs(db: Path) -> list[tuple[str, StoreRun]]:
         params: dict[str, dict[str, str]] = {}
         for run_uuid, key, value in connection.execute("SELECT run_uuid, key, value FROM params"):
             params.setdefault(run_uuid, {})[key] = value
+        tags: dict[str, dict[str, str]] = {}
+        if "tags" in {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}:
+            for run_uuid, key, value in connection.execute("SELECT run_uuid, key, value FROM tags"):
+                if not key.startswith("mlflow."):  # MLflow's own (user, source, run name): not settings
+                    tags.setdefault(run_uuid, {})[key] = value
     finally:
         connection.close()
     return [
-        (str(experiment), StoreRun(name or run_uuid, SqliteRunReader(db, run_uuid), params.get(run_uuid, {})))
+        (
+            str(experiment),
+            StoreRun(name or run_uuid, SqliteRunReader(db, run_uuid), params.get(run_uuid, {}), tags.get(run_uuid, {})),
+        )
         for run_uuid, name, experiment in runs
     ]
 
@@ -158,7 +166,8 @@ def file_store_runs(path: Path) -> list[tuple[str, StoreRun]]:
         params = _key_files(folder / "params")
         name = meta.get("run_name") or _read(folder / "tags" / "mlflow.runName") or folder.name
         start = float(meta.get("start_time") or 0)
-        runs.append((start, folder.parent.name, StoreRun(name, FileRunReader(folder), params)))
+        tags = {k: v for k, v in _key_files(folder / "tags").items() if not k.startswith("mlflow.")}
+        runs.append((start, folder.parent.name, StoreRun(name, FileRunReader(folder), params, tags)))
     return [(experiment, run) for _, experiment, run in sorted(runs, key=lambda r: r[0])]
 
 

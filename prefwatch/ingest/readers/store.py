@@ -117,6 +117,7 @@ class StoreRun:
     name: str
     reader: StoreReader
     config: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, Any] = field(default_factory=dict)  # MLflow's run tags (its own mlflow.* left out)
 
 
 # ---- SQLite, read-only ----------------------------------------------------------------------------

@@ -67,8 +67,9 @@ def store_run(path: Path) -> StoreRun:
         except Exception:
             continue
         kind = record.WhichOneof("record_type")
-        if kind == "run" and record.run.display_name:
-            name = record.run.display_name
+        if kind == "run":  # wandb.init(config=...) is kept in the run record; later updates in config records
+            name = record.run.display_name or name
+            config.update(_items(record.run.config.update))
         elif kind == "config":
             config.update(_items(record.config.update))
         elif kind == "history":

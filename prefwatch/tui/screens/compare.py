@@ -17,6 +17,7 @@ from textual.widgets import Footer, Static
 from prefwatch.analysis import bands
 from prefwatch.core import metrics as m
 from prefwatch.core.decide import UNKNOWN
+from prefwatch.core.factors import setting_name
 from prefwatch.tui.model import CellView, Curve, GridView, format_value
 from prefwatch.tui.screens.cell import CURVE_COLOURS, finite_range
 from prefwatch.tui.text import literal
@@ -130,7 +131,10 @@ class CompareScreen(Screen[None]):
         """(label, cells) per line: a setting's seeds together when bands are on, else each cell alone."""
         if not self.bands:
             return [(cell.id, [cell]) for cell in cells]
-        seeded = {id(c): s for s in bands.settings(cells, lambda c: (c.objective, c.rank)) for c in s.cells}
+        found = bands.settings(
+            cells, lambda c: c.setting, lambda c: c.seed, lambda c: setting_name(c.factors, self.grid.swept)
+        )
+        seeded = {id(c): s for s in found for c in s.cells}
         out: list[tuple[str, list[CellView]]] = []
         for cell in cells:
             setting = seeded.get(id(cell))

@@ -18,6 +18,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
+from prefwatch.core.factors import level_text, varying
 from prefwatch.core.textsafe import plain
 from prefwatch.tui.model import CellView, GridView, format_value
 
@@ -37,15 +38,9 @@ COLUMNS = (
 
 
 def factor_names(grid: GridView) -> list[str]:
-    """Factors that vary across the grid's cells, in the order a sweep is usually read."""
-    values: dict[str, set[Any]] = {"objective": set(), "rank": set(), "seed": set(), "beta": set(), "lr": set()}
-    for cell in grid.cells:
-        values["objective"].add(cell.objective)
-        values["rank"].add(cell.rank)
-        values["seed"].add(cell.seed)
-        for name in ("beta", "lr"):
-            values[name].add(cell.factors.get(name))
-    return [name for name, seen in values.items() if len(seen) > 1]
+    """Factors that vary across the grid's cells, in the order a sweep is usually read: objective, rank,
+    β, learning rate, any other setting, base model, data set, held-out set, then seed."""
+    return varying([cell.factors for cell in grid.cells], skip=())
 
 
 def factor_value(cell: CellView, factor: str | None) -> Any:
@@ -63,9 +58,9 @@ def factor_text(value: Any, factor: str | None) -> str:
         return f"r{value}"
     if factor == "seed":
         return f"seed {value}"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
+    if factor == "heldout":
+        return f"{value} pairs"
+    return level_text(factor or "", value)
 
 
 def sort_key(cell: CellView, sort: str, group: str | None) -> tuple[Any, ...]:
