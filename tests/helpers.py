@@ -41,3 +41,14 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "
 def markdown_text(markdown: str) -> str:
     """What Markdown reads as: its backslash escapes (CommonMark's, of ASCII punctuation) undone."""
     return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
+
+
+def launched(root: Path, name: str, toml: str, cells: list[str], timeout: float = 600) -> Path:
+    """Launch the grid ``toml`` (named ``name``) detached under ``root`` and wait for ``cells`` to finish."""
+    grid = root / f"{name}.toml"
+    grid.write_text(toml)
+    result = prefwatch("launch", str(grid), "--detach", "--out", str(root))
+    assert result.returncode == 0, result.stderr
+    run = root / name
+    wait_for(lambda: all(status(run, c).state == "finished" for c in cells), timeout, f"the cells of {name} to finish")
+    return run

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import prefwatch, status, wait_for
+from helpers import launched, prefwatch
 from test_tui import app_for, run, screen_text
 from test_tui import wait_for as wait_in_app
 
@@ -33,14 +33,7 @@ CELLS = ["simpo-r8-seed0", "simpo-r8-seed1"]
 
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("seeded")
-    grid = root / "seeded.toml"
-    grid.write_text(SEEDED)
-    launched = prefwatch("launch", str(grid), "--detach", "--out", str(root))
-    assert launched.returncode == 0, launched.stderr
-    run = root / "seeded"
-    wait_for(lambda: all(status(run, c).state == "finished" for c in CELLS), 600, "both seeds to finish")
-    return run
+    return launched(tmp_path_factory.mktemp("seeded"), "seeded", SEEDED, CELLS)
 
 
 def analysed(run: Path):  # noqa: ANN201 (a GridAnalysis)

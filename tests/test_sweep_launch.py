@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import prefwatch, status, wait_for
+from helpers import launched, prefwatch
 from test_tui import run as run_async
 
 from prefwatch.analysis.analyse import analyse
@@ -45,14 +45,7 @@ SETTINGS = {
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("sweep")
-    grid = root / "sweep.toml"
-    grid.write_text(SWEEP)
-    launched = prefwatch("launch", str(grid), "--detach", "--out", str(root))
-    assert launched.returncode == 0, launched.stderr
-    run = root / "sweep"
-    wait_for(lambda: all(status(run, c).state == "finished" for c in SETTINGS), 900, "the four cells to finish")
-    return run
+    return launched(tmp_path_factory.mktemp("sweep"), "sweep", SWEEP, list(SETTINGS), timeout=900)
 
 
 def pairs_won(run: Path, cell: str) -> int:
