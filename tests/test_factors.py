@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import wait_for
 
 from prefwatch.core.decide import CellResult, decide, seeds_of
 from prefwatch.core.diagnose import Diagnosis, Review
@@ -271,3 +272,62 @@ def test_runs_of_other_base_models_are_decided_apart() -> None:
     # A local copy of a model is the same model: compared by the last part of its id, as one grid.
     same = [result("a", 80, model="org/model-a", beta=0.1), result("b", 60, model="/data/model-a/", beta=0.5)]
     assert decide(same).groups == []
+
+
+def test_cells_of_one_size_but_other_pairs_are_not_compared_pair_by_pair() -> None:
+    # Two cells of 100 held-out pairs each, but different pair ids in their per-pair results: two
+    # held-out sets, decided apart; across them only accuracies.
+    a, b = result("a-b0.1", 80, beta=0.1), result("b-b0.5", 60, beta=0.5)
+    b.heldout = HeldoutSet(PAIRS, "other pairs")
+    verdict = decide([a, b])
+    assert verdict.reasons[0].startswith(
+        "not one grid (different held-out sets: 100 pairs (1 cell), 100 pairs (1 cell))"
+    )
+    assert verdict.reasons[1].startswith("across different held-out sets only held-out accuracies are compared")
+    assert not verdict.comparisons and all(not g.verdict.comparisons for g in verdict.groups)
+
+
+def test_a_wandb_run_gives_the_config_passed_to_init_and_its_later_updates(tmp_path: Path, monkeypatch) -> None:
+    """Real W&B, offline: ``wandb.init(config=...)`` keeps its config in the run record, a later
+    ``config.update`` in a config record; both are read, the later value winning."""
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = wandb.init(
+        project="p", name="dpo-r8-seed3", dir=str(tmp_path), config={"learning_rate": 5e-05, "beta": 0.25, "seed": 3}
+    )
+    run.log({"train/loss": 0.69, "train/rewards/chosen": 0.0, "train/rewards/rejected": 0.0}, step=1)
+    run.config.update({"beta": 0.3}, allow_val_change=True)
+    run.log({"train/loss": 0.6, "train/rewards/chosen": 0.1, "train/rewards/rejected": -0.1}, step=2)
+    run.finish()
+    # W&B's own process may still be writing the run's file when finish() returns: wait for its run record.
+    wait_for(lambda: open_path(tmp_path / "wandb").cells[0].id == "dpo-r8-seed3", 60, "the run record")
+    (cell,) = open_path(tmp_path / "wandb").cells
+    where = {
+        name: (v.value, v.where) for name, v in cell.factors.values.items() if name in ("lr", "beta", "seed", "rank")
+    }
+    assert where == {
+        "lr": (5e-05, "W&B config (learning_rate)"),
+        "beta": (0.3, "W&B config (beta)"),
+        "seed": (3, "W&B config (seed)"),
+        "rank": (8, "run name"),
+    }
+    assert cell.claim is not None and (cell.claim.rank_source, cell.claim.objective_source) == ("run name", "run name")
+
+
+def test_an_mlflow_run_gives_its_params_and_tags(tmp_path: Path) -> None:
+    """Real MLflow (its client, SQLite store): params are settings, tags too (MLflow's own mlflow.* are not)."""
+    mlflow = pytest.importorskip("mlflow")
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = client.create_run("0", run_name="sweep-7", tags={"dataset": "ultrafeedback", "team": "x"}).info.run_id
+    client.log_param(run_id, "learning_rate", "2e-06")
+    client.log_param(run_id, "beta", "0.05")
+    client.log_metric(run_id, "loss", 0.69, step=1)
+    (cell,) = open_path(tmp_path / "mlflow.db").cells
+    where = {name: (v.value, v.where) for name, v in cell.factors.values.items()}
+    assert where == {
+        "lr": (2e-06, "MLflow params (learning_rate)"),
+        "beta": (0.05, "MLflow params (beta)"),
+        "data": ("ultrafeedback", "MLflow tags (dataset)"),
+        "team": ("x", "MLflow tags (team)"),
+    }
