@@ -127,7 +127,8 @@ def test_the_printed_report_never_says_seed_none(sweep: Path) -> None:
     printed = console.export_text()
     for text in (printed, render_markdown(analysis)):
         assert "seed None" not in text and "Seeds" not in text
-        assert "β=0.2 from folder name" in text and "model=google/gemma-2-2b from model card (README.md)" in text
+        assert "β=0.2, lr=1.1e-05 from folder name; model=google/gemma-2-2b from model card" in text
+        assert "batch_size=2, max_steps=62, epochs=1 from trainer_state.json" in text
 
 
 def test_runs_on_held_out_sets_of_different_sizes_compare_accuracies_only(tmp_path: Path, capsys) -> None:

@@ -123,16 +123,16 @@ NAMED_FACTORS = (BETA, GAMMA, LOSS_TYPE, LR, SEED, MODEL, DATA, HELDOUT)
 
 
 def factor_words(cell: CellAnalysis, shown: Sequence[str] = ()) -> list[str]:
-    """Each factor of the cell but its objective and rank, with where it was read: "β=0.2 from the
-    folder name"; ``shown`` adds the factors that vary across the grid (learning rate, batch size, …)."""
+    """The cell's factors but its objective and rank, by where each was read: "β=0.2, lr=1.1e-05 from
+    folder name"; ``shown`` adds the factors that vary across the grid (batch size, steps, …)."""
     names = [*NAMED_FACTORS, *(n for n in shown if n not in NAMED_FACTORS and n not in (OBJECTIVE, RANK))]
-    words = []
+    by_origin: dict[str, list[str]] = {}
     for name in names:
         value = cell.factors.values.get(name)
         if value is None or (name == HELDOUT and value.origin == Origin.EVALUATIONS):
             continue  # the held-out size from the evaluations is in the table already
-        words.append(f"{factor_text(name, value.value)} from {value.where}")
-    return words
+        by_origin.setdefault(str(value.origin), []).append(factor_text(name, value.value))
+    return [f"{', '.join(values)} from {origin}" for origin, values in by_origin.items()]
 
 
 def swept(analysis: GridAnalysis) -> list[str]:

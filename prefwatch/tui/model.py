@@ -22,9 +22,9 @@ from prefwatch.analysis.analyse import CellAnalysis, GridAnalysis
 from prefwatch.analysis.bands import seed_summaries
 from prefwatch.core import metrics as m
 from prefwatch.core.completions import Evaluation
-from prefwatch.core.decide import UNKNOWN
+from prefwatch.core.decide import UNKNOWN, Verdict
 from prefwatch.core.diagnose import ERROR, WARN, heldout_accuracy_series, heldout_margin_series
-from prefwatch.core.factors import HELDOUT, SEED, Factors, setting_key, varying
+from prefwatch.core.factors import HELDOUT, SEED, Factors, label, setting_key, varying
 from prefwatch.files.system import machine_lines, system_line
 from prefwatch.run import jobs
 from prefwatch.tui.braille import nice_ceiling
@@ -184,7 +184,7 @@ def grid_view(analysis: GridAnalysis, cells: list[CellView] | None = None) -> Gr
         cells=cells if cells is not None else [cell_view(c) for c in analysis.cells],
         headline=verdict.headline,
         reason=verdict.reasons[0] if verdict.reasons else None,
-        effects=dict(verdict.effects),
+        effects=strip_effects(verdict),
         needs=list(verdict.needs),
         objectives=analysis.grid.objectives,
         ranks=analysis.grid.ranks,
@@ -194,6 +194,16 @@ def grid_view(analysis: GridAnalysis, cells: list[CellView] | None = None) -> Gr
         seeds=seed_summaries(analysis.cells),
         swept=varying([c.factors for c in analysis.cells], skip={SEED, HELDOUT}),
     )
+
+
+def strip_effects(verdict: Verdict) -> dict[str, str]:
+    """Held-out accuracy by each varying factor, short: the objective's and rank's as the verdict gives
+    them, then β, learning rate and the others ("β: 0.1 0.80, 0.5 0.74")."""
+    effects = dict(verdict.effects)
+    for effect in verdict.factor_effects:
+        if effect.factor not in effects:
+            effects[label(effect.factor)] = ", ".join(f"{level} {accuracy:.2f}" for level, accuracy, _ in effect.levels)
+    return effects
 
 
 def cell_view(cell: CellAnalysis) -> CellView:
