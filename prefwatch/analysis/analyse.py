@@ -15,7 +15,7 @@ from typing import Any
 from prefwatch.analysis.peak import At, BestEvaluation, best_evaluation, diagnosis_at
 from prefwatch.core.decide import CellResult, Verdict, decide
 from prefwatch.core.diagnose import DEFAULT, WARN, Diagnosis, Finding, FindingKind, Thresholds, diagnose
-from prefwatch.core.factors import HELDOUT, OBJECTIVE, RANK, Factors, HeldoutSet, Origin, pair_ids_digest
+from prefwatch.core.factors import HELDOUT, LOSS_TYPE, OBJECTIVE, RANK, Factors, HeldoutSet, Origin, pair_ids_digest
 from prefwatch.core.objectives import PREFERENCE
 from prefwatch.files.rundir import CellState, CellStatus
 from prefwatch.files.system import gpu_warnings
@@ -44,6 +44,7 @@ class CellAnalysis:
         factors = Factors(dict(source.factors.values))
         if source.objective is not None:
             factors.put(OBJECTIVE, source.objective, _origin(objective_source(source)))
+        factors.add(LOSS_TYPE, source.inference.loss_type, Origin.LOGS)  # where a record names none
         if source.rank is not None and RANK not in factors.values:
             factors.put(RANK, source.rank, _origin(source.claim.rank_source if source.claim else None))
         if review.heldout_pairs:
