@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import markdown_text
 from rich.console import Console
 from test_real_logs import CONSOLE_RUN, console_history
 
@@ -125,7 +126,7 @@ def test_the_printed_report_never_says_seed_none(sweep: Path) -> None:
     console = Console(width=400, record=True, color_system=None)
     render_terminal(analysis, console)
     printed = console.export_text()
-    for text in (printed, render_markdown(analysis)):
+    for text in (printed, markdown_text(render_markdown(analysis))):
         assert "seed None" not in text and "Seeds" not in text
         assert "β=0.2, lr=1.1e-05 from folder name; model=google/gemma-2-2b from model card" in text
         assert "batch_size=2, max_steps=62, epochs=1 from trainer_state.json" in text
