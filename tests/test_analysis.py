@@ -115,6 +115,7 @@ def test_a_cells_json_says_what_was_read_and_what_was_found(tmp_path: Path) -> N
             }
         ],
         "data": BREVITY,
+        "completions": None,  # the crafted cell sampled no completions (no completions.jsonl)
         "ingest": {"records": 111, "rejected": 1, "rejected_by_reason": {"not JSON": 1}, "segments": 1, "error": None},
     }
 
