@@ -20,7 +20,8 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_DECISIVE = 0, 1, 2, 3
 REPORT_EXIT_STATUSES = f"""exit status:
   {EXIT_OK}    the verdict is decisive
   {EXIT_BAD_INPUT}    bad input: no logs at the path, a bad --label or option, an output or plot that
-       cannot be written (one line on stderr says which)
+       cannot be written, a tracker's store or a cell of it that cannot be read (one line on
+       stderr says which)
   {EXIT_NOT_DECISIVE}    the verdict is not decisive: the report says what would decide it
   130  interrupted (Ctrl-C)"""
 
@@ -372,6 +373,13 @@ def cmd_report(args: argparse.Namespace) -> int:
             save_plot(analysis, args.plot)
         except PlotUnavailable as exc:
             raise UsageError(str(exc)) from None
+    from prefwatch.core.textsafe import plain
+
+    unreadable = [c for c in analysis.cells if c.status.state == "unreadable"]
+    for cell in unreadable:  # a store that cannot be read is bad input, named in one line each
+        print(f"prefwatch report: {plain(cell.source.id)} unreadable: {plain(cell.status.error)}", file=sys.stderr)
+    if unreadable:
+        return EXIT_BAD_INPUT
     return EXIT_OK if analysis.verdict.decisive else EXIT_NOT_DECISIVE
 
 

@@ -360,14 +360,17 @@ def test_wandb_file_read_in_bounded_pieces(run, monkeypatch):
 
 def test_store_that_cannot_be_read_yet_is_a_one_line_error(tmp_path):
     """A trackio database whose writer has made its tables but not yet its run columns (trackio adds
-    columns as it migrates): a SourceError naming the file, never a traceback."""
+    columns as it migrates), or that another trackio wrote: a SourceError naming the file and the
+    columns it lacks, never a traceback."""
     import sqlite3
 
     db = tmp_path / "proj.db"
     with sqlite3.connect(db) as c:
         c.execute("CREATE TABLE configs (id INTEGER PRIMARY KEY, config TEXT)")
         c.execute("CREATE TABLE metrics (id INTEGER PRIMARY KEY, metrics TEXT)")
-    with pytest.raises(SourceError, match="proj.db: cannot be read yet"):
+    with pytest.raises(
+        SourceError, match=r"proj.db: schema drift \(SQLite: no column metrics.run_name.*this reader knows trackio"
+    ):
         open_path(db)
 
 

@@ -71,6 +71,8 @@ class IncrementalAnalysis:
         a file changing: a running cell's clock-bound findings at the heartbeat, findings owed, a
         status handed in anew. A tick of a clock over a thousand finished cells then costs nothing."""
         source = self.source
+        if source.refresh():  # cells appeared or were continued (runs started in a tracker's store): read all
+            only = None
         polled = source.cells if only is None else [c for c in source.cells if c.id in only]
         for cell in polled:
             cell.poll()

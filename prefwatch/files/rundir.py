@@ -172,7 +172,7 @@ def _decode(path: Path, decoder: Any, what: str) -> Any:
 
 
 class CellState(enum.StrEnum):
-    """A cell's state. The first six are recorded in status.json; INCOMPLETE is read from logs alone."""
+    """A cell's state. The first six are recorded in status.json; INCOMPLETE and UNREADABLE are read from logs alone."""
 
     QUEUED = "queued"
     RUNNING = "running"
@@ -183,6 +183,8 @@ class CellState(enum.StrEnum):
     # Logs prefwatch did not start, without an end-of-training record and unchanged for a while:
     # the run stopped before its last step (it was called "idle").
     INCOMPLETE = "incomplete"
+    # A tracker's store that cannot be read (damaged, another schema): the error says why.
+    UNREADABLE = "unreadable"
 
 
 ENDED_STATES = frozenset({CellState.FINISHED, CellState.FAILED, CellState.STOPPED, CellState.LOST})
@@ -333,7 +335,7 @@ class CellStatus:
                 return f"failed (signal {self.signal})"
             if self.exit_code is not None:
                 return f"failed (exit {self.exit_code})"
-        if self.error and self.state == CellState.LOST:
+        if self.error and self.state in (CellState.LOST, CellState.UNREADABLE):
             return f"lost ({self.error})"
         if self.state == CellState.QUEUED and self.slurm_reason:  # why Slurm keeps it waiting
             return f"queued ({self.slurm_reason})"

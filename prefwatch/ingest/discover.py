@@ -51,24 +51,30 @@ CONSOLE_LOG_WHY = (
 Labels = dict[str, tuple[str | None, int | None]]
 
 
-def open_path(path: Path | str, labels: Labels | None = None) -> GridSource:
+def open_path(path: Path | str, labels: Labels | None = None, wait: bool = False) -> GridSource:
     """Recognise what a path holds and build its cells (nothing is read yet: call poll()).
 
     ``labels`` gives cells their objective and LoRA rank by cell name (the folder's name) where
-    neither the name nor adapter_config.json says; a part given as None is left as found.
+    neither the name nor adapter_config.json says; a part given as None is left as found. ``wait``:
+    a tracker's store with no run yet is a grid of no cells that finds them as they start (attach).
     """
-    grid = _open(Path(path))
+    grid = _open(Path(path), wait)
     _apply_labels(grid, labels or {})
     return grid
 
 
-def _open(path: Path) -> GridSource:
+def _open(path: Path, wait: bool = False) -> GridSource:
     if not path.exists():
         raise SourceError(f"{path}: no such file or folder")
+    if wait and path.is_dir():
+        try:
+            return _open(path)
+        except SourceError as exc:  # nothing to read yet: a grid of no cells that looks again
+            return GridSource(path.resolve().name or str(path), path, [], finder=Pending(path, str(exc)))
 
     from prefwatch.ingest.trackers import open_store  # lazy: SQLite, the W&B protobufs
 
-    store = open_store(path)
+    store = open_store(path, wait)
     if store is not None:
         return store
     if path.is_file():
@@ -99,6 +105,32 @@ def _open(path: Path) -> GridSource:
             cell.id = cell.directory.relative_to(path).as_posix()
     cells.sort(key=lambda c: [natural_key(Path(part)) for part in c.directory.relative_to(path).parts])
     return GridSource(path.resolve().name or str(path), path, cells, skipped=skipped)
+
+
+class Pending:
+    """A folder with no logs yet, looked at again at each refresh until it holds some (``attach`` on
+    the folder a grid or a tracker will write into). Once it does, the grid takes the cells found and
+    whatever finds the later ones (a tracker's store grows)."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        self.path = path
+        self.waiting = f"waiting for logs: {why}"
+
+    def watched(self) -> list[Path]:
+        return [self.path]
+
+    def refresh(self, grid: GridSource) -> bool:
+        try:
+            found = _open(self.path, wait=True)
+        except SourceError:
+            return False
+        if found.finder is not None and not found.cells:
+            self.waiting = str(found.waiting)
+            grid.finder = found.finder if not isinstance(found.finder, Pending) else self
+            return False
+        grid.name, grid.root, grid.managed, grid.finder = found.name, found.root, found.managed, found.finder
+        grid.cells.extend(found.cells)
+        return True
 
 
 def find_cells(root: Path, depth: int = SEARCH_DEPTH) -> tuple[list[CellSource], list[tuple[Path, str]]]:

@@ -24,7 +24,7 @@ from prefwatch.core.factors import RANK, SEED, Factors, Origin, Value, config_fa
 from prefwatch.core.objectives import NOTHING_YET, Claim, Inference, infer, name_objective
 from prefwatch.core.series import CellSeries
 from prefwatch.files import rundir, system
-from prefwatch.files.rundir import CellState, CellStatus
+from prefwatch.files.rundir import CellState, CellStatus, StatusRecord
 from prefwatch.ingest import allocator, cache
 from prefwatch.ingest.columnar import ColumnarDecoder, add_blocks
 from prefwatch.ingest.completions import CompletionLog, wandb_records, wandb_table
@@ -33,6 +33,9 @@ from prefwatch.ingest.readers.tensorboard import EventFileReader, add_scalars, e
 from prefwatch.ingest.tail import TailReader, decode_line
 
 TRAINER_STATE = "trainer_state.json"
+# A grid that finds cells as they appear (a tracker's store) looks for new ones at most this often:
+# a run starting is a rare event, and listing a store's runs is a query or a folder listing.
+REFRESH_SECONDS = 1.0
 # Logs of a job prefwatch did not start, without an end-of-training record and unchanged for this
 # long, are "incomplete": the run stopped (or was stopped) before its last step.
 INCOMPLETE_AFTER_SECONDS = 600.0
@@ -109,6 +112,7 @@ class CellSource:
     trainer_state_dir: Path | None = None
     event_dir: Path | None = None  # TensorBoard event files in it or in its runs/*
     tracker: Any = None  # a run in trackio's, MLflow's or W&B's store (ingest/trackers.py StoreReader)
+    tracker_end: Any = None  # the tracker's own word that the run ended (readers/store.py RunEnd)
     managed: bool = False  # started by prefwatch: has status.json and a supervisor
     handed_status: CellStatus | None = None  # a launched cell's state, handed in by the jobs layer
     record_error: str | None = None  # cell.json could not be read (one line naming the file and field)
@@ -349,10 +353,17 @@ class CellSource:
             batch = self.tracker.poll()
             if batch.restarted:
                 self._reset_series()
-            add_scalars(self.series, batch.scalars)
-            if batch.end:
-                self.series.end_record = {**(self.series.end_record or {}), **batch.end}
-            changed |= bool(batch.restarted or len(batch.scalars) or batch.scalars.rejected or batch.end)
+            # A run resumed under a new tracker run comes as later segments: where one begins, the end
+            # of what came before is void (a finished run that was trained further).
+            for part, begun in [(batch, False), *batch.after]:
+                if begun:
+                    self.series.end_record = None
+                add_scalars(self.series, part.scalars)
+                if part.end:
+                    self.series.end_record = {**(self.series.end_record or {}), **part.end}
+                changed |= bool(begun or len(part.scalars) or part.scalars.rejected or part.end)
+            changed |= batch.restarted or batch.ended != self.tracker_end
+            self.tracker_end = batch.ended
             more = batch.more
         return changed
 
@@ -460,6 +471,13 @@ class CellSource:
         Readers never ask the process table or Slurm: that is the jobs layer's, which hands it in."""
         if self.handed_status is not None:
             return self.handed_status
+        if self.tracker is not None:
+            error = self.read_error
+            if error is not None:
+                return CellStatus(CellState.UNREADABLE, error=error)
+            end = self.tracker_end
+            if end is not None:  # the tracker's own mark: MLflow's status, W&B's exit record
+                return CellStatus(end.state, StatusRecord(state=end.state, exit_code=end.exit_code or None))
         if self.series.finished:
             return CellStatus(CellState.FINISHED)
         if not self.series.records:
@@ -496,12 +514,37 @@ class GridSource:
     cells: list[CellSource]
     managed: bool = False
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # folders not read, and why
+    # Finds cells that appear later (a tracker's store: runs that start after it was opened): its
+    # refresh(grid) adds them, watched() names the folders where they appear, waiting what an empty grid waits for.
+    finder: Any = None
+    refreshed_at: float = -math.inf  # time.monotonic() of the last look for new cells
+    generation: int = 0  # counts the refreshes that added or continued cells (owners re-read watched_paths)
 
     def poll(self) -> bool:
-        changed = False
+        changed = self.refresh()
         for cell in self.cells:
             changed |= cell.poll()
         return changed
+
+    def refresh(self, every: float = REFRESH_SECONDS) -> bool:
+        """Look for cells that appeared since the last look (at most once per ``every`` seconds); True
+        when cells were added or continued."""
+        if self.finder is None or time.monotonic() - self.refreshed_at < every:
+            return False
+        self.refreshed_at = time.monotonic()
+        grew = bool(self.finder.refresh(self))
+        self.generation += grew
+        return grew
+
+    def watched_paths(self) -> list[Path]:
+        """Every folder whose change may mean new data: the cells' and where new cells appear."""
+        cells = [p for cell in self.cells for p in cell.watched_paths()]
+        return list(dict.fromkeys([*(self.finder.watched() if self.finder is not None else []), *cells]))
+
+    @property
+    def waiting(self) -> str | None:
+        """What a grid of no cells yet waits for (a store with no run), or None."""
+        return None if self.cells or self.finder is None else str(self.finder.waiting)
 
     supervised: bool | None = None  # whether the grid's supervisor runs, handed in with the statuses
 

@@ -22,65 +22,247 @@ Each reader lives in its own module and is imported only when its store is found
 from __future__ import annotations
 
 import sqlite3
-from collections import Counter
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from prefwatch.core.factors import peft_rank as _peft_rank
 from prefwatch.files import rundir
-from prefwatch.ingest.readers.store import StoreRun, is_sqlite, sqlite_tables
+from prefwatch.ingest.readers import sqlite
+from prefwatch.ingest.readers.store import StoreBatch, StoreReader, StoreRun
 from prefwatch.ingest.sources import CellSource, GridSource, SourceError, guess_labels
 
+# Settings that differ between the tracker runs of one training run without making it another one:
+# where the logs went, what it resumed from, the tracker's own bookkeeping.
+_VOLATILE = frozenset({"logging_dir", "resume_from_checkpoint", "output_dir_timestamp"})
 
-def open_store(path: Path) -> GridSource | None:
-    """The runs of the tracker store at ``path`` as a grid, or None when ``path`` is no tracker's store."""
+
+def open_store(path: Path, wait: bool = False) -> GridSource | None:
+    """The runs of the tracker store at ``path`` as a grid, or None when ``path`` is no tracker's store.
+
+    The grid finds runs that start later by itself (``GridSource.refresh``). ``wait``: a store with no
+    run yet is a grid of no cells that says what it waits for (``attach``), not an error."""
     if rundir.is_grid_dir(path) or rundir.is_cell_dir(path):
         return None
-    try:
-        found = _find(path)
-    except sqlite3.Error as exc:  # a store being created or migrated by its writer: try again later
-        raise SourceError(f"{path}: cannot be read yet ({exc})") from None
+    finder = StoreFinder(path)
+    found = finder.find()
     if found is None:
         return None
     name, root, runs = found
-    if not runs:
+    grid = GridSource(name, root, [], finder=finder, refreshed_at=time.monotonic())
+    finder.add(grid, runs)
+    if not grid.cells and runs and not wait:  # only runs whose names are not written yet: read them as they are
+        finder.add(grid, runs, force=True)
+    if not grid.cells and not wait:
         raise SourceError(f"{path}: a tracker's store with no runs in it yet")
-    many_groups = len({group for group, _ in runs}) > 1
-    cells = [store_cell(run, root, f"{group}/{run.name}" if many_groups else run.name) for group, run in runs]
-    _unique_ids(cells)
-    return GridSource(name, root, cells)
+    return grid
 
 
-def _find(path: Path) -> tuple[str, Path, list[tuple[str, StoreRun]]] | None:
-    """(grid name, root, [(group, run)]) of the store at ``path``; a group is a trackio project, an
-    MLflow experiment or a W&B folder: run names are unique within one only."""
-    from prefwatch.ingest.readers import mlflow, trackio, wandb
+class StoreFinder:
+    """The runs a path holds, found again at each ``refresh``: a store grows (a grid trained run after
+    run into one trackio project, MLflow experiment or W&B folder), and so does a folder of stores.
 
-    if path.is_file():
-        if path.suffix == ".wandb":
-            return path.parent.name, path.parent, [("wandb", wandb.store_run(path))]
-        tables = sqlite_tables(path)
-        if trackio.TABLES <= tables:
-            return path.stem, path.parent, [(path.stem, run) for run in trackio.store_runs(path)]
-        if mlflow.TABLES <= tables:
-            return path.parent.name, path.parent, mlflow.sqlite_runs(path)
-        if is_sqlite(path):  # never read as JSON lines; perhaps a store whose tables are not made yet
-            raise SourceError(f"{path}: a SQLite database without trackio's or MLflow's tables (yet)")
+    A run seen before keeps its cell. A later run of the same name, group and settings continues the
+    cell as a new segment (a training resumed from a checkpoint: TRL's MLflow callback starts a new
+    MLflow run under the same name, W&B a new run folder); any other run becomes a cell of its own."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.waiting = f"{path}: waiting for the first run (a trackio, MLflow or W&B store with no runs yet)"
+        self._listers: dict[Path, Any] = {}
+        self._chains: dict[str, list[StoreRun]] = {}  # cell id -> its runs, oldest first
+        self._keys: set[str] = set()
+        self._groups: set[str] = set()
+        self._watched: list[Path] = [path if path.is_dir() else path.parent]
+
+    def watched(self) -> list[Path]:
+        """Folders whose changes may mean a new run (the store's folder, W&B's run folders' parent)."""
+        return list(self._watched)
+
+    def refresh(self, grid: GridSource) -> bool:
+        """Add the runs that started since the last look; True when a cell was added or continued."""
+        try:
+            found = self.find()
+        except SourceError:
+            return False  # the store cannot be listed now (being migrated): its cells say why, if they cannot be read
+        return bool(found and self.add(grid, found[2]))
+
+    def add(self, grid: GridSource, runs: list[StoreRun], force: bool = False) -> bool:
+        # A run whose name is not written yet is looked at again at the next refresh.
+        new = [r for r in sorted(runs, key=lambda r: r.start) if r.key not in self._keys and (r.ready or force)]
+        for run in new:
+            self._keys.add(run.key)
+            cell_id = self._continued(run)
+            if cell_id is not None:
+                cell = next(c for c in grid.cells if c.id == cell_id)
+                chain = cell.tracker if isinstance(cell.tracker, Segments) else Segments(cell.tracker)
+                chain.add(run.reader)
+                cell.tracker = chain
+                self._chains[cell_id].append(run)
+                continue
+            self._groups.add(run.group)
+            cell = store_cell(run, grid.root, self._new_id(run))
+            self._chains[cell.id] = [run]
+            grid.cells.append(cell)
+        return bool(new)
+
+    def _continued(self, run: StoreRun) -> str | None:
+        """The cell whose training ``run`` resumes: same group, name and settings, started before it."""
+        for cell_id, chain in self._chains.items():
+            last = chain[-1]
+            if (last.group, last.name) == (run.group, run.name) and last.start <= run.start:
+                if settings(last.config) == settings(run.config):
+                    return cell_id
         return None
-    wandb_files = wandb.run_files(path)
-    if wandb_files:
-        return path.name, path, [(f.parent.name, wandb.store_run(f)) for f in wandb_files]
-    if mlflow.is_file_store(path):
-        return path.name, path, mlflow.file_store_runs(path)
-    databases = [p for p in sorted(path.glob("*.db")) if trackio.TABLES <= sqlite_tables(p)]
-    if databases:
-        return path.name, path, [(db.stem, run) for db in databases for run in trackio.store_runs(db)]
-    inside = [_find(p) for p in (path / "mlflow.db", path / "mlruns", path / "wandb") if p.exists()]
-    runs = [run for found in inside if found is not None for run in found[2]]
-    if runs:  # the folder a training script ran in: every store it holds
-        return path.name, path, runs
-    return None
+
+    def _new_id(self, run: StoreRun) -> str:
+        """The run's name; with its group where the path holds several; with the tracker's run id (W&B's
+        short one) or a count where another cell has the name already."""
+        many = len(self._groups | {run.group}) > 1
+        base = f"{run.group}/{run.name}" if many and run.group else run.name
+        if base not in self._chains:
+            return base
+        if run.run_id and len(run.run_id) <= 12:
+            candidate = f"{base}#{run.run_id}"
+            if candidate not in self._chains:
+                return candidate
+        count = 2
+        while f"{base}#{count}" in self._chains:
+            count += 1
+        return f"{base}#{count}"
+
+    def find(self) -> tuple[str, Path, list[StoreRun]] | None:
+        """(grid name, root, runs) of the store at ``path`` now, or None when it is no tracker's store.
+        A store that cannot be read says why in one line (SourceError)."""
+        try:
+            return self._find(self.path)
+        except sqlite.Busy:
+            return self.path.name, self.path, []
+        except (sqlite3.Error, OSError) as exc:
+            raise SourceError(store_error(self.path, exc)) from None
+
+    def _find(self, path: Path) -> tuple[str, Path, list[StoreRun]] | None:
+        from prefwatch.ingest.readers import mlflow, trackio, wandb
+
+        if path.is_file():
+            if path.suffix == ".wandb":
+                return path.parent.name, path.parent, [wandb.store_run(path)]
+            columns = sqlite.tables(path)
+            if trackio.TABLES <= columns.keys():
+                return path.stem, path.parent, self._trackio(path)
+            if mlflow.TABLES <= columns.keys():
+                return path.parent.name, path.parent, mlflow.sqlite_runs(path)
+            if sqlite.is_sqlite(path):  # never read as JSON lines; perhaps a store whose tables are not made yet
+                raise SourceError(f"{path}: a SQLite database without trackio's or MLflow's tables (yet)")
+            if path.suffix == ".db":
+                raise SourceError(f"{path}: not a SQLite database (no SQLite header): not a tracker's store")
+            return None
+        wandb_files = wandb.run_files(path)
+        if wandb_files:
+            return path.name, path, [wandb.store_run(f) for f in wandb_files]
+        if mlflow.is_file_store(path):
+            self._watch(*mlflow.experiment_folders(path))
+            return path.name, path, mlflow.file_store_runs(path)
+        databases = [p for p in sorted(path.glob("*.db")) if _is_trackio(p)]
+        if databases:
+            return path.name, path, [run for db in databases for run in self._trackio(db)]
+        inside = [p for p in (path / "mlflow.db", path / "mlruns", path / "wandb") if p.exists()]
+        if inside:  # the folder a training script ran in: every store it holds
+            self._watch(*(p for p in inside if p.is_dir()))
+            found = [self._find(p) for p in inside]
+            return path.name, path, [run for f in found if f is not None for run in f[2]]
+        return None
+
+    def _trackio(self, db: Path) -> list[StoreRun]:
+        from prefwatch.ingest.readers import trackio
+
+        lister = self._listers.get(db)
+        if lister is None:
+            lister = self._listers[db] = trackio.Lister(db)
+        return lister.runs()
+
+    def _watch(self, *folders: Path) -> None:
+        for folder in folders:
+            if folder not in self._watched:
+                self._watched.append(folder)
+
+
+def _is_trackio(path: Path) -> bool:
+    from prefwatch.ingest.readers import trackio
+
+    try:
+        return trackio.TABLES <= sqlite.tables(path).keys()
+    except (sqlite3.Error, sqlite.Busy, OSError):
+        return sqlite.is_sqlite(path)  # a project database that cannot be read now: listed, and says why
+
+
+def store_error(path: Path, exc: BaseException) -> str:
+    """One line for a store that cannot be listed: SQLite's words, the file, what they mean."""
+    return f"{sqlite.describe(path, exc)}; no run could be listed"
+
+
+def settings(config: Mapping[str, Any]) -> Any:
+    """A run's settings as compared between two tracker runs: the tracker's own keys (``_wandb``,
+    ``_Created``) and the volatile ones left out, lists of names in any order (PEFT's target modules)."""
+
+    def norm(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return tuple(sorted((str(k), norm(v)) for k, v in value.items() if not str(k).startswith("_")))
+        if isinstance(value, (list, tuple)):
+            items = [norm(v) for v in value]
+            return tuple(sorted(items, key=repr)) if all(isinstance(v, str) for v in value) else tuple(items)
+        return value
+
+    return norm({k: v for k, v in config.items() if k not in _VOLATILE})
+
+
+class Segments:
+    """The tracker runs of one training run, read one after another as one run: a resumed run's
+    points replace the steps it replays (the series starts a segment), and the last run's end mark is
+    the cell's."""
+
+    def __init__(self, first: StoreReader) -> None:
+        self.readers = [first]
+        self._started = [True]
+
+    @property
+    def path(self) -> Path:
+        return self.readers[-1].path
+
+    @property
+    def error(self) -> str | None:
+        return next((r.error for r in self.readers if r.error), None)
+
+    def add(self, reader: StoreReader) -> None:
+        self.readers.append(reader)
+        self._started.append(False)
+
+    def watched(self) -> list[Path]:
+        return list(dict.fromkeys(p for r in self.readers for p in r.watched()))
+
+    def fresh(self) -> Segments:
+        chain = Segments(self.readers[0].fresh())
+        for reader in self.readers[1:]:
+            chain.add(reader.fresh())
+        return chain
+
+    def poll(self) -> StoreBatch:
+        batches = [reader.poll() for reader in self.readers]
+        if any(b.restarted for b in batches):  # one was rebuilt: every segment is read again
+            self.readers = self.fresh().readers
+            self._started = [True] + [False] * (len(self.readers) - 1)
+            batch = self.poll()
+            batch.restarted = True
+            return batch
+        first = batches[0]
+        for index, batch in enumerate(batches[1:], 1):
+            begun = not self._started[index] and bool(len(batch.scalars) or batch.end)
+            self._started[index] = self._started[index] or begun
+            first.after.append((batch, begun))
+        first.more = any(b.more for b in batches)
+        first.ended = batches[-1].ended
+        return first
 
 
 def store_cell(run: StoreRun, root: Path, cell_id: str) -> CellSource:
@@ -94,15 +276,6 @@ def store_cell(run: StoreRun, root: Path, cell_id: str) -> CellSource:
         run.config, run.tags, run.name, objective_logged=config_labels(run.config, root, "")[0] is not None
     )
     return cell
-
-
-def _unique_ids(cells: list[CellSource]) -> None:
-    """Two runs of one name (a script run twice) stay two cells: the later ones get ``#2``, ``#3``."""
-    seen: Counter[str] = Counter()
-    for cell in cells:
-        seen[cell.id] += 1
-        if seen[cell.id] > 1:
-            cell.id = f"{cell.id}#{seen[cell.id]}"
 
 
 def config_labels(config: Mapping[str, Any], root: Path, name: str) -> tuple[str | None, int | None]:

@@ -37,6 +37,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,19 @@ class Follower:
         thread, self._thread = self._thread, None
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
+
+    def watch(self, paths: Iterable[Path]) -> None:
+        """Watch these folders too (cells that appeared after the follower started); called from the
+        follower's own callback or any thread. New folders get change events where the OS gives them,
+        and are polled in any case."""
+        new = [Path(p) for p in paths if str(p) not in self._watched]
+        if not new:
+            return
+        self._watched |= {str(p) for p in new}
+        self.paths = [*self.paths, *new]
+        if self._observer is not None:
+            _schedule(self._observer, new, getattr(self._observer, "wake_handler", None))
+        self.nudge()
 
     def nudge(self, after: float = 0.0, files: bool = True) -> None:
         """Ask for a callback soon although no file changed (state that depends on time or on processes).
@@ -306,6 +320,26 @@ def _start_observer(paths: list[Path], wake: Callable[[list[str]], None]) -> obj
             where = [event.src_path, *([event.dest_path] if event.dest_path else [])]
             wake([os.fsdecode(p) for p in where])
 
+    observer = Observer()
+    handler = Wake()
+    if not _schedule(observer, paths, handler):
+        return None
+    try:
+        observer.start()
+    except OSError as exc:
+        log.info("no change events (%s); polling instead", exc)
+        _stop_observer(observer, 1.0)
+        return None
+    observer.wake_handler = handler  # type: ignore[attr-defined]  # for folders watched later
+    return observer
+
+
+def _schedule(observer: Any, paths: Iterable[Path], handler: object) -> int:
+    """Change events for each folder of ``paths`` (a file's folder); how many could be scheduled."""
+    from watchdog import events
+
+    if handler is None:
+        return 0
     wanted = [
         events.FileModifiedEvent,
         events.FileCreatedEvent,
@@ -316,8 +350,6 @@ def _start_observer(paths: list[Path], wake: Callable[[list[str]], None]) -> obj
         events.DirMovedEvent,
         events.DirDeletedEvent,
     ]
-    observer = Observer()
-    handler = Wake()
     scheduled = 0
     for path in dict.fromkeys(p if p.is_dir() else p.parent for p in paths):
         if not path.is_dir():
@@ -327,15 +359,7 @@ def _start_observer(paths: list[Path], wake: Callable[[list[str]], None]) -> obj
             scheduled += 1
         except OSError as exc:  # e.g. the inotify watch limit: the poll still covers this folder
             log.info("no change events for %s: %s", path, exc)
-    if not scheduled:
-        return None
-    try:
-        observer.start()
-    except OSError as exc:
-        log.info("no change events (%s); polling instead", exc)
-        _stop_observer(observer, 1.0)
-        return None
-    return observer
+    return scheduled
 
 
 def _stop_observer(observer: object, timeout: float) -> None:

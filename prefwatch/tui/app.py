@@ -142,6 +142,7 @@ class MonitorApp(App[int]):
         self._unmounted = False
         self._follow_up_pending = False
         self._error: str | None = None
+        self._generation = 0  # the source's generation whose folders the follower watches
         self._news: AlertPolicy | None = None
         self._incremental = IncrementalViews(source, heartbeat)
         self._cells_of: dict[Path, list[str]] = {}  # the cells watching each followed path
@@ -252,11 +253,7 @@ class MonitorApp(App[int]):
         with self._follow_lock:
             if self._unmounted:
                 return
-            paths = []
-            for cell in self.source.cells:
-                for path in cell.watched_paths():
-                    paths.append(path)
-                    self._cells_of.setdefault(path, []).append(cell.id)
+            paths = self._paths_to_watch()
             follower = Follower(
                 paths,
                 self._read_and_post,
@@ -307,12 +304,25 @@ class MonitorApp(App[int]):
                 view = None
             self._pace(time.perf_counter() - started)
             self._follow_up()
+            if self.follower is not None and self.source.generation != self._generation:
+                self._generation = self.source.generation  # cells appeared: follow their folders too
+                self.follower.watch(self._paths_to_watch())
             with self._mailbox_lock:
                 empty = self._mailbox is None
                 if view is not None:
                     self._mailbox = view
             if empty:
                 self.post_message(ViewReady())
+
+    def _paths_to_watch(self) -> list[Path]:
+        """Every folder to follow: each cell's (mapped to the cells watching it) and those where new
+        cells appear (a tracker's store: mapped to none, so a change there reads every cell)."""
+        cells_of: dict[Path, list[str]] = {}
+        for cell in self.source.cells:
+            for path in cell.watched_paths():
+                cells_of.setdefault(path, []).append(cell.id)
+        self._cells_of = cells_of
+        return list(dict.fromkeys([*cells_of, *self.source.watched_paths()]))
 
     def _changed_cells(self) -> set[str] | None:
         """Ids of the cells whose folders the follower saw change (None: read every cell)."""
@@ -381,8 +391,9 @@ class MonitorApp(App[int]):
         if not self.screen_stack or not isinstance(self.screen_stack[0], GridScreen):
             return  # the app is closing: a reading thread posted once more on its way out
         grid_screen = self._grid_screen()
+        message = self._error or self.source.waiting
         if view is None:
-            grid_screen.show_status(self.source_label, self._error)
+            grid_screen.show_status(self.source_label, message)
             return
         if self._error:
             self.log.error(self._error)
@@ -395,7 +406,7 @@ class MonitorApp(App[int]):
             self._alert(view)
         if previous is None and len(view.cells) >= OVERVIEW_FROM and self.screen is grid_screen:
             self.push_screen(OverviewScreen(view))  # first: the panels behind it are made when shown
-        grid_screen.show(view, self.source_label, self._error)
+        grid_screen.show(view, self.source_label, message)
         for screen in self.screen_stack:
             if isinstance(screen, OverviewScreen) and screen.is_mounted:
                 screen.show_grid(view)
@@ -707,7 +718,8 @@ def run_monitor(
     names the objective and rank of cells whose folders do not say (``--label``).
     Raises ``SourceError`` when the path holds nothing readable (the CLI prints it).
     """
-    source = open_path(path, labels) if labels else open_path(path)
+    wait = mode == "live"  # attach to a store with no run yet: wait for the first
+    source = open_path(path, labels, wait=wait) if labels else open_path(path, wait=wait)
     app = MonitorApp(source, mode=mode, poll=poll, speed=speed, export_dir=export_dir)
     result = app.run()
     return 0 if result is None else int(result)

@@ -22,14 +22,35 @@ import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from prefwatch.ingest.readers.store import SqliteFollower, StoreBatch, StoreRun, connect_ro, without_index_keys
+from prefwatch.files.rundir import CellState
+from prefwatch.ingest.readers import sqlite
+from prefwatch.ingest.readers.sqlite import SqliteFollower
+from prefwatch.ingest.readers.store import RunEnd, StoreBatch, StoreRun, without_index_keys
 from prefwatch.ingest.readers.tensorboard import Scalars
 from prefwatch.ingest.tail import TailReader
 
 TABLES = frozenset({"runs", "metrics", "params"})
+# The columns this reader reads (MLflow 2.x-3.18's schema; alembic revision f4a9b2c7d1e6 in 3.18).
+KNOWN = "MLflow up to 3.18 (schema revision f4a9b2c7d1e6)"
+_COLUMNS = {
+    "runs": {"run_uuid", "name", "experiment_id", "status", "start_time", "lifecycle_stage"},
+    "metrics": {"key", "value", "timestamp", "run_uuid", "step", "is_nan"},
+    "params": {"key", "value", "run_uuid"},
+}
+# A run's end as MLflow records it: the status name (SQLite store), or its number (file store's meta.yaml).
+_ENDS = {
+    "FINISHED": CellState.FINISHED,
+    "FAILED": CellState.FAILED,
+    "KILLED": CellState.STOPPED,
+    "3": CellState.FINISHED,
+    "4": CellState.FAILED,
+    "5": CellState.STOPPED,
+}
+_NAMES = {"3": "FINISHED", "4": "FAILED", "5": "KILLED"}
 _META = "meta.yaml"
 HOLD_SECONDS = 2.0
 _UNKNOWN = 1 << 40  # the key id of a key not known yet  # a log's points are all written well within this
@@ -38,12 +59,29 @@ _UNKNOWN = 1 << 40  # the key id of a key not known yet  # a log's points are al
 # ---- SQLite --------------------------------------------------------------------------------------
 
 
-def sqlite_runs(db: Path) -> list[tuple[str, StoreRun]]:
-    """(experiment, run) for every active run, oldest first."""
-    connection = connect_ro(db)
-    try:
+def schema_drift(columns: dict[str, set[str]]) -> str | None:
+    """What of the columns this reader needs an MLflow database lacks (a newer or older MLflow), or None."""
+    missing = [f"{table}.{c}" for table, wanted in _COLUMNS.items() for c in sorted(wanted - columns.get(table, set()))]
+    return f"no column {', '.join(missing)}" if missing else None
+
+
+def run_end(status: object, said: str = "MLflow status") -> RunEnd | None:
+    """The end a run's MLflow status says (None while it runs or is scheduled)."""
+    text = str(status).strip()
+    state = _ENDS.get(text)
+    return None if state is None else RunEnd(state, said=f"{said} {_NAMES.get(text, text)}")
+
+
+def sqlite_runs(db: Path) -> list[StoreRun]:
+    """Every active run, oldest first (group: its experiment). Raises sqlite3.Error and OSError."""
+    drift = schema_drift(sqlite.tables(db))
+    if drift is not None:
+        raise sqlite.SchemaDrift(f"{drift}; this reader knows {KNOWN}")
+
+    def query(connection: sqlite3.Connection) -> tuple[list[tuple[Any, ...]], dict[str, Any], dict[str, Any]]:
         runs = connection.execute(
-            "SELECT run_uuid, name, experiment_id FROM runs WHERE lifecycle_stage IS NOT 'deleted' ORDER BY start_time"
+            "SELECT run_uuid, name, experiment_id, start_time FROM runs"
+            " WHERE lifecycle_stage IS NOT 'deleted' ORDER BY start_time"
         ).fetchall()
         params: dict[str, dict[str, str]] = {}
         for run_uuid, key, value in connection.execute("SELECT run_uuid, key, value FROM params"):
@@ -53,14 +91,21 @@ def sqlite_runs(db: Path) -> list[tuple[str, StoreRun]]:
             for run_uuid, key, value in connection.execute("SELECT run_uuid, key, value FROM tags"):
                 if not key.startswith("mlflow."):  # MLflow's own (user, source, run name): not settings
                     tags.setdefault(run_uuid, {})[key] = value
-    finally:
-        connection.close()
+        return runs, params, tags
+
+    runs, params, tags = sqlite.read(db, query)
     return [
-        (
-            str(experiment),
-            StoreRun(name or run_uuid, SqliteRunReader(db, run_uuid), params.get(run_uuid, {}), tags.get(run_uuid, {})),
+        StoreRun(
+            str(name or run_uuid),
+            SqliteRunReader(db, str(run_uuid)),
+            params.get(str(run_uuid), {}),
+            tags.get(str(run_uuid), {}),
+            key=f"{db}::{run_uuid}",
+            group=str(experiment),
+            start=float(start or 0) / 1000.0,
+            run_id=str(run_uuid),
         )
-        for run_uuid, name, experiment in runs
+        for run_uuid, name, experiment, start in runs
     ]
 
 
@@ -69,9 +114,12 @@ class SqliteRunReader:
 
     def __init__(self, db: Path, run_uuid: str) -> None:
         self.path = db
-        self._follower = SqliteFollower(db)
+        self._follower = SqliteFollower(db, KNOWN)
         self._run = run_uuid
         self._keys: list[str] = []
+
+    def fresh(self) -> SqliteRunReader:
+        return SqliteRunReader(self.path, self._run)
 
     @property
     def error(self) -> str | None:
@@ -101,7 +149,17 @@ class SqliteRunReader:
             keep = scalars.tag_ids < len(self._keys)
             scalars.tag_ids, scalars.values = scalars.tag_ids[keep], scalars.values[keep]
             scalars.walls, scalars.steps = scalars.walls[keep], scalars.steps[keep]
-        return StoreBatch(without_index_keys(scalars), restarted)
+        return StoreBatch(without_index_keys(scalars), restarted, ended=self._ended())
+
+    def _ended(self) -> RunEnd | None:
+        """The run's status as MLflow recorded it (read after the rows: a run marked ended has them all)."""
+        try:
+            row = sqlite.read(
+                self.path, lambda c: c.execute("SELECT status FROM runs WHERE run_uuid = ?", (self._run,)).fetchone()
+            )
+        except (sqlite.Busy, sqlite3.Error, OSError):
+            return None
+        return run_end(row[0]) if row else None
 
     def _query(self) -> str:
         """Four numbers a point: the key's index in self._keys (-index-1 when the value is NaN, _UNKNOWN
@@ -118,12 +176,8 @@ class SqliteRunReader:
     def _new_keys(self, after: int) -> list[str]:
         query = "SELECT DISTINCT key FROM metrics WHERE rowid > ? AND +run_uuid = ?"
         try:
-            connection = connect_ro(self.path)
-            try:
-                found = [row[0] for row in connection.execute(query, (after, self._run))]
-            finally:
-                connection.close()
-        except sqlite3.Error:
+            found = sqlite.read(self.path, lambda c: [row[0] for row in c.execute(query, (after, self._run))])
+        except (sqlite.Busy, sqlite3.Error, OSError):
             return []
         return [key for key in found if key not in self._keys]
 
@@ -134,6 +188,13 @@ class SqliteRunReader:
 def is_file_store(path: Path) -> bool:
     """``mlruns/``, one experiment folder of it, or one run folder."""
     return _is_run(path) or any(_is_run(p) for p in _children(path)) or any(_is_experiment(p) for p in _children(path))
+
+
+def experiment_folders(path: Path) -> list[Path]:
+    """The folders a new run of the file store at ``path`` appears in (watched for runs that start later)."""
+    if _is_run(path):
+        return []
+    return [path, *(p for p in _children(path) if _is_experiment(p))]
 
 
 def _children(path: Path) -> list[Path]:
@@ -151,8 +212,8 @@ def _is_experiment(path: Path) -> bool:
     return (path / _META).is_file() and any(_is_run(p) for p in _children(path))
 
 
-def file_store_runs(path: Path) -> list[tuple[str, StoreRun]]:
-    """(experiment, run) for every run under ``path``, oldest first."""
+def file_store_runs(path: Path) -> list[StoreRun]:
+    """Every run under ``path``, oldest first (group: its experiment)."""
     if _is_run(path):
         folders = [path]
     else:
@@ -165,10 +226,16 @@ def file_store_runs(path: Path) -> list[tuple[str, StoreRun]]:
             continue
         params = _key_files(folder / "params")
         name = meta.get("run_name") or _read(folder / "tags" / "mlflow.runName") or folder.name
-        start = float(meta.get("start_time") or 0)
+        try:
+            start = float(meta.get("start_time") or 0) / 1000.0
+        except ValueError:
+            start = 0.0
         tags = {k: v for k, v in _key_files(folder / "tags").items() if not k.startswith("mlflow.")}
-        runs.append((start, folder.parent.name, StoreRun(name, FileRunReader(folder), params, tags)))
-    return [(experiment, run) for _, experiment, run in sorted(runs, key=lambda r: r[0])]
+        run_id = meta.get("run_id") or folder.name
+        reader = FileRunReader(folder)
+        run = StoreRun(name, reader, params, tags, key=str(folder), group=folder.parent.name, start=start, run_id=run_id)
+        runs.append(run)
+    return sorted(runs, key=lambda r: r.start)
 
 
 def _meta(path: Path) -> dict[str, str]:
@@ -202,7 +269,8 @@ class FileRunReader:
 
     Each metric is its own file, written one after another: a poll may find one log's points in some
     files and not yet in others. MLflow gives one log's points one timestamp, so the points at the
-    newest time are held back until a poll finds nothing newer, or for HOLD_SECONDS at most.
+    newest time are held back until a poll finds nothing newer, or for HOLD_SECONDS at most; never
+    in a run whose ``meta.yaml`` says it ended (read first: MLflow marks the end after the last point).
     """
 
     def __init__(self, folder: Path) -> None:
@@ -211,11 +279,15 @@ class FileRunReader:
         self._readers: dict[str, TailReader] = {}
         self._held: dict[str, np.ndarray] = {}
 
+    def fresh(self) -> FileRunReader:
+        return FileRunReader(self.path)
+
     def watched(self) -> list[Path]:
         metrics = self.path / "metrics"
         return [self.path, metrics, *(p for p in metrics.rglob("*") if p.is_dir())]
 
     def poll(self) -> StoreBatch:
+        ended = run_end(_meta(self.path / _META).get("status", ""))
         metrics = self.path / "metrics"
         for key in _metric_keys(metrics):
             self._readers.setdefault(key, TailReader(metrics / key))
@@ -233,17 +305,17 @@ class FileRunReader:
         if restarted:  # a file was replaced: read every file again
             self._readers = {key: TailReader(metrics / key) for key in self._readers}
             self._held = {}
-            return StoreBatch(self.poll().scalars, True)
+            return StoreBatch(self.poll().scalars, True, ended=ended)
         newest = max((float(t[:, 0].max()) for t in tables.values() if len(t)), default=None)
         for key, held in self._held.items():
             tables[key] = np.concatenate([held, tables[key]]) if key in tables else held
         self._held = {}
-        if newest is not None and newest > (time.time() - HOLD_SECONDS) * 1000:
+        if ended is None and newest is not None and newest > (time.time() - HOLD_SECONDS) * 1000:
             for key, table in list(tables.items()):
                 late = table[:, 0] >= newest
                 if late.any():
                     self._held[key], tables[key] = table[late], table[~late]
-        return StoreBatch(without_index_keys(_merge(list(tables), list(tables.values()), rejected)))
+        return StoreBatch(without_index_keys(_merge(list(tables), list(tables.values()), rejected)), ended=ended)
 
 
 def _metric_keys(folder: Path) -> list[str]:

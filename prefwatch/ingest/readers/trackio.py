@@ -15,35 +15,85 @@ row of ``train/epoch`` and ``train/global_step`` only, which marks the run finis
 from __future__ import annotations
 
 import datetime
+import math
+import sqlite3
 from pathlib import Path
 from typing import Any
 
-from prefwatch.ingest.readers.store import Points, SqliteFollower, StoreBatch, StoreRun, connect_ro
+from prefwatch.ingest.readers import sqlite
+from prefwatch.ingest.readers.sqlite import SqliteFollower
+from prefwatch.ingest.readers.store import Points, StoreBatch, StoreRun
 from prefwatch.ingest.tail import decode_line
 
 TABLES = frozenset({"metrics", "configs"})
+# The columns this reader reads (trackio 0.45's schema; before 0.3 runs were keyed by run_name alone).
+KNOWN = "trackio up to 0.45 (metrics: id, timestamp, step, metrics, run_name or run_id; configs: run_name, config)"
+_COLUMNS = {"metrics": {"id", "timestamp", "step", "metrics", "run_name"}, "configs": {"run_name", "config"}}
 _END_KEYS = frozenset({"train/epoch", "train/global_step"})
+
+
+def schema_drift(columns: dict[str, set[str]]) -> str | None:
+    """What of the columns this reader needs a project database lacks (a newer or older trackio), or None."""
+    missing = [f"{table}.{c}" for table, wanted in _COLUMNS.items() for c in sorted(wanted - columns.get(table, set()))]
+    return f"no column {', '.join(missing)}" if missing else None
+
+
+class Lister:
+    """The runs of one project database, found again at every ``runs()``: configs are few, and the
+    metrics rows are scanned only above the last id already scanned (a run logged without a config)."""
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+        self._scanned = 0
+        self._logged: dict[str, tuple[str, str]] = {}  # run key -> (name, first timestamp)
+        self._column = "run_id"
+
+    def runs(self) -> list[StoreRun]:
+        """Every run, in the order they started. Raises SourceError-worthy sqlite3.Error and OSError."""
+        columns = sqlite.tables(self.db)
+        drift = schema_drift(columns)
+        if drift is not None:
+            raise sqlite.SchemaDrift(f"{drift}; this reader knows {KNOWN}")
+        key = self._column = "run_id" if {"run_id"} <= columns["metrics"] & columns["configs"] else "run_name"
+
+        def query(connection: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            configs = connection.execute(f"SELECT {key}, run_name, config FROM configs ORDER BY id").fetchall()
+            logged = connection.execute(
+                f"SELECT id, {key}, run_name, timestamp FROM metrics WHERE id > ? ORDER BY id", (self._scanned,)
+            )
+            for row_id, run_key, name, stamp in logged:
+                self._logged.setdefault(run_key, (name, stamp))
+                self._scanned = row_id
+            return configs
+
+        configs = sqlite.read(self.db, query)
+        runs, seen = [], set()
+        for run_key, name, text in configs:
+            config = _json(text)
+            config = config if isinstance(config, dict) else {}
+            stamp = self._logged.get(run_key, (name, config.get("_Created")))[1]
+            runs.append(self._run(run_key, name, config, stamp))
+            seen.add(run_key)
+        runs += [self._run(k, n, {}, stamp) for k, (n, stamp) in self._logged.items() if k not in seen]
+        return sorted(runs, key=lambda r: r.start)
+
+    def _run(self, run_key: str, name: str, config: dict[str, Any], stamp: Any) -> StoreRun:
+        reader = TrackioReader(self.db, self._column, run_key)
+        start = _seconds(stamp)
+        return StoreRun(
+            str(name),
+            reader,
+            config,
+            key=f"{self.db}::{run_key}",
+            group=self.db.stem,
+            start=start if math.isfinite(start) else 0.0,
+            run_id=str(run_key),
+        )
 
 
 def store_runs(db: Path) -> list[StoreRun]:
     """Every run of a project database, in the order they started."""
-    connection = connect_ro(db)
-    try:
-        columns = {row[1] for row in connection.execute("PRAGMA table_info(metrics)")}
-        key = "run_id" if "run_id" in columns else "run_name"
-        configs = {
-            row[0]: (row[1], row[2])
-            for row in connection.execute(f"SELECT {key}, run_name, config FROM configs ORDER BY id")
-        }
-        logged = connection.execute(f"SELECT {key}, run_name FROM metrics GROUP BY {key} ORDER BY min(id)").fetchall()
-    finally:
-        connection.close()
-    runs = []
-    for run_key, name in [*((k, v[0]) for k, v in configs.items()), *((k, n) for k, n in logged if k not in configs)]:
-        config = _json(configs[run_key][1]) if run_key in configs else None
-        reader = TrackioReader(db, key, run_key)
-        runs.append(StoreRun(name, reader, config if isinstance(config, dict) else {}))
-    return runs
+    return Lister(db).runs()
 
 
 class TrackioReader:
@@ -51,10 +101,14 @@ class TrackioReader:
 
     def __init__(self, db: Path, key: str, run_key: str) -> None:
         self.path = db
-        self._follower = SqliteFollower(db)
+        self._key = key
+        self._follower = SqliteFollower(db, KNOWN)
         self._query = f"SELECT id, timestamp, step, metrics FROM metrics WHERE id > ? AND {key} = ? ORDER BY id LIMIT ?"
         self._run_key = run_key
         self._stamp: tuple[str, float] = ("", 0.0)
+
+    def fresh(self) -> TrackioReader:
+        return TrackioReader(self.path, self._key, self._run_key)
 
     @property
     def error(self) -> str | None:
@@ -84,12 +138,15 @@ class TrackioReader:
     def _time(self, stamp: Any) -> float:
         """Seconds since the epoch of trackio's ISO timestamps (one parse per distinct stamp)."""
         if stamp != self._stamp[0]:
-            try:
-                seconds = datetime.datetime.fromisoformat(str(stamp)).timestamp()
-            except ValueError:
-                seconds = float("nan")
-            self._stamp = (stamp, seconds)
+            self._stamp = (stamp, _seconds(stamp))
         return self._stamp[1]
+
+
+def _seconds(stamp: Any) -> float:
+    try:
+        return datetime.datetime.fromisoformat(str(stamp)).timestamp()
+    except ValueError:
+        return float("nan")
 
 
 def _json(text: Any) -> Any:

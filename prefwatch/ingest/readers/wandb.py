@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,13 @@ from typing import Any
 import msgspec
 
 from prefwatch.core import metrics
-from prefwatch.ingest.readers.store import Points, StoreBatch, StoreRun
+from prefwatch.files.rundir import CellState
+from prefwatch.ingest.readers.store import Points, RunEnd, StoreBatch, StoreRun
 from prefwatch.ingest.sources import SourceError
 
+# W&B's writer flushes the run file every few seconds (6-15 s seen): a run record missing for longer
+# than this is missing for good.
+SETTLED_SECONDS = 60.0
 HINT = "reading W&B runs needs the wandb package: pip install 'prefwatch[wandb]'"
 _FILE_HEADER = b":W&B\xe1\xbe\x00"  # ident, magic 0xBEE1, version 0
 _HEADER = 7
@@ -58,7 +63,8 @@ def _pb() -> Any:
 def store_run(path: Path) -> StoreRun:
     """A run's name and settings, from the records before its first history row."""
     pb = _pb()
-    name, config = path.parent.name, {}
+    name, config, run_id, start = path.parent.name, {}, _folder_id(path.parent.name), 0.0
+    ready = False
     framing = Framing(path)
     for data in framing.read():
         record = pb.Record()
@@ -68,13 +74,33 @@ def store_run(path: Path) -> StoreRun:
             continue
         kind = record.WhichOneof("record_type")
         if kind == "run":  # wandb.init(config=...) is kept in the run record; later updates in config records
+            ready = True
             name = record.run.display_name or name
             config.update(_items(record.run.config.update))
+            run_id = record.run.run_id or run_id
+            start = record.run.start_time.seconds + record.run.start_time.nanos / 1e9
         elif kind == "config":
             config.update(_items(record.config.update))
         elif kind == "history":
             break
-    return StoreRun(name, WandbReader(path), config)
+    reader = WandbReader(path)
+    run = StoreRun(name, reader, config, key=str(path), group=path.parent.parent.name, start=start, run_id=run_id)
+    run.ready = ready or _settled(path)
+    return run
+
+
+def _settled(path: Path) -> bool:
+    """A run file without its run record that has not changed for a while: a run that died starting
+    (shown under its folder's name rather than left out)."""
+    try:
+        return time.time() - path.stat().st_mtime > SETTLED_SECONDS
+    except OSError:
+        return True
+
+
+def _folder_id(folder: str) -> str:
+    """The run id in a run folder's name: ``offline-run-20261207_175313-6wcxbafm`` -> ``6wcxbafm``."""
+    return folder.rpartition("-")[2]
 
 
 def _nested(key: Any) -> str:
@@ -209,6 +235,10 @@ class WandbReader:
         self._framing = Framing(path)
         self._damaged = 0
         self._end: dict[str, float] | None = None
+        self._ended: RunEnd | None = None
+
+    def fresh(self) -> WandbReader:
+        return WandbReader(self.path)
 
     def watched(self) -> list[Path]:
         return [self.path.parent]
@@ -218,7 +248,7 @@ class WandbReader:
         try:
             records = self._framing.read()
         except _Restarted:
-            self._framing, self._damaged, self._end = Framing(self.path), 0, None
+            self._framing, self._damaged, self._end, self._ended = Framing(self.path), 0, None, None
             batch = self.poll()
             batch.restarted = True
             return batch
@@ -242,6 +272,10 @@ class WandbReader:
             if kind == "history":
                 items = [(i.key, i.nested_key, i.value_json) for i in record.history.item]
                 rows.append(([k or _nested(n) for k, n, _ in items], [v for _, _, v in items]))
+            elif kind == "exit":  # wandb.finish(): the process's exit code
+                code = int(record.exit.exit_code)
+                state = CellState.FINISHED if code == 0 else CellState.FAILED
+                self._ended = RunEnd(state, code, f"W&B exit record (exit code {code})")
             elif kind == "summary":  # every log updates the summary: only the end values are looked at
                 wanted = [i for i in record.summary.update if i.key in metrics.END_KEYS]
                 found = {k: float(v) for k, v in _items(wanted).items() if isinstance(v, (int, float))}
@@ -256,4 +290,6 @@ class WandbReader:
             points.add_row(row, int(step), float(wall) if isinstance(wall, (int, float)) else float("nan"))
         if end:
             self._end = {**(self._end or {}), **end}
-        return StoreBatch(points.scalars(), end=self._end if end else None, more=self._framing.more)
+        batch = StoreBatch(points.scalars(), end=self._end if end else None, more=self._framing.more)
+        batch.ended = self._ended
+        return batch

@@ -23,7 +23,7 @@ from prefwatch.core.textsafe import plain
 from prefwatch.tui.model import CellView, GridView, format_value
 
 SORTS = {"name": "name", "accuracy": "held-out accuracy", "gap": "margin gap", "state": "state"}
-STATE_ORDER = ("failed", "lost", "stalled", "stopped", "running", "queued", "idle", "finished")
+STATE_ORDER = ("unreadable", "failed", "lost", "stalled", "stopped", "running", "queued", "idle", "finished")
 # Held-out accuracy heat map: (lower bound, style), best first.
 HEAT = ((0.7, "bold black on green"), (0.6, "black on yellow"), (0.5, "black on dark_orange"), (-1.0, "white on red"))
 COLUMNS = (

@@ -45,10 +45,14 @@ class CellGrid(ScrollableContainer, can_focus=False, inherit_bindings=False):
         super().__init__(id=id)
         self.rows = self.columns = 1
         self._panels: dict[str, CellPanel] = {}
+        self._positions: dict[str, tuple[int, int]] = {}
+        self._rebuilding = False
 
     def build(self, grid: GridView) -> None:
-        """Create the panels once, from the first view (the set of cells does not change)."""
+        """Create the panels from a view; again (``show``) when cells appear or move (a run started in a
+        tracker's store, a cell's objective read from its logs)."""
         positions, self.rows, self.columns = grid_positions(grid.cells, grid.objectives, grid.ranks)
+        self._positions = positions
         by_position = {positions[c.id]: c for c in grid.cells}
         widgets: list[Widget] = []
         for row in range(self.rows):
@@ -70,7 +74,14 @@ class CellGrid(ScrollableContainer, can_focus=False, inherit_bindings=False):
         return self._panels
 
     def show(self, grid: GridView) -> int:
-        """Update the panels whose cell changed; returns how many were redrawn."""
+        """Update the panels whose cell changed; returns how many were redrawn. Cells that appeared (or
+        moved) lay the panels out again, the selected cell kept selected."""
+        if self._rebuilding:
+            return 0
+        if grid_positions(grid.cells, grid.objectives, grid.ranks)[0] != self._positions:
+            self._rebuilding = True
+            self.app.call_later(self._rebuild, grid)
+            return len(grid.cells)
         redrawn = 0
         for cell in grid.cells:
             panel = self._panels.get(cell.id)
@@ -79,6 +90,21 @@ class CellGrid(ScrollableContainer, can_focus=False, inherit_bindings=False):
             elif panel is not None:
                 panel.keep(cell)  # not mounted yet: it draws the newest view when it is
         return redrawn
+
+    async def _rebuild(self, grid: GridView) -> None:
+        focused = self.screen.focused
+        selected = focused.cell_id if isinstance(focused, CellPanel) else None
+        try:
+            await self.remove_children()
+            self._panels = {}
+            self.build(getattr(self.screen, "grid_view", None) or grid)  # the newest view, not the one that asked
+        finally:
+            self._rebuilding = False
+        panel = self._panels.get(selected) if selected is not None else None
+        if panel is not None:
+            self.call_after_refresh(panel.focus)
+        else:
+            self.call_after_refresh(self.focus_first)
 
     def panel_at(self, row: int, column: int) -> CellPanel | None:
         return next((p for p in self._panels.values() if p.position == (row, column)), None)

@@ -36,6 +36,7 @@ STATE_STYLES = {
     "stopped": "$text-warning",
     "lost": "bold $text-warning",
     "stalled": "bold $text-warning",
+    "unreadable": "bold $text-error",
 }
 
 
