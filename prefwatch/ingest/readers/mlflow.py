@@ -233,7 +233,9 @@ def file_store_runs(path: Path) -> list[StoreRun]:
         tags = {k: v for k, v in _key_files(folder / "tags").items() if not k.startswith("mlflow.")}
         run_id = meta.get("run_id") or folder.name
         reader = FileRunReader(folder)
-        run = StoreRun(name, reader, params, tags, key=str(folder), group=folder.parent.name, start=start, run_id=run_id)
+        run = StoreRun(
+            name, reader, params, tags, key=str(folder), group=folder.parent.name, start=start, run_id=run_id
+        )
         runs.append(run)
     return sorted(runs, key=lambda r: r.start)
 
