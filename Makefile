@@ -35,7 +35,7 @@ golden: venv
 mutation: venv
 	$(BIN)/python scripts/mutation.py
 
-# Every benchmark (bench/), one table: figure, floor measured in the same run, ratio, goal (about 5 minutes;
+# Every benchmark (bench/), one table: figure, floor measured in the same run, ratio, goal (about 15 minutes;
 # data under the system temp dir; run it on a quiet machine: the load is printed with the table).
 bench: venv
 	$(BIN)/python bench/run_all.py

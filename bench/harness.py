@@ -142,11 +142,13 @@ WRITER = textwrap.dedent(
     sys.path.insert(0, sys.argv[4])
     from harness import record_text
     files, rate, seconds = sys.argv[1].split(","), float(sys.argv[2]), float(sys.argv[3])
-    first = int(sys.argv[5])
+    first, stagger = int(sys.argv[5]), sys.argv[6] == "1"
     step, start = first, time.time()
     while time.time() - start < seconds:
         step += 1
         for i, path in enumerate(files):
+            if stagger:  # the cells' lines spread over the interval, as independent jobs log
+                time.sleep(max(0.0, start + (step - first - 1 + i / len(files)) / rate - time.time()))
             with open(path, "a") as f:
                 f.write(record_text(step, time.time(), i))
         time.sleep(max(0.0, start + (step - first) / rate - time.time()))
@@ -154,11 +156,14 @@ WRITER = textwrap.dedent(
 )
 
 
-def start_writer(grid: Path, rate: float, seconds: float, first_step: int = 0) -> subprocess.Popen:
-    """A separate process appending a line to every cell's log ``rate`` times a second (its CPU is not counted)."""
+def start_writer(
+    grid: Path, rate: float, seconds: float, first_step: int = 0, stagger: bool = False
+) -> subprocess.Popen:
+    """A separate process appending a line to every cell's log ``rate`` times a second (its CPU is not
+    counted); ``stagger``: each cell at its own moment of the interval, not all at once."""
     files = sorted(str(p) for p in grid.rglob("metrics.jsonl"))
     command = [sys.executable, "-c", WRITER, ",".join(files), str(rate), str(seconds), str(HERE), str(first_step)]
-    return subprocess.Popen(command)
+    return subprocess.Popen([*command, "1" if stagger else "0"])
 
 
 def idle_writer() -> subprocess.Popen:

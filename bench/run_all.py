@@ -2,7 +2,8 @@
 
     python bench/run_all.py [--seconds 10] [--lines 1000000]
 
-Takes about five minutes on a quiet 2-core machine. The machine's load (uptime) is printed before
+Takes about fifteen minutes on a quiet 2-core machine (five without the rows of issue 27: a run's
+first line, a thousand cells, the peers' readers). The machine's load (uptime) is printed before
 and after: figures taken on a busy machine are noisy, ratios against a floor measured alongside less so.
 """
 
@@ -17,7 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_analysis  # noqa: E402
 import bench_completions  # noqa: E402
 import bench_cpu  # noqa: E402
+import bench_first_line  # noqa: E402
 import bench_monitor  # noqa: E402
+import bench_peers  # noqa: E402
+import bench_scale  # noqa: E402
 import bench_startup  # noqa: E402
 import harness  # noqa: E402
 from table import format_rows  # noqa: E402
@@ -35,6 +39,9 @@ def main() -> None:
     rows += bench_analysis.run(args.lines)
     rows += bench_startup.run()
     rows += bench_completions.run()
+    rows += bench_first_line.run(2 * args.seconds)
+    rows += bench_scale.run(seconds=args.seconds)
+    rows += bench_peers.run()
     print()
     print(f"load before: {before}")
     print(f"load after:  {harness.uptime()}")
