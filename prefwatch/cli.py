@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--headless",
         action="store_true",
         help="no monitor: send the grid's [alerts] and apply its [policy] (Slurm grids), print each alert, "
-        "return when every cell has ended",
+        "return when every cell has ended; on logs prefwatch did not launch (a tracker's store), print what is "
+        "news, runs that start meanwhile included, until every cell has ended and none started for a minute",
     )
 
     report.add_argument("--format", choices=("terminal", "md", "json", "html"), default="terminal")
@@ -263,20 +264,20 @@ def cmd_attach(args: argparse.Namespace) -> int:
 
 
 def _attach_headless(run_dir: Path) -> int:
-    from prefwatch.act.policy import follow_headless
+    from prefwatch.act.policy import follow_headless, follow_logs
     from prefwatch.core.textsafe import plain
     from prefwatch.files import rundir
     from prefwatch.ingest.sources import SourceError
-
-    if not rundir.is_grid_dir(run_dir):
-        raise UsageError(f"{run_dir}: not a prefwatch run directory (no cells/ folder)")
 
     def say(message: str) -> None:
         for line in message.splitlines():  # the verdict's evidence comes one line each
             print(f"{time.strftime('%H:%M:%S')} {plain(line)}", flush=True)
 
     try:
-        follow_headless(run_dir, say)
+        if rundir.is_grid_dir(run_dir):
+            follow_headless(run_dir, say)
+        else:  # logs prefwatch did not launch (a tracker's store): say what is news, send nothing
+            follow_logs(run_dir, say)
     except SourceError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:  # a run directory this user cannot write (alerts.lock, alerts.jsonl)

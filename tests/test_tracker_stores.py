@@ -390,3 +390,30 @@ def test_trl_run_resumed_from_a_checkpoint_reads_as_one_finished_cell(resumed, s
     assert [(c["id"], c["state"], c["step"], c["ingest"]["segments"]) for c in cells] == [
         ("dpo-r8", "finished", 30, 1 if store == "trackio" else 2)
     ]
+
+
+def test_attach_headless_on_a_store_says_the_news_of_runs_that_start_later(tmp_path):
+    """``attach --headless`` on an MLflow store with no run yet: it says what it waits for, then each
+    run's end as the runs come one after another, the verdict once all have ended, and returns."""
+    import threading
+
+    from prefwatch.act.policy import follow_logs
+
+    writers.write("mlflow", tmp_path, "warm-up", steps=2, eval_every=2)  # the database's tables exist
+    import sqlite3
+
+    connection = sqlite3.connect(tmp_path / "mlflow.db")
+    connection.execute("UPDATE runs SET lifecycle_stage = 'deleted'")  # a store with no active run
+    connection.commit()
+    connection.close()
+    said: list[str] = []
+    follower = threading.Thread(target=lambda: follow_logs(tmp_path / "mlflow.db", said.append, 0.2, quiet=45.0))
+    follower.start()
+    writers.write("mlflow", tmp_path, "dpo-r8")
+    writers.write("mlflow", tmp_path, "simpo-r8")
+    follower.join(timeout=300)
+    assert not follower.is_alive()
+    assert said[0].endswith("waiting for the first run (a trackio, MLflow or W&B store with no runs yet)"), said
+    ends = [line for line in said if "finished" in line]
+    assert any("dpo-r8" in line for line in ends) and any("simpo-r8" in line for line in ends), said
+    assert sum("verdict" in line.lower() for line in said) >= 1, said

@@ -248,6 +248,43 @@ def follow_headless(run_dir: Path, log: Callable[[str], None], interval: float =
         lock.close()
 
 
+# ``attach --headless`` on logs prefwatch did not launch returns once every cell has ended and no new
+# run started for this long: a grid trained run after run into one store leaves a gap between runs.
+QUIET_SECONDS = 60.0
+
+
+def follow_logs(
+    path: Path, log: Callable[[str], None], interval: float = FOLLOW_SECONDS, quiet: float = QUIET_SECONDS
+) -> int:
+    """``attach --headless`` on logs prefwatch did not launch (a tracker's store, a folder of runs):
+    say what is news (each finding once, each cell's end, the verdict once every cell has ended),
+    following runs that start meanwhile; with nothing there yet, say what it waits for first. Nothing
+    is sent and nothing stopped: the jobs are not prefwatch's. Returns the number of alerts said."""
+    grid = open_path(path, wait=True)
+    if grid.waiting:
+        log(grid.waiting)
+    news = alerts.AlertPolicy(grid.name)
+    said, ended_since = 0, None
+    while True:
+        grid.poll()
+        analysis = analyse(grid)
+        for alert in news.news(cell_facts(c) for c in analysis.cells):
+            log(f"alert: {alert.text}")
+            said += 1
+        ended = bool(analysis.cells) and all(c.status.state in jobs.ENDED_STATES for c in analysis.cells)
+        if not ended:
+            ended_since = None
+        elif ended_since is None:
+            ended_since = time.monotonic()
+            verdict = news.verdict(analysis.verdict.headline, verdict_evidence(analysis))
+            if verdict is not None:
+                log(f"alert: {verdict.text}")
+                said += 1
+        elif time.monotonic() - ended_since >= quiet:
+            return said
+        time.sleep(interval)
+
+
 def _show_alerts(run_dir: Path, log: Callable[[str], None], interval: float) -> int:
     shown = len(alerts.read_sent(run_dir))  # what came before this attach: sent already
     while True:
