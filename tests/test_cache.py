@@ -27,8 +27,9 @@ from prefwatch.ingest.discover import open_path
 
 @pytest.fixture(autouse=True)
 def small_entries(monkeypatch, tmp_path):
-    """Entries for small logs too (the real threshold is 1 MiB), in a cache folder of the test's own."""
+    """Entries for small logs too (the real threshold is 64 KiB; streamed from 1 MiB), in a cache folder of the test's own."""
     monkeypatch.setattr(cache, "MIN_BYTES", 0)
+    monkeypatch.setattr(cache, "STREAM_BYTES", 0)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
@@ -306,7 +307,7 @@ def real_log(path: Path, repeats: int, resume_at: int | None = None) -> None:
 
 @pytest.mark.parametrize("resumed", [False, True])
 def test_a_real_log_large_enough_to_cache_comes_back_bit_for_bit(tmp_path, monkeypatch, hits, resumed):
-    """At the real threshold (1 MiB) and block size: a real TRL-era log's values (float32 numbers
+    """Over 1 MiB (where the entry is written while the log is read) and at the real block size: a real TRL-era log's values (float32 numbers
     printed as doubles, learning rates to 1e-9) come back from the entry exactly, and the report
     from the entry is the report from the log. Resumed, the stream is dropped (its rows changed)
     and the entry is saved whole, with the same result."""

@@ -239,3 +239,65 @@ def test_reading_only_the_changed_cell_equals_a_full_analysis(tmp_path_factory, 
         fresh.poll()
         assert result is not None
         assert result.to_json() == analyse(fresh, now=now).to_json(), f"after {kind} on {cell}"
+
+
+def test_a_sweep_of_short_finished_logs_is_loaded_from_the_cache_when_reopened(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    from prefwatch.ingest import cache
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = tmp_path / "sweep"
+    for index in range(3):
+        lines = [line(s, loss=1 / s, **{"rewards/margins": s / 100 + index}) for s in range(1, 801)]
+        lines.append(b'{"train_runtime": 10.0, "train_loss": 0.4, "step": 800}\n')
+        (root / f"dpo-r{4 << index}").mkdir(parents=True)
+        (root / f"dpo-r{4 << index}" / "metrics.jsonl").write_bytes(b"".join(lines))
+    sizes = [p.stat().st_size for p in root.rglob("metrics.jsonl")]
+    assert all(cache.MIN_BYTES <= size < cache.STREAM_BYTES for size in sizes)  # short logs, 70-80 KB
+    loaded: list[bool] = []
+    load = cache.load
+    monkeypatch.setattr(cache, "load", lambda log: loaded.append((hit := load(log)) is not None) or hit)
+    first = open_path(root)
+    first.poll()
+    again = open_path(root)
+    assert exact_lines_of(again) == []  # nothing parsed: every cell came from its entry
+    assert loaded == [False] * 3 + [True] * 3
+    for a, b in zip(first.cells, again.cells):
+        assert_same_series(a.series, b.series)
+
+
+def test_the_widest_rows_decide_the_fit_of_the_whole_review_table() -> None:
+    import random
+
+    from prefwatch.analysis.analyse import analyse
+    from prefwatch.report.text import fits, review_table, split_pairs, widest_rows
+
+    grid = open_path(Path(__file__).resolve().parent.parent / "sample_runs" / "tiny-demo")
+    grid.poll()
+    analysis = analyse(grid, now=0)
+    rng = random.Random(7)
+
+    def number() -> str:
+        return f"{rng.uniform(-1, 1) * 10 ** rng.randint(-3, 4):.3g}"
+
+    for trial in range(12):
+        rows = [
+            [
+                "-".join(
+                    rng.choice(["dpo", "simpo", "r16", "seed3", "lr5e-06", "a-much-longer-name"]) for _ in range(3)
+                ),
+                rng.choice(["finished", "running", "failed (exit 1)"]),
+                str(rng.randint(1, 10 ** rng.randint(1, 6))),
+                f"{number()}→{number()}",
+                f"{number()}/{number()}",
+                number(),
+                number(),
+                rng.choice(["–", "41/50", "7/100"]),
+            ]
+            for _ in range(rng.randint(1, 60))
+        ]
+        for shown in (rows, split_pairs(rows)):
+            probe = widest_rows(shown)
+            assert len(probe) <= 2 * len(shown[0])
+            for width in (40, 60, 80, 100, 120):
+                whole = fits(review_table(analysis, shown), shown, width)
+                assert fits(review_table(analysis, probe), probe, width) == whole, (trial, width)
