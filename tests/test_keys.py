@@ -98,6 +98,7 @@ CHECKED = {
         "stop the selected cell (asks first; launched grids only)",
         "compare one metric across all cells",
         "every cell in one row: sortable, grouped by factor",
+        "what the selected cell's model writes, beside the reference's answers",
         "stop the whole grid (asks first)",
         "restart a failed, stopped or lost cell from its checkpoint (asks)",
         "light or dark theme",
@@ -152,6 +153,22 @@ async def test_the_help_lists_exactly_the_keys_checked_here(tmp_path):
             assert title in shown
             for labels, text in rows:
                 assert f"{' '.join(labels):<18} {text}" in shown
+
+
+@run
+async def test_the_completions_key_opens_the_selected_cells_answers_and_escape_comes_back(tmp_path):
+    from prefwatch.tui.screens.completions import CompletionsScreen
+
+    app = MonitorApp(open_path(grid(tmp_path)), mode="replay")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await loaded(pilot)
+        (key,) = sections(app)["Keys"]["what the selected cell's model writes, beside the reference's answers"]
+        await pilot.press("right", key)  # dpo-r8
+        await until(pilot, lambda: isinstance(app.screen, CompletionsScreen), "the completions pane")
+        assert "dpo-r8" in str(app.screen.query_one("#title").render())
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, CompletionsScreen), "the grid again")
+        assert selected(app) == (0, 1)
 
 
 @run
