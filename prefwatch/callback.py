@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
+from prefwatch.files import safe
+
 if TYPE_CHECKING:
     from prefwatch.train.completions import CompletionSampler
 
@@ -56,8 +58,8 @@ class PrefwatchCallback(TrainerCallback):
             return
         record = {**logs, "step": state.global_step, "time": time.time()}
         # Opened per line: a reader never sees a half-buffered record, and no handle outlives training.
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, default=float) + "\n")  # float: numpy and 0-d tensor values
+        with safe.open_append(self.path) as f:  # never through a link planted in its place
+            f.write((json.dumps(record, default=float) + "\n").encode())  # float: numpy and 0-d tensor values
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
         """The reference answers before any update, when the prompts are known already."""

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="restart the cells of a run directory that did not finish"
     )
     launch.add_argument("--poll", action="store_true", help="poll files instead of file events (NFS)")
+    launch.add_argument(
+        "--force", action="store_true", help="launch (or list) a grid of more cells than the cap (4096)"
+    )
 
     label_help = "objective and LoRA rank of a cell whose folder name does not say (repeatable)"
     attach = commands.add_parser("attach", help="open the monitor on a grid whose jobs run (or ran)")
@@ -128,6 +131,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:
+        from prefwatch.core.textsafe import plain
+        from prefwatch.files.safe import PlantedFile
+
+        if not isinstance(exc, PlantedFile):
+            raise
+        print(f"prefwatch: {plain(exc)}", file=sys.stderr)  # a link planted where prefwatch writes: one line
+        return EXIT_BAD_INPUT
 
 
 # ---- launch ----------------------------------------------------------------------------------
@@ -140,7 +151,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if args.resume:
         return _resume(args)
     try:
-        grid = load_grid(args.grid)
+        grid = load_grid(args.grid, force=args.force)
     except GridError as exc:
         raise UsageError(str(exc)) from None
     if args.check:

@@ -191,7 +191,7 @@ def test_a_grid_file_that_cannot_be_read(tmp_path: Path) -> None:
     folder.mkdir()
     with pytest.raises(GridError) as caught:
         load_grid(folder)
-    assert str(caught.value) == f"{folder}: file: cannot be read ([Errno 21] Is a directory: '{folder}')"
+    assert str(caught.value) == f"{folder}: file: cannot be read (not a regular file: a folder)"
     latin = tmp_path / "latin.toml"
     latin.write_bytes(b'name = "\xff"\n')
     with pytest.raises(GridError) as caught:

@@ -40,7 +40,7 @@ def test_an_unreadable_path_is_an_error_naming_it(tmp_path: Path) -> None:
     folder.mkdir()
     reader = TailReader(folder)
     reader.poll()
-    assert reader.error == f"{folder}: Is a directory"
+    assert reader.error == f"{folder}: not a regular file: a folder"
 
 
 def test_the_line_limit_is_inclusive_and_each_oversized_line_is_counted(tmp_path: Path) -> None:
@@ -189,11 +189,13 @@ def opens(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Each path the reader opens, in order."""
     opened: list[str] = []
 
-    def counting_open(path, *args, **kwargs):  # type: ignore[no-untyped-def]
-        opened.append(str(path))
-        return open(path, *args, **kwargs)
+    real = tail.safe.open_read
 
-    monkeypatch.setattr(tail, "open", counting_open, raising=False)
+    def counting_open(path):  # type: ignore[no-untyped-def]
+        opened.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(tail.safe, "open_read", counting_open)
     return opened
 
 

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from prefwatch.files import rundir
+from prefwatch.files import rundir, safe
 
 ALERTS_FILE = rundir.ALERTS_FILE
 END_STATES = frozenset({"finished", "failed", "stopped", "lost"})
@@ -401,7 +401,7 @@ class Dispatcher:
         if not alerts:
             return
         try:
-            with open(self.path, "ab") as f:
+            with safe.open_append(self.path) as f:  # never through a link planted in its place
                 for alert in alerts:
                     f.write(msgspec.json.encode(alert) + b"\n")
         except OSError as exc:  # a read-only run directory: deliver all the same
@@ -525,7 +525,7 @@ def read_sent(run_dir: Path) -> list[Alert]:
     """The alerts recorded in alerts.jsonl (lines that do not parse are skipped: a torn last line)."""
     path = run_dir / ALERTS_FILE
     try:
-        lines = path.read_bytes().splitlines()
+        lines = safe.read_bytes(path).splitlines()
     except OSError:
         return []
     sent = []

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -220,7 +220,7 @@ def watching(
         lookout.dispatcher.close()
 
 
-def hold_alerts_lock(run_dir: Path) -> TextIO | None:
+def hold_alerts_lock(run_dir: Path) -> BinaryIO | None:
     """alerts.lock: one follower per grid sends its alerts and applies its policy (an flock, released
     by the kernel when the holder dies). None when another holds it."""
     return rundir.try_flock(run_dir / rundir.ALERTS_LOCK)

@@ -10,6 +10,7 @@ its own start and end (prefwatch.run.job); the supervisor records an end only wh
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import json
 import os
@@ -17,10 +18,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, Protocol
 
 import msgspec
 from msgspec.structs import replace
@@ -41,6 +43,10 @@ from prefwatch.run.backend import (
 from prefwatch.run.gpus import detect_gpus
 
 POLL_SECONDS = 0.2
+# Errors of a full file system: the supervisor waits for space, it does not die of them.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+# Lines said while the log could not be written, kept to be written when it can (the newest, at most).
+PENDING_LINES = 1000
 
 
 @dataclass(frozen=True)
@@ -90,32 +96,74 @@ def visible_gpus() -> list[int]:
     return [gpu.index for gpu in detect_gpus()]
 
 
+class Writer(Protocol):
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class Supervisor:
-    def __init__(self, run_dir: Path, resume: bool, log: TextIO) -> None:
+    def __init__(self, run_dir: Path, resume: bool, log: Writer, lock: BinaryIO | None = None) -> None:
         self.run_dir = run_dir
         self.resume = resume
         self.log = log
+        self.lock = lock  # launch.lock while its record is still to be written (a full disk)
         self.free = plan_slots(read_resources(run_dir))
         self.running: list[Running] = []
         self.backend = LocalBackend()
         self.host = socket.gethostname()
+        self.unsaid: list[str] = []
+        self._saying = threading.Lock()
+        self.disk_full: str | None = None  # what failed for want of space, while it lasts
 
     def say(self, message: str) -> None:
-        self.log.write(f"{time.strftime('%H:%M:%S')} {message}\n")
-        self.log.flush()
+        """A line in supervisor.log; on a full disk it waits (in memory) and goes out with the next line said."""
+        with self._saying:  # the alerts follower says things from its own thread
+            self.unsaid = [*self.unsaid, f"{time.strftime('%H:%M:%S')} {message}\n"][-PENDING_LINES:]
+            try:
+                while self.unsaid:
+                    self.log.write(self.unsaid[0])
+                    self.log.flush()
+                    self.unsaid.pop(0)
+            except OSError:
+                pass
 
     def run(self) -> int:
         self.say(f"supervising {self.run_dir} with {len(self.free)} slot(s)")
         self.adopt()
         while True:
-            self.reap()
-            waiting = self.waiting_cells()
-            while waiting and self.free:
-                self.start(waiting.pop(0), self.free.pop(0))
-            if not waiting and not self.running:
-                self.say("all cells ended")
-                return 0
+            try:
+                if self.step():
+                    self.say("all cells ended")
+                    return 0
+            except OSError as exc:
+                if exc.errno not in DISK_FULL:
+                    raise
+                self.out_of_space(f"{exc.filename or self.run_dir}: {exc.strerror}")
             time.sleep(POLL_SECONDS)
+
+    def step(self) -> bool:
+        """One look at the grid: reap, then start what waits while slots and space allow. True when all ended."""
+        if self.lock is not None:
+            write_lock_record(self.lock)
+            self.lock = None
+        self.reap()
+        waiting = self.waiting_cells()
+        if waiting and self.free and rundir.disk_full(self.run_dir):
+            self.out_of_space(f"{len(waiting)} cell(s) wait for space in {self.run_dir}")
+            return False
+        while waiting and self.free:
+            self.start(waiting.pop(0), self.free.pop(0))
+        if self.disk_full is not None:
+            self.say(f"space again: carrying on (disk full since: {self.disk_full})")
+            self.disk_full = None
+        return not waiting and not self.running
+
+    def out_of_space(self, what: str) -> None:
+        """Said once per spell of a full disk: the cells wait, nothing is lost, the supervisor carries on after."""
+        if self.disk_full is None:
+            self.disk_full = what
+            self.say(f"disk full: {what}; waiting for space")
 
     def adopt(self) -> None:
         """Follow the jobs that still run from before this supervisor (its predecessor died): each keeps its
@@ -175,9 +223,10 @@ class Supervisor:
                 continue
             else:
                 code = None
+            # Recorded first: on a full disk the write fails and the job stays followed, to be recorded later.
+            final = rundir.update_status(job.cell_dir, functools.partial(self.outcome, job, code=code))
             self.running.remove(job)
             self.free.append(job.slot)
-            final = rundir.update_status(job.cell_dir, functools.partial(self.outcome, job, code=code))
             self.say(f"{job.cell_dir.name} ended: {final.state}" + (f" ({code})" if code is not None else ""))
 
     def outcome(self, job: Running, record: StatusRecord, code: int | None) -> StatusRecord | None:
@@ -214,20 +263,55 @@ def _record(cell_dir: Path) -> StatusRecord | None:
         return None
 
 
-def hold_lock(run_dir: Path) -> TextIO | None:
-    """Take launch.lock; None when another live supervisor holds it."""
+def hold_lock(run_dir: Path) -> BinaryIO | None:
+    """Take launch.lock and write who holds it; None when another live supervisor holds it."""
+    taken = take_lock(run_dir)
+    if taken is not None and not taken[1]:
+        write_lock_record(taken[0])  # raises what a full disk raised
+    return taken[0] if taken is not None else None
+
+
+def take_lock(run_dir: Path) -> tuple[BinaryIO, bool] | None:
+    """launch.lock held, and whether its record (pid, start time, host) is written: on a full disk the lock
+    is held all the same and the record written once there is room. None when another supervisor holds it."""
     handle = rundir.try_flock(run_dir / rundir.LOCK_FILE)
     if handle is None:
         return None
+    try:
+        write_lock_record(handle)
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            handle.close()
+            raise
+        return handle, False
+    return handle, True
+
+
+def write_lock_record(handle: BinaryIO) -> None:
     handle.seek(0)
     handle.truncate()
     pid = os.getpid()
-    json.dump({"pid": pid, "pid_start": process_start_time(pid), "host": socket.gethostname()}, handle)
+    handle.write(json.dumps({"pid": pid, "pid_start": process_start_time(pid), "host": socket.gethostname()}).encode())
     handle.flush()
-    return handle
 
 
-def release_lock(handle: TextIO) -> None:
+class _Log:
+    """supervisor.log, unbuffered: a write that fails (a full disk) has written nothing, so it can be said again."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write(self, text: str) -> int:
+        data = text.encode()
+        while data:
+            data = data[os.write(self.fd, data) :]
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def release_lock(handle: BinaryIO) -> None:
     """Give launch.lock up, its record naming no process first: from here this process is not the grid's
     supervisor (it may still deliver its last alerts), ``supervisor_alive`` says so (False), and a
     resume starts the next one at once. A SIGTERM now ends this process instead of stopping the cells
@@ -238,7 +322,7 @@ def release_lock(handle: TextIO) -> None:
     try:
         handle.seek(0)
         handle.truncate()
-        json.dump({"pid": None, "host": socket.gethostname()}, handle)
+        handle.write(json.dumps({"pid": None, "host": socket.gethostname()}).encode())
         handle.flush()
     except OSError:
         pass  # the kernel releases the flock with the handle all the same
@@ -251,11 +335,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    lock = hold_lock(args.run_dir)
-    if lock is None:
+    try:
+        taken = take_lock(args.run_dir)
+    except OSError as exc:  # a link, a pipe, ... in its place: one line naming it
+        print(f"{args.run_dir}: the supervisor cannot start: {exc}", file=sys.stderr)
+        return 2
+    if taken is None:
         print(f"{args.run_dir}: another supervisor is running", file=sys.stderr)
         return 2
-    supervisor = Supervisor(args.run_dir, args.resume, sys.stdout)
+    lock, written = taken
+    supervisor = Supervisor(args.run_dir, args.resume, _Log(sys.stdout.fileno()), lock=None if written else lock)
     signal.signal(signal.SIGTERM, supervisor.stop_all)
     try:
         # alerts and the stop policy (prefwatch.act.policy); the lock is given up before the last alerts go

@@ -12,12 +12,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
+import math
 import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from prefwatch.files import safe
 
 OBJECTIVES = ("dpo", "simpo", "orpo")
 EMBEDDED_MODEL = "tiny"
@@ -423,14 +426,23 @@ class Grid:
         return list(self.settings.grid.ranks)
 
 
-def load_grid(path: Path | str) -> Grid:
-    """Parse and validate a grid file; raises GridError with a one-line message."""
+# The most cells a grid file may make without --force: a product of sweeps grows fast (2 objectives x 100
+# ranks x 100 betas x 50 learning rates is a million cells, 35 s and 1 GB just to list), and a grid larger
+# than this is far more than a machine or a monitor follows; it is a typo more often than a plan.
+MAX_CELLS = 4096
+
+
+def load_grid(path: Path | str, force: bool = False) -> Grid:
+    """Parse and validate a grid file; raises GridError with a one-line message. A grid of more than
+    MAX_CELLS cells is refused unless ``force``."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = safe.read_text(path)
     except FileNotFoundError:
         raise GridError(path, None, "file", "no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:  # a folder, a named pipe (never waited on), no permission
+        raise GridError(path, None, "file", f"cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
         raise GridError(path, None, "file", f"cannot be read ({exc})") from None
     try:
         raw = tomllib.loads(text)
@@ -438,13 +450,13 @@ def load_grid(path: Path | str) -> Grid:
         line = getattr(exc, "lineno", None) or _line_from_message(str(exc))
         message = getattr(exc, "msg", None) or re.sub(r"\s*\(at line.*\)$", "", str(exc))
         raise GridError(path, line, "syntax", f"not valid TOML: {message}") from None
-    return _Validator(path, text).grid(raw)
+    return _Validator(path, text, force).grid(raw)
 
 
 def load_tables(path: Path, tables: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """Some tables of a grid file, validated alone: the supervisor reads [alerts] and [policy] from the
     run directory's copy, whose relative data paths no longer resolve."""
-    text = path.read_text(encoding="utf-8")
+    text = safe.read_text(path)
     raw = tomllib.loads(text)
     validator = _Validator(path, text)
     return {table: validator.table(table, raw.get(table, {}), SCHEMA[table]) for table in tables}
@@ -461,9 +473,10 @@ def _suggest(value: Any, choices: Any) -> str:
 
 
 class _Validator:
-    def __init__(self, path: Path, text: str) -> None:
+    def __init__(self, path: Path, text: str, force: bool = False) -> None:
         self.path = path
         self.lines = text.splitlines()
+        self.force = force
 
     def fail(self, table: str, key: str, message: str) -> GridError:
         label = f"[{table}] {key}" if table else key
@@ -504,7 +517,27 @@ class _Validator:
             **{table: cls(**settings[table]) for table, cls in TABLES.items()},
             objectives={name: OBJECTIVE_TABLES[name](**values) for name, values in settings["objectives"].items()},
         )
+        self.check_size(typed)
         return Grid(name=name, path=self.path, settings=typed, cells=tuple(self.cells(typed)))
+
+    def check_size(self, settings: Settings) -> None:
+        """Refuse a product of more than MAX_CELLS cells (unless forced), before any cell is made, naming
+        the longest axis's line."""
+        axes = {
+            ("grid", "objectives"): len(settings.grid.objectives),
+            ("grid", "ranks"): len(settings.grid.ranks),
+            ("grid", "betas"): max(1, len(settings.grid.betas)),
+            ("grid", "learning_rates"): max(1, len(settings.grid.learning_rates)),
+            ("train", "seeds"): len(settings.train.seeds),
+        }
+        count = math.prod(axes.values())
+        if count <= MAX_CELLS or self.force:
+            return
+        table, key = max(axes, key=lambda axis: axes[axis])
+        product = " x ".join(f"{n} {k.replace('_', ' ')}" for (_, k), n in axes.items())
+        raise self.fail(
+            table, key, f"{count} cells ({product}): over the cap of {MAX_CELLS}; --force launches them all the same"
+        )
 
     def name(self, value: Any) -> str:
         if not isinstance(value, str):

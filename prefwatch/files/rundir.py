@@ -29,18 +29,20 @@ start and exit records (prefwatch.run.job). The monitor and the report read; the
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import fcntl
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO
 
 import msgspec
+
+from prefwatch.files import safe
 
 GRID_FILE = "grid.toml"
 LOCK_FILE = "launch.lock"
@@ -67,6 +69,10 @@ JOB_SCRIPT = "job.sh"
 # files only at a normal exit (the datasets library's hf_datasets-*) leave them here, not in /tmp.
 SCRATCH_DIR = ".tmp"
 MAX_RECORD_BYTES = 1 << 20  # a status.json or lock larger than this is not one prefwatch wrote
+# A run directory's file system with less room than this is full: a job's first records, its output and its
+# first log lines would not fit, so no job starts (the supervisor waits) and waiting cells read "disk full".
+ROOM_TO_START = 1 << 20
+DISK_FULL = "disk full"
 
 
 def is_grid_dir(path: Path) -> bool:
@@ -79,7 +85,7 @@ def is_cell_dir(path: Path) -> bool:
 
 def is_launched_cell(path: Path) -> bool:
     """A cell that prefwatch launched (it has a status record), not logs found on disk."""
-    return (path / STATUS_FILE).is_file()
+    return os.path.lexists(path / STATUS_FILE)  # a pipe or a link in its place: launched, its record unreadable
 
 
 def cell_dirs(grid_dir: Path) -> list[Path]:
@@ -103,12 +109,16 @@ def read_json(path: Path, limit: int = 64 << 20) -> dict[str, Any] | None:
     """A JSON object from disk, or None when the file is missing, partial, larger than ``limit``, nested
     too deep or not an object."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
+        data = safe.read_bytes(path, limit)
         value = json.loads(data) if len(data) <= limit else None
     except (OSError, ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def disk_full(run_dir: Path) -> bool:
+    """Whether the run directory's file system has too little room left to start a job (ROOM_TO_START)."""
+    return safe.disk_full(run_dir, ROOM_TO_START)
 
 
 def write_json_atomic(path: Path, value: dict[str, Any]) -> None:
@@ -155,8 +165,7 @@ def read_cell(cell_dir: Path) -> CellRecord:
 
 def _decode(path: Path, decoder: Any, what: str) -> Any:
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_RECORD_BYTES + 1)
+        data = safe.read_bytes(path, MAX_RECORD_BYTES)
     except OSError as exc:
         raise RecordError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if len(data) > MAX_RECORD_BYTES:
@@ -270,11 +279,11 @@ def update_status(cell_dir: Path, change: Callable[[StatusRecord], StatusRecord 
         return current
 
 
-def try_flock(path: Path) -> TextIO | None:
+def try_flock(path: Path) -> BinaryIO | None:
     """Take an exclusive flock on ``path`` without waiting; the open handle holds it (the kernel
     releases it when the holder dies, so it never goes stale), None when another process holds it.
     One shape for the grid's locks: launch.lock (the supervisor) and alerts.lock (the one follower)."""
-    handle = open(path, "a+")
+    handle = safe.open_lock(path)  # a link or a pipe in its place: PlantedFile
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -285,7 +294,7 @@ def try_flock(path: Path) -> TextIO | None:
 
 @contextmanager
 def _status_lock(cell_dir: Path) -> Iterator[None]:
-    with open(cell_dir / STATUS_LOCK, "a") as handle:
+    with safe.open_lock(cell_dir / STATUS_LOCK) as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -293,18 +302,7 @@ def _status_lock(cell_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+_write_atomic = safe.write_atomic  # never through a link; the mode follows the umask
 
 
 @dataclass(frozen=True)
@@ -317,6 +315,7 @@ class CellStatus:
     slurm_state: str | None = None
     slurm_reason: str | None = None
     error: str | None = None  # status.json unreadable, or Slurm could not be asked
+    note: str | None = None  # what the reader saw around the records: "disk full", "run directory gone"
 
     @property
     def exit_code(self) -> int | None:
@@ -326,8 +325,16 @@ class CellStatus:
     def signal(self) -> int | None:
         return self.record.signal
 
+    def noted(self, note: str) -> CellStatus:
+        return dataclasses.replace(self, note=note)
+
     def describe(self) -> str:
-        """The state as a person reads it: "failed (exit 1)", "failed (timeout)", "queued (Resources)"."""
+        """The state as a person reads it: "failed (exit 1)", "failed (timeout)", "queued (Resources)",
+        "queued (disk full)", "finished (run directory gone)"."""
+        said = self._describe()
+        return f"{said} ({self.note})" if self.note else said
+
+    def _describe(self) -> str:
         if self.state == CellState.FAILED:
             if self.slurm_state in SLURM_FAILURE_WORDS:
                 return f"failed ({SLURM_FAILURE_WORDS[self.slurm_state]})"
@@ -361,10 +368,7 @@ def stop_requested(cell_dir: Path) -> bool:
 
 def request_stop(cell_dir: Path, reason: str | None = None) -> None:
     """Mark a stop; ``reason`` (the stop policy's) is kept in the file and copied into status.json."""
-    if reason:
-        _write_atomic(cell_dir / STOP_REQUEST, json.dumps({"reason": reason}).encode())
-    else:
-        (cell_dir / STOP_REQUEST).touch()
+    _write_atomic(cell_dir / STOP_REQUEST, json.dumps({"reason": reason}).encode() if reason else b"")
 
 
 def stop_reason(cell_dir: Path) -> str | None:

@@ -26,6 +26,7 @@ from typing import Any
 
 import msgspec
 
+from prefwatch.files import safe
 from prefwatch.files.rundir import SYSTEM_FILE as SYSTEM_FILE
 
 INTERVAL = 10.0
@@ -162,7 +163,7 @@ class Recorder:
             stopping = self._stop.wait(min(self.interval, 1.0) if not self.path.exists() else self.interval)
             try:
                 line = _encoder.encode(self.sample()) + b"\n"
-                with open(self.path, "ab") as f:  # one write per line: a reader never sees half of one
+                with safe.open_append(self.path) as f:  # one write per line: a reader never sees half of one
                     f.write(line)
             except Exception:  # the process or a GPU went away: a lost sample, never a failed job
                 pass

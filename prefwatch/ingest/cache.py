@@ -59,6 +59,7 @@ import numpy as np
 from prefwatch.core import metrics
 from prefwatch.core.metrics import Split
 from prefwatch.core.series import CellSeries, SplitSeries
+from prefwatch.files import safe
 
 FORMAT = 3
 MAGIC = b"prefwatch-cache\x03"
@@ -343,7 +344,7 @@ class Stream:
 def ends_finished(log: Path) -> bool:
     """Whether the last complete line of ``log`` is an end-of-training record (read from its tail only)."""
     try:
-        with open(log, "rb") as f:
+        with safe.open_read(log) as f:
             size = os.fstat(f.fileno()).st_size
             f.seek(max(0, size - _TAIL_BYTES))
             tail = f.read(_TAIL_BYTES)
@@ -396,18 +397,14 @@ def load(log: Path) -> tuple[CellSeries, Identity] | None:
 
 def _open_entry(path: Path) -> io.BufferedReader:
     """An entry opened for reading, only if it is a regular file of the user's that nobody else may
-    write: opening a named pipe left in its place would wait for a writer forever (O_NONBLOCK), a
-    device is not an entry, and a link (O_NOFOLLOW) or another's file is not the user's entry."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
-            raise OSError(f"{path}: not a regular file of the user's own")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
+    write: a named pipe left in its place is never waited on and a device is not an entry (safe.open_read),
+    and a link (not followed) or another's file is not the user's entry."""
+    f = safe.open_read(path, follow=False)
+    st = os.fstat(f.fileno())
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        f.close()
+        raise OSError(f"{path}: not a regular file of the user's own")
+    return f
 
 
 def _read_frame(f: BinaryIO) -> tuple[dict[str, Any], bytes]:

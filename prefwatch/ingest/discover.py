@@ -7,7 +7,10 @@ of runs a few levels down, and says what it skipped and why. Nothing is read yet
 
 from __future__ import annotations
 
+import os
 import re
+import stat
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -64,6 +67,14 @@ def open_path(path: Path | str, labels: Labels | None = None, wait: bool = False
 
 
 def _open(path: Path, wait: bool = False) -> GridSource:
+    try:
+        return _recognise(path, wait)
+    except PermissionError as exc:  # a folder of another user's: one line, not a traceback
+        where = exc.filename or path
+        raise SourceError(f"{where}: cannot be read ({exc.strerror})") from None
+
+
+def _recognise(path: Path, wait: bool = False) -> GridSource:
     if not path.exists():
         raise SourceError(f"{path}: no such file or folder")
     if wait and path.is_dir():
@@ -94,8 +105,7 @@ def _open(path: Path, wait: bool = False) -> GridSource:
     cells, skipped = find_cells(path)
     if not cells:
         if skipped:
-            why = "; ".join(f"{where}: {reason}" for where, reason in skipped)
-            raise SourceError(f"{path}: no logs prefwatch reads ({why})")
+            raise SourceError(f"{path}: no logs prefwatch reads ({'; '.join(skipped_lines(skipped, 3))})")
         raise SourceError(
             f"{path}: no logs found within {SEARCH_DEPTH} folder levels (looked for a run directory, "
             "metrics.jsonl, trainer_state.json and TensorBoard event files)"
@@ -143,11 +153,16 @@ def find_cells(root: Path, depth: int = SEARCH_DEPTH) -> tuple[list[CellSource],
         below: list[Path] = []
         for folder in level:
             for child in _subfolders(folder):
-                cell = _cell_at(child)
+                try:
+                    os.scandir(child).close()  # a folder this user cannot list: said why, not raised
+                    cell = _cell_at(child)
+                    unread = None if cell is not None else _unread(child)
+                except OSError as exc:
+                    skipped.append((child.relative_to(root), exc.strerror or str(exc)))
+                    continue
                 if cell is not None:
                     cells.append(cell)
                     continue
-                unread = _unread(child)
                 if unread is not None:
                     skipped.append((child.relative_to(root), f"{unread[0]} is {unread[1]}"))
                 below.append(child)
@@ -156,6 +171,17 @@ def find_cells(root: Path, depth: int = SEARCH_DEPTH) -> tuple[list[CellSource],
     if unread is not None:
         skipped.insert(0, (Path(unread[0]), unread[1]))
     return cells, skipped
+
+
+def skipped_lines(skipped: list[tuple[Path, str]], most: int = 10) -> list[str]:
+    """The folders not read, one line each, at most ``most`` of them and then one line for the rest
+    (``report /proc`` meets thousands: the rest are counted by reason)."""
+    lines = [f"{where}: {why}" for where, why in skipped[:most]]
+    rest = Counter(why.split(" (")[0].split(";")[0] for _, why in skipped[most:])  # the reason, without its advice
+    if rest:
+        reasons = ", ".join(f"{n} {why}" for why, n in rest.most_common(3)) + (", ..." if len(rest) > 3 else "")
+        lines.append(f"{sum(rest.values())} more folders ({reasons})")
+    return lines
 
 
 def _unread(folder: Path) -> tuple[str, str] | None:
@@ -176,8 +202,16 @@ def _subfolders(folder: Path) -> list[Path]:
     return [
         c
         for c in children
-        if c.is_dir() and not c.is_symlink() and not c.name.startswith(".") and not re.match(r"checkpoint-\d+$", c.name)
+        if not c.name.startswith(".") and not re.match(r"checkpoint-\d+$", c.name) and _plain_folder(c)
     ]
+
+
+def _plain_folder(path: Path) -> bool:
+    """A folder, not a link to one (a link loop, /proc's links to other users' folders)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _apply_labels(grid: GridSource, labels: Labels) -> None:

@@ -23,7 +23,7 @@ from prefwatch.core import metrics
 from prefwatch.core.factors import RANK, SEED, Factors, Origin, Value, config_factors
 from prefwatch.core.objectives import NOTHING_YET, Claim, Inference, infer, name_objective
 from prefwatch.core.series import CellSeries
-from prefwatch.files import rundir, system
+from prefwatch.files import rundir, safe, system
 from prefwatch.files.rundir import CellState, CellStatus, StatusRecord
 from prefwatch.ingest import allocator, cache
 from prefwatch.ingest.columnar import ColumnarDecoder, add_blocks
@@ -40,6 +40,10 @@ REFRESH_SECONDS = 1.0
 # long, are "incomplete": the run stopped (or was stopped) before its last step.
 INCOMPLETE_AFTER_SECONDS = 600.0
 INCOMPLETE = CellState.INCOMPLETE
+# A row is stamped before it is written, so its time is at most its file's modification time. More than
+# this past it (clock differences between a writer and a file server aside) is a clock set wrong: the row
+# would read "running, 0 s ago" until the clock caught up. Such times are clamped to the file's.
+FUTURE_SLACK_SECONDS = 120.0
 
 
 # Where each tracker keeps a run's settings (by the module of the run's reader).
@@ -310,7 +314,7 @@ class CellSource:
         if reader is None or reader.started or self.metrics_path is None:
             return False
         try:
-            with open(self.metrics_path, "rb") as f:
+            with safe.open_read(self.metrics_path) as f:
                 size = os.fstat(f.fileno()).st_size
                 f.seek(max(0, size - max_bytes))
                 tail = f.read(max_bytes)
@@ -437,7 +441,7 @@ class CellSource:
             seen = (path, stat.st_mtime_ns, stat.st_size)
             if seen == self._state_seen:
                 return False
-            state = decode_line(path.read_bytes())
+            state = decode_line(safe.read_bytes(path))
         except OSError:
             return False
         if isinstance(state, dict):
@@ -485,7 +489,7 @@ class CellSource:
         # No process is known for logs prefwatch did not start: recent writes are all that says "running".
         last = self.last_log_time()
         running = last is not None and time.time() - last < INCOMPLETE_AFTER_SECONDS
-        return CellStatus(CellState.RUNNING if running else INCOMPLETE)
+        return CellStatus(CellState.RUNNING if running else INCOMPLETE, note=self.clock_note())
 
     def _written_at(self) -> float | None:
         """When the cell's log file was last written (its mtime), for logs whose rows carry no time."""
@@ -500,9 +504,20 @@ class CellSource:
             return None
 
     def last_log_time(self) -> float | None:
-        """When the last row was logged: its own time, else the log file's modification time."""
+        """When the last row was logged: its own time, else the log file's modification time; a time
+        past the file's (rows stamped in the future, see FUTURE_SLACK_SECONDS) is clamped to the file's."""
         last = self.series.last_time
-        return last if last is not None and math.isfinite(last) else self._written_at()
+        written = self._written_at()
+        if last is None or not math.isfinite(last):
+            return written
+        return written if written is not None and last > written + FUTURE_SLACK_SECONDS else last
+
+    def clock_note(self) -> str | None:
+        """Names a clamp of last_log_time: "rows stamped 1 day past the log's time (a clock set wrong?)"."""
+        last, written = self.series.last_time, self._written_at()
+        if last is None or written is None or not math.isfinite(last) or last <= written + FUTURE_SLACK_SECONDS:
+            return None
+        return f"rows stamped in the future, {_span(last - written)} past the log's time: read at the log's time"
 
 
 @dataclass
@@ -630,3 +645,12 @@ def _reserve(series: CellSeries, scale: float, most: int) -> None:
     for split in (series.train, series.eval):
         if len(split):
             split.reserve(min(int(len(split) * scale * 1.05) + 64, most))
+
+
+def _span(seconds: float) -> str:
+    """A length of time at a glance: "3 min", "5 h", "1 day"."""
+    for size, unit in ((86400.0, "day"), (3600.0, "h"), (60.0, "min")):
+        if seconds >= size:
+            count = seconds // size
+            return f"{count:.0f} {unit}" + ("s" if unit == "day" and count != 1 else "")
+    return f"{seconds:.0f} s"

@@ -1,8 +1,9 @@
 """Follow a growing JSONL file by byte offset, reading every complete line exactly once.
 
 A writer may flush half a line; the reader keeps the partial tail until its newline arrives. A file
-that shrinks (truncated) or whose inode changes (replaced, rotated) is read again from the start,
-and the caller is told so it can drop what it built from the old file.
+that shrinks (truncated), whose inode changes (replaced, rotated) or whose bytes already read changed
+(rewritten in place, even longer: its first and last bytes before the offset are compared) is read
+again from the start, and the caller is told so it can drop what it built from the old file.
 """
 
 from __future__ import annotations
@@ -20,9 +21,15 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from prefwatch.files import safe
+
 MAX_LINE_BYTES = 1 << 20
 # A file that looks unchanged is opened again after this long anyway (network file systems).
 REOPEN_SECONDS = 0.25
+# Bytes kept from the start of the file and from just before the offset: a log only ever appended to
+# never changes them; one written over from its start (another run of the same name, same inode) does
+# (its rows carry other times and values), and is then a new segment, never mixed with the old one.
+_FINGERPRINT_BYTES = 64
 # Read and decoded this much at a time: a block's objects then fit in memory the process already
 # holds (4 MiB blocks made ~5 MB of short-lived objects each, in fresh pages every time).
 _CHUNK_BYTES = 1 << 18
@@ -55,6 +62,7 @@ class TailReader:
         self._on_block: Callable[[bytes], None] = lambda block: None
         self._opened_at = -math.inf
         self._seen: tuple[int, int] = (-1, -1)  # size and mtime at the last read
+        self._fingerprint: bytes | None = None  # the head and the bytes before the offset, as last read
 
     @property
     def identity(self) -> tuple[int, int, int, int] | None:
@@ -70,6 +78,7 @@ class TailReader:
         device, inode, size, mtime = identity
         self._inode, self._offset, self._seen, self._partial = (device, inode), size, (size, mtime), b""
         self._opened_at = time.monotonic()
+        self._fingerprint = None  # taken at the next read, from the file the cache entry was checked against
 
     @property
     def started(self) -> bool:
@@ -92,13 +101,14 @@ class TailReader:
         if self._unchanged():
             return batch
         try:
-            with open(self.path, "rb") as f:
+            with safe.open_read(self.path) as f:
                 stat = os.fstat(f.fileno())
                 self._opened_at, self._seen = time.monotonic(), (stat.st_size, stat.st_mtime_ns)
                 inode = (stat.st_dev, stat.st_ino)
                 # A file that vanished and came back is a new file even when the file system gave it
                 # the old inode number again (it often does): read it from its start.
                 replaced = self.missing or inode != self._inode or stat.st_size < self._offset
+                replaced = replaced or self._rewritten(f.fileno())
                 if self._inode is not None and replaced:
                     self._restart()
                     batch.restarted = True
@@ -112,6 +122,7 @@ class TailReader:
                     while chunk := f.read(_CHUNK_BYTES):
                         self._offset += len(chunk)
                         self._take(chunk, batch)
+                self._fingerprint = self._fingerprint_of(f.fileno())
         except FileNotFoundError:
             if self._inode is not None:
                 self.missing = True
@@ -121,6 +132,18 @@ class TailReader:
             for block in batch.blocks:
                 decode_lines(block, batch)
         return batch
+
+    def _fingerprint_of(self, fd: int) -> bytes:
+        """The first bytes of the file and those just before the offset (two small preads)."""
+        head = os.pread(fd, min(_FINGERPRINT_BYTES, self._offset), 0)
+        start = max(0, self._offset - _FINGERPRINT_BYTES)
+        return head + os.pread(fd, self._offset - start, start)
+
+    def _rewritten(self, fd: int) -> bool:
+        """Whether bytes already read are no longer what they were: the file was written over in place."""
+        if self._fingerprint is None or self._offset == 0:
+            return False
+        return self._fingerprint_of(fd) != self._fingerprint
 
     def _unchanged(self) -> bool:
         """Whether a stat shows the file as it was at the last read, which was recent.
@@ -139,6 +162,7 @@ class TailReader:
 
     def _restart(self) -> None:
         self._offset = 0
+        self._fingerprint = None
         self._partial = b""
         self._skipping_oversized = False
 

@@ -34,6 +34,7 @@ from prefwatch.core.factors import (
 from prefwatch.core.factors import text as factor_text
 from prefwatch.core.objectives import agrees, said_by
 from prefwatch.core.textsafe import markdown_code, markdown_literal, plain
+from prefwatch.ingest.discover import skipped_lines as folders_not_read
 
 if TYPE_CHECKING:  # Rich is imported by the terminal rendering only: JSON and Markdown go without it
     from rich.console import Console
@@ -141,7 +142,8 @@ def swept(analysis: GridAnalysis) -> list[str]:
 
 
 def skipped_lines(analysis: GridAnalysis) -> list[str]:
-    return [f"not read: {where}: {why}" for where, why in analysis.grid.skipped]
+    """The folders not read, and why; thousands of them (``report /proc``) end in one line that counts the rest."""
+    return [f"not read: {line}" for line in folders_not_read(analysis.grid.skipped)]
 
 
 def brevity_lines(analysis: GridAnalysis) -> list[str]:

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from msgspec.structs import replace
 
-from prefwatch.files import rundir
+from prefwatch.files import rundir, safe
 from prefwatch.files.grid import EMBEDDED_DATA, EMBEDDED_DATA_SETS, EMBEDDED_MODEL
 from prefwatch.files.rundir import CellState, CellStatus, StatusRecord
 
@@ -199,7 +199,7 @@ class Backend(Protocol):
 def spawn_detached(argv: list[str], log: Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """A process in a session of its own (so a terminal's SIGHUP never reaches it), stdin closed,
     stdout and stderr appended to ``log``."""
-    with open(log, "ab") as out:
+    with safe.open_append(log) as out:  # supervisor.log, stdout.log: never through a planted link
         return subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,

@@ -22,7 +22,6 @@ import os
 import shutil
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from msgspec.structs import replace
 
-from prefwatch.files import rundir
+from prefwatch.files import rundir, safe
 from prefwatch.files.grid import Grid, SlurmSettings
 from prefwatch.files.rundir import ENDED_STATES, CellState, CellStatus, RecordError, StatusRecord
 from prefwatch.run.backend import (
@@ -91,7 +90,7 @@ def create_run_dir(grid: Grid, out_root: Path) -> Path:
         first = replace(first, backend=SLURM)
     try:
         out_root.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{grid.name}.", dir=out_root))
+        staging = safe.make_dir(out_root, f".{grid.name}.")  # 0777 less the umask, as the user's folders
     except OSError as exc:
         raise LaunchError(f"{out_root}: cannot create the run directory ({exc.strerror or exc})") from None
     try:
@@ -175,7 +174,10 @@ def start_supervisor(run_dir: Path, resume: bool = False, timeout: float = 15.0)
     deadline = time.monotonic() + timeout
     while not supervisor_alive(run_dir):
         if process.poll() is not None or time.monotonic() > deadline:
-            lines = log.read_text(errors="replace").strip().splitlines()
+            try:
+                lines = safe.read_text(log, errors="replace").strip().splitlines()
+            except OSError:
+                lines = []
             reason = lines[-1] if lines else f"exit status {process.returncode}"
             raise LaunchError(f"{log}: the supervisor did not start: {reason}")
         time.sleep(0.02)
@@ -218,6 +220,14 @@ def requeue_unfinished(run_dir: Path) -> Resumed:
     """
     if not rundir.is_grid_dir(run_dir):
         raise LaunchError(f"{run_dir}: not a prefwatch run directory (no cells/ folder)")
+    for name in (
+        rundir.LOCK_FILE,
+        rundir.SUPERVISOR_LOG,
+    ):  # the files a new supervisor writes: refused before any change
+        try:
+            safe.refuse_planted(run_dir / name)
+        except safe.PlantedFile as exc:
+            raise LaunchError(str(exc)) from None
     if supervisor_alive(run_dir) and not _finishing_supervisor_exits(run_dir):
         raise LaunchError(f"{run_dir}: its supervisor is still running; stop it first or attach")
     slurm_grid = backend_of(run_dir) == SLURM
@@ -331,18 +341,40 @@ def grid_statuses(run_dir: Path, cell_dirs: list[Path] | None = None) -> dict[st
     """Every cell's status by cell id, with one look at the supervisor for the grid."""
     supervised = supervisor_alive(run_dir)
     dirs = rundir.cell_dirs(run_dir) if cell_dirs is None else cell_dirs
-    return {d.name: read_status(d, supervised) for d in dirs}
+    full = rundir.disk_full(run_dir)
+    return {d.name: _noted(read_status(d, supervised), full) for d in dirs}
+
+
+def _noted(status: CellStatus, disk_full: bool) -> CellStatus:
+    """A cell that has not ended on a full disk says so: it waits for space (the supervisor starts nothing)."""
+    return status.noted(rundir.DISK_FULL) if disk_full and status.state not in ENDED_STATES else status
+
+
+RUN_DIR_GONE = "run directory gone"
 
 
 def hand_statuses(grid: GridSource) -> None:
     """Read the status of every launched cell of ``grid`` and hand it to the cell's reader: the analysis,
     the CLI and the monitor then use it; the readers themselves never look at processes or Slurm."""
-    if not grid.managed:
+    if not grid.managed or _run_dir_gone(grid):
         return
     grid.supervised = supervisor_alive(grid.root)
+    full = rundir.disk_full(grid.root)
     for cell in grid.cells:
         if cell.managed:
-            cell.handed_status = read_status(cell.directory, grid.supervised)
+            cell.handed_status = _noted(read_status(cell.directory, grid.supervised), full)
+
+
+def _run_dir_gone(grid: GridSource) -> bool:
+    """True when the grid's run directory was moved or deleted under the reader. A cell's state then
+    comes from the records it read, not from where its folder was first seen (a missing status.json
+    would read "queued"): each keeps the status last handed in, marked "run directory gone"."""
+    if rundir.is_grid_dir(grid.root):
+        return False
+    for cell in grid.cells:
+        if cell.managed and cell.handed_status is not None and cell.handed_status.note != RUN_DIR_GONE:
+            cell.handed_status = cell.handed_status.noted(RUN_DIR_GONE)
+    return True
 
 
 class StatusReader:
@@ -360,11 +392,14 @@ class StatusReader:
         self.recheck = recheck
         self.clock = clock
         self._seen: dict[Path, tuple[tuple[int, int, int] | None, bool | None, float]] = {}
+        self._full = False  # the run directory's disk full at the last call
 
     def __call__(self, grid: GridSource) -> None:
-        if not grid.managed:
+        if not grid.managed or _run_dir_gone(grid):
             return
         grid.supervised = supervisor_alive(grid.root)
+        full, was_full = rundir.disk_full(grid.root), self._full
+        self._full = full
         now = self.clock()
         for cell in grid.cells:
             if not cell.managed:
@@ -376,10 +411,11 @@ class StatusReader:
                 before is not None
                 and status is not None
                 and before[:2] == (seen, grid.supervised)
+                and full == was_full
                 and (status.state in ENDED_STATES or now - before[2] < self.recheck)
             ):
                 continue
-            fresh = read_status(cell.directory, grid.supervised)
+            fresh = _noted(read_status(cell.directory, grid.supervised), full)
             if fresh != status:
                 cell.handed_status = fresh
             self._seen[cell.directory] = (seen, grid.supervised, now)

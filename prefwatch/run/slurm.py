@@ -33,7 +33,7 @@ from typing import Any
 import msgspec
 from msgspec.structs import replace
 
-from prefwatch.files import rundir
+from prefwatch.files import rundir, safe
 from prefwatch.files.grid import SlurmSettings
 from prefwatch.files.rundir import CellState, CellStatus, StatusRecord
 from prefwatch.run.backend import LaunchSpec
@@ -124,7 +124,7 @@ def submit(cell_dir: Path, grid_name: str, slurm: SlurmSettings, spec: LaunchSpe
     """Write the cell's job script, hand it to sbatch and record the job id in status.json."""
     cell = rundir.read_json(cell_dir / rundir.CELL_FILE) or {}
     script = cell_dir / JOB_SCRIPT
-    script.write_text(job_script(cell_dir, cell, spec))
+    safe.write_atomic(script, job_script(cell_dir, cell, spec).encode())  # never through a planted link
     script.chmod(0o755)
     command = sbatch_command(cell_dir, grid_name, slurm, script)
     result = _run(command)

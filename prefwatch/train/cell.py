@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from prefwatch.files import safe
 from prefwatch.files.grid import OBJECTIVES, cell_defaults, objective_defaults
 
 DTYPES = ("auto", "bf16", "fp16", "fp32")
@@ -30,7 +31,7 @@ def load_cell(path: str | Path) -> dict[str, Any]:
     """Read cell.json and fill in defaults; the cell directory is the file's folder."""
     path = Path(path)
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(safe.read_bytes(path))
     except (OSError, ValueError, RecursionError) as e:
         raise CellError(f"{path}: cannot read ({' '.join(str(e).split())[:200]})") from None
     if not isinstance(raw, dict):

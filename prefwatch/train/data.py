@@ -6,10 +6,13 @@ The split uses the data seed, not the cell seed, so every cell of a grid scores 
 
 from __future__ import annotations
 
+import io
 import json
 import random
 from pathlib import Path
 from typing import Any
+
+from prefwatch.files import safe
 
 Pair = dict[str, Any]
 
@@ -146,7 +149,7 @@ def read_pairs(source: str, split: str = "train") -> list[Pair]:
 
 def _read_jsonl(path: Path) -> list[Any]:
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with io.TextIOWrapper(safe.open_read(path), encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue

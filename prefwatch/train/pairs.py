@@ -24,6 +24,7 @@ from trl import DPOTrainer
 from trl.experimental.cpo import CPOTrainer
 from trl.experimental.orpo import ORPOTrainer
 
+from prefwatch.files import safe
 from prefwatch.train.best import BestAdapter
 
 
@@ -36,8 +37,8 @@ class PairLog:
 
     def write(self, step: int, chosen: list[float], rejected: list[float]) -> None:
         record = {"step": step, "time": time.time(), "pair_ids": self.pair_ids, "chosen": chosen, "rejected": rejected}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        with safe.open_append(self.path) as f:
+            f.write((json.dumps(record) + "\n").encode())
 
 
 class PairRewardsMixin:

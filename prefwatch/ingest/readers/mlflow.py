@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from prefwatch.files import safe
 from prefwatch.files.rundir import CellState
 from prefwatch.ingest.readers import sqlite
 from prefwatch.ingest.readers.sqlite import SqliteFollower
@@ -199,7 +200,7 @@ def experiment_folders(path: Path) -> list[Path]:
 
 def _children(path: Path) -> list[Path]:
     try:
-        return sorted(p for p in path.iterdir() if p.is_dir())
+        return sorted(p for p in path.iterdir() if p.is_dir() and safe.listable(p))
     except OSError:
         return []
 
@@ -252,7 +253,7 @@ def _meta(path: Path) -> dict[str, str]:
 
 def _read(path: Path) -> str | None:
     try:
-        return path.read_text(encoding="utf-8", errors="replace")
+        return safe.read_text(path, errors="replace")
     except OSError:
         return None
 

@@ -25,12 +25,10 @@ file (``-shm``) while it is open.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import itertools
 import os
 import sqlite3
-import stat
 import struct
 import urllib.parse
 from collections.abc import Callable
@@ -38,6 +36,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+
+from prefwatch.files import safe
 
 T = TypeVar("T")
 
@@ -75,13 +75,8 @@ def _identity(path: Path) -> tuple[Any, ...]:
 
 def header(path: Path) -> bytes:
     """The first 100 bytes of a regular file (never blocks on a named pipe); OSError otherwise."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file")
-        return os.read(fd, 100)
-    finally:
-        os.close(fd)
+    with safe.open_read(path) as f:
+        return f.read(100)
 
 
 def is_sqlite(path: Path) -> bool:

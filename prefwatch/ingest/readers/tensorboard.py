@@ -37,6 +37,7 @@ import numpy as np
 
 from prefwatch.core import metrics
 from prefwatch.core.series import CellSeries
+from prefwatch.files import safe
 
 EVENT_FILE_PREFIX = "events.out.tfevents."
 _HEADER = 12  # uint64 length + uint32 crc
@@ -96,7 +97,7 @@ class EventFileReader:
         restarted = False
         pieces: list[Scalars] = []
         try:
-            with open(self.path, "rb") as f:
+            with safe.open_read(self.path) as f:
                 stat = os.fstat(f.fileno())
                 inode = (stat.st_dev, stat.st_ino)
                 if self._inode is not None and (inode != self._inode or stat.st_size < self._offset):

@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 
 from prefwatch.core import metrics
+from prefwatch.files import safe
 from prefwatch.files.rundir import CellState
 from prefwatch.ingest.readers.store import Points, RunEnd, StoreBatch, StoreRun
 from prefwatch.ingest.sources import SourceError
@@ -139,7 +140,7 @@ class Framing:
         """Logical records appended since the last read, from at most ``max_bytes`` of the file (more
         only for one record larger than that); ``more`` says whether the file holds more after them.
         Raises OSError when the file cannot be read."""
-        with open(self.path, "rb") as f:
+        with safe.open_read(self.path) as f:
             stat = os.fstat(f.fileno())
             inode = (stat.st_dev, stat.st_ino)
             if self._inode is not None and (inode != self._inode or stat.st_size < self.offset):

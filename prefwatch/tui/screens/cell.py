@@ -20,7 +20,7 @@ from textual.widgets import Footer, Input, Log, Static
 
 from prefwatch.core import metrics as m
 from prefwatch.core.textsafe import plain
-from prefwatch.files import rundir
+from prefwatch.files import rundir, safe
 from prefwatch.tui import closer
 from prefwatch.tui.model import CellView, Curve, format_value
 from prefwatch.tui.text import literal, terminal_line
@@ -449,7 +449,7 @@ def findings_text(cell: CellView) -> Content:
 def read_tail(path: Path, max_bytes: int = TAIL_BYTES, max_lines: int = TAIL_LINES) -> list[str]:
     """The last lines of a job's output, as a terminal would leave them (see text.terminal_line)."""
     try:
-        with open(path, "rb") as f:
+        with safe.open_read(path) as f:
             f.seek(0, 2)
             size = f.tell()
             f.seek(max(0, size - max_bytes))
