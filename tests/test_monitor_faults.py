@@ -266,12 +266,12 @@ def test_an_unreadable_log_shows_in_its_panel_and_the_rest_goes_on(grid, termina
     broken.mkdir()
     with open(grid.metrics("simpo-r16"), "ab") as f:
         f.write(b"\xff\xfe\x00garbage{\n")
-    terminal.wait_for("faults", lambda t: "Is a directory" in t and "1 bad line" in t)
+    terminal.wait_for("faults", lambda t: "not a regular file" in t and "1 bad line" in t)
     # The monitor goes on: a healthy cell still updates.
     append(grid.metrics("simpo-r8"), [record(21, "simpo", **{"rewards/margins": 9.5})])
     terminal.wait_for("faults", lambda t: "+9.500" in t and f"step 21/{MAX_STEPS}" in t)
     # And the broken one recovers when its log is a file again.
     broken.rmdir()
     append(broken, [record(s, "dpo") for s in range(1, 24)])
-    terminal.wait_for("faults", lambda t: "Is a directory" not in t and f"step 23/{MAX_STEPS}" in t)
+    terminal.wait_for("faults", lambda t: "not a regular file" not in t and f"step 23/{MAX_STEPS}" in t)
     terminal.keys("faults", "q")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import io
 import os
-import secrets
 import stat
 from pathlib import Path
 from typing import BinaryIO
@@ -58,7 +57,7 @@ class PlantedFile(OSError):
         self.path, self.what = Path(path), what
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.what} in the place of a file prefwatch writes; nothing was written through it (remove it to go on)"
+        return f"{self.path}: {self.what} where prefwatch writes a file of its own; nothing was written (remove it to go on)"
 
 
 # ---- reading ---------------------------------------------------------------------------------------------
@@ -103,6 +102,8 @@ def _own(path: Path | str, flags: int) -> int:
             raise PlantedFile(path, "a symbolic link") from None
         if exc.errno == errno.ENXIO:  # a named pipe with no reader, opened for writing
             raise PlantedFile(path, "a named pipe") from None
+        if exc.errno == errno.EISDIR:
+            raise PlantedFile(path, "a folder") from None
         raise
     try:
         st = os.fstat(fd)
@@ -145,7 +146,7 @@ def write_atomic(path: Path | str, data: bytes) -> None:
     path = Path(path)
     refuse_planted(path)
     while True:
-        temporary = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        temporary = path.parent / f".{path.name}.{os.urandom(4).hex()}.tmp"
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, _CREATE_MODE)
             break
@@ -167,7 +168,7 @@ def make_dir(parent: Path, prefix: str) -> Path:
     """A new folder under ``parent`` with a name no one else has (``prefix`` + a random tail), mode 0777 less
     the umask (where tempfile.mkdtemp makes 0700: a run directory a colleague could not read)."""
     while True:
-        folder = parent / f"{prefix}{secrets.token_hex(4)}"
+        folder = parent / f"{prefix}{os.urandom(4).hex()}"
         try:
             os.mkdir(folder, _FOLDER_MODE)
             return folder
