@@ -383,11 +383,7 @@ def test_a_moved_run_keeps_the_states_its_records_gave_and_says_it_is_gone(tmp_p
     assert analyse(grid).verdict.decisive
 
 
-def test_the_monitor_of_a_moved_run_offers_to_stop_nothing() -> None:
-    from helpers import in_child_process
-
-    if in_child_process(__file__, "test_the_monitor_of_a_moved_run_offers_to_stop_nothing"):
-        return
+def test_the_monitor_of_a_moved_run_offers_to_stop_nothing(tmp_path: Path) -> None:
     import asyncio
 
     from test_tui import app_for
@@ -395,13 +391,13 @@ def test_the_monitor_of_a_moved_run_offers_to_stop_nothing() -> None:
 
     from prefwatch.tui.screens.confirm import ConfirmScreen
 
-    async def body(tmp: Path) -> None:
-        grid_dir = sample_grid(tmp)
+    async def body() -> None:
+        grid_dir = sample_grid(tmp_path)
         app = app_for(grid_dir, mode="live")
         async with app.run_test(size=(120, 40)) as pilot:
             await wait_on_screen(pilot, lambda: app.view is not None and len(app.view.cells) == 4)
             await wait_on_screen(pilot, lambda: all(c.state == jobs.FINISHED for c in app.view.cells))
-            grid_dir.rename(tmp / "moved")
+            grid_dir.rename(tmp_path / "moved")
             await wait_on_screen(pilot, lambda: all("run directory gone" in c.status for c in app.view.cells))
             assert all(c.state == jobs.FINISHED for c in app.view.cells)
             await pilot.press("X")
@@ -409,8 +405,7 @@ def test_the_monitor_of_a_moved_run_offers_to_stop_nothing() -> None:
             assert not isinstance(app.screen, ConfirmScreen)
             assert any("ended already" in n.message for n in app._notifications)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(body(Path(tmp)))
+    asyncio.run(body())
 
 
 # ---- 6. a log rewritten in place --------------------------------------------------------------------------

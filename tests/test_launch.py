@@ -90,5 +90,7 @@ def test_a_supervisor_that_cannot_start_is_a_launch_error(tmp_path: Path) -> Non
 
     run_dir = jobs.create_run_dir(load_grid(ROOT / "examples" / "tiny-grid.toml"), tmp_path)
     (run_dir / "launch.lock").mkdir()  # the supervisor cannot take its lock
-    with pytest.raises(jobs.LaunchError, match="the supervisor did not start: .*launch.lock: a folder where prefwatch writes"):
+    with pytest.raises(
+        jobs.LaunchError, match="the supervisor did not start: .*launch.lock: a folder where prefwatch writes"
+    ):
         jobs.start_supervisor(run_dir)
