@@ -20,6 +20,7 @@ from typing import Any
 
 from prefwatch.core import metrics
 from prefwatch.core.completions import Completion, Evaluation, length_stats
+from prefwatch.files import safe
 
 MAX_TEXT_CHARS = 4000
 MAX_PROMPT_CHARS = 2000
@@ -151,7 +152,7 @@ def wandb_records(path: Path) -> tuple[list[dict[str, Any]], int]:
     try:
         if path.stat().st_size > MAX_TABLE_BYTES:
             return [], 1
-        table = json.loads(path.read_bytes())
+        table = json.loads(safe.read_bytes(path))
     except (OSError, ValueError, RecursionError):
         return [], 1
     columns = table.get("columns") if isinstance(table, dict) else None

@@ -30,7 +30,7 @@ from prefwatch.core.factors import (
     config_factors,
     name_factors,
 )
-from prefwatch.files import rundir
+from prefwatch.files import rundir, safe
 
 # A configuration file beside a run larger than this is not a configuration.
 MAX_BYTES = 1 << 20
@@ -182,7 +182,7 @@ def _yaml(file: Path, root: Path, problems: list[str]) -> dict[str, Any] | None:
     try:
         if not _readable(file, problems):
             return None
-        text = file.read_text(encoding="utf-8", errors="replace")
+        text = safe.read_text(file, errors="replace")
     except OSError:
         return None
     return _flat_yaml(text)
@@ -207,8 +207,8 @@ def _front_matter(file: Path) -> dict[str, Any]:
     try:
         if not file.is_file() or file.stat().st_size > MAX_BYTES:
             return {}
-        with open(file, encoding="utf-8", errors="replace") as f:
-            head = f.read(16384)
+        with safe.open_read(file) as f:
+            head = f.read(16384).decode("utf-8", errors="replace")
     except OSError:
         return {}
     if not head.startswith("---"):

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from prefwatch.files import safe
+
 # Column names of the prompt's token ids in TRL's processed data sets (DPO; CPO, ORPO).
 PROMPT_ID_COLUMNS = ("prompt_ids", "prompt_input_ids")
 # Longest prompt text kept in a record (the prompt is for a person to read; the ids are generated from).
@@ -115,8 +117,8 @@ class CompletionSampler:
             "completions": completions,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        with safe.open_append(self.path) as f:  # never through a link planted in its place
+            f.write((json.dumps(record) + "\n").encode())
         if reference:
             self.reference_written = True
         return record
@@ -152,7 +154,7 @@ def _encode(tokenizer: Any, prompt: Any) -> list[int]:
 def _has_reference(path: Path) -> bool:
     """Whether ``path`` already holds the reference's answers (its first line, as written)."""
     try:
-        with open(path, "rb") as f:
+        with safe.open_read(path) as f:
             first = f.readline(1 << 20)
         return bool(json.loads(first).get("reference"))
     except (OSError, ValueError, AttributeError):
