@@ -42,6 +42,9 @@ from table import Row, format_rows  # noqa: E402
 LIVE_PREFILL = 100  # lines a live cell holds when the monitor opens (runs under way)
 LIVE_RATE = 0.1  # lines a second a live cell logs
 SETTLE = 5.0  # seconds after a first screen before memory and idle CPU are read
+FLOOR_LINE = (
+    '  {"'  # the floor app shows a cell's name, then its last line: a line read (its end is cut at 160 columns)
+)
 
 DECODE_FLOOR = """
 import pathlib, sys, msgspec
@@ -134,10 +137,10 @@ def live_rows(root: Path, cells: int, seconds: float, runs: int) -> list[Row]:
     writer = harness.start_writer(folder, LIVE_RATE, 3600, first_step=LIVE_PREFILL, stagger=True)
     try:
         marker = f"({cells} running)"
-        shown, floor_shown = first_screens(folder, marker, '"step"', runs, "live")
+        shown, floor_shown = first_screens(folder, marker, FLOOR_LINE, runs, "live")
         print(f"  live first screen: monitor {shown:.2f} s, floor app {floor_shown:.2f} s")
         _, monitor = first_screen(harness.monitor_command(folder, False), marker, "mlive")
-        _, floor_app = first_screen(harness.floor_command(folder, False), '"step"', "flive")
+        _, floor_app = first_screen(harness.floor_command(folder, False), FLOOR_LINE, "flive")
         try:
             time.sleep(SETTLE)
             mine, base = harness.measure_cpu([monitor.pid, floor_app.pid], seconds)
