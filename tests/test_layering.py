@@ -8,9 +8,9 @@ indirectly. The log readers never reach the process layer, and status.json is wr
     layer 0  core, files             pure rules and types; the files the parts share (grid, run directory)
     layer 1  ingest                  log readers: one module per format, the store readers under readers/
     layer 2  analysis                sources -> findings -> verdict (given statuses and a clock)
-    layer 3  run                     backends, jobs, the job wrapper, Slurm
+    layer 3  run, callback           backends, jobs, the job wrapper, Slurm; the public TRL callback and
+                                     its completion sampler (transformers only; the trainer uses both)
     layer 4  act, report, train      alerts/policy/supervisor; text/Markdown/JSON/HTML/plot; the trainer
-                                     and its public face, prefwatch.callback (for a user's TRL script)
     layer 5  tui                     the Textual monitor
     layer 6  cli, completion, __main__
 """
@@ -28,16 +28,15 @@ LAYERS = {
     "core": 0, "files": 0,
     "ingest": 1,
     "analysis": 2,
-    "run": 3,
+    "run": 3, "callback": 3,
     "act": 4, "report": 4, "train": 4,
     "tui": 5,
     "top": 6,
 }  # fmt: skip
 # The top-level modules of the command line.
 TOP = {"cli", "completion", "__main__", "__init__"}
-# Top-level modules that belong to a package's layer: the public TRL callback is the trainer's face
-# (prefwatch.callback; it imports transformers only, and the sampler of prefwatch.train when asked to).
-MEMBERS = {"callback": "train"}
+# Top-level modules that belong to a package's layer (none today).
+MEMBERS: dict[str, str] = {}
 PROCESS_LAYER = {"run", "act"}
 # The jobs layer: the only callers of rundir.write_status / update_status.
 STATUS_WRITERS = {"jobs.py", "backend.py", "supervise.py", "slurm.py", "job.py"}

@@ -134,7 +134,7 @@ def test_multi_gpu_cells_start_under_torchrun(tmp_path: Path) -> None:
 
 def test_metrics_are_written_by_the_main_process_only() -> None:
     """Under torchrun every rank runs the trainer; the callbacks and the per-pair log write on rank 0 only."""
-    for module in ("callback.py", "train/run.py", "train/pairs.py"):
+    for module in ("callback/__init__.py", "train/run.py", "train/pairs.py"):
         text = (ROOT / "prefwatch" / module).read_text()
         assert "is_world_process_zero" in text, module
     assert "gather_for_metrics" in (ROOT / "prefwatch" / "train" / "pairs.py").read_text()

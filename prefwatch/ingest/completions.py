@@ -1,6 +1,6 @@
 """completions.jsonl read back, bounded: every evaluation's figures, the texts of the recent ones.
 
-A line is one evaluation (prefwatch.train.completions writes it): ``step``, ``reference`` (step 0:
+A line is one evaluation (prefwatch.callback.completions writes it): ``step``, ``reference`` (step 0:
 the reference's answers), ``max_new_tokens``, ``seconds`` and ``completions``, a list of ``id``,
 ``prompt``, ``text``, ``tokens``, ``eos``. The file is data written by a job, or by anyone: a line that
 is not such a record is counted as rejected, never a traceback; texts longer than ``MAX_TEXT_CHARS``

@@ -10,11 +10,11 @@ Lines are appended and flushed one by one, so a monitor can tail the file while 
 
 With ``completions=N`` (opt-in), every evaluation also answers the same N held-out prompts greedily
 (``max_new_tokens`` at most) into ``completions.jsonl`` beside the metrics, and the reference (the
-model with its adapter disabled) answers them once as step 0 (prefwatch.train.completions). The
+model with its adapter disabled) answers them once as step 0 (prefwatch.callback.completions). The
 prompts are ``prompts`` (a list, or a data set with a ``prompt`` column) or else the evaluation's
 own data set. A full fine-tune without a separate reference gets its step 0 from the model as it is
 when training begins, which needs ``prompts`` given up front.
-This module imports transformers only, never trl, peft or prefwatch's trainer.
+This package imports transformers only, never torch, trl, peft or prefwatch's trainer.
 """
 
 from __future__ import annotations
@@ -22,14 +22,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from transformers import TrainerCallback
 
+from prefwatch.callback.completions import CompletionSampler
 from prefwatch.files import safe
-
-if TYPE_CHECKING:
-    from prefwatch.train.completions import CompletionSampler
 
 
 class PrefwatchCallback(TrainerCallback):
@@ -47,7 +45,6 @@ class PrefwatchCallback(TrainerCallback):
         self.sampler: CompletionSampler | None = None
         if completions > 0:
             from prefwatch.files.rundir import COMPLETIONS_FILE  # the run directory's names: only when sampling
-            from prefwatch.train.completions import CompletionSampler  # torch is loaded by then: the model is
 
             self.sampler = CompletionSampler(self.path.parent / COMPLETIONS_FILE, completions, max_new_tokens)
             if prompts is not None:
