@@ -33,8 +33,6 @@ def test_readme_block_runs(block: str, tmp_path: Path) -> None:
 def test_the_sample_run_records_no_machine_paths() -> None:
     """sample_runs/ speaks of itself only: the interpreter and temporary folder of the machine that made it
     are neutral in its records (make sample-runs runs scripts/neutral_paths.py)."""
-    import re
-
     root = Path(__file__).resolve().parent.parent / "sample_runs"
     absolute = re.compile(r"(?<![\w.])/(?:tmp|home|root|work|usr|opt|var|Users)/")
     files = [p for p in root.rglob("*") if p.is_file() and p.suffix in (".json", ".log", ".toml")]
