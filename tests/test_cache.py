@@ -25,11 +25,15 @@ from prefwatch.ingest import cache
 from prefwatch.ingest.discover import open_path
 
 
-@pytest.fixture(autouse=True)
-def small_entries(monkeypatch, tmp_path):
-    """Entries for small logs too (the real threshold is 64 KiB; streamed from 1 MiB), in a cache folder of the test's own."""
+@pytest.fixture(autouse=True, params=["in memory", "into place"])
+def small_entries(monkeypatch, tmp_path, request):
+    """Entries for small logs too (the real threshold is 64 KiB; streamed from 1 MiB), in a cache folder
+    of the test's own. Every test runs twice: entries read whole and parsed in memory (those up to
+    ``SMALL_ENTRY``), and read column by column into their arrays (larger ones)."""
     monkeypatch.setattr(cache, "MIN_BYTES", 0)
     monkeypatch.setattr(cache, "STREAM_BYTES", 0)
+    if request.param == "into place":
+        monkeypatch.setattr(cache, "SMALL_ENTRY", 0)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 

@@ -128,3 +128,61 @@ def test_json_path_is_the_path_given(capsys, monkeypatch) -> None:
     assert json.loads(capsys.readouterr().out)["path"] == str(given)
     main(["report", "sample_runs/tiny-demo", "--format", "json"])
     assert json.loads(capsys.readouterr().out)["path"] == "sample_runs/tiny-demo"
+
+
+# ---- a large review: Rich draws the header and the widest rows, the rest are written to match ------
+
+NAMES = [
+    *(f"dpo-r{rank}-seed{seed}" for rank in (8, 16) for seed in range(12)),
+    "simpo-r8-a-folder-name-far-too-long-for-the-name-column-of-an-80-column-table",
+    "dpo r8 a name with spaces that wraps between its words",
+    "dpo-r8-学习率-β0.1",  # wide characters: two columns each
+    "simpo-r16",
+]
+
+
+def review_outputs(tmp_path: Path, width: int, monkeypatch) -> tuple[str, str, list[int]]:
+    """(the report as drawn, the report with every row drawn by Rich, the row counts of the tables Rich drew)."""
+    import io
+    import shutil
+
+    from rich.console import Console
+
+    from prefwatch.analysis.analyse import analyse
+    from prefwatch.ingest.discover import open_path
+    from prefwatch.report import text
+
+    for name in NAMES:
+        (tmp_path / name).mkdir(exist_ok=True)
+        objective = "simpo" if name.startswith("simpo") else "dpo"
+        shutil.copy(SAMPLE / "cells" / f"{objective}-r8" / "metrics.jsonl", tmp_path / name / "metrics.jsonl")
+    grid = open_path(tmp_path)
+    grid.poll()
+    analysis = analyse(grid, heldout_pairs=100, now=0)
+
+    def drawn(colour: bool) -> str:
+        console = Console(
+            file=io.StringIO(), width=width, force_terminal=colour, color_system="truecolor" if colour else None
+        )
+        text.render_terminal(analysis, console)
+        return console.file.getvalue()
+
+    tables: list[int] = []
+    real_table = text.review_table
+    monkeypatch.setattr(text, "review_table", lambda a, rows: tables.append(len(rows)) or real_table(a, rows))
+    fast = drawn(False) + drawn(True)
+    with monkeypatch.context() as patched:
+        patched.setattr(text, "ReviewTable", lambda a, rows, probe: real_table(a, rows))
+        rich = drawn(False) + drawn(True)
+    return fast, rich, tables
+
+
+@pytest.mark.parametrize("width", [200, 120, 100, 80])
+def test_a_large_review_is_drawn_exactly_as_rich_draws_it(tmp_path: Path, width: int, monkeypatch) -> None:
+    """Names that fold, wrap between words and hold wide characters, numbers split over two lines (80
+    columns), plain and in colour: byte for byte what Rich draws row by row, while Rich itself
+    draws only the few rows that set the widths (the probe) and the fit."""
+    fast, rich, tables = review_outputs(tmp_path, width, monkeypatch)
+    assert fast == rich
+    assert "学习率" in fast and "folder-name" in fast
+    assert tables and max(tables) < len(NAMES) / 2  # the full table was never handed to Rich

@@ -130,7 +130,11 @@ def identity(path: Path) -> Identity | None:
 
 
 def entry_key(log: Path) -> str:
-    return hashlib.sha256(str(Path(log).resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    return _key(str(Path(log).resolve()))
+
+
+def _key(resolved: str) -> str:
+    return hashlib.sha256(resolved.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
 def entry_path(log: Path) -> Path:
@@ -358,6 +362,12 @@ def ends_finished(log: Path) -> bool:
     return isinstance(record, dict) and metrics.is_end_record(record)
 
 
+# An entry this small (a log of up to some 20,000 lines) is read in one call and parsed in memory: a
+# thousand short logs load in about half the time of reading each column into place. A larger one
+# is read into its final arrays directly, with no second copy of its rows in memory.
+SMALL_ENTRY = 1 << 20
+
+
 def load(log: Path) -> tuple[CellSeries, Identity] | None:
     """The cached series of ``log`` and the identity it holds for, or None (no entry, or the file changed)."""
     now = identity(log)
@@ -366,26 +376,38 @@ def load(log: Path) -> tuple[CellSeries, Identity] | None:
     folder = usable_dir()
     if folder is None:
         return None
-    key = entry_key(log)
+    resolved = os.path.realpath(log)  # what Path.resolve() gives, once for the key and the check
+    key = _key(resolved)
     try:
         with _open_entry(folder / f"{key}.entry") as f:
-            f.seek(-_TRAILER.size, os.SEEK_END)
-            end = f.tell()
-            summary_at, summary_crc = _TRAILER.unpack(f.read(_TRAILER.size))
-            if not len(MAGIC) <= summary_at < end:
+            end = os.fstat(f.fileno()).st_size
+            small = end <= SMALL_ENTRY
+            data = f.read() if small else None
+            if data is not None:
+                tail = data[max(0, end - _TRAILER.size) :]
+            else:
+                f.seek(max(0, end - _TRAILER.size))
+                tail = f.read(_TRAILER.size)
+            summary_at, summary_crc = _TRAILER.unpack(tail)
+            if not len(MAGIC) <= summary_at < end - _TRAILER.size:
                 return None
-            f.seek(summary_at)
-            text = f.read(end - summary_at)
+            if data is not None:
+                text = data[summary_at : end - _TRAILER.size]
+            else:
+                f.seek(summary_at)
+                text = f.read(end - _TRAILER.size - summary_at)
             if zlib.crc32(text) != summary_crc:
                 return None
             summary, _ = _read_frame(io.BytesIO(text))
             if summary.get("format") != FORMAT or summary.get("byteorder") != sys.byteorder:
                 return None
-            if summary.get("key") != key or summary.get("path") != str(Path(log).resolve()):
+            if summary.get("key") != key or summary.get("path") != resolved:
                 return None  # an entry copied under another log's name
             if tuple(summary["identity"]) != now:
                 return None
-            series = _read_rows(f, summary, summary_at)
+            series = (
+                _rows_in_memory(data, summary, summary_at) if data is not None else _read_rows(f, summary, summary_at)
+            )
     except (OSError, ValueError, KeyError, TypeError, struct.error, json.JSONDecodeError):
         return None
     series.records = int(summary["records"])
@@ -418,15 +440,48 @@ def _read_frame(f: BinaryIO) -> tuple[dict[str, Any], bytes]:
     return header, prefix + text
 
 
-def _read_rows(f: io.BufferedReader, summary: dict[str, Any], summary_at: int) -> CellSeries:
-    """The chunks, read straight into each split's final arrays (no second copy of ~100 MB). What the
-    summary promises must fit in the file before anything is allocated: a damaged entry is a miss,
-    never a huge allocation."""
+def _shapes(summary: dict[str, Any], summary_at: int) -> dict[Split, _Shape]:
+    """Each split's arrays, allocated once what the summary promises is known to fit in the entry:
+    a damaged entry is a miss, never a huge allocation."""
     shapes = {name: _Shape(summary[name]) for name in SPLITS}
     if sum(shape.nbytes for shape in shapes.values()) > summary_at:
         raise ValueError("the summary promises more rows than the entry holds")
     for shape in shapes.values():
         shape.allocate()
+    return shapes
+
+
+def _series(shapes: dict[Split, _Shape]) -> CellSeries:
+    series = CellSeries()
+    for name, shape in shapes.items():
+        setattr(series, name, shape.split())
+    return series
+
+
+def _rows_in_memory(data: bytes, summary: dict[str, Any], summary_at: int) -> CellSeries:
+    """The chunks of an entry read whole (``data``): one checksum over all of them, each column
+    copied into its split's arrays from the bytes."""
+    shapes = _shapes(summary, summary_at)
+    if data[: len(MAGIC)] != MAGIC:
+        raise ValueError("not an entry")
+    view = memoryview(data)[:summary_at]
+    if zlib.crc32(view) != summary["checksum"]:
+        raise ValueError("the rows are not those the entry was written with")
+    at = len(MAGIC)
+    while at < summary_at:
+        (length,) = _LENGTH.unpack_from(view, at)
+        header = json.loads(bytes(view[at + _LENGTH.size : at + _LENGTH.size + length]))
+        if not isinstance(header, dict):
+            raise ValueError("not a frame")
+        at = shapes[header["split"]].take(view, at + _LENGTH.size + length, int(header["rows"]), header["names"])
+    return _series(shapes)
+
+
+def _read_rows(f: io.BufferedReader, summary: dict[str, Any], summary_at: int) -> CellSeries:
+    """The chunks, read straight into each split's final arrays (no second copy of ~100 MB). What the
+    summary promises must fit in the file before anything is allocated: a damaged entry is a miss,
+    never a huge allocation."""
+    shapes = _shapes(summary, summary_at)
     f.seek(0)
     magic = f.read(len(MAGIC))
     if magic != MAGIC:
@@ -437,10 +492,7 @@ def _read_rows(f: io.BufferedReader, summary: dict[str, Any], summary_at: int) -
         crc = shapes[header["split"]].read(f, int(header["rows"]), header["names"], zlib.crc32(frame, crc))
     if crc != summary["checksum"]:
         raise ValueError("the rows are not those the entry was written with")
-    series = CellSeries()
-    for name, shape in shapes.items():
-        setattr(series, name, shape.split())
-    return series
+    return _series(shapes)
 
 
 def _table(width: int, rows: int) -> np.ndarray:
@@ -475,11 +527,32 @@ class _Shape:
         self.steps, self.times = table[0], table[1]
         self.columns = {name: table[2 + i] for i, name in enumerate(self.names)}
 
-    def read(self, f: io.BufferedReader, count: int, names: list[str], crc: int) -> int:
-        """Read a chunk of ``count`` rows; ``crc`` carried on over its bytes."""
+    def _chunk(self, count: int, names: list[str]) -> tuple[int, int]:
+        """The rows [start, stop) a chunk of ``count`` rows of ``names`` fills, once it is one the summary describes."""
         start, stop = self.filled, self.filled + count
         if count < 0 or stop > self.rows or not set(names) <= self.columns.keys():
             raise ValueError("a chunk the summary does not describe")
+        return start, stop
+
+    def take(self, data: memoryview, at: int, count: int, names: list[str]) -> int:
+        """Copy a chunk of ``count`` rows from ``data`` at offset ``at``; the offset after it."""
+        start, stop = self._chunk(count, names)
+        width = 2 + len(names)
+        if at + 8 * width * count > len(data):
+            raise ValueError("entry cut short")
+        block = np.frombuffer(data, dtype="<f8", count=width * count, offset=at).reshape(width, count)
+        self.steps[start:stop] = block[0]
+        self.times[start:stop] = block[1]
+        for index, name in enumerate(names):
+            self.columns[name][start:stop] = block[2 + index]
+        for name in self.columns.keys() - set(names):
+            self.columns[name][start:stop] = np.nan  # a metric first logged after these rows
+        self.filled = stop
+        return at + 8 * width * count
+
+    def read(self, f: io.BufferedReader, count: int, names: list[str], crc: int) -> int:
+        """Read a chunk of ``count`` rows; ``crc`` carried on over its bytes."""
+        start, stop = self._chunk(count, names)
         for array in (self.steps, self.times, *(self.columns[name] for name in names)):
             view = array[start:stop].data.cast("B")
             if f.readinto(view) != len(view):

@@ -225,10 +225,12 @@ def widest_rows(rows: list[list[str]]) -> list[list[str]]:
     the row with its longest word. The table of these fits exactly when the table of all rows does
     (Rich sizes a column by the largest of its cells' widths), and costs a few rows to draw instead of
     a thousand: the fit was drawn once in full before the table itself, a third of a large report."""
+    from rich.cells import cell_len  # widths as the terminal counts them (a CJK character takes two)
+
     chosen: dict[int, None] = {}
     for column in range(len(rows[0]) if rows else 0):
-        lines = [max((len(line) for line in row[column].split("\n")), default=0) for row in rows]
-        words = [max((len(word) for word in row[column].split()), default=0) for row in rows]
+        lines = [max((cell_len(line) for line in row[column].split("\n")), default=0) for row in rows]
+        words = [max((cell_len(word) for word in row[column].split()), default=0) for row in rows]
         chosen[lines.index(max(lines))] = None
         chosen[words.index(max(words))] = None
     return [rows[index] for index in sorted(chosen)]
@@ -254,6 +256,75 @@ def fits(table: Table, rows: list[list[str]], width: int) -> bool:
     return all(any(word in line for line in lines) for word in words)
 
 
+class ReviewTable:
+    """The review table of ``rows`` as Rich draws it, its body rows written here rather than by Rich.
+
+    Rich draws a table cell by cell (measure, wrap, pad: most of a thousand-row report's drawing). The
+    rows that set the widths (``probe``, see ``widest_rows``) are drawn by Rich, title, header and
+    caption included; where the lines written here for the probe's rows are exactly Rich's, with no
+    style, every row is written so, between Rich's header and caption. Anything else (a width Rich
+    shrinks otherwise, a character it counts otherwise) is drawn by Rich in full, as before.
+    """
+
+    def __init__(self, analysis: GridAnalysis, rows: list[list[str]], probe: list[list[str]]) -> None:
+        self.analysis, self.rows, self.probe = analysis, rows, probe
+
+    def body_lines(self, rows: list[list[str]], table_width: int, console: Console) -> list[str]:
+        """The rows as lines of a table ``table_width`` wide: every column at its widest line but the
+        name's, which takes the rest and folds a longer name as Rich does (only it wraps)."""
+        from rich import box
+        from rich.cells import cell_len
+        from rich.text import Text
+
+        widths = [
+            max(cell_len(line) for value in [name, *(row[index] for row in self.probe)] for line in value.split("\n"))
+            for index, name in enumerate(COLUMNS)
+        ]
+        chrome = len(widths) + 1 + len(widths) - 1  # the edges and dividers, and one space's padding between columns
+        widths[0] = max(1, table_width - chrome - sum(widths[1:]))
+        left, divider, right = box.SIMPLE_HEAD.mid_left, box.SIMPLE_HEAD.mid_vertical, box.SIMPLE_HEAD.mid_right
+        last = len(widths) - 1
+        lines = []
+        for row in rows:
+            name = row[0]
+            names = (
+                [name]
+                if cell_len(name) <= widths[0]
+                else [line.plain for line in Text(name).wrap(console, widths[0], overflow="fold")]
+            )
+            cells = [names, *(value.split("\n") for value in row[1:])]
+            for line_no in range(max(len(cell) for cell in cells)):
+                parts = []
+                for index, (cell, width) in enumerate(zip(cells, widths)):
+                    text = cell[line_no] if line_no < len(cell) else ""
+                    parts.append(text + " " * (max(0, width - cell_len(text)) + (index < last)))
+                lines.append(left + divider.join(parts) + right)
+        return lines
+
+    def __rich_console__(self, console: Console, options: Any) -> Any:
+        from rich.cells import cell_len
+        from rich.segment import Segment
+
+        drawn = console.render_lines(review_table(self.analysis, self.probe), options, pad=False, new_lines=False)
+        texts = ["".join(segment.text for segment in line) for line in drawn]
+        table_width = max((cell_len(text) for text in texts), default=0)
+        mine = self.body_lines(self.probe, table_width, console)
+        start = next((i for i in range(len(texts)) if texts[i : i + len(mine)] == mine), None)
+        if start is None or any(segment.style for line in drawn[start : start + len(mine)] for segment in line):
+            yield from console.render(review_table(self.analysis, self.rows), options)
+            return
+        new_line = Segment.line()
+        for line in drawn[:start]:
+            yield from line
+            yield new_line
+        for text in self.body_lines(self.rows, table_width, console):
+            yield Segment(text)
+            yield new_line
+        for line in drawn[start + len(mine) :]:
+            yield from line
+            yield new_line
+
+
 def render_terminal(analysis: GridAnalysis, console: Console) -> None:
     from rich.console import Group
     from rich.text import Text
@@ -263,7 +334,7 @@ def render_terminal(analysis: GridAnalysis, console: Console) -> None:
     for shown in (rows, split_pairs(rows)) if rows else ():
         probe = widest_rows(shown)
         if fits(review_table(analysis, probe), probe, console.width):
-            review = review_table(analysis, shown)
+            review = ReviewTable(analysis, shown, probe) if len(shown) > len(probe) else review_table(analysis, shown)
             break
     if review is None:
         title = Text(f"prefwatch report: {plain(analysis.grid.name)}\n")
