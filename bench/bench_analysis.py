@@ -48,7 +48,7 @@ def refresh_ms(grid: Path, exact: bool, repeats: int = 20) -> float:
     as the monitor does it (values at once, findings within findings_age), or ``exact`` (findings
     too, every time: the incremental analysis with findings_age 0)."""
     from prefwatch.ingest.discover import open_path
-    from prefwatch.tui.app import IncrementalViews
+    from prefwatch.view.feed import IncrementalViews
 
     incremental = IncrementalViews(open_path(grid), heartbeat=float("inf"))
     if exact:

@@ -33,6 +33,8 @@ from prefwatch.core.series import SplitSeries
 from prefwatch.files import rundir
 from prefwatch.ingest.discover import open_path
 from prefwatch.tui.app import MonitorApp
+from prefwatch.tui.updates import GridUpdated
+from prefwatch.view.feed import Update
 
 CELLS = [("dpo", 16), ("dpo", 8), ("simpo", 16), ("simpo", 8)]
 
@@ -45,15 +47,18 @@ class TimedApp(MonitorApp):
         self.shown: list[tuple[float, dict[str, float]]] = []
         self.reading_cpu = 0.0
         self.measure_from = float("inf")
+        refresh = self.feed.refresh
 
-    def _read_and_post(self) -> None:
-        start = time.thread_time()
-        super()._read_and_post()
-        if time.time() >= self.measure_from:
-            self.reading_cpu += time.thread_time() - start
+        def timed_refresh() -> None:
+            start = time.thread_time()
+            refresh()
+            if time.time() >= self.measure_from:
+                self.reading_cpu += time.thread_time() - start
 
-    def on_view_ready(self, message) -> None:
-        super().on_view_ready(message)
+        self.feed.refresh = timed_refresh  # type: ignore[method-assign]
+
+    def on_grid_updated(self, message: GridUpdated) -> None:
+        super().on_grid_updated(message)
         if self.view is not None:
             latest = {c.id: c.curves["margin"].steps[-1] if len(c.curves["margin"]) else 0 for c in self.view.cells}
             # Stamped when the frame showing the view has been written, not when the view arrived.
@@ -151,12 +156,11 @@ async def frame_time_million(root: Path, size: tuple[int, int], points: int = 1_
             # A new view in which every cell changed: all 20 panel charts redraw.
             for cell in source.cells:
                 cell.series.records += 1
-            from prefwatch.tui.model import grid_view
+            from prefwatch.view.model import grid_view
 
             view = grid_view(analysis)
             start = time.perf_counter()
-            app._mailbox = view  # noqa: SLF001
-            app.on_view_ready(None)  # type: ignore[arg-type]
+            app.on_grid_updated(GridUpdated(Update(view, "replay")))
             while NullTerminal.last_write < start:
                 await asyncio.sleep(0.0005)
             frames.append(time.perf_counter() - start)

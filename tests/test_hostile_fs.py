@@ -397,7 +397,7 @@ def test_the_monitor_of_a_moved_run_offers_to_stop_nothing(tmp_path: Path) -> No
         async with app.run_test(size=(120, 40)) as pilot:
             await wait_on_screen(pilot, lambda: app.view is not None and len(app.view.cells) == 4)
             await wait_on_screen(pilot, lambda: all(c.state == jobs.FINISHED for c in app.view.cells))
-            await wait_on_screen(pilot, lambda: app.follower is not None)  # the monitor follows the run now
+            await wait_on_screen(pilot, lambda: app.feed.follower is not None)  # the monitor follows the run now
             grid_dir.rename(tmp_path / "moved")
             await wait_on_screen(pilot, lambda: all("run directory gone" in c.status for c in app.view.cells))
             assert all(c.state == jobs.FINISHED for c in app.view.cells)

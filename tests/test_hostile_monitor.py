@@ -37,7 +37,7 @@ async def test_one_damaged_cell_leaves_the_others_on_screen(tmp_path: Path) -> N
     app = app_for(every_hostile_value(tmp_path))
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: app.view is not None and len(panels(app)) == 4)
-        assert app._error is None
+        assert app.feed.error is None
         shown = panels(app)
         assert shown[GOOD_CELL].view.step == 100
         assert shown[BAD_CELL].view.step >= 100  # its good lines are all there
@@ -53,7 +53,7 @@ async def test_a_cell_id_with_markup_stays_text_in_notifications(tmp_path: Path)
     (grid / "cells" / "dpo-r16").rename(grid / "cells" / f"dpo-r16-{markup}")
     app = app_for(grid, mode="live")
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: app.view is not None and app.follower is not None and len(panels(app)) == 1)
+        await wait_for(pilot, lambda: app.view is not None and app.feed.follower is not None and len(panels(app)) == 1)
         await pilot.pause()
         for key in ("r", "s"):  # a finished cell: neither restarts nor stops, each says so naming the cell
             await pilot.press(key)

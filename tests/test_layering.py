@@ -11,8 +11,10 @@ indirectly. The log readers never reach the process layer, and status.json is wr
     layer 3  run, callback           backends, jobs, the job wrapper, Slurm; the public TRL callback and
                                      its completion sampler (transformers only; the trainer uses both)
     layer 4  act, report, train      alerts/policy/supervisor; text/Markdown/JSON/HTML/plot; the trainer
-    layer 5  tui                     the Textual monitor
-    layer 6  cli, completion, __main__
+    layer 5  view                    what the monitor shows, without Textual: the views of the grid
+                                     (model) and the feed that reads, paces and alerts (feed)
+    layer 6  tui                     the Textual monitor: draws the feed's views, asks, acts on keys
+    layer 7  cli, completion, __main__
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ LAYERS = {
     "analysis": 2,
     "run": 3, "callback": 3,
     "act": 4, "report": 4, "train": 4,
-    "tui": 5,
-    "top": 6,
+    "view": 5,
+    "tui": 6,
+    "top": 7,
 }  # fmt: skip
 # The top-level modules of the command line.
 TOP = {"cli", "completion", "__main__", "__init__"}
@@ -145,6 +148,18 @@ def test_the_core_imports_neither_textual_nor_torch() -> None:
         if layer_of(module)[1] <= 2:
             found = {n.split(".")[0] for n in imports(path)}
             assert not found & (heavy - {"rich"}), f"{module} imports {sorted(found & heavy)}"
+
+
+def test_the_monitors_feed_and_views_import_no_textual() -> None:
+    """The feed reads, paces and alerts with no screen: it imports nothing of Textual or Rich, nor
+    of the monitor, so it can run (and be tested) without a terminal."""
+    known = modules()
+    view = [m for m in known if layer_of(m)[0] == "view"]
+    assert {"prefwatch.view.feed", "prefwatch.view.model"} <= set(view)
+    for module in view:
+        found = imports(known[module])
+        assert not {n.split(".")[0] for n in found} & {"textual", "rich"}, f"{module} imports a screen library"
+        assert not [n for n in found if n.startswith("prefwatch.tui")], f"{module} imports the monitor"
 
 
 def test_only_rundir_names_status_json_and_only_the_jobs_layer_writes_it() -> None:

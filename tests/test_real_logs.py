@@ -479,7 +479,7 @@ def test_tensorboard_summary_of_a_real_run_is_not_a_train_row(
     row's, never nan; and both readers classify the summary alike (metrics.END_KEYS), so the event file
     and the trainer_state.json it came from are judged the same."""
     from prefwatch.core.metrics import END_KEYS, canonical
-    from prefwatch.tui.model import cell_view
+    from prefwatch.view.model import cell_view
 
     history = json.loads((corpus / folder / "trainer_state.json").read_text())["log_history"]
     *rows, summary = history

@@ -18,8 +18,8 @@ from test_tui import run as run_async
 
 from prefwatch.analysis.analyse import analyse
 from prefwatch.ingest.discover import open_path
-from prefwatch.tui.model import grid_view
 from prefwatch.tui.screens.overview import factor_names, sort_key
+from prefwatch.view.model import grid_view
 
 SWEEP = """
 name = "sweep"

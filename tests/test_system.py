@@ -133,8 +133,8 @@ def test_sizes(size, text):
 
 
 def test_monitor_panel_shows_the_system_line_while_running(tmp_path: Path, monkeypatch):
-    from prefwatch.tui.model import cell_view
     from prefwatch.tui.widgets.cell_panel import status_line
+    from prefwatch.view.model import cell_view
 
     cell = tmp_path / "dpo-r8"
     cell.mkdir()
@@ -148,8 +148,8 @@ def test_monitor_panel_shows_the_system_line_while_running(tmp_path: Path, monke
     assert "cpu 98% 412M" in status_line(running).plain
     assert finished.system is None and "cpu" not in status_line(finished).plain
     assert running.version != finished.version
-    from prefwatch.tui.model import grid_view
     from prefwatch.tui.widgets.summary import summary_text
+    from prefwatch.view.model import grid_view
 
     view = grid_view(analyse(grid))
     assert view.machines == ["?: 1 cell cpu 98% 412M"]  # no host recorded: "?"

@@ -32,7 +32,7 @@ async def test_monitor_shows_runs_that_start_after_it_opened(tmp_path, kind):
     writers.write(kind, tmp_path, "dpo-r8")
     app = MonitorApp(open_path(writers.store_of(kind, tmp_path), wait=True), mode="live")
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: app.follower is not None and set(panels(app)) == {"dpo-r8"})
+        await wait_for(pilot, lambda: app.feed.follower is not None and set(panels(app)) == {"dpo-r8"})
         for name in ("dpo-r16", "simpo-r8"):
             writers.write(kind, tmp_path, name, config={"seed": len(name)})
             await wait_for(pilot, lambda name=name: name in panels(app), timeout=120)
@@ -52,7 +52,7 @@ async def test_attach_on_an_empty_folder_waits_and_says_for_what(tmp_path):
     assert report(folder).returncode == 2
     app = MonitorApp(open_path(folder, wait=True), mode="live")
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: app.follower is not None and "waiting for logs" in screen_text(app))
+        await wait_for(pilot, lambda: app.feed.follower is not None and "waiting for logs" in screen_text(app))
         assert not panels(app)
         writers.write("trackio", tmp_path, "dpo-r8")
         await wait_for(pilot, lambda: "dpo-r8" in panels(app), timeout=120)

@@ -200,7 +200,7 @@ async def test_live_appends_update_the_panel(tmp_path):
     grid = make_grid(tmp_path, steps=20, state=jobs.RUNNING)
     app = app_for(grid, mode="live")
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: app.view is not None and app.follower is not None)
+        await wait_for(pilot, lambda: app.view is not None and app.feed.follower is not None)
         panel = panels(app)["dpo-r16"]
         assert panel.view.step == 20 and panel.view.state == "running"
         write_lines(
@@ -219,8 +219,8 @@ async def test_live_in_forced_polling_mode(tmp_path):
     grid = make_grid(tmp_path, steps=5, state=jobs.RUNNING)
     app = app_for(grid, mode="live", poll=True)
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: app.follower is not None and len(panels(app)) == 4)
-        assert app.follower.mode == "polling"
+        await wait_for(pilot, lambda: app.feed.follower is not None and len(panels(app)) == 4)
+        assert app.feed.follower.mode == "polling"
         write_lines(grid / "cells" / "simpo-r8" / rundir.METRICS_FILE, [train_record(6, "simpo", 8)])
         await wait_for(pilot, lambda: panels(app)["simpo-r8"].view.step == 6)
         assert "live (polling)" in screen_text(app)
@@ -270,7 +270,7 @@ async def test_stop_asks_then_stops_the_selected_cell(tmp_path):
     grid = make_grid(tmp_path, steps=0, state=jobs.QUEUED)
     app = app_for(grid, mode="live")
     async with app.run_test(size=(100, 40)) as pilot:
-        await wait_for(pilot, lambda: app.view is not None and app.follower is not None)
+        await wait_for(pilot, lambda: app.view is not None and app.feed.follower is not None)
         await pilot.pause()
         await pilot.press("s")
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
@@ -304,7 +304,7 @@ async def test_quit_returns_0_and_writes_nothing(tmp_path):
     before = tree_state(grid)
     app = app_for(grid, mode="live")
     async with app.run_test(size=(100, 30)) as pilot:
-        await wait_for(pilot, lambda: app.follower is not None)
+        await wait_for(pilot, lambda: app.feed.follower is not None)
         await pilot.press("question_mark")
         await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
         await pilot.press("escape")
@@ -312,7 +312,7 @@ async def test_quit_returns_0_and_writes_nothing(tmp_path):
         await pilot.pause()
     assert app.return_value == 0
     assert tree_state(grid) == before
-    assert app.follower._thread is None  # the follower stopped with the app
+    assert app.feed.follower._thread is None  # the follower stopped with the app
 
 
 @run
@@ -399,7 +399,7 @@ async def test_a_new_value_that_moves_no_dot_repaints_only_its_text(tmp_path):
     grid = make_grid(tmp_path, steps=20, state=jobs.RUNNING)
     app = app_for(grid, mode="live")
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: app.view is not None and app.follower is not None)
+        await wait_for(pilot, lambda: app.view is not None and app.feed.follower is not None)
         await pilot.pause()
         row = panels(app)["dpo-r16"].row("rejected")
         await wait_for(pilot, lambda: row._strips is not None)
@@ -434,7 +434,7 @@ async def test_a_panel_repaints_every_cell_that_changed_and_draws_what_a_fresh_p
     grid = make_grid(tmp_path, steps=20, state=jobs.RUNNING)
     app = app_for(grid, mode="live")
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: app.view is not None and app.follower is not None)
+        await wait_for(pilot, lambda: app.view is not None and app.feed.follower is not None)
         await pilot.pause()
         panel = panels(app)["dpo-r16"]
         refreshed: list[tuple[Region, ...]] = []
@@ -495,7 +495,7 @@ async def test_start_up_objects_are_frozen_while_the_app_runs_and_unfrozen_after
     app = app_for(grid, mode="live")
     assert gc.get_freeze_count() == 0
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: app.view is not None and app.follower is not None)
+        await wait_for(pilot, lambda: app.view is not None and app.feed.follower is not None)
         write_lines(grid / "cells" / "dpo-r16" / rundir.METRICS_FILE, [train_record(21, "dpo", 16)])
         await wait_for(pilot, lambda: gc.get_freeze_count() > 0)  # after the second view drawn
         assert app.is_running
@@ -507,8 +507,8 @@ async def test_only_changed_cells_are_analysed_again(tmp_path):
     grid = make_grid(tmp_path, steps=20, state=jobs.RUNNING)
     app = app_for(grid, mode="live", heartbeat=600)
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: app.view is not None and app.follower is not None)
-        incremental = app._incremental
+        await wait_for(pilot, lambda: app.view is not None and app.feed.follower is not None)
+        incremental = app.feed.incremental
         before = incremental.analysed
         write_lines(grid / "cells" / "simpo-r8" / rundir.METRICS_FILE, [train_record(21, "simpo", 8)])
         await wait_for(pilot, lambda: panels(app)["simpo-r8"].view.step == 21)
@@ -526,7 +526,7 @@ async def test_a_failed_cell_rings_and_notifies_and_the_grid_can_be_stopped(tmp_
     bells = []
     app.bell = lambda: bells.append(1)
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: app.view is not None and app.follower is not None and len(panels(app)) == 4)
+        await wait_for(pilot, lambda: app.view is not None and app.feed.follower is not None and len(panels(app)) == 4)
         cell_dir = grid / "cells" / "dpo-r8"
         rundir.write_json_atomic(cell_dir / rundir.STATUS_FILE, {"state": jobs.FAILED, "exit_code": 1, "host": None})
         await wait_for(pilot, lambda: bells and any("dpo-r8: failed" in n.message for n in app._notifications))
@@ -607,10 +607,12 @@ async def test_the_command_palette_offers_the_monitors_actions(tmp_path):
 
 @run
 async def test_a_view_posted_while_the_app_closes_is_dropped(tmp_path):
-    from prefwatch.tui.app import ViewReady
+    from prefwatch.tui.updates import GridUpdated
+    from prefwatch.view.feed import Update
 
     app = app_for(make_grid(tmp_path))
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_for(pilot, lambda: app.view is not None)
-    app._mailbox = app.view
-    app.on_view_ready(ViewReady())  # no screens left: nothing to draw, nothing raised
+    drawn = app.refreshes
+    app.on_grid_updated(GridUpdated(Update(app.view, "replay")))  # no screens left: nothing to draw, nothing raised
+    assert app.refreshes == drawn

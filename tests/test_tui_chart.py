@@ -11,8 +11,9 @@ pytest.importorskip("textual")
 
 from prefwatch.core.textsafe import plain as printable  # noqa: E402
 from prefwatch.tui import braille  # noqa: E402
-from prefwatch.tui.model import CellView, Curve, format_value, grid_positions  # noqa: E402
 from prefwatch.tui.text import literal, terminal_line  # noqa: E402
+from prefwatch.view import model  # noqa: E402
+from prefwatch.view.model import CellView, Curve, format_value, grid_positions  # noqa: E402
 
 
 def rows(x, y, width=20, height=2, x_range=None, y_range=None) -> list[str]:
@@ -141,8 +142,8 @@ def test_curve_latest_is_the_last_value_even_when_nan():
 def test_a_cell_whose_objective_is_unknown_is_named_so_never_question_mark():
     """Issue 12: an objective nothing tells is 'unknown-objective' on screen too (compare's chart
     titles), never a bare '?' placeholder."""
-    from prefwatch.tui.model import GridView
     from prefwatch.tui.screens.compare import groups
+    from prefwatch.view.model import GridView
 
     cells = (view("dpo-r16", "dpo", 16), view("run-a", None, 16))
     grid = GridView.__new__(GridView)
@@ -175,7 +176,7 @@ def test_a_row_raster_says_unchanged_only_when_a_full_raster_draws_the_same_code
         if fixed:
             values = np.clip(values, 0.0, 1.0)
         width, height = int(rng.integers(1, 90)), int(rng.integers(1, 5))
-        x_range = (0.0, braille.nice_ceiling(float(steps[n - 1])) * float(rng.choice([1.0, 1.5])))
+        x_range = (0.0, model.nice_ceiling(float(steps[n - 1])) * float(rng.choice([1.0, 1.5])))
         state = RowRaster(Curve(steps[:n], values[:n]), x_range, fixed, width, height)
         expected, _ = raster([Curve(steps[:n], values[:n])], x_range, fixed, width, height, snap=True)
         assert all(np.array_equal(a, b) for a, b in zip(state.codes, expected)) and len(state.codes) == len(expected)

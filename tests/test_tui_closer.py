@@ -13,8 +13,8 @@ pytest.importorskip("textual")
 from test_tui import app_for, make_grid, panels, run, screen_text, wait_for  # noqa: E402
 
 from prefwatch.tui import closer  # noqa: E402
-from prefwatch.tui.model import Curve  # noqa: E402
 from prefwatch.tui.screens.cell import CellScreen  # noqa: E402
+from prefwatch.view.model import Curve  # noqa: E402
 
 
 def test_ema_is_debiased_causal_and_skips_nan():

@@ -114,25 +114,10 @@ def padded_range(low: float, high: float) -> tuple[float, float]:
     return low, high
 
 
-NICE_STEPS = (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
-
-
-def nice_ceiling(value: float) -> float:
-    """The smallest of 1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8 times a power of ten that is >= ``value`` (> 0).
-
-    An axis that ends there changes only when the data crosses the next such bound (every 20-25 %),
-    not with every point: a live chart is then mostly unchanged by a new line, and is not repainted.
-    """
-    if not value > 0 or not np.isfinite(value):
-        return 1.0
-    scale = 10.0 ** np.floor(np.log10(value))
-    return float(next(step * scale for step in NICE_STEPS if step * scale >= value * (1 - 1e-12)))
-
-
 def snapped_range(low: float, high: float, cells: int = 8) -> tuple[float, float]:
     """``low``..``high`` widened to multiples of a round unit (about an eighth of the span, 1-2-5).
 
-    Like ``nice_ceiling`` for a value axis: the range moves by whole units, so a curve that creeps
+    Like ``prefwatch.view.model.nice_ceiling`` for a value axis: the range moves by whole units, so a curve that creeps
     upwards redraws when it crosses a unit, not at every point.
     """
     span = high - low

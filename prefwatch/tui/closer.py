@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from prefwatch.tui.model import Curve, format_value
+from prefwatch.view.model import Curve, format_value
 
 SMOOTHING_STEPS = (0.0, 0.6, 0.9, 0.99)  # the `e` key cycles through these EMA weights
 

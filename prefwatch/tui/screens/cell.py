@@ -15,6 +15,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.content import Content
+from textual.reactive import var
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Log, Static
 
@@ -22,10 +23,11 @@ from prefwatch.core import metrics as m
 from prefwatch.core.textsafe import plain
 from prefwatch.files import rundir, safe
 from prefwatch.tui import closer
-from prefwatch.tui.model import CellView, Curve, format_value
 from prefwatch.tui.text import literal, terminal_line
+from prefwatch.tui.updates import follow_cell
 from prefwatch.tui.widgets.cell_panel import status_line
 from prefwatch.tui.widgets.chart import BrailleChart
+from prefwatch.view.model import CellView, Curve, format_value
 
 CURVE_COLOURS = ("$accent", "$warning", "$success", "$secondary")  # as BrailleChart's component classes
 TAIL_BYTES = 64 * 1024
@@ -130,6 +132,16 @@ class CellScreen(Screen[None]):
         Binding("S", "screenshot", "SVG", tooltip="the screen as SVG"),
     ]
 
+    # The chart's settings: setting one (a key, the command palette, a test) draws the chart again.
+    metric: var[str] = var("", init=False)
+    pattern: var[str] = var("", init=False)  # the metric list's filter (a regular expression)
+    smoothing: var[float] = var(0.0, init=False)
+    log_scale: var[bool] = var(False, init=False)
+    robust: var[bool] = var(False, init=False)
+    time_axis: var[bool] = var(False, init=False)
+    cursor: var[int | None] = var(None, init=False)  # chart column, None until the first left/right
+    SETTINGS = ("metric", "pattern", "smoothing", "log_scale", "robust", "time_axis", "cursor")
+
     def __init__(self, cell: CellView, export_dir: Path | None = None) -> None:
         super().__init__()
         self.cell = cell
@@ -137,12 +149,6 @@ class CellScreen(Screen[None]):
         self._output_size: int | None = None
         names = list(cell.metrics)
         self.metric = m.MARGINS if m.MARGINS in names else (names[0] if names else "")
-        self.pattern = ""
-        self.smoothing = 0.0
-        self.log_scale = False
-        self.robust = False
-        self.time_axis = False
-        self.cursor: int | None = None  # chart column, None until the first left/right
 
     def compose(self) -> ComposeResult:
         yield Static(id="header")
@@ -164,6 +170,13 @@ class CellScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.show_cell(self.cell)
+        follow_cell(self, lambda: self.cell, self.show_cell)
+        for setting in self.SETTINGS:
+            self.watch(self, setting, self._draw_metric, init=False)
+
+    def selected_cell_id(self) -> str:
+        """This screen's cell (what s, r and w act on)."""
+        return self.cell.id
 
     # ---- what is picked ----------------------------------------------------------------------------
 
@@ -354,7 +367,6 @@ class CellScreen(Screen[None]):
             return
         index = names.index(self.metric) if self.metric in names else -delta if delta > 0 else 0
         self.metric = names[(index + delta) % len(names)]
-        self._draw_metric()
 
     def action_filter(self) -> None:
         field = self.query_one("#filter", Input)
@@ -371,24 +383,19 @@ class CellScreen(Screen[None]):
             self.metric = names[0]
         if not names:
             self.notify(plain(f"no metric matches /{self.pattern}/"), severity="warning", markup=False)
-        self._draw_metric()
 
     def action_smoothing(self) -> None:
         steps = closer.SMOOTHING_STEPS
         self.smoothing = steps[(steps.index(self.smoothing) + 1) % len(steps)] if self.smoothing in steps else 0.0
-        self._draw_metric()
 
     def action_log_scale(self) -> None:
         self.log_scale = not self.log_scale
-        self._draw_metric()
 
     def action_robust(self) -> None:
         self.robust = not self.robust
-        self._draw_metric()
 
     def action_time_axis(self) -> None:
         self.time_axis = not self.time_axis
-        self._draw_metric()
 
     def action_cursor(self, delta: int) -> None:
         width = self.query_one("#main", BrailleChart).size.width
@@ -396,7 +403,6 @@ class CellScreen(Screen[None]):
             self.cursor = width - 1
         else:
             self.cursor = max(0, min(width - 1, self.cursor + delta))
-        self._draw_metric()
 
     def _export_dir(self) -> Path:
         return Path(self.export_dir) if self.export_dir is not None else Path.cwd()

@@ -7,10 +7,13 @@ objective; accuracies are comparable across all cells and share one chart on a 0
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.content import Content
+from textual.reactive import var
 from textual.screen import Screen
 from textual.widgets import Footer, Static
 
@@ -18,10 +21,11 @@ from prefwatch.analysis import bands
 from prefwatch.core import metrics as m
 from prefwatch.core.decide import UNKNOWN
 from prefwatch.core.factors import setting_name
-from prefwatch.tui.model import CellView, Curve, GridView, format_value
 from prefwatch.tui.screens.cell import CURVE_COLOURS, finite_range
 from prefwatch.tui.text import literal
+from prefwatch.tui.updates import follow_view
 from prefwatch.tui.widgets.chart import BrailleChart
+from prefwatch.view.model import CellView, Curve, GridView, format_value
 
 SPLIT_LABELS = {"train": "train", "eval": "held-out"}
 
@@ -64,13 +68,20 @@ class CompareScreen(Screen[None]):
         Binding("b", "bands", "Seeds: band/each", tooltip="several seeds: one band per setting, or each seed"),
     ]
 
-    def __init__(self, grid: GridView) -> None:
+    # What is compared: setting one (a key, a test) draws the charts again.
+    metric: var[str] = var("", init=False)
+    split: var[str] = var("train", init=False)  # "train" or "eval" (held-out)
+    bands: var[bool] = var(True, init=False)  # several seeds of a setting: a mean line and its min–max band
+
+    def __init__(self, grid: GridView, group: str | None = None) -> None:
+        """``group``: the label of a group of cells (``grid`` holds only them), which newer views of
+        the grid are cut to as well; None: every cell."""
         super().__init__()
         self.grid = grid
+        self.group = group
+        self._members = frozenset(c.id for c in grid.cells)
         names = metric_names(grid)
         self.metric = m.MARGINS if m.MARGINS in names else (names[0] if names else "")
-        self.split = "train"
-        self.bands = True  # several seeds of a setting: one mean line and its min–max band (b: each seed)
 
     def compose(self) -> ComposeResult:
         yield Static(id="title")
@@ -82,6 +93,16 @@ class CompareScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.show_grid(self.grid)
+        follow_view(self, self._follow, self.grid)
+        for setting in ("metric", "split", "bands"):
+            self.watch(self, setting, lambda: self.show_grid(self.grid), init=False)
+
+    def _follow(self, grid: GridView) -> None:
+        """A newer view of the grid: drawn whole, or cut to the group's cells."""
+        if self.group is not None:
+            cells = [c for c in grid.cells if c.id in self._members]
+            grid = replace(grid, cells=cells, name=f"{grid.name} ({self.group})")
+        self.show_grid(grid)
 
     def show_grid(self, grid: GridView) -> None:
         self.grid = grid
@@ -146,7 +167,6 @@ class CompareScreen(Screen[None]):
 
     def action_bands(self) -> None:
         self.bands = not self.bands
-        self.show_grid(self.grid)
 
     def action_metric(self, delta: int) -> None:
         names = metric_names(self.grid)
@@ -154,8 +174,6 @@ class CompareScreen(Screen[None]):
             return
         index = names.index(self.metric) if self.metric in names else 0
         self.metric = names[(index + delta) % len(names)]
-        self.show_grid(self.grid)
 
     def action_split(self) -> None:
         self.split = "eval" if self.split == "train" else "train"
-        self.show_grid(self.grid)

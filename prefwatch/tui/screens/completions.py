@@ -17,8 +17,9 @@ from textual.widgets import Footer, Static
 
 from prefwatch.core.completions import Completion, Evaluation, new_words
 from prefwatch.core.textsafe import plain
-from prefwatch.tui.model import CellView, CompletionsView
 from prefwatch.tui.text import literal
+from prefwatch.tui.updates import follow_cell
+from prefwatch.view.model import CellView, CompletionsView
 
 LABEL_WIDTH = 10
 
@@ -130,6 +131,7 @@ class CompletionsScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one("#answers").focus()
+        follow_cell(self, lambda: self.cell, self.show_cell)
 
     def _title(self) -> Content:
         return Content("").join(

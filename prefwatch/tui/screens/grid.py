@@ -6,10 +6,11 @@ from textual.app import ComposeResult
 from textual.screen import Screen
 from textual.widgets import Footer
 
-from prefwatch.tui.model import GridView
+from prefwatch.tui.updates import follow_view
 from prefwatch.tui.widgets.cell_grid import CellGrid
 from prefwatch.tui.widgets.cell_panel import CellPanel
 from prefwatch.tui.widgets.summary import SummaryStrip
+from prefwatch.view.model import GridView
 
 
 class GridScreen(Screen[None]):
@@ -56,8 +57,20 @@ class GridScreen(Screen[None]):
         return self.cells.show(grid)
 
     def on_mount(self) -> None:
+        self.watch(self.app, "status", self._status_changed, init=False)
         if self.grid_view is not None and self._pending is not None:
             self.show(self.grid_view, *self._pending)
+        elif hasattr(self.app, "status"):  # words that came before the screen (what the source waits for)
+            self._status_changed(self.app.status)
+        follow_view(self, self._view_changed, self.grid_view)
+
+    def _view_changed(self, grid: GridView) -> None:
+        """A new view (the app's ``view``), with the strip's words that came with it (its ``status``)."""
+        source, message = getattr(self.app, "status", ("", None))
+        self.show(grid, source, message)
+
+    def _status_changed(self, status: tuple[str, str | None]) -> None:
+        self.show_status(*status)
 
     def on_screen_resume(self) -> None:
         if self.grid_view is not None and self._pending is not None:
@@ -67,6 +80,11 @@ class GridScreen(Screen[None]):
         """Refresh the strip alone: the follower's mode, or an error while there is nothing else to show."""
         if self._strip.is_attached:  # not yet while the screen mounts
             self._strip.show(self.grid_view, source, message)
+
+    def selected_cell_id(self) -> str | None:
+        """The focused panel's cell (what s, r and w act on)."""
+        panel = self.selected()
+        return panel.cell_id if panel else None
 
     def selected(self) -> CellPanel | None:
         focused = self.focused

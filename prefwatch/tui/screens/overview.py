@@ -15,12 +15,14 @@ from typing import Any
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.reactive import var
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from prefwatch.core.factors import level_text, varying
 from prefwatch.core.textsafe import plain
-from prefwatch.tui.model import CellView, GridView, format_value
+from prefwatch.tui.updates import follow_view
+from prefwatch.view.model import CellView, GridView, format_value
 
 SORTS = {"name": "name", "accuracy": "held-out accuracy", "gap": "margin gap", "state": "state"}
 STATE_ORDER = ("unreadable", "failed", "lost", "stalled", "stopped", "running", "queued", "idle", "finished")
@@ -122,11 +124,13 @@ class OverviewScreen(Screen[None]):
         Binding("o", "open_group", "Open group"),
     ]
 
+    # How the rows are ordered: setting one (a key, a test) orders them again.
+    sort: var[str] = var("name", init=False)  # a key of SORTS
+    group: var[str | None] = var(None, init=False)  # the factor the rows are grouped by (None: no groups)
+
     def __init__(self, grid: GridView) -> None:
         super().__init__()
         self.grid_view = grid
-        self.sort = "name"
-        self.group: str | None = None
         self._versions: dict[str, tuple[Any, ...]] = {}
         self._order: list[str] = []
         self._texts: dict[str, list[Text]] = {}
@@ -148,6 +152,16 @@ class OverviewScreen(Screen[None]):
         self.group = factors[0] if factors else None
         self.show_grid(self.grid_view, force=True)
         self.table.focus()
+        follow_view(self, self.show_grid, self.grid_view)
+        self.watch(self, "sort", self._sorted, init=False)
+        self.watch(self, "group", self._grouped, init=False)
+
+    def _sorted(self) -> None:
+        self._reorder()
+        self._title()
+
+    def _grouped(self) -> None:
+        self.show_grid(self.grid_view, force=True)
 
     def show_grid(self, grid: GridView, force: bool = False) -> int:
         """Update the rows whose cell changed (all with ``force``); returns how many were rewritten."""
@@ -211,20 +225,21 @@ class OverviewScreen(Screen[None]):
             return None
         return None if key.value is None else str(key.value)
 
+    def selected_cell_id(self) -> str | None:
+        """The cell of the row under the cursor (what s, r and w act on)."""
+        return self.selected_id()
+
     def selected(self) -> CellView | None:
         cell_id = self.selected_id()
         return self.grid_view.cell(cell_id) if cell_id else None
 
     def action_sort(self, sort: str) -> None:
         self.sort = sort
-        self._reorder()
-        self._title()
 
     def action_group(self) -> None:
         """Cycle grouping through the factors that vary (and none)."""
         options: list[str | None] = [*factor_names(self.grid_view), None]
         self.group = options[(options.index(self.group) + 1) % len(options)] if self.group in options else options[0]
-        self.show_grid(self.grid_view, force=True)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         cell = self.grid_view.cell(str(event.row_key.value))
@@ -246,5 +261,5 @@ class OverviewScreen(Screen[None]):
         members = [c for c in self.grid_view.cells if self.group is None or factor_value(c, self.group) == value]
         label = f"{self.group} {factor_text(value, self.group)}" if self.group else "all"
         self.app.push_screen(
-            CompareScreen(replace(self.grid_view, cells=members, name=f"{self.grid_view.name} ({label})"))
+            CompareScreen(replace(self.grid_view, cells=members, name=f"{self.grid_view.name} ({label})"), label)
         )

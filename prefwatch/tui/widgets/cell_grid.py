@@ -12,8 +12,8 @@ from textual.containers import ScrollableContainer
 from textual.widget import Widget
 from textual.widgets import Static
 
-from prefwatch.tui.model import GridView, grid_positions
 from prefwatch.tui.widgets.cell_panel import CellPanel
+from prefwatch.view.model import GridView, grid_positions
 
 MIN_PANEL_WIDTH = 38
 MIN_PANEL_HEIGHT = 9

@@ -24,9 +24,9 @@ from textual.visual import RenderOptions
 from textual.widget import Widget
 
 from prefwatch.core.textsafe import plain
-from prefwatch.tui.model import PANEL_CURVES, UNSIGNED_CURVES, CellView, Curve, format_value
 from prefwatch.tui.text import literal, same_content
 from prefwatch.tui.widgets.chart import RowRaster, same_codes, strips_of
+from prefwatch.view.model import PANEL_CURVES, UNSIGNED_CURVES, CellView, Curve, format_value
 
 STATE_STYLES = {
     "queued": "$text-muted",

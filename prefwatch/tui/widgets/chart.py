@@ -18,7 +18,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 from prefwatch.tui import braille
-from prefwatch.tui.model import Curve
+from prefwatch.view.model import Curve
 
 
 class BrailleChart(Widget):

@@ -8,8 +8,8 @@ from textual.content import Content
 from textual.widgets import Static
 
 from prefwatch.analysis.bands import SPREAD
-from prefwatch.tui.model import GridView
 from prefwatch.tui.text import literal, same_content
+from prefwatch.view.model import GridView
 
 
 class SummaryFacts(NamedTuple):

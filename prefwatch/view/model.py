@@ -27,7 +27,6 @@ from prefwatch.core.diagnose import ERROR, WARN, heldout_accuracy_series, heldou
 from prefwatch.core.factors import HELDOUT, SEED, Factors, label, setting_key, varying
 from prefwatch.files.system import machine_lines, system_line
 from prefwatch.run import jobs
-from prefwatch.tui.braille import nice_ceiling
 
 # The curves of a cell panel, in display order: key, label.
 PANEL_CURVES: tuple[tuple[str, str], ...] = (
@@ -42,6 +41,21 @@ PANEL_CURVES: tuple[tuple[str, str], ...] = (
 UNSIGNED_CURVES = frozenset({"heldout_accuracy", "completion_tokens"})
 # How many of the last evaluations the completions pane shows beside the reference's answers.
 PANE_EVALUATIONS = 3
+
+
+NICE_STEPS = (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
+
+
+def nice_ceiling(value: float) -> float:
+    """The smallest of 1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8 times a power of ten that is >= ``value`` (> 0).
+
+    An axis that ends there changes only when the data crosses the next such bound (every 20-25 %),
+    not with every point: a live chart is then mostly unchanged by a new line, and is not repainted.
+    """
+    if not value > 0 or not np.isfinite(value):
+        return 1.0
+    scale = 10.0 ** np.floor(np.log10(value))
+    return float(next(step * scale for step in NICE_STEPS if step * scale >= value * (1 - 1e-12)))
 
 
 @dataclass(frozen=True)
