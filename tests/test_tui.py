@@ -616,3 +616,68 @@ async def test_a_view_posted_while_the_app_closes_is_dropped(tmp_path):
     drawn = app.refreshes
     app.on_grid_updated(GridUpdated(Update(app.view, "replay")))  # no screens left: nothing to draw, nothing raised
     assert app.refreshes == drawn
+
+
+@run
+async def test_a_newer_view_replaces_a_stale_one_still_queued_but_news_is_drawn(tmp_path):
+    """The feed's updates wait in the app's queue: the newest view is drawn, the ones it superseded are
+    not, unless one carries news (each event is told once, after the frame that shows it)."""
+    from dataclasses import replace
+
+    from prefwatch.tui.updates import GridUpdated
+    from prefwatch.view.feed import News, Update
+
+    app = app_for(make_grid(tmp_path))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.view is not None and len(panels(app)) == 4)
+        base, drawn = app.view, app.refreshes
+        views = [replace(base, headline=f"view {i}") for i in range(3)]
+        for view in views:  # queued together: the app reads none of them before the last is posted
+            app.post_message(GridUpdated(Update(view, "replay")))
+        await wait_for(pilot, lambda: app.view is views[-1])
+        await pilot.pause()
+        assert app.refreshes == drawn + 1  # the two stale views were dropped
+        assert "view 2" in screen_text(app)
+
+        told = News("dpo-r8: failed (exit 1)", "error")
+        app.post_message(GridUpdated(Update(views[0], "replay", news=told)))
+        app.post_message(GridUpdated(Update(views[1], "replay")))
+        app.post_message(GridUpdated(Update(None, "replay", "words only")))  # keeps the view before it
+        await wait_for(pilot, lambda: any(n.message == told.text for n in app._notifications))
+        await pilot.pause()
+        assert app.refreshes == drawn + 3 and app.view is views[1]
+        assert next(n for n in app._notifications if n.message == told.text).severity == "error"
+
+
+def test_theme_lookup_answers_as_textuals_own(tmp_path):
+    """The app answers theme lookups from the themes as registered, without Textual's copies, and
+    with no private attribute of Textual read: the same answers as Textual's own lookup."""
+    from textual.app import App
+    from textual.theme import Theme
+
+    app = app_for(make_grid(tmp_path))
+    names = list(app.available_themes)
+    assert "textual-dark" in names and "textual-light" in names
+    for name in [*names, "nope, textual-light", " textual-dark ", "nope"]:
+        assert app.get_theme(name) is App.get_theme(app, name), name
+    app.register_theme(Theme(name="prefwatch-test", primary="#004578"))
+    assert app.get_theme("prefwatch-test") is App.get_theme(app, "prefwatch-test") is not None
+    app.unregister_theme("prefwatch-test")
+    assert app.get_theme("prefwatch-test") is None is App.get_theme(app, "prefwatch-test")
+    source = "\n".join(p.read_text() for p in (Path(__file__).parent.parent / "prefwatch").rglob("*.py"))
+    assert "_registered_themes" not in source
+
+
+@run
+async def test_the_cell_screens_settings_redraw_it_when_set(tmp_path):
+    """The chart's settings are reactive: set from anywhere (not only by their keys), the chart follows."""
+    app = app_for(make_grid(tmp_path))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.view is not None and len(panels(app)) == 4)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, CellScreen))
+        screen = app.screen
+        await wait_for(pilot, lambda: "smoothing off" in screen_text(app))
+        screen.smoothing = 0.9
+        screen.time_axis = True
+        await wait_for(pilot, lambda: "smoothing 0.9" in screen_text(app) and "x: wall time" in screen_text(app))

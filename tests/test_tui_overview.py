@@ -6,6 +6,7 @@ import asyncio
 import functools
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ from prefwatch.tui.screens.cell import CellScreen  # noqa: E402
 from prefwatch.tui.screens.compare import CompareScreen  # noqa: E402
 from prefwatch.tui.screens.grid import GridScreen  # noqa: E402
 from prefwatch.tui.screens.overview import OverviewScreen  # noqa: E402
+from prefwatch.tui.updates import GridUpdated  # noqa: E402
+from prefwatch.view.feed import Update  # noqa: E402
 
 SIZE = (120, 36)
 
@@ -52,6 +55,13 @@ def sweep(root: Path, objectives=("dpo", "simpo"), ranks=(4, 8, 16, 32), seeds=(
         (root / name / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
         truth[name] = (objective, rank, seed, accuracy, train_margin - heldout_margin)
     return truth
+
+
+async def wait_for_condition(pilot, condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await pilot.pause(0.05)
 
 
 async def overview_of(app: MonitorApp, pilot) -> OverviewScreen:
@@ -153,6 +163,11 @@ async def test_enter_opens_the_cell_and_o_opens_its_group(tmp_path):
         assert isinstance(app.screen, CompareScreen)
         group = {c.id for c in app.screen.grid.cells}
         assert group == {c for c, t in truth.items() if t[0] == truth[selected][0]}  # the selected row's objective
+        newer = replace(app.view, headline="a newer view")  # as the feed delivers it: every cell
+        app.post_message(GridUpdated(Update(newer, "replay")))
+        await wait_for_condition(pilot, lambda: app.screen.grid.headline == "a newer view")
+        assert {c.id for c in app.screen.grid.cells} == group  # the group's screen follows, cut to the group
+        assert app.screen.grid.name.endswith(f"(objective {truth[selected][0]})")
         await pilot.press("escape", "escape")
         await pilot.pause()
         assert isinstance(app.screen, GridScreen)  # under the overview: the panels

@@ -68,7 +68,10 @@ async def test_a_timed_replay_plays_and_obeys_its_keys(tmp_path):
         await pilot.press("space")
         await wait_for(pilot, lambda: "replay ⏸" in screen_text(app))
         await pilot.press("plus", "plus")
-        assert app.replay.clock.speed == 5
+        assert app.replay.clock.speed == 5 and app.replay_speed == 5  # the speed is a setting of the app
+        app.replay_speed = 60  # set as a setting: the clock follows, the strip says so
+        await wait_for(pilot, lambda: "replay ⏸ 60×" in screen_text(app))
+        assert app.replay.clock.speed == 60
         await pilot.press("end")
         await wait_for(pilot, lambda: screen_text(app).count("finished  step 30/40") == 4)
         assert "Stop cell" not in screen_text(app)  # nothing to stop in a replay

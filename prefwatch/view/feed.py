@@ -92,14 +92,20 @@ class Pacer:
     seconds is drawn at once.
     """
 
-    def __init__(self, shortest: float) -> None:
+    def __init__(
+        self,
+        shortest: float,
+        clock: Callable[[], float] = time.monotonic,
+        cpu: Callable[[], float] = time.process_time,
+    ) -> None:
         self.shortest = shortest
         self.interval = shortest
-        self._sample = (time.monotonic(), time.process_time())
+        self._clock, self._cpu = clock, cpu  # the wall clock and the process's CPU time (tests fake both)
+        self._sample = (clock(), cpu())
 
     def next_interval(self, read_seconds: float) -> float:
         """The follower's shortest interval after a refresh whose reading took ``read_seconds``."""
-        now, cpu = time.monotonic(), time.process_time()
+        now, cpu = self._clock(), self._cpu()
         then, cpu_then = self._sample
         if now - then >= 1.0:
             share = (cpu - cpu_then) / (now - then)
