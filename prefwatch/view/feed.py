@@ -73,11 +73,20 @@ class Update(msgspec.Struct, frozen=True):
     news: News | None = None
 
 
+class ReplayClock(Protocol):
+    def now(self) -> float:
+        """Where the replay stands, in the logs' own time."""
+        ...
+
+
 class Replay(Protocol):
-    """A timed replay: the grid cut at a virtual clock (``prefwatch.tui.replay.ReplayGrid``)."""
+    """A timed replay: the grid cut at a virtual clock (``prefwatch.tui.replay.ReplayGrid``). The app
+    makes it (it plays it with its keys); the feed reads it, as its clock moves."""
 
-    source: GridSource
-
+    @property
+    def source(self) -> GridSource: ...
+    @property
+    def clock(self) -> ReplayClock: ...
     def update(self) -> bool: ...
     def label(self) -> str: ...
 
@@ -247,9 +256,7 @@ class Feed:
         if self._make_replay is not None:
             jobs.hand_statuses(self.source)  # each cell's recorded end, shown when the replay reaches it
             replay = self._make_replay(self.source)
-            clock = getattr(replay, "clock", None)
-            now = clock.now if clock is not None else time.monotonic
-            self.incremental = IncrementalViews(replay.source, float("inf"), now)
+            self.incremental = IncrementalViews(replay.source, float("inf"), replay.clock.now)
             self.replay = replay
         elif self.live:
             self._preview()
