@@ -18,6 +18,7 @@ from prefwatch.analysis.analyse import analyse, cell_result, objective_source
 from prefwatch.analysis.peak import At
 from prefwatch.core.diagnose import DEFAULT
 from prefwatch.ingest.discover import open_path
+from prefwatch.ingest.readers.jsonl import MetricsLog
 from prefwatch.ingest.sources import CellSource
 
 BREVITY = {"train": {"chosen_shorter_share": 0.7, "mean_chosen_tokens": 20, "mean_rejected_tokens": 30}}
@@ -232,6 +233,6 @@ def test_where_a_cells_objective_and_preference_come_from(tmp_path: Path) -> Non
 def test_no_objective_source_without_an_objective(tmp_path: Path) -> None:
     # A cell built with no claim claims no source: "given" was printed for ranks read from a run name or a
     # logged config (issue 24); where a value came from is said by whoever read it, or not at all.
-    source = CellSource("x", tmp_path)
+    source = CellSource("x", tmp_path, MetricsLog.open(tmp_path))
     assert source.claim is not None and (source.claim.objective_source, source.claim.rank_source) == (None, None)
     assert objective_source(source) is None

@@ -78,7 +78,7 @@ def test_a_finished_log_is_read_from_the_cache_the_second_time(tmp_path):
     _, first = opened(tmp_path / "runs")
     assert cache.entry_path(log).is_file()
     _, second = opened(tmp_path / "runs")
-    assert second._cached  # taken from the entry (or saved to it)...
+    assert second.reader.cached  # taken from the entry (or saved to it)...
     same_series(second.series, first.series)  # ...and equal to a full read
     grid_first, grid_second = opened(tmp_path / "runs")[0], opened(tmp_path / "runs")[0]
     assert analyse(grid_first, now=0).to_json() == analyse(grid_second, now=0).to_json()

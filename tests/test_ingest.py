@@ -278,8 +278,8 @@ def test_columnar_path_takes_big_regular_blocks(tmp_path: Path) -> None:
     grid.poll()
     source = grid.cells[0]
     fast_blocks = []
-    decode = source._columnar.decode
-    source._columnar.decode = lambda block: fast_blocks.append(decode(block)) or fast_blocks[-1]  # type: ignore[method-assign]
+    decode = source.reader._columnar.decode
+    source.reader._columnar.decode = lambda block: fast_blocks.append(decode(block)) or fast_blocks[-1]  # type: ignore[method-assign]
     with open(path, "ab") as f:
         f.write(b"".join(lines[100:]))
     grid.poll()

@@ -304,7 +304,7 @@ def test_wandb_cells_are_named_by_their_runs(tmp_path):
     grid = open_path(tmp_path / "wandb-dir" / "wandb")
     ids = [c.id for c in grid.cells]
     assert ids[:2] == ["dpo-r8", "simpo-r8"]
-    run_id = grid.cells[2].tracker.path.parent.name.rpartition("-")[2]
+    run_id = grid.cells[2].reader.path.parent.name.rpartition("-")[2]
     assert ids[2] == f"dpo-r8#{run_id}" and len(run_id) == 8
     result = report(tmp_path / "wandb-dir" / "wandb")
     assert max(len(line) for line in result.stdout.splitlines()) <= 80, result.stdout

@@ -29,6 +29,7 @@ from prefwatch.core import metrics as m
 from prefwatch.files import rundir
 from prefwatch.ingest.discover import open_path
 from prefwatch.ingest.sources import GridSource, SourceError
+from prefwatch.ingest.trackers import TrackerRun
 
 pytestmark = pytest.mark.skipif(
     not all(find_spec(n) for n in ("torch", "trl", "peft", "trackio", "mlflow", "sqlalchemy", "wandb", "psutil")),
@@ -224,7 +225,7 @@ def test_report_on_a_store_matches_the_report_on_metrics_jsonl(run, store, tmp_p
 
 def test_folder_a_script_ran_in_is_recognised(run):
     """The folder holding mlflow.db (the script's working directory) and the W&B folder's parent."""
-    assert open_path(run["root"]).cells[0].tracker is not None
+    assert isinstance(open_path(run["root"]).cells[0].reader, TrackerRun)
     assert [c.id for c in open_path(run["root"] / "w").cells] == ["dpo-r8"]
 
 

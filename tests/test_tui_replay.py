@@ -9,7 +9,7 @@ pytest.importorskip("textual")
 from test_tui import app_for, make_grid, panels, run, screen_text, wait_for  # noqa: E402
 
 from prefwatch.ingest.discover import open_path  # noqa: E402
-from prefwatch.tui.replay import ReplayClock, ReplayGrid  # noqa: E402
+from prefwatch.ingest.replay import ReplayClock, ReplayGrid  # noqa: E402
 
 
 class FakeClock:

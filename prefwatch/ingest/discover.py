@@ -1,7 +1,7 @@
 """What a path holds: a run directory, one run, a folder of runs, or a tracker's store, turned into cells.
 
-``open_path`` is the one entry: it recognises the format (a tracker's store first, then prefwatch's run
-directory, TRL's ``trainer_state.json``, TensorBoard event files, a ``metrics.jsonl``), searches a folder
+``open_path`` is the one entry: it recognises what the path holds (a tracker's store first, then
+prefwatch's run directory, then a run in one of the formats of ``prefwatch.ingest.formats``), searches a folder
 of runs a few levels down, and says what it skipped and why. Nothing is read yet: call ``poll()``.
 """
 
@@ -18,16 +18,10 @@ from prefwatch.core.factors import SEED, Factors
 from prefwatch.core.objectives import PREFERENCE, TOKENS
 from prefwatch.files import rundir
 from prefwatch.ingest.factors import cell_record_factors, folder_factors
-from prefwatch.ingest.readers.tensorboard import EVENT_FILE_PREFIX, event_files
-from prefwatch.ingest.sources import (
-    TRAINER_STATE,
-    CellSource,
-    GridSource,
-    SourceError,
-    guess_labels,
-    natural_key,
-    newest_trainer_state,
-)
+from prefwatch.ingest.formats import format_of
+from prefwatch.ingest.readers.jsonl import MetricsLog
+from prefwatch.ingest.readers.protocol import Reader
+from prefwatch.ingest.sources import CellSource, GridSource, SourceError, guess_labels, natural_key
 
 # How deep a folder of runs is searched for cells (runs/x/adapters/dpo/ is three levels down).
 SEARCH_DEPTH = 3
@@ -89,13 +83,12 @@ def _recognise(path: Path, wait: bool = False) -> GridSource:
     if store is not None:
         return store
     if path.is_file():
-        if path.name == TRAINER_STATE:
-            return GridSource(path.parent.name, path.parent, [_trl_cell(path.parent)])
-        if path.name.startswith(EVENT_FILE_PREFIX):
-            return GridSource(path.parent.name, path.parent, [_tb_cell(path.parent)])
+        named = format_of(path)  # trainer_state.json, an event file: the run is the folder
+        if named is not None:
+            return GridSource(path.parent.name, path.parent, [_run_cell(path.parent, named.open(path))])
         if path.name in UNREAD_LOGS:
             raise SourceError(f"{path}: not read: {UNREAD_LOGS[path.name]}")
-        return GridSource(path.stem, path.parent, [_jsonl_cell(path.parent, path)])
+        return GridSource(path.stem, path.parent, [_run_cell(path.parent, MetricsLog.open(path))])
     if rundir.is_grid_dir(path):
         cells = [_prefwatch_cell(d) for d in rundir.cell_dirs(path)]
         return GridSource(path.name, path, cells, managed=True)
@@ -256,13 +249,8 @@ def parse_label(text: str) -> tuple[str, tuple[str | None, int | None]]:
 def _cell_at(path: Path) -> CellSource | None:
     if (path / rundir.CELL_FILE).is_file():
         return _prefwatch_cell(path)
-    if (path / rundir.METRICS_FILE).is_file():
-        return _jsonl_cell(path, path / rundir.METRICS_FILE)
-    if event_files(path):
-        return _tb_cell(path)
-    if newest_trainer_state(path) is not None:
-        return _trl_cell(path)
-    return None
+    found = format_of(path)
+    return _run_cell(path, found.open(path)) if found is not None else None
 
 
 def _prefwatch_cell(path: Path) -> CellSource:
@@ -278,12 +266,12 @@ def _prefwatch_cell(path: Path) -> CellSource:
     return CellSource(
         id=path.name,
         directory=path,
+        reader=MetricsLog.open(path),
         objective=claim.objective,
         rank=claim.rank,
         seed=_seed(factors),
         info=cell.to_dict() if problem is None else {},
         claim=claim,
-        metrics_path=path / rundir.METRICS_FILE,
         managed=rundir.is_launched_cell(path),
         record_error=problem,
         factors=factors,
@@ -291,9 +279,7 @@ def _prefwatch_cell(path: Path) -> CellSource:
     )
 
 
-def _run_cell(
-    path: Path, metrics_path: Path | None = None, trainer_state_dir: Path | None = None, event_dir: Path | None = None
-) -> CellSource:
+def _run_cell(path: Path, reader: Reader) -> CellSource:
     """A run prefwatch did not launch: its factors from the files in and beside its folder and its name."""
     problems: list[str] = []
     factors = folder_factors(path, problems=problems)
@@ -301,32 +287,16 @@ def _run_cell(
     return CellSource(
         path.name,
         path,
+        reader,
         claim.objective,
         claim.rank,
         _seed(factors),
         claim=claim,
         factors=factors,
         factor_problems=problems,
-        metrics_path=metrics_path,
-        trainer_state_dir=trainer_state_dir,
-        event_dir=event_dir,
     )
 
 
 def _seed(factors: Factors) -> int | None:
     seed = factors.get(SEED)
     return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
-
-
-def _jsonl_cell(directory: Path, metrics_path: Path) -> CellSource:
-    return _run_cell(directory, metrics_path=metrics_path)
-
-
-def _trl_cell(path: Path) -> CellSource:
-    return _run_cell(path, trainer_state_dir=path)
-
-
-def _tb_cell(path: Path) -> CellSource:
-    """A TRL output_dir written with report_to="tensorboard" (or a bare logging dir): the event
-    files are live (flushed at every log), trainer_state.json only at checkpoints."""
-    return _run_cell(path, trainer_state_dir=path, event_dir=path)

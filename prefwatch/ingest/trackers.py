@@ -1,7 +1,7 @@
 """Runs logged by the trackers users already have: trackio, MLflow and W&B, read from their own stores.
 
-A tracker's store becomes cells like any other log: each run is a CellSource whose ``tracker`` reader
-yields scalar points (tag, step, wall time, value) in the order they were logged. The points go
+A tracker's store becomes cells like any other log: each run is a CellSource whose reader (a
+``TrackerRun`` over the store's own reader of the run) yields scalar points (tag, step, wall time, value) in the order they were logged. The points go
 through the same pivot as TensorBoard's (``tensorboard.add_scalars``), and the tags through
 ``metrics.canonical``, so ``train/rewards/margins`` (trackio, W&B), ``rewards/margins`` and
 ``eval_rewards/margins`` (MLflow) land in TRL's series and every finding and the verdict read them
@@ -21,21 +21,36 @@ Each reader lives in its own module and is imported only when its store is found
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from prefwatch.core.factors import RANK, SEED, Origin, config_factors
 from prefwatch.core.factors import peft_rank as _peft_rank
+from prefwatch.core.objectives import Claim
+from prefwatch.core.series import CellSeries
 from prefwatch.files import rundir
+from prefwatch.files.rundir import CellState, CellStatus, StatusRecord
+from prefwatch.ingest.completions import CompletionLog, wandb_records, wandb_table
+from prefwatch.ingest.factors import tracker_factors
 from prefwatch.ingest.readers import sqlite
-from prefwatch.ingest.readers.store import StoreBatch, StoreReader, StoreRun
-from prefwatch.ingest.sources import CellSource, GridSource, SourceError, guess_labels
+from prefwatch.ingest.readers.protocol import Batch, CompletionsReader, SourceError
+from prefwatch.ingest.readers.store import RunEnd, StoreBatch, StoreReader, StoreRun
+from prefwatch.ingest.readers.tensorboard import add_scalars
+from prefwatch.ingest.sources import CellSource, GridSource, factor_source, guess_labels
 
 # Settings that differ between the tracker runs of one training run without making it another one:
 # where the logs went, what it resumed from, the tracker's own bookkeeping.
 _VOLATILE = frozenset({"logging_dir", "resume_from_checkpoint", "output_dir_timestamp"})
+# Where each tracker keeps a run's settings (by the module of the run's reader).
+_TRACKER_ORIGINS = {"mlflow": Origin.MLFLOW_PARAMS, "trackio": Origin.TRACKIO_CONFIG, "wandb": Origin.WANDB_CONFIG}
+# TRL's completions table in a W&B run folder is looked for at most this often: it is rewritten
+# whole at each evaluation, and listing the run's media folder is not free.
+TABLE_SECONDS = 2.0
 
 
 def open_store(path: Path, wait: bool = False) -> GridSource | None:
@@ -72,6 +87,7 @@ class StoreFinder:
         self.waiting = f"{path}: waiting for the first run (a trackio, MLflow or W&B store with no runs yet)"
         self._listers: dict[Path, Any] = {}
         self._chains: dict[str, list[StoreRun]] = {}  # cell id -> its runs, oldest first
+        self._readers: dict[str, TrackerRun] = {}  # cell id -> its reader
         self._keys: set[str] = set()
         self._groups: set[str] = set()
         self._watched: list[Path] = [path if path.is_dir() else path.parent]
@@ -95,15 +111,13 @@ class StoreFinder:
             self._keys.add(run.key)
             cell_id = self._continued(run)
             if cell_id is not None:
-                cell = next(c for c in grid.cells if c.id == cell_id)
-                chain = cell.tracker if isinstance(cell.tracker, Segments) else Segments(cell.tracker)
-                chain.add(run.reader)
-                cell.tracker = chain
+                self._readers[cell_id].continue_with(run.reader)
                 self._chains[cell_id].append(run)
                 continue
             self._groups.add(run.group)
-            cell = store_cell(run, grid.root, self._new_id(run))
-            self._chains[cell.id] = [run]
+            reader = TrackerRun(run.reader)
+            cell = store_cell(run, grid.root, self._new_id(run), reader)
+            self._chains[cell.id], self._readers[cell.id] = [run], reader
             grid.cells.append(cell)
         return bool(new)
 
@@ -265,17 +279,125 @@ class Segments:
         return first
 
 
-def store_cell(run: StoreRun, root: Path, cell_id: str) -> CellSource:
+class TrackerRun:
+    """A run in a tracker's store as a cell's reader: its points pivoted into one series, the store's
+    end mark as the run's state. A later tracker run that resumes the training continues it
+    (``continue_with``: the runs are read one after another, as ``Segments``)."""
+
+    def __init__(self, run: StoreReader) -> None:
+        self.run: StoreReader | Segments = run
+        self.series = CellSeries()
+        self.ended: RunEnd | None = None  # the tracker's own word that the run ended
+
+    def continue_with(self, reader: StoreReader) -> None:
+        chain = self.run if isinstance(self.run, Segments) else Segments(self.run)
+        chain.add(reader)
+        self.run = chain
+
+    @property
+    def path(self) -> Path:
+        return self.run.path
+
+    def watched(self) -> list[Path]:
+        return self.run.watched()
+
+    def preview(self, max_bytes: int) -> CellSeries | None:
+        return None
+
+    def written_at(self) -> float | None:
+        try:
+            return self.run.path.stat().st_mtime
+        except OSError:
+            return None
+
+    def completions(self) -> CompletionsReader | None:
+        return WandbTable(self) if self.run.path.suffix == ".wandb" else None
+
+    def poll(self) -> Batch:
+        changed, more, restarted = False, True, False
+        while more:
+            batch = self.run.poll()
+            if batch.restarted:
+                self.series, restarted = CellSeries(), True
+            # A run resumed under a new tracker run comes as later segments: where one begins, the end
+            # of what came before is void (a finished run that was trained further).
+            for part, begun in [(batch, False), *batch.after]:
+                if begun:
+                    self.series.end_record = None
+                add_scalars(self.series, part.scalars)
+                if part.end:
+                    self.series.end_record = {**(self.series.end_record or {}), **part.end}
+                changed |= bool(begun or len(part.scalars) or part.scalars.rejected or part.end)
+            changed |= batch.restarted or batch.ended != self.ended
+            self.ended = batch.ended
+            more = batch.more
+        error = self.run.error
+        if error is not None:
+            state = CellStatus(CellState.UNREADABLE, error=error)
+        elif self.ended is not None:  # the tracker's own mark: MLflow's status, W&B's exit record
+            end = self.ended
+            state = CellStatus(end.state, StatusRecord(state=end.state, exit_code=end.exit_code or None))
+        else:
+            state = None
+        return Batch(self.series, changed, restarted, error, state)
+
+
+class WandbTable:
+    """TRL's completions table in a W&B run folder (the last segment's), read again when a newer one
+    appears (looked for every TABLE_SECONDS at most)."""
+
+    def __init__(self, run: TrackerRun) -> None:
+        self.run = run
+        self._checked = -math.inf
+        self._seen: tuple[Path, int, int] | None = None
+
+    def poll(self, log: CompletionLog, rejected: Counter[str]) -> bool:
+        if time.monotonic() - self._checked < TABLE_SECONDS:
+            return False
+        self._checked = time.monotonic()
+        table = wandb_table(self.run.path.parent)
+        try:
+            seen = (table, table.stat().st_size, table.stat().st_mtime_ns) if table is not None else None
+        except OSError:
+            seen = None
+        if seen is None or seen == self._seen:
+            return False
+        self._seen = seen
+        records, bad = wandb_records(seen[0])
+        log.reset()
+        for record in records:
+            bad += not log.add(record)
+        if bad:  # the table is read whole each time: its bad rows are counted once, not once per reading
+            rejected["bad completions row"] = bad
+        return True
+
+
+def store_cell(run: StoreRun, root: Path, cell_id: str, reader: TrackerRun) -> CellSource:
     objective, rank = config_labels(run.config, root, run.name)
-    cell = CellSource(cell_id, root, objective, rank, seed=_int(run.config.get("seed")), tracker=run.reader)
+    cell = CellSource(cell_id, root, reader, objective, rank, seed=_int(run.config.get("seed")))
     max_steps = _int(run.config.get("max_steps"))
     if max_steps is not None and max_steps > 0:
         cell.info["train"] = {"max_steps": max_steps}
     # The run's factors (its logged config and tags, then its name) and where its objective and rank were read.
-    cell.describe_run(
-        run.config, run.tags, run.name, objective_logged=config_labels(run.config, root, "")[0] is not None
-    )
+    origin = _TRACKER_ORIGINS.get(type(run.reader).__module__.rsplit(".", 1)[-1], Origin.RUN_NAME)
+    describe_run(cell, run, origin, objective_logged=config_labels(run.config, root, "")[0] is not None)
     return cell
+
+
+def describe_run(cell: CellSource, run: StoreRun, origin: Origin, objective_logged: bool) -> None:
+    """A tracker's run: its factors from its logged config (MLflow params, trackio's or W&B's
+    config), MLflow's tags, then its name; its objective and rank say where each was read."""
+    cell.factors = tracker_factors(run.config, run.name, origin)
+    config_factors(run.tags, Origin.MLFLOW_TAGS, cell.factors)
+    rank = cell.factors.values.get(RANK)
+    seed = cell.factors.get(SEED)
+    cell.rank = int(rank.value) if rank is not None else cell.rank
+    cell.seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else cell.seed
+    said = str(origin) if objective_logged else "run name"
+    cell.claim = Claim(
+        cell.objective, said if cell.objective else None, cell.rank, factor_source(rank) if rank else None
+    )
+    cell.objective = cell.claim.objective
 
 
 def config_labels(config: Mapping[str, Any], root: Path, name: str) -> tuple[str | None, int | None]:

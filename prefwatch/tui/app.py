@@ -25,9 +25,9 @@ from textual.screen import Screen
 from prefwatch.analysis.incremental import HEARTBEAT_SECONDS
 from prefwatch.core.textsafe import plain
 from prefwatch.ingest.discover import open_path
+from prefwatch.ingest.replay import ReplayGrid
 from prefwatch.ingest.sources import GridSource
 from prefwatch.tui.control import CellControl
-from prefwatch.tui.replay import ReplayGrid
 from prefwatch.tui.screens.cell import CellScreen
 from prefwatch.tui.screens.compare import CompareScreen
 from prefwatch.tui.screens.completions import CompletionsScreen

@@ -80,7 +80,7 @@ class ReplayClock(Protocol):
 
 
 class Replay(Protocol):
-    """A timed replay: the grid cut at a virtual clock (``prefwatch.tui.replay.ReplayGrid``). The app
+    """A timed replay: the grid cut at a virtual clock (``prefwatch.ingest.replay.ReplayGrid``). The app
     makes it (it plays it with its keys); the feed reads it, as its clock moves."""
 
     @property

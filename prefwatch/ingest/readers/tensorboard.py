@@ -38,6 +38,8 @@ import numpy as np
 from prefwatch.core import metrics
 from prefwatch.core.series import CellSeries
 from prefwatch.files import safe
+from prefwatch.ingest.readers.protocol import Batch, CompletionsReader
+from prefwatch.ingest.readers.trainer_state import TrainerState
 
 EVENT_FILE_PREFIX = "events.out.tfevents."
 _HEADER = 12  # uint64 length + uint32 crc
@@ -684,3 +686,75 @@ def _add_split(
             row_values = {name: float(c[index]) for name, c in columns.items() if not math.isnan(c[index])}
             target.append(float(row_steps[index]), float(row_walls[index]), row_values)
     series.records += len(row_steps) - first
+
+
+class TensorBoardRun:
+    """A run's event files (the directory loader over ``EventFileReader``, the file loader): every file
+    of the run read in order into one series; trainer_state.json beside them gives the run's plan.
+
+    A TRL output_dir written with ``report_to="tensorboard"`` (or a bare logging dir): the event files
+    are live (flushed at every log), trainer_state.json is written only at checkpoints."""
+
+    @staticmethod
+    def detect(path: Path) -> bool:
+        """A folder with event files (in it or in its runs/*), or one event file."""
+        return bool(event_files(path)) if path.is_dir() else path.name.startswith(EVENT_FILE_PREFIX)
+
+    @classmethod
+    def open(cls, path: Path) -> TensorBoardRun:
+        return cls(path if path.is_dir() else path.parent)
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.series = CellSeries()
+        self._files: dict[Path, EventFileReader] = {}
+        self._plan = TrainerState(folder, history=False)
+
+    @property
+    def path(self) -> Path:
+        return self.folder
+
+    def watched(self) -> list[Path]:
+        runs = self.folder / "runs"
+        return list(dict.fromkeys([*([runs] if runs.is_dir() else []), *(f.parent for f in event_files(self.folder))]))
+
+    def completions(self) -> CompletionsReader | None:
+        return None
+
+    def preview(self, max_bytes: int) -> CellSeries | None:
+        return None
+
+    def written_at(self) -> float | None:
+        log = next(iter(reversed(event_files(self.folder))), None)
+        if log is None:
+            return self._plan.written_at()
+        try:
+            return log.stat().st_mtime
+        except OSError:
+            return None
+
+    def poll(self) -> Batch:
+        """Read the scalars appended to the run's event files, oldest file first."""
+        for path in event_files(self.folder):
+            self._files.setdefault(path, EventFileReader(path))
+        polled = [reader.poll() for reader in self._files.values()]
+        restarted = any(restarted for _, restarted in polled)
+        if restarted:
+            # A file was truncated or replaced: what was built from it is void; read everything again.
+            self.series = CellSeries()
+            self._files = {path: EventFileReader(path) for path in self._files}
+            polled = [reader.poll() for reader in self._files.values()]
+        changed = restarted
+        for scalars, _ in polled:
+            add_scalars(self.series, scalars)
+            changed |= bool(len(scalars) or scalars.rejected)
+        plan = self._plan.poll()
+        return Batch(self.series, changed, restarted, self._error(), max_steps=plan.max_steps, factors=plan.factors)
+
+    def _error(self) -> str | None:
+        for reader in self._files.values():
+            if reader.error:
+                return reader.error
+            if reader.missing:
+                return f"{reader.path}: deleted"
+        return None

@@ -29,8 +29,8 @@ import msgspec
 from prefwatch.core import metrics
 from prefwatch.files import safe
 from prefwatch.files.rundir import CellState
+from prefwatch.ingest.readers.protocol import SourceError
 from prefwatch.ingest.readers.store import Points, RunEnd, StoreBatch, StoreRun
-from prefwatch.ingest.sources import SourceError
 
 # W&B's writer flushes the run file every few seconds (6-15 s seen): a run record missing for longer
 # than this is missing for good.

@@ -5,43 +5,72 @@ it stood at a moment of the run: the rows logged up to that time, the evaluation
 state "running" until the cell's last line. The clock runs at ``speed`` times real time and can be
 paused, sped up, slowed down and moved. Rows without a time are shown from the start.
 
-No Textual here: the app ticks the clock and analyses the cut grid like a live one.
+Replay is a reader mode: each replayed cell is a ``CellSource`` whose reader (``Replay``) releases the
+full cell's rows up to the replay's time. No Textual here: the monitor ticks the clock and analyses
+the cut grid like a live one.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
 from prefwatch.core.series import CellSeries, SplitSeries
 from prefwatch.files.rundir import CellState, CellStatus
-from prefwatch.ingest.sources import CellSource, GridSource, PairLog
+from prefwatch.ingest.pairs import PairLog
+from prefwatch.ingest.readers.protocol import Batch, Beside, CompletionsReader
+from prefwatch.ingest.sources import CellSource, GridSource
 
 
-@dataclasses.dataclass
-class ReplayCell(CellSource):
-    """A cell cut at the replay clock: reads nothing (poll is a no-op), says "running" until its end."""
+class Replay:
+    """A reader of a cell read whole already (``full``): at each poll, what it held at the time ``at()``
+    says; "running" until its last row, then the state it ended in."""
 
-    ended: bool = False
-    final_status: CellStatus | None = None
-
-    def __post_init__(self) -> None:  # no readers: the data comes from the full source
-        pass
-
-    def poll(self) -> bool:
-        return False
+    def __init__(self, full: CellSource, at: Callable[[], float]) -> None:
+        self.full = full
+        self.at = at
+        self._last_time = _last_time(full)
 
     @property
-    def read_error(self) -> str | None:
+    def path(self) -> Path:
+        return self.full.metrics_path
+
+    def watched(self) -> list[Path]:
+        return []  # nothing on disk changes what a replay shows
+
+    def written_at(self) -> float | None:
+        return self.full.reader.written_at()
+
+    def preview(self, max_bytes: int) -> CellSeries | None:
         return None
 
-    def status(self) -> CellStatus:
-        if self.ended and self.final_status is not None:
-            return self.final_status
-        return CellStatus(CellState.RUNNING if self.series.records else CellState.QUEUED)
+    def completions(self) -> CompletionsReader | None:
+        return None
+
+    def poll(self) -> Batch:
+        full, until = self.full, self.at()
+        series = CellSeries()
+        series.train, series.eval = cut_split(full.series.train, until), cut_split(full.series.eval, until)
+        series.records = len(series.train) + len(series.eval)
+        series.rejected = full.series.rejected.copy()
+        last_step = series.last_step
+        series.first_non_finite = {k: v for k, v in full.series.first_non_finite.items() if v <= last_step}
+        ended = self._last_time is None or until >= self._last_time
+        if ended:
+            series.end_record = full.series.end_record
+        eval_steps = set(series.eval.steps.tolist())
+        pairs = PairLog(pair_ids=list(full.pairs.pair_ids))
+        for step, chosen, rejected in zip(full.pairs.steps, full.pairs.chosen, full.pairs.rejected):
+            if step in eval_steps or (step <= last_step and not len(full.series.eval)):
+                pairs.steps.append(step)
+                pairs.chosen.append(chosen)
+                pairs.rejected.append(rejected)
+        state = full.status() if ended else CellStatus(CellState.RUNNING if series.records else CellState.QUEUED)
+        beside = Beside(pairs, full.system.until(until), full.data_stats)
+        return Batch(series, changed=True, state=state, beside=beside)
 
 
 def time_span(grid: GridSource) -> tuple[float, float] | None:
@@ -72,39 +101,18 @@ def cut_split(split: SplitSeries, until: float) -> SplitSeries:
     return cut
 
 
-def cut_cell(cell: CellSource, until: float, last_time: float | None) -> ReplayCell:
-    full = cell.series
-    series = CellSeries()
-    series.train, series.eval = cut_split(full.train, until), cut_split(full.eval, until)
-    series.records = len(series.train) + len(series.eval)
-    series.rejected = full.rejected.copy()
-    last_step = series.last_step
-    series.first_non_finite = {k: v for k, v in full.first_non_finite.items() if v <= last_step}
-    ended = last_time is None or until >= last_time
-    if ended:
-        series.end_record = full.end_record
-    eval_steps = set(series.eval.steps.tolist())
-    pairs = PairLog(pair_ids=list(cell.pairs.pair_ids))
-    for step, chosen, rejected in zip(cell.pairs.steps, cell.pairs.chosen, cell.pairs.rejected):
-        if step in eval_steps or (step <= last_step and not len(full.eval)):
-            pairs.steps.append(step)
-            pairs.chosen.append(chosen)
-            pairs.rejected.append(rejected)
-    final = cell.status() if ended else None
-    return ReplayCell(
-        id=cell.id,
-        directory=cell.directory,
-        objective=cell.objective,
-        rank=cell.rank,
-        seed=cell.seed,
-        info=cell.info,
-        series=series,
-        pairs=pairs,
-        data_stats=cell.data_stats,
-        system=cell.system.until(until),
-        managed=False,
-        ended=ended,
-        final_status=final,
+def replay_cell(full: CellSource, at: Callable[[], float]) -> CellSource:
+    """A cell that shows ``full`` as it stood at the time ``at()`` says (after each poll)."""
+    return CellSource(
+        id=full.id,
+        directory=full.directory,
+        reader=Replay(full, at),
+        objective=full.objective,
+        rank=full.rank,
+        seed=full.seed,
+        info=full.info,
+        claim=full.claim,
+        factors=full.factors,
     )
 
 
@@ -164,25 +172,26 @@ class ReplayClock:
 
 
 class ReplayGrid:
-    """The grid as it stood at the replay clock's time, rebuilt when the clock has moved."""
+    """The grid as it stood at the replay clock's time, cut again when the clock has moved."""
 
     def __init__(self, full: GridSource, speed: float, clock: Callable[[], float]) -> None:
         self.full = full
         full.poll()  # everything there is, once
         span = time_span(full) or (0.0, 0.0)
         self.clock = ReplayClock(span[0], span[1], speed, clock)
-        self._last_times = {c.id: _last_time(c) for c in full.cells}
-        self.source = GridSource(full.name, full.root, [], full.managed)
-        self._cut_at: float | None = None
+        self._cut_at = span[0]
+        cells = [replay_cell(c, lambda: self._cut_at) for c in full.cells]
+        self.source = GridSource(full.name, full.root, cells, full.managed)
+        self._polled = False
         self.update()
 
     def update(self) -> bool:
         """Cut the cells at the clock's time; False when the clock has not moved since the last cut."""
         now = self.clock.now()
-        if now == self._cut_at:
+        if now == self._cut_at and self._polled:
             return False
-        self._cut_at = now
-        self.source.cells = [cut_cell(c, now, self._last_times[c.id]) for c in self.full.cells]
+        self._cut_at, self._polled = now, True
+        self.source.poll()
         return True
 
     def label(self) -> str:
