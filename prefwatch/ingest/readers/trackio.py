@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import datetime
 import math
+import operator
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from prefwatch.ingest.readers import sqlite
 from prefwatch.ingest.readers.sqlite import SqliteFollower
@@ -120,7 +124,14 @@ class TrackioReader:
     def poll(self) -> StoreBatch:
         rows, restarted = self._follower.rows("metrics", self._query, (self._run_key,))
         points, end = Points(), None
+        numbers = _NumberRows(points)
         for _, stamp, counter, text in rows:
+            floats = _floats(text)
+            if floats is not None:  # every value a number (the usual row): its points in one go
+                step = floats.get("train/global_step", counter)
+                if numbers.add(floats, int(step), self._time(stamp)):
+                    end = {"global_step": float(step)}
+                continue
             row = _json(text)
             if not isinstance(row, dict):
                 points.rejected["bad trackio metrics row"] += 1
@@ -140,6 +151,57 @@ class TrackioReader:
         if stamp != self._stamp[0]:
             self._stamp = (stamp, _seconds(stamp))
         return self._stamp[1]
+
+
+_NUMBERS = msgspec.json.Decoder(dict[str, float])
+
+
+def _floats(text: Any) -> dict[str, float] | None:
+    """A metrics row whose every value is a JSON number, as floats; None for any other row (text,
+    booleans, NaN spelled out, not an object, not JSON): that row goes the exact way."""
+    try:
+        return _NUMBERS.decode(text)
+    except (msgspec.DecodeError, TypeError):  # ValidationError is a DecodeError
+        return None
+
+
+class _NumberRows:
+    """Rows of numbers added to ``points`` a row at a time, not a value at a time: what each distinct
+    set of keys holds (which values are points, their tags, whether it is the end row) is worked out
+    once. The points and their order are those ``Points.add_row`` gives (a fifth of the CPU for 50
+    runs of 1,000 rows and 20 metrics)."""
+
+    def __init__(self, points: Points) -> None:
+        self.points = points
+        self._plans: dict[tuple[str, ...], tuple[bool, list[int], Callable[[list[float]], Any] | None]] = {}
+
+    def add(self, row: dict[str, float], step: int, wall: float) -> bool:
+        """Add the row's points; True for the end row (``train/epoch`` and ``train/global_step`` only), which adds none."""
+        keys = tuple(row)
+        plan = self._plans.get(keys)
+        if plan is None:
+            plan = self._plans[keys] = self._plan(keys)
+        is_end, tags, pick = plan
+        if is_end:
+            return True
+        if tags:
+            points = self.points
+            points.tag_ids.extend(tags)
+            points.values.extend(row.values() if pick is None else pick(list(row.values())))
+            points.steps.extend([step] * len(tags))
+            points.walls.extend([wall] * len(tags))
+        return False
+
+    def _plan(self, keys: tuple[str, ...]) -> tuple[bool, list[int], Callable[[list[float]], Any] | None]:
+        if set(keys) <= _END_KEYS:
+            return True, [], None
+        tag_of = self.points._tag_of  # the same tag for a key as add_row gives (index keys: none)
+        tags = [tag_of(key) for key in keys]
+        kept = [i for i, tag in enumerate(tags) if tag is not None]
+        if len(kept) == len(keys):
+            return False, [t for t in tags if t is not None], None
+        pick = operator.itemgetter(*kept) if len(kept) > 1 else (lambda values: [values[kept[0]]] if kept else [])
+        return False, [t for t in tags if t is not None], pick
 
 
 def _seconds(stamp: Any) -> float:
