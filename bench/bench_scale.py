@@ -68,15 +68,19 @@ def timed_process(command: list[str]) -> tuple[float, float]:
     return elapsed, usage.ru_maxrss / 1024
 
 
-def first_screen(command: list[str], marker: str, name: str, timeout: float = 300.0) -> tuple[float, harness.Running]:
-    """Seconds from starting ``command`` in tmux (160x48) to a screen showing ``marker``; the app is left running."""
+def first_screen(
+    command: list[str], marker: str | tuple[str, ...], name: str, timeout: float = 300.0
+) -> tuple[float, harness.Running]:
+    """Seconds from starting ``command`` in tmux (160x48) to a screen showing ``marker`` (or any of
+    several); the app is left running."""
+    markers = (marker,) if isinstance(marker, str) else marker
     start = time.perf_counter()
     app = harness.start_app(command, True, name)
     while time.perf_counter() - start < timeout:
         screen = subprocess.run(
             ["tmux", "capture-pane", "-p", "-t", app.session or ""], capture_output=True, text=True
         ).stdout
-        if marker in screen:
+        if any(m in screen for m in markers):
             return time.perf_counter() - start, app
         time.sleep(0.02)
     app.stop()

@@ -41,7 +41,7 @@ def main() -> None:
     rows += bench_completions.run()
     rows += bench_first_line.run(2 * args.seconds)
     rows += bench_scale.run(seconds=args.seconds)
-    rows += bench_peers.run()
+    rows += bench_peers.run(seconds=2 * args.seconds)
     print()
     print(f"load before: {before}")
     print(f"load after:  {harness.uptime()}")
