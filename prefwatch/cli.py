@@ -353,6 +353,13 @@ def _open(args: argparse.Namespace) -> Any:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from prefwatch.analysis.analyse import collector_paused
+
+    with collector_paused():  # one pass over every log, then its rendering: few cycles, all short-lived
+        return _report(args)
+
+
+def _report(args: argparse.Namespace) -> int:
     from prefwatch.analysis.analyse import analyse
     from prefwatch.analysis.peak import At
     from prefwatch.report.text import render_json, render_markdown, render_terminal

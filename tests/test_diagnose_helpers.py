@@ -1,5 +1,6 @@
-"""The diagnosis' small numpy helpers give exactly what numpy's own functions give (they only skip
-numpy's wrappers, which a thousand-cell report calls some 13,000 times)."""
+"""Helpers of a pass over many cells: the diagnosis' numpy helpers give exactly what numpy's own
+functions give (they only skip numpy's wrappers, which a thousand-cell report calls some 13,000
+times), and the garbage collector paused for a pass is restored as it was."""
 
 from __future__ import annotations
 
@@ -37,3 +38,22 @@ def test_nanargmax_is_numpys(values: np.ndarray) -> None:
             nanargmax(values)
         return
     assert nanargmax(values) == int(np.nanargmax(values))
+
+
+def test_the_collector_is_paused_for_a_pass_and_restored_as_it_was() -> None:
+    import gc
+
+    from prefwatch.analysis.analyse import collector_paused
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), collector_paused():
+        assert not gc.isenabled()
+        raise RuntimeError("a failing pass")
+    assert gc.isenabled()  # on again, even after an error
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()  # off before: left off
+    finally:
+        gc.enable()

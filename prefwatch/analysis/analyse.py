@@ -5,8 +5,10 @@ The monitor and the report both call ``analyse``; neither re-implements a rule.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -119,6 +121,21 @@ class GridAnalysis:
             "cells": [c.to_json() for c in self.cells],
             "verdict": {**self.verdict.to_json(), "at": str(self.at)},
         }
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for one pass over every cell (reading and analysing a
+    thousand cells makes some million short-lived objects, and the collector's passes over them were
+    a tenth of a thousand-cell report's CPU). Reference counting still frees all that holds no
+    cycle; the collector is on again after the pass, as it was."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def analyse(

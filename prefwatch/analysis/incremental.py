@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prefwatch.analysis.analyse import CellAnalysis, GridAnalysis, analyse, cell_result
+from prefwatch.analysis.analyse import CellAnalysis, GridAnalysis, analyse, cell_result, collector_paused
 from prefwatch.core.decide import decide
 from prefwatch.files.rundir import CellState
 from prefwatch.ingest.sources import CellSource, GridSource
@@ -70,6 +70,10 @@ class IncrementalAnalysis:
         With ``only``, a cell not named is looked at only if its analysis may be out of date without
         a file changing: a running cell's clock-bound findings at the heartbeat, findings owed, a
         status handed in anew. A tick of a clock over a thousand finished cells then costs nothing."""
+        with collector_paused():
+            return self._update(only)
+
+    def _update(self, only: set[str] | None) -> GridAnalysis | None:
         source = self.source
         if source.refresh():  # cells appeared or were continued (runs started in a tracker's store): read all
             only = None
