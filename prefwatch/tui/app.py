@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -129,7 +128,6 @@ class MonitorApp(ThemedApp):
         self.mode = mode
         self.export_dir = export_dir  # where exports and screenshots go (default: the current directory)
         self.refreshes = 0  # views drawn (tests and the benchmark read it)
-        self.replay: ReplayGrid | None = None  # a timed replay, once its logs are read
         self.set_reactive(MonitorApp.replay_speed, speed if mode == "replay" else None)
         self.feed = Feed(
             source,
@@ -138,16 +136,15 @@ class MonitorApp(ThemedApp):
             poll=poll,
             redraw_interval=redraw_interval,
             heartbeat=heartbeat,
-            replay=self._make_replay if self.replay_speed is not None else None,
+            replay_speed=self.replay_speed,
         )
         self.control = CellControl(self, source, self.feed.nudge)
         self._freeze = StartupFreeze()
 
-    def _make_replay(self, source: GridSource) -> ReplayGrid:
-        """The time-lapse over ``source`` (called by the feed, off the UI thread: it reads every log)."""
-        assert self.replay_speed is not None
-        self.replay = ReplayGrid(source, self.replay_speed, time.monotonic)
-        return self.replay
+    @property
+    def replay(self) -> ReplayGrid | None:
+        """A timed replay, once the feed has read its logs (the keys move its clock)."""
+        return self.feed.replay
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         """The command palette (ctrl+p): Textual's own commands and the monitor's actions."""

@@ -22,7 +22,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
 import msgspec
 
@@ -30,6 +29,7 @@ from prefwatch.act.alerts import AlertPolicy, CellFacts, FindingFacts
 from prefwatch.analysis.analyse import CellAnalysis, analyse
 from prefwatch.analysis.incremental import HEARTBEAT_SECONDS, IncrementalAnalysis
 from prefwatch.core.textsafe import plain
+from prefwatch.ingest.replay import ReplayGrid
 from prefwatch.ingest.sources import GridSource
 from prefwatch.ingest.watch import Follower
 from prefwatch.run import jobs
@@ -71,24 +71,6 @@ class Update(msgspec.Struct, frozen=True):
     message: str | None = None  # an error, or what the source waits for
     error: str | None = None  # the last read's failure, also logged
     news: News | None = None
-
-
-class ReplayClock(Protocol):
-    def now(self) -> float:
-        """Where the replay stands, in the logs' own time."""
-        ...
-
-
-class Replay(Protocol):
-    """A timed replay: the grid cut at a virtual clock (``prefwatch.ingest.replay.ReplayGrid``). The app
-    makes it (it plays it with its keys); the feed reads it, as its clock moves."""
-
-    @property
-    def source(self) -> GridSource: ...
-    @property
-    def clock(self) -> ReplayClock: ...
-    def update(self) -> bool: ...
-    def label(self) -> str: ...
 
 
 class Pacer:
@@ -203,7 +185,8 @@ class Feed:
 
     ``live``: follow growing files (launch, attach) with a watchdog follower (``poll``: polling, for file
     systems without change events) and raise news; otherwise read finished logs once, or, given
-    ``replay`` (a factory of the timed replay over the source), cut them at the replay's clock.
+    ``replay_speed``, play them as a time-lapse at that many times real time (``replay``: its clock,
+    which the app's keys move; ``replay_step`` cuts the grid where the clock stands).
     ``start`` blocks while it reads everything there is: run it off the UI thread.
     """
 
@@ -216,7 +199,7 @@ class Feed:
         poll: bool = False,
         redraw_interval: float = REDRAW_INTERVAL,
         heartbeat: float = HEARTBEAT_SECONDS,
-        replay: Callable[[GridSource], Replay] | None = None,
+        replay_speed: float | None = None,
     ) -> None:
         self.source = source
         self.live = live
@@ -224,11 +207,11 @@ class Feed:
         self.redraw_interval = redraw_interval
         self.heartbeat = heartbeat
         self.follower: Follower | None = None
-        self.replay: Replay | None = None
+        self.replay: ReplayGrid | None = None  # a timed replay, once its logs are read
         self.incremental = IncrementalViews(source, heartbeat)
         self.error: str | None = None  # the last refresh's failure, until one succeeds
         self._deliver = deliver
-        self._make_replay = replay
+        self._replay_speed = replay_speed
         self._alerts = Alerts() if live else None
         self._pacer = Pacer(redraw_interval)
         self._read_lock = threading.Lock()  # one refresh at a time, whichever thread asks
@@ -253,9 +236,9 @@ class Feed:
 
     def start(self) -> None:
         """Read everything there is (a finished log can be large), then follow it in live mode."""
-        if self._make_replay is not None:
+        if self._replay_speed is not None:
             jobs.hand_statuses(self.source)  # each cell's recorded end, shown when the replay reaches it
-            replay = self._make_replay(self.source)
+            replay = ReplayGrid(self.source, self._replay_speed, time.monotonic)
             self.incremental = IncrementalViews(replay.source, float("inf"), replay.clock.now)
             self.replay = replay
         elif self.live:
