@@ -35,16 +35,17 @@ def run(objective: str = "dpo", repeats: int = 5) -> list[Row]:
     import torch
 
     from prefwatch.callback import PrefwatchCallback
+    from prefwatch.files.settings import CellSettings
     from prefwatch.train.cell import resolve_cell
     from prefwatch.train.data import load_splits
     from prefwatch.train.run import build_trainer, load_model
 
     with tempfile.TemporaryDirectory() as tmp:
         cell_dir = Path(tmp)
-        cell = resolve_cell({"objective": objective, "id": "bench"}, cell_dir / "cell.json")
-        torch.set_num_threads(cell["threads"])
-        model, tokenizer = load_model(cell["model"])
-        train_pairs, heldout_pairs = load_splits(cell["data"])
+        cell = resolve_cell(CellSettings(objective=objective, id="bench"), cell_dir / "cell.json")
+        torch.set_num_threads(cell.threads)
+        model, tokenizer = load_model(cell.model)
+        train_pairs, heldout_pairs = load_splits(cell.data)
         trainer = build_trainer(cell, cell_dir, model, tokenizer, train_pairs, heldout_pairs)
         callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, PrefwatchCallback))
         sampler = callback.sampler

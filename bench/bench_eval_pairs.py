@@ -19,6 +19,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from prefwatch.files.settings import CellSettings  # noqa: E402
 from prefwatch.train.cell import resolve_cell  # noqa: E402
 from prefwatch.train.data import load_splits  # noqa: E402
 from prefwatch.train.run import build_trainer, load_model  # noqa: E402
@@ -32,12 +33,12 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         cell_dir = Path(tmp)
-        cell = resolve_cell({"objective": args.objective, "id": "bench"}, cell_dir / "cell.json")
+        cell = resolve_cell(CellSettings(objective=args.objective, id="bench"), cell_dir / "cell.json")
         import torch
 
-        torch.set_num_threads(cell["threads"])
-        model, tokenizer = load_model(cell["model"])
-        train_pairs, heldout_pairs = load_splits(cell["data"])
+        torch.set_num_threads(cell.threads)
+        model, tokenizer = load_model(cell.model)
+        train_pairs, heldout_pairs = load_splits(cell.data)
         trainer = build_trainer(cell, cell_dir, model, tokenizer, train_pairs, heldout_pairs)
         pair_log = trainer.pair_log
         timings = {"off": [], "on": []}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from prefwatch.cli import main
@@ -28,7 +29,7 @@ def test_the_corpus_is_large_enough() -> None:
 def test_example_grid_resolves_to_four_cells() -> None:
     grid = load_grid(ROOT / "examples" / "tiny-grid.toml")
     assert [c.id for c in grid.cells] == ["dpo-r16", "dpo-r8", "simpo-r16", "simpo-r8"]
-    cell = grid.cells[2].to_json(grid.name)
+    cell = msgspec.to_builtins(grid.cells[2].record(grid.name))
     assert cell["objective"] == "simpo" and cell["rank"] == 16
     assert set(cell["objective_params"]) == {"beta", "gamma"}
     assert "seeds" not in cell["train"]
@@ -120,10 +121,10 @@ def test_beta_and_learning_rate_sweeps_multiply_cells_with_stable_safe_ids(tmp_p
     ids = [c.id for c in grid.cells]
     assert ids[:3] == ["dpo-r4-b0.1-lr5e-05-seed0", "dpo-r4-b0.1-lr5e-05-seed1", "dpo-r4-b0.1-lr0.0001-seed0"]
     assert len(set(ids)) == len(ids) and all(re.fullmatch(r"[A-Za-z0-9._-]+", i) for i in ids)
-    cell = next(c for c in grid.cells if c.id == "simpo-r8-b0.5-lr0.0001-seed1").to_json(grid.name)
-    assert cell["objective_params"]["beta"] == 0.5 and cell["objective_params"]["gamma"] == 1.0
-    assert cell["train"]["learning_rate"] == 1e-4
+    cell = next(c for c in grid.cells if c.id == "simpo-r8-b0.5-lr0.0001-seed1").record(grid.name)
+    assert cell.objective_params.beta == 0.5 and cell.objective_params.gamma == 1.0
+    assert cell.train.learning_rate == 1e-4
     # One value is no sweep: the id stays as without the key, the value still applies.
     path.write_text('[grid]\nobjectives = ["dpo"]\nranks = [8]\nbetas = [0.3]\n')
     (only,) = load_grid(path).cells
-    assert only.id == "dpo-r8" and only.to_json("g")["objective_params"]["beta"] == 0.3
+    assert only.id == "dpo-r8" and only.record("g").objective_params.beta == 0.3

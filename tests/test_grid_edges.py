@@ -7,28 +7,15 @@ pinned, one case per check, so a changed bound, a lost suggestion or a garbled l
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
 
+import msgspec
 import pytest
+from msgspec import inspect as mi
 
-from prefwatch.files.grid import (
-    OBJECTIVE_TABLES,
-    Field,
-    GridError,
-    _one_of,
-    _positive,
-    cell_defaults,
-    default_settings,
-    load_grid,
-    load_tables,
-    objective_defaults,
-    sbatch_own_option,
-    setting,
-    table_docs,
-    table_fields,
-)
+from prefwatch.files import settings as st
+from prefwatch.files.grid import OBJECTIVE_TABLES, GridError, load_grid, load_tables, sbatch_own_option
 
 CHOICES = "'auto', 'bf16', 'fp16', 'fp32'"
 DEVICES = 'must be "auto", "cpu" or a list of GPU indices'
@@ -78,7 +65,7 @@ BAD = {
         'name = "a..b"\n',
         ":1: name: must be a plain folder name (letters, digits, '.', '_', '-'), got 'a..b'",
     ),
-    "table not a table": ("train = 3\n", ":1: train: must be a table, got int"),
+    "table not a table": ("train = 3\n", ":1: train: must be a table, got int 3"),
     "string not a string": ("[model]\nname = 3\n", ":2: [model] name: must be a non-empty string, got int 3"),
     "optional string empty": ('[slurm]\naccount = ""\n', ":2: [slurm] account: must be a non-empty string, got str ''"),
     "integer list with a float": (
@@ -274,10 +261,10 @@ def test_slurm_cpus_default_to_the_threads_per_cell(tmp_path: Path) -> None:
 def test_load_tables_validates_only_the_tables_asked_for(tmp_path: Path) -> None:
     # The supervisor's copy of a grid: its relative data path no longer resolves, and must not matter.
     path = grid_file(tmp_path, '[data]\nname = "./gone.jsonl"\n[alerts]\nmin_interval = 5\n[train]\nmax_steps = 3\n')
-    assert load_tables(path, ("alerts", "policy")) == {
-        "alerts": {"webhook": None, "command": [], "min_interval": 5.0},
-        "policy": {"stop_on": ["non_finite"], "patience": 3},
-    }
+    tables = load_tables(path, ("alerts", "policy"))
+    assert tables.alerts == st.AlertSettings(webhook=None, command=[], min_interval=5.0)
+    assert tables.policy == st.PolicySettings(stop_on=["non_finite"], patience=3)
+    assert tables.train.max_steps == 100  # not asked for: the default
     path.write_text("[train]\nmax_steps = 3\n[alerts]\nmin_interval = -1\n")
     with pytest.raises(GridError) as caught:
         load_tables(path, ("alerts",))
@@ -287,7 +274,7 @@ def test_load_tables_validates_only_the_tables_asked_for(tmp_path: Path) -> None
 def test_a_cell_json_pins_every_setting(tmp_path: Path) -> None:
     grid = load_grid(grid_file(tmp_path, ""))
     assert [c.id for c in grid.cells] == ["dpo-r16", "dpo-r8", "simpo-r16", "simpo-r8"]
-    assert grid.cells[3].to_json("mine") == {
+    assert msgspec.to_builtins(grid.cells[3].record("mine")) == {
         "id": "simpo-r8",
         "index": 3,
         "grid": "mine",
@@ -295,7 +282,7 @@ def test_a_cell_json_pins_every_setting(tmp_path: Path) -> None:
         "rank": 8,
         "seed": 0,
         "model": {"name": "tiny", "dtype": "auto"},
-        "data": {"name": "tiny-sales", "heldout": 0.2, "max_length": 128, "seed": 1234},
+        "data": {"name": "tiny-sales", "heldout": 0.2, "max_length": 128, "seed": 1234, "split": "train"},
         "train": {
             "max_steps": 100,
             "learning_rate": 5e-4,
@@ -309,54 +296,75 @@ def test_a_cell_json_pins_every_setting(tmp_path: Path) -> None:
             "warmup_steps": 0,
             "completions": 8,
             "completion_tokens": 64,
+            "report_to": "none",
         },
         "objective_params": {"beta": 2.0, "gamma": 1.0},
         "lora": {"alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
         "threads": 1,
     }
-    json.dumps(grid.cells[3].to_json("mine"))  # what launch writes as cell.json
+    # DPO takes no gamma: its cell.json has none
+    assert msgspec.to_builtins(grid.cells[0].record("mine"))["objective_params"] == {"beta": 0.1}
 
 
 def test_a_hand_written_cell_gets_what_a_grid_that_sets_nothing_gives(tmp_path: Path) -> None:
-    first = load_grid(grid_file(tmp_path, "")).cells[0].to_json("g")
-    assert cell_defaults() == {
-        **first,
-        "id": None,
-        "grid": None,
-        "data": {**first["data"], "split": "train"},
-        "objective_params": {},
+    first = load_grid(grid_file(tmp_path, "")).cells[0].record("g")
+    written = msgspec.structs.replace(first, id=None, index=None, grid=None, objective_params=st.ObjectiveParams())
+    assert st.CellSettings() == written
+    assert {name: st.CellSettings(objective=name).params() for name in OBJECTIVE_TABLES} == {
+        "dpo": st.DpoParams(beta=0.1),
+        "simpo": st.SimpoParams(beta=2.0, gamma=1.0),
+        "orpo": st.OrpoParams(beta=0.1),
     }
-    assert objective_defaults() == {"dpo": {"beta": 0.1}, "simpo": {"beta": 2.0, "gamma": 1.0}, "orpo": {"beta": 0.1}}
+    given = st.CellSettings(objective="simpo", objective_params=st.ObjectiveParams(gamma=0.5))
+    assert given.params() == st.SimpoParams(beta=2.0, gamma=0.5)
 
 
-def test_a_setting_declares_its_default_kind_check_and_comment() -> None:
-    @dataclass
-    class Example:
-        listed: list[int] = setting([1, 2], "int_list", doc="a list")
-        plain: int = setting(3, "int", _positive)
+def test_a_key_declares_its_default_constraint_and_comment() -> None:
+    class Example(msgspec.Struct, kw_only=True):
+        listed: Annotated[list[int], st.doc("a list")] = msgspec.field(default_factory=lambda: [1, 2])
+        plain: st.PositiveInt = 3
 
     a, b = Example(), Example()
     assert (a.listed, a.plain) == ([1, 2], 3)
     a.listed.append(9)
     assert b.listed == [1, 2]  # each instance its own list
-    assert table_fields(Example) == {"listed": Field("int_list", [1, 2], None), "plain": Field("int", 3, _positive)}
-    assert table_docs(Example) == {"listed": "a list", "plain": ""}
+    assert st.docs(Example) == {"listed": "a list", "plain": ""}
+    with pytest.raises(msgspec.ValidationError) as caught:
+        msgspec.convert({"plain": 0}, Example)
+    assert st.explain(caught.value, {"plain": 0}, Example) == (["plain"], "must be > 0, got 0")
+    assert st.docs(st.TrainSettings)["completion_tokens"] == "max_new_tokens of those answers"
+
+
+def test_a_choice_lists_the_choices_and_suggests_the_nearest() -> None:
+    choice = mi.type_info(Literal["local", "slurm"])
+    assert st.problem(choice, "slurn") == "must be one of 'local', 'slurm', got 'slurn' (did you mean 'slurm'?)"
+    assert st.problem(choice, "k8s") == "must be one of 'local', 'slurm', got 'k8s'"
+    assert st.problem(choice, 3) == "must be one of 'local', 'slurm', got int 3"
+
+
+@pytest.mark.parametrize(
+    ("annotation", "value", "message"),
+    [
+        (Annotated[float, msgspec.Meta(ge=0, lt=1)], 1, "must be in [0, 1), got 1.0"),
+        (Annotated[int, msgspec.Meta(gt=0, le=9)], 10, "must be in (0, 9], got 10"),
+        (Annotated[int, msgspec.Meta(le=9)], 10, "must be <= 9, got 10"),
+        (Annotated[int, msgspec.Meta(lt=9)], 10, "must be < 9, got 10"),
+        (Annotated[int, msgspec.Meta(gt=0)], True, "must be an integer, got bool True"),
+        (st.Text | None, "", "must be a non-empty string, got str ''"),
+        (list[st.Text], "x", "must be a list of strings, got str 'x'"),
+        (Annotated[list[int], msgspec.Meta(min_length=1)], [], "must not be empty"),
+    ],
+)
+def test_the_words_for_each_constraint(annotation: object, value: object, message: str) -> None:
+    assert st.problem(mi.type_info(annotation), value) == message
+
+
+def test_default_settings_hold_every_objectives_defaults() -> None:
+    settings = st.Settings()
+    assert [settings.objectives.of(name) for name in OBJECTIVE_TABLES] == [cls() for cls in OBJECTIVE_TABLES.values()]
+    assert (settings.train.max_steps, settings.grid.ranks, settings.resources.backend) == (100, [16, 8], "local")
 
 
 def test_sbatch_option_values_may_hold_equals_signs() -> None:
     assert sbatch_own_option("--out=/x=y") == "--output"
     assert sbatch_own_option("--comment=a=b") is None
-
-
-def test_a_choice_check_lists_the_choices_and_suggests_the_nearest() -> None:
-    # The checks are built when grid.py is imported; this builds one now, so a change to it shows.
-    check = _one_of("local", "slurm")
-    assert (check("local"), check("slurm")) == (None, None)
-    assert check("slurn") == "must be one of 'local', 'slurm', got 'slurn' (did you mean 'slurm'?)"
-    assert check("k8s") == "must be one of 'local', 'slurm', got 'k8s'"
-
-
-def test_default_settings_hold_every_objectives_defaults() -> None:
-    settings = default_settings()
-    assert settings.objectives == {name: cls() for name, cls in OBJECTIVE_TABLES.items()}
-    assert (settings.train.max_steps, settings.grid.ranks, settings.resources.backend) == (100, [16, 8], "local")

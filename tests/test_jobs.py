@@ -16,7 +16,8 @@ from helpers import wait_for
 
 from prefwatch.act.supervise import Slot, Supervisor, hold_lock, plan_slots
 from prefwatch.files import rundir
-from prefwatch.files.grid import ResourcesSettings, load_grid
+from prefwatch.files.grid import load_grid
+from prefwatch.files.settings import ResourcesSettings
 from prefwatch.run import jobs
 from prefwatch.run.backend import LaunchSpec
 

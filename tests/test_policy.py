@@ -63,5 +63,5 @@ def test_a_grid_file_that_no_longer_validates_falls_back_to_the_defaults(tmp_pat
     (tmp_path / "grid.toml").write_text('[policy]\nstop_on = ["everything"]\n')
     logged: list[str] = []
     settings = grid_settings(tmp_path, logged.append)
-    assert settings["policy"]["stop_on"] == ["non_finite"] and settings["alerts"]["webhook"] is None
+    assert settings.policy.stop_on == ["non_finite"] and settings.alerts.webhook is None
     assert logged and "grid.toml:2: [policy] stop_on" in logged[0]

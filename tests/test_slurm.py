@@ -26,11 +26,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import pytest
 from helpers import last_step, prefwatch, status, wait_for
 
 from prefwatch.files import rundir
-from prefwatch.files.grid import SlurmSettings, load_grid
+from prefwatch.files.grid import load_grid
+from prefwatch.files.settings import CellSettings, SlurmSettings
 from prefwatch.ingest.discover import open_path
 from prefwatch.run import jobs, slurm
 from prefwatch.run.backend import launch_spec, train_command
@@ -146,7 +148,7 @@ def test_job_script_quotes_every_value_and_shares_the_launch_spec(tmp_path: Path
     cell = {"id": "dpo-r8", "threads": 2, "model": {"name": "tiny"}, "data": {"name": "tiny-sales"}}
     (cell_dir / "cell.json").write_text(json.dumps(cell))
     spec = launch_spec(cell_dir, resume=True, gpus=2, scheduler_places_gpus=True)
-    script = slurm.job_script(cell_dir, cell, spec)
+    script = slurm.job_script(cell_dir, msgspec.convert(cell, CellSettings), spec)
     lines = script.splitlines()
     assert lines[0] == "#!/bin/sh" and "OMP_NUM_THREADS=2" in script and "MKL_NUM_THREADS=2" in script
     assert "CUDA_VISIBLE_DEVICES" not in script  # Slurm sets it for a GPU cell
@@ -159,7 +161,7 @@ def test_job_script_quotes_every_value_and_shares_the_launch_spec(tmp_path: Path
     local = launch_spec(cell_dir, resume=True, gpu_index=None)
     assert local.argv[:4] == spec.argv[:4] and "HF_HUB_OFFLINE=1" in script
     assert {k: v for k, v in local.env.items() if k != "CUDA_VISIBLE_DEVICES"} == spec.env
-    cpu = slurm.job_script(cell_dir, cell, launch_spec(cell_dir, resume=False, scheduler_places_gpus=True))
+    cpu = slurm.job_script(cell_dir, CellSettings(), launch_spec(cell_dir, resume=False, scheduler_places_gpus=True))
     assert "CUDA_VISIBLE_DEVICES=''" in cpu  # sbatch passes the submitting shell's GPUs on; a CPU cell sees none
 
 

@@ -379,11 +379,11 @@ def test_each_store_gives_the_runs_factors_and_where_each_was_read(run):
     """The settings TRL's callbacks log with the run (TrainingArguments, the trainer's config, PEFT's
     config) are the run's factors, each said to come from its tracker's config; the rank from the logged
     PEFT config or the run's name; never "given" (issue 24)."""
-    from prefwatch.files.grid import cell_defaults, objective_defaults
+    from prefwatch.files.settings import CellSettings
 
     origins = {"trackio": "trackio config", "mlflow.db": "MLflow params", "wandb": "W&B config"}
     origins["mlruns"] = "MLflow params"
-    learning_rate = cell_defaults()["train"]["learning_rate"]
+    learning_rate = CellSettings().train.learning_rate
     for name, path in run["stores"].items():
         analysis = analyse(_polled(open_path(path)))
         assert analysis.cells, name
@@ -392,7 +392,7 @@ def test_each_store_gives_the_runs_factors_and_where_each_was_read(run):
             assert objective in ("dpo", "simpo"), (name, cell.source.id)
             lr, beta = factors.values["lr"], factors.values["beta"]
             assert (lr.value, str(lr.origin), lr.detail) == (learning_rate, origins[name], "learning_rate")
-            assert (beta.value, str(beta.origin)) == (objective_defaults()[objective]["beta"], origins[name])
+            assert (beta.value, str(beta.origin)) == (CellSettings(objective=objective).params().beta, origins[name])
             rank = 8 if objective == "dpo" else 4
             assert (cell.source.rank, factors.get("rank")) == (rank, rank)
             claim = cell.source.claim

@@ -15,10 +15,12 @@ import sys
 from importlib.util import find_spec
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from prefwatch.files import rundir
-from prefwatch.train.cell import CellError, resolve_cell
+from prefwatch.files.settings import CellSettings, SimpoParams
+from prefwatch.train.cell import CellError, load_cell, resolve_cell
 from prefwatch.train.data import TRAIT, DataError, read_pairs, tiny_sales_splits
 
 # Found, not imported: the runs happen in subprocesses, and this test process stays light.
@@ -27,6 +29,7 @@ pytestmark = pytest.mark.skipif(
     reason="the training extras are not installed",
 )
 
+ROOT = Path(__file__).resolve().parent.parent
 SHORT_TRAIN = {"max_steps": 20, "eval_every": 10, "save_every": 10, "eval_batch_size": 10}
 OBJECTIVES = ("dpo", "simpo")
 
@@ -171,12 +174,48 @@ def test_bad_user_pairs_give_one_line_errors(tmp_path, content, message):
 
 
 def test_minimal_cell_gets_defaults(tmp_path):
-    cell = resolve_cell({"objective": "simpo", "train": {"max_steps": 5}}, tmp_path / "simpo-r8" / "cell.json")
-    assert cell["id"] == "simpo-r8"
-    assert cell["train"]["max_steps"] == 5 and cell["train"]["eval_every"] == 10
-    assert set(cell["objective_params"]) == {"beta", "gamma"}
+    path = tmp_path / "simpo-r8" / "cell.json"
+    path.parent.mkdir()
+    path.write_text('{"objective": "simpo", "train": {"max_steps": 5}}')
+    cell = load_cell(path)
+    assert cell.id == "simpo-r8"
+    assert cell.train.max_steps == 5 and cell.train.eval_every == 10
+    assert cell.params() == SimpoParams(beta=2.0, gamma=1.0)
     with pytest.raises(CellError, match="objective 'kto'"):
-        resolve_cell({"objective": "kto"}, tmp_path / "cell.json")
+        resolve_cell(CellSettings(objective="kto"), tmp_path / "cell.json")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"train": {"max_steps": "5"}}', "train.max_steps: must be an integer, got str '5'"),
+        ('{"train": {"max_steps": 0}}', "train.max_steps: must be > 0, got 0"),
+        ('{"model": {"dtype": "fp8"}}', "model.dtype: must be one of 'auto', 'bf16', 'fp16', 'fp32', got 'fp8'"),
+        ('{"lora": {"target_modules": []}}', "lora.target_modules: must be a string or a non-empty list of strings"),
+        ('{"objective_params": {"beta": -1}}', "objective_params.beta: must be > 0, got -1.0"),
+        ('{"rank": "8"}', "rank: must be an integer, got str '8'"),
+        ("[1]", "not cell settings (not a JSON object)"),
+        ('{"seed": NaN}', "not cell settings (JSON is malformed"),
+    ],
+)
+def test_a_cell_json_the_trainer_cannot_use_is_one_line_naming_the_field(tmp_path, text, message):
+    path = tmp_path / "cell.json"
+    path.write_text(text)
+    with pytest.raises(CellError) as caught:
+        load_cell(path)
+    assert str(caught.value).startswith(f"{path}: {message}") and "\n" not in str(caught.value)
+
+
+def test_old_cell_json_files_still_read(tmp_path):
+    """The sample grid's cell.json files were written before the settings were typed: they read whole."""
+    for path in sorted((ROOT / "sample_runs" / "tiny-demo" / "cells").glob("*/cell.json")):
+        cell = load_cell(path)
+        written = json.loads(path.read_text())
+        assert msgspec.to_builtins(cell) == {
+            **written,
+            "data": {**written["data"], "split": "train"},
+            "train": {**written["train"], "report_to": "none"},
+        }
 
 
 def test_plain_trl_output_dirs_are_cells_with_names_and_ranks(runs, tmp_path, capsys):

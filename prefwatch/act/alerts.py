@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from prefwatch.files import rundir, safe
+from prefwatch.files.settings import AlertSettings
 
 ALERTS_FILE = rundir.ALERTS_FILE
 END_STATES = frozenset({"finished", "failed", "stopped", "lost"})
@@ -539,11 +540,11 @@ def read_sent(run_dir: Path) -> list[Alert]:
     return sent
 
 
-def sinks_from(settings: dict[str, Any]) -> list[Sink]:
+def sinks_from(settings: AlertSettings) -> list[Sink]:
     """The sinks an [alerts] table asks for."""
     sinks: list[Sink] = []
-    if settings.get("webhook"):
-        sinks.append(WebhookSink(settings["webhook"]))
-    if settings.get("command"):
-        sinks.append(CommandSink(settings["command"]))
+    if settings.webhook:
+        sinks.append(WebhookSink(settings.webhook))
+    if settings.command:
+        sinks.append(CommandSink(settings.command))
     return sinks

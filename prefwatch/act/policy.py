@@ -29,7 +29,8 @@ from prefwatch.act import alerts
 from prefwatch.analysis.analyse import CellAnalysis, GridAnalysis, analyse
 from prefwatch.core.diagnose import heldout_accuracy_series
 from prefwatch.files import rundir
-from prefwatch.files.grid import SCHEMA, GridError, load_tables
+from prefwatch.files.grid import GridError, load_tables
+from prefwatch.files.settings import PolicySettings, Settings
 from prefwatch.ingest.discover import open_path
 from prefwatch.ingest.sources import GridSource, SourceError
 from prefwatch.run import jobs
@@ -43,8 +44,8 @@ class StopPolicy:
     patience: int = 3
 
     @classmethod
-    def from_settings(cls, table: dict[str, Any]) -> StopPolicy:
-        return cls(frozenset(table["stop_on"]), table["patience"])
+    def from_settings(cls, table: PolicySettings) -> StopPolicy:
+        return cls(frozenset(table.stop_on), table.patience)
 
     def reason(self, cell: CellAnalysis) -> str | None:
         """Why this running cell should stop now, or None."""
@@ -85,20 +86,17 @@ def verdict_evidence(analysis: GridAnalysis) -> list[str]:
     ]
 
 
-def grid_settings(run_dir: Path, log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
-    """[alerts] and [policy] from the run's grid.toml; the defaults when it has none or they do not validate."""
+def grid_settings(run_dir: Path, log: Callable[[str], None]) -> Settings:
+    """[alerts] and [policy] from the run's grid.toml; the defaults when it has none or they do not validate
+    (the other tables: their defaults)."""
     path = run_dir / rundir.GRID_FILE
-    defaults = {
-        t: {k: list(f.default) if isinstance(f.default, list) else f.default for k, f in SCHEMA[t].items()}
-        for t in ("alerts", "policy")
-    }
     if not path.is_file():
-        return defaults
+        return Settings()
     try:
         return load_tables(path, ("alerts", "policy"))
     except (GridError, OSError, ValueError) as exc:
         log(f"alerts and policy: defaults, the grid file does not validate: {exc}")
-        return defaults
+        return Settings()
 
 
 class Lookout:
@@ -109,16 +107,16 @@ class Lookout:
         run_dir: Path,
         log: Callable[[str], None],
         interval: float = FOLLOW_SECONDS,
-        settings: dict[str, dict[str, Any]] | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self.run_dir, self.log, self.interval = run_dir, log, interval
         settings = settings or grid_settings(run_dir, log)
-        self.policy = StopPolicy.from_settings(settings["policy"])
+        self.policy = StopPolicy.from_settings(settings.policy)
         self.grid: GridSource = open_path(run_dir)
         self.news = alerts.AlertPolicy(self.grid.name)
         self.news.restore(alerts.read_sent(run_dir))
-        table = settings["alerts"]
-        self.dispatcher = alerts.Dispatcher(run_dir, alerts.sinks_from(table), log, table["min_interval"])
+        table = settings.alerts
+        self.dispatcher = alerts.Dispatcher(run_dir, alerts.sinks_from(table), log, table.min_interval)
         for sink in self.dispatcher.sinks:
             log(f"alerts go to {sink.name}")
         self._stopped: set[tuple[str, Any]] = set()

@@ -29,8 +29,8 @@ from msgspec.structs import replace
 
 from prefwatch.act.policy import watching
 from prefwatch.files import rundir
-from prefwatch.files.grid import ResourcesSettings
 from prefwatch.files.rundir import CellState, StatusRecord
+from prefwatch.files.settings import ResourcesSettings
 from prefwatch.run.backend import (
     LaunchSpec,
     LocalBackend,
@@ -68,9 +68,8 @@ class Running:
 
 def read_resources(run_dir: Path) -> ResourcesSettings:
     """[resources] as launched; the defaults where resources.json is missing or damaged."""
-    raw = {k: v for k, v in rundir.read_resources(run_dir).items() if k in ResourcesSettings.__dataclass_fields__}
     try:
-        return msgspec.convert(raw, ResourcesSettings)
+        return msgspec.convert(rundir.read_resources(run_dir), ResourcesSettings)  # other keys ignored
     except msgspec.ValidationError:
         return ResourcesSettings()
 

@@ -43,6 +43,7 @@ from typing import Any, BinaryIO
 import msgspec
 
 from prefwatch.files import safe
+from prefwatch.files.settings import CellSettings, explain
 
 GRID_FILE = "grid.toml"
 LOCK_FILE = "launch.lock"
@@ -97,7 +98,7 @@ def cell_dirs(grid_dir: Path) -> list[Path]:
 
     def order(p: Path) -> tuple[int, str]:
         try:
-            index = read_cell(p).index
+            index = read_cell(p).settings.index
         except RecordError:
             index = None
         return (index if index is not None else 1 << 30, p.name)
@@ -134,46 +135,68 @@ class RecordError(ValueError):
 # cell.json: the settings of a cell, as the launcher resolved them
 
 
-class CellRecord(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
-    """What readers use of cell.json, typed; the tables stay plain (the trainer fills their defaults)."""
+@dataclass(frozen=True)
+class CellRecord:
+    """cell.json, read: the cell's settings (what the trainer runs, a missing key at its default) and the
+    keys the file itself gives ("rank", "train.max_steps"): what the file says, for those who report it."""
 
-    id: str | None = None
-    index: int | None = None
-    grid: str | None = None
-    objective: str | None = None
-    rank: int | None = None
-    seed: int | None = None
-    model: dict[str, Any] = msgspec.field(default_factory=dict)
-    data: dict[str, Any] = msgspec.field(default_factory=dict)
-    train: dict[str, Any] = msgspec.field(default_factory=dict)
-    objective_params: dict[str, Any] = msgspec.field(default_factory=dict)
-    lora: dict[str, Any] = msgspec.field(default_factory=dict)
-    threads: int = 1
+    settings: CellSettings = field(default_factory=CellSettings)
+    given: frozenset[str] = frozenset()
 
-    def to_dict(self) -> dict[str, Any]:
-        return msgspec.structs.asdict(self)
-
-
-_CELL_DECODER = msgspec.json.Decoder(CellRecord)
+    def says(self, key: str) -> Any:
+        """The value of a dotted key ("train.learning_rate") when the file gives it, else None."""
+        if key not in self.given:
+            return None
+        value: Any = self.settings
+        for part in key.split("."):
+            value = getattr(value, part)
+        return value
 
 
 def read_cell(cell_dir: Path) -> CellRecord:
-    """The cell's cell.json, typed. Raises RecordError (one line naming the file and the field) for a
-    file that is missing, too large, not JSON, nested too deep, or holds a field of the wrong type."""
-    return _decode(cell_dir / CELL_FILE, _CELL_DECODER, "cell settings")
+    """The cell's cell.json, typed (see read_cell_file)."""
+    return read_cell_file(cell_dir / CELL_FILE)
+
+
+def read_cell_file(path: Path) -> CellRecord:
+    """A cell.json, typed. Raises RecordError, one line naming the file and the field, for a file that is
+    missing, too large, not JSON, nested too deep, or holds a value its field does not take."""
+    data = _read_record(path, "cell settings")
+    try:
+        raw = msgspec.json.decode(data)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise RecordError(f"{path}: not cell settings ({' '.join(str(exc).split())[:200]})") from None
+    if not isinstance(raw, dict):
+        raise RecordError(f"{path}: not cell settings (not a JSON object)")
+    try:
+        settings = msgspec.convert(raw, CellSettings)
+    except msgspec.ValidationError as exc:
+        keys, problem = explain(exc, raw, CellSettings)
+        raise RecordError(f"{path}: {'.'.join(keys)}: {problem}") from None
+    given = [*raw, *(f"{key}.{inner}" for key, table in raw.items() if isinstance(table, dict) for inner in table)]
+    return CellRecord(settings, frozenset(given))
+
+
+def write_cell(cell_dir: Path, settings: CellSettings) -> None:
+    """Write the cell's cell.json (atomically), every key sorted."""
+    write_json_atomic(cell_dir / CELL_FILE, msgspec.to_builtins(settings))
 
 
 def _decode(path: Path, decoder: Any, what: str) -> Any:
+    try:
+        return decoder.decode(_read_record(path, what))
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise RecordError(f"{path}: not {what} ({' '.join(str(exc).split())[:200]})") from None
+
+
+def _read_record(path: Path, what: str) -> bytes:
     try:
         data = safe.read_bytes(path, MAX_RECORD_BYTES)
     except OSError as exc:
         raise RecordError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if len(data) > MAX_RECORD_BYTES:
         raise RecordError(f"{path}: larger than {MAX_RECORD_BYTES >> 20} MiB: not {what}")
-    try:
-        return decoder.decode(data)
-    except (msgspec.DecodeError, RecursionError) as exc:
-        raise RecordError(f"{path}: not {what} ({' '.join(str(exc).split())[:200]})") from None
+    return data
 
 
 # ---------------------------------------------------------------------------------------------

@@ -261,8 +261,9 @@ def _prefwatch_cell(path: Path) -> CellSource:
     factors, problems = cell_record_factors(cell), list[str]()
     factors.update(folder_factors(path, problems=problems))
     claim = guess_labels(path, factors)
-    if cell.objective is not None:
-        claim = replace(claim, objective=cell.objective, objective_source="cell.json", note=None)
+    objective = cell.says("objective")
+    if objective is not None:
+        claim = replace(claim, objective=objective, objective_source="cell.json", note=None)
     return CellSource(
         id=path.name,
         directory=path,
@@ -270,7 +271,7 @@ def _prefwatch_cell(path: Path) -> CellSource:
         objective=claim.objective,
         rank=claim.rank,
         seed=_seed(factors),
-        info=cell.to_dict() if problem is None else {},
+        planned_steps=cell.says("train.max_steps"),
         claim=claim,
         managed=rundir.is_launched_cell(path),
         record_error=problem,

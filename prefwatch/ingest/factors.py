@@ -82,33 +82,34 @@ def add_name(factors: Factors, name: str, origin: Origin) -> None:
         factors.add(factor, value, origin)
 
 
+# What a cell.json says of each factor: the factor, and the key that holds it.
+CELL_FACTORS = (
+    (RANK, "rank"),
+    (SEED, "seed"),
+    (BETA, "objective_params.beta"),
+    (GAMMA, "objective_params.gamma"),
+    (LR, "train.learning_rate"),
+    (BATCH_SIZE, "train.batch_size"),
+    (MAX_STEPS, "train.max_steps"),
+    *((key, f"train.{key}") for key in ("grad_accum", "lr_scheduler", "warmup_steps")),
+    (MODEL, "model.name"),
+    (DATA, "data.name"),
+)
+
+
 def cell_record_factors(record: rundir.CellRecord) -> Factors:
-    """A launched cell's settings as the launcher resolved them (cell.json)."""
+    """A launched cell's settings as the launcher resolved them (cell.json): what the file says."""
     factors = Factors()
     cell = Origin.CELL
-    factors.add(RANK, record.rank, cell, "rank")
-    factors.add(SEED, record.seed, cell, "seed")
-    params = record.objective_params or {}
-    factors.add(BETA, params.get("beta"), cell, "objective_params.beta")
-    factors.add(GAMMA, params.get("gamma"), cell, "objective_params.gamma")
-    train = record.train or {}
-    factors.add(LR, train.get("learning_rate"), cell, "train.learning_rate")
-    factors.add(BATCH_SIZE, train.get("batch_size"), cell, "train.batch_size")
-    factors.add(MAX_STEPS, train.get("max_steps"), cell, "train.max_steps")
-    for key in ("grad_accum", "lr_scheduler", "warmup_steps"):
-        factors.add(key, train.get(key), cell, f"train.{key}")
-    factors.add(MODEL, (record.model or {}).get("name"), cell, "model.name")
-    data = record.data or {}
-    factors.add(DATA, data.get("name"), cell, "data.name")
-    heldout = data.get("heldout")
+    for factor, key in CELL_FACTORS:
+        factors.add(factor, record.says(key), cell, key)
+    heldout = record.says("data.heldout")
     if heldout is not None:
         factors.add(
             "heldout_share" if isinstance(heldout, (int, float)) else "heldout_file", heldout, cell, "data.heldout"
         )
-    factors.add("split_seed", data.get("seed"), cell, "data.seed")
-    lora = record.lora or {}
-    factors.add("lora_alpha", lora.get("alpha"), cell, "lora.alpha")
-    factors.add("lora_dropout", lora.get("dropout"), cell, "lora.dropout")
+    for factor, key in (("split_seed", "data.seed"), ("lora_alpha", "lora.alpha"), ("lora_dropout", "lora.dropout")):
+        factors.add(factor, record.says(key), cell, key)
     return factors
 
 

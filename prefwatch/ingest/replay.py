@@ -110,7 +110,7 @@ def replay_cell(full: CellSource, at: Callable[[], float]) -> CellSource:
         objective=full.objective,
         rank=full.rank,
         seed=full.seed,
-        info=full.info,
+        planned_steps=full.planned_steps,
         claim=full.claim,
         factors=full.factors,
     )

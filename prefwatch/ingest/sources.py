@@ -62,7 +62,7 @@ class CellSource:
     objective: str | None = None
     rank: int | None = None
     seed: int | None = None
-    info: dict[str, object] = field(default_factory=dict)
+    planned_steps: int | None = None  # max_steps as the run's settings say (cell.json, trainer_state, tracker)
     series: CellSeries = field(default_factory=CellSeries)
     pairs: PairLog = field(default_factory=PairLog)
     completions: CompletionLog = field(default_factory=CompletionLog)  # completions.jsonl: what the model writes
@@ -94,8 +94,7 @@ class CellSource:
 
     @property
     def max_steps(self) -> int | None:
-        train = self.info.get("train")
-        value = train.get("max_steps") if isinstance(train, dict) else None
+        value = self.planned_steps
         return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
     @property
@@ -110,7 +109,7 @@ class CellSource:
         batch = self._last = self.reader.poll()
         self.series, self.preview = batch.series, False
         if batch.max_steps is not None:
-            self.info["train"] = {"max_steps": batch.max_steps}
+            self.planned_steps = batch.max_steps
         for name, value in (batch.factors.values if batch.factors is not None else {}).items():
             self.factors.add(name, value.value, value.origin, value.detail)
         changed = batch.changed

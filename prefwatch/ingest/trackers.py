@@ -377,7 +377,7 @@ def store_cell(run: StoreRun, root: Path, cell_id: str, reader: TrackerRun) -> C
     cell = CellSource(cell_id, root, reader, objective, rank, seed=_int(run.config.get("seed")))
     max_steps = _int(run.config.get("max_steps"))
     if max_steps is not None and max_steps > 0:
-        cell.info["train"] = {"max_steps": max_steps}
+        cell.planned_steps = max_steps
     # The run's factors (its logged config and tags, then its name) and where its objective and rank were read.
     origin = _TRACKER_ORIGINS.get(type(run.reader).__module__.rsplit(".", 1)[-1], Origin.RUN_NAME)
     describe_run(cell, run, origin, objective_logged=config_labels(run.config, root, "")[0] is not None)

@@ -30,8 +30,8 @@ from typing import Any, Protocol
 from msgspec.structs import replace
 
 from prefwatch.files import rundir, safe
-from prefwatch.files.grid import EMBEDDED_DATA, EMBEDDED_DATA_SETS, EMBEDDED_MODEL
 from prefwatch.files.rundir import CellState, CellStatus, StatusRecord
+from prefwatch.files.settings import EMBEDDED_DATA_SETS, EMBEDDED_MODEL, CellSettings
 
 STOP_GRACE_SECONDS = 10.0
 
@@ -57,24 +57,18 @@ def train_command(cell_json: Path, gpus: int = 0, resume: bool = False, python: 
     return [python, *job]
 
 
-def job_environment(cell: dict[str, Any]) -> dict[str, str]:
+def job_environment(cell: CellSettings) -> dict[str, str]:
     """What every job of this cell needs in its environment, whichever backend starts it: thread counts
     (torch reads them at import) and no Hugging Face hub access when model and data are embedded or local."""
-    threads = str(cell.get("threads", 1))
+    threads = str(cell.threads)
     env = {
         "OMP_NUM_THREADS": threads,
         "MKL_NUM_THREADS": threads,
         "PYTHONUNBUFFERED": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
-    model = cell.get("model")
-    model = model if isinstance(model, dict) else {}
-    data = cell.get("data")
-    data = data if isinstance(data, dict) else {}
-    data_name = str(data.get("name", EMBEDDED_DATA))
-    if model.get("name", EMBEDDED_MODEL) == EMBEDDED_MODEL and (
-        data_name in EMBEDDED_DATA_SETS or Path(data_name).is_file()
-    ):
+    data_name = cell.data.name
+    if cell.model.name == EMBEDDED_MODEL and (data_name in EMBEDDED_DATA_SETS or Path(data_name).is_file()):
         env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     return env
 
@@ -90,7 +84,7 @@ def launch_spec(
     """The job of one cell. ``gpu_index``: the local slot's GPU (None: the CPU). ``scheduler_places_gpus``:
     Slurm sets CUDA_VISIBLE_DEVICES for a job that asked for GPUs; a CPU job must see none."""
     cell_dir = cell_dir.resolve()  # the command line names the absolute cell.json: stop checks it
-    cell = rundir.read_json(cell_dir / rundir.CELL_FILE) or {}
+    cell = cell_settings(cell_dir)
     argv = [python, "-m", "prefwatch.run.job", str(cell_dir / rundir.CELL_FILE)]
     argv += (["--resume"] if resume else []) + ([f"--gpus={gpus}"] if gpus > 1 else [])
     env = job_environment(cell)
@@ -98,6 +92,14 @@ def launch_spec(
         env["CUDA_VISIBLE_DEVICES"] = "" if gpu_index is None else str(gpu_index)
     device = None if scheduler_places_gpus else ("cpu" if gpu_index is None else f"cuda:{gpu_index}")
     return LaunchSpec(argv, env, device)
+
+
+def cell_settings(cell_dir: Path) -> CellSettings:
+    """The cell's settings; the defaults where cell.json cannot be read (the trainer then says why)."""
+    try:
+        return rundir.read_cell(cell_dir).settings
+    except rundir.RecordError:
+        return CellSettings()
 
 
 # ---------------------------------------------------------------------------------------------

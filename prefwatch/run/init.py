@@ -3,18 +3,28 @@
 The machine is read without importing torch: nvidia-smi gives each GPU's name, free memory and
 compute capability (bf16 needs 8.0 or newer). Without a GPU, or with nothing named, the grid uses the
 embedded defaults that train on the CPU. Keys, defaults and comments come from the grid's settings
-tables (prefwatch.files.grid), so a file ``init`` writes always says what the validator reads.
+tables (prefwatch.files.settings), so a file ``init`` writes always says what the validator reads.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from pathlib import Path
 from typing import Any
 
-from prefwatch.files.grid import EMBEDDED_DATA, EMBEDDED_MODEL, OBJECTIVE_TABLES, TABLES, table_docs
+from msgspec.structs import replace
+
+from prefwatch.files.settings import (
+    EMBEDDED_DATA,
+    EMBEDDED_MODEL,
+    DataSettings,
+    ModelSettings,
+    ObjectiveTables,
+    Settings,
+    SimpoParams,
+    docs,
+)
 from prefwatch.run.gpus import Gpu, detect_gpus
 
 
@@ -49,17 +59,22 @@ SHOWN: dict[str, tuple[str, ...]] = {
 }
 
 
-def choices(model: str | None, gpus: list[Gpu]) -> dict[str, dict[str, Any]]:
-    """What differs from the defaults on this machine: a real model on GPUs gets a real schedule."""
-    chosen: dict[str, dict[str, Any]] = {"objectives.simpo": {"gamma": 0.5}}
+def choices(model: str | None, data: str | None, gpus: list[Gpu]) -> Settings:
+    """The grid this machine gets: the defaults, with a real schedule for a real model on GPUs."""
+    chosen = Settings(
+        model=ModelSettings(name=model or EMBEDDED_MODEL),
+        data=DataSettings(name=data or EMBEDDED_DATA),
+        objectives=ObjectiveTables(simpo=SimpoParams(gamma=0.5)),
+    )
     if not gpus or model in (None, EMBEDDED_MODEL):
         return chosen
     free = min(g.free_mib for g in gpus)
     cells_per_gpu = 2 if free >= 40 * 1024 else 1
     batch = batch_size_for(free, cells_per_gpu)
-    chosen["model"] = {"dtype": "bf16" if all(g.capability >= 8.0 for g in gpus) else "fp16"}
-    chosen["data"] = {"heldout": 0.1, "max_length": 1024}
-    chosen["train"] = dict(
+    chosen.model.dtype = "bf16" if all(g.capability >= 8.0 for g in gpus) else "fp16"
+    chosen.data.heldout, chosen.data.max_length = 0.1, 1024
+    chosen.train = replace(
+        chosen.train,
         max_steps=1000,
         learning_rate=5e-6,
         batch_size=batch,
@@ -70,36 +85,35 @@ def choices(model: str | None, gpus: list[Gpu]) -> dict[str, dict[str, Any]]:
         lr_scheduler="cosine",
         warmup_steps=50,
     )
-    chosen["lora"] = {"dropout": 0.05}
-    chosen["resources"] = {"cells_per_device": cells_per_gpu}
+    chosen.lora.dropout = 0.05
+    chosen.resources.cells_per_device = cells_per_gpu
     return chosen
 
 
 def render(model: str | None, data: str | None, name: str, gpus: list[Gpu]) -> str:
-    """The grid file, table by table from the grid's settings schema: its defaults, this machine's choices
-    and each key's own comment."""
+    """The grid file, table by table from the grid's settings: this machine's choices and each key's own
+    comment."""
     embedded = model in (None, EMBEDDED_MODEL)
     if gpus and not embedded:
         machine = ", ".join(f"{g.name} ({g.free_mib // 1024} GiB free)" for g in gpus)
     else:
         machine = ", ".join(g.name for g in gpus) if gpus else "no GPU: cells train on the CPU, one per core"
-    chosen = choices(model, gpus)
-    chosen.setdefault("model", {})["name"] = model or EMBEDDED_MODEL
-    chosen.setdefault("data", {})["name"] = data or EMBEDDED_DATA
+    chosen = choices(model, data, gpus)
     lines = [
         f"# Written by `prefwatch init` for: {machine}",
         "# Check it with `prefwatch launch {this file} --check`, then launch it.",
         f"name = {_toml(name)}",
     ]
     for table, keys in SHOWN.items():
-        cls = OBJECTIVE_TABLES[table.split(".")[1]] if table.startswith("objectives.") else TABLES[table]
-        doc = (cls.__doc__ or "").split(": ", 1)
-        defaults, docs = dataclasses.asdict(cls()), table_docs(cls)
+        values = (
+            chosen.objectives.of(table.split(".")[1]) if table.startswith("objectives.") else getattr(chosen, table)
+        )
+        doc = (type(values).__doc__ or "").split(": ", 1)
+        comments = docs(type(values))
         lines += ["", f"[{table}]" + (f"    # {doc[1]}" if len(doc) == 2 else "")]
         for key in keys:
-            value = chosen.get(table, {}).get(key, defaults[key])
-            comment = f"    # {docs[key]}" if docs[key] else ""
-            lines.append(f"{key} = {_toml(value)}{comment}")
+            comment = f"    # {comments[key]}" if comments[key] else ""
+            lines.append(f"{key} = {_toml(getattr(values, key))}{comment}")
     return "\n".join(lines) + "\n"
 
 

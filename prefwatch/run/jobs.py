@@ -17,7 +17,6 @@ This module never imports torch: it runs in the CLI and the monitor.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import socket
@@ -27,11 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from msgspec.structs import replace
 
 from prefwatch.files import rundir, safe
-from prefwatch.files.grid import Grid, SlurmSettings
+from prefwatch.files.grid import Grid
 from prefwatch.files.rundir import ENDED_STATES, CellState, CellStatus, RecordError, StatusRecord
+from prefwatch.files.settings import SlurmSettings
 from prefwatch.run.backend import (
     STOP_GRACE_SECONDS,
     Backend,
@@ -82,11 +83,11 @@ def create_run_dir(grid: Grid, out_root: Path) -> Path:
     target = out_root / grid.name
     if target.exists():
         raise LaunchError(f"{target}: the run directory exists already; use another name or --out")
-    resources: dict[str, Any] = dataclasses.asdict(grid.settings.resources)
+    resources: dict[str, Any] = msgspec.to_builtins(grid.settings.resources)
     first = StatusRecord(state=QUEUED, host=socket.gethostname())
     if grid.settings.resources.backend == SLURM:
         _require_slurm()
-        resources[SLURM] = dataclasses.asdict(grid.settings.slurm)
+        resources[SLURM] = msgspec.to_builtins(grid.settings.slurm)
         first = replace(first, backend=SLURM)
     try:
         out_root.mkdir(parents=True, exist_ok=True)
@@ -98,7 +99,7 @@ def create_run_dir(grid: Grid, out_root: Path) -> Path:
         for cell in grid.cells:
             cell_dir = staging / rundir.CELLS_DIR / cell.id
             cell_dir.mkdir(parents=True)
-            rundir.write_json_atomic(cell_dir / rundir.CELL_FILE, cell.to_json(grid.name))
+            rundir.write_cell(cell_dir, cell.record(grid.name))
             rundir.write_status(cell_dir, first)
         rundir.write_resources(staging, resources)
         os.rename(staging, target)

@@ -28,15 +28,14 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import msgspec
 from msgspec.structs import replace
 
 from prefwatch.files import rundir, safe
-from prefwatch.files.grid import SlurmSettings
 from prefwatch.files.rundir import CellState, CellStatus, StatusRecord
-from prefwatch.run.backend import LaunchSpec
+from prefwatch.files.settings import CellSettings, SlurmSettings
+from prefwatch.run.backend import LaunchSpec, cell_settings
 
 JOB_SCRIPT = rundir.JOB_SCRIPT
 QUERY_SECONDS = 2.0  # how long one squeue answer serves every cell of a grid
@@ -70,14 +69,14 @@ class JobInfo:
 # Submitting
 
 
-def job_script(cell_dir: Path, cell: dict[str, Any], spec: LaunchSpec) -> str:
+def job_script(cell_dir: Path, cell: CellSettings, spec: LaunchSpec) -> str:
     """The cell's sbatch script: the launch spec's environment, then its job. Every value is quoted.
 
     The job (prefwatch.run.job) records its own start and exit in status.json."""
     q = shlex.quote
     lines = [
         "#!/bin/sh",
-        f"# prefwatch: the Slurm job of cell {cell.get('id', cell_dir.name)} (written at launch; do not edit)",
+        f"# prefwatch: the Slurm job of cell {cell.id or cell_dir.name} (written at launch; do not edit)",
         "export " + " ".join(f"{name}={q(value)}" for name, value in spec.env.items()),
         f"cd {q(str(cell_dir))} || exit 1",
         "exec " + " ".join(q(arg) for arg in spec.argv),
@@ -122,7 +121,7 @@ def require_sbatch() -> None:
 
 def submit(cell_dir: Path, grid_name: str, slurm: SlurmSettings, spec: LaunchSpec) -> StatusRecord:
     """Write the cell's job script, hand it to sbatch and record the job id in status.json."""
-    cell = rundir.read_json(cell_dir / rundir.CELL_FILE) or {}
+    cell = cell_settings(cell_dir)
     script = cell_dir / JOB_SCRIPT
     safe.write_atomic(script, job_script(cell_dir, cell, spec).encode())  # never through a planted link
     script.chmod(0o755)

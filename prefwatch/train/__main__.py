@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 
 from prefwatch.files.rundir import SYSTEM_FILE
+from prefwatch.files.settings import CellSettings
 from prefwatch.run.backend import job_environment
 from prefwatch.train.cell import CellError, load_cell
 from prefwatch.train.data import DataError
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def set_environment(cell) -> None:
+def set_environment(cell: CellSettings) -> None:
     """Thread counts before torch loads; no hub access when everything needed is embedded or local.
 
     The job's launch spec (prefwatch.run.backend.job_environment) sets the same on either backend; this

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from prefwatch.files import safe
+from prefwatch.files.settings import CellData
 
 Pair = dict[str, Any]
 
@@ -124,12 +125,12 @@ def tiny_sales_splits(heldout: float | str, seed: int, short: bool = False) -> t
 # --- the user's data ------------------------------------------------------------------------------------
 
 
-def load_splits(data: dict[str, Any]) -> tuple[list[Pair], list[Pair]]:
+def load_splits(data: CellData) -> tuple[list[Pair], list[Pair]]:
     """Train and held-out pairs for the cell's `data` section."""
-    name, heldout, seed = data["name"], data["heldout"], data["seed"]
+    name, heldout, seed = data.name, data.heldout, data.seed
     if name in (TINY_SALES, TINY_SALES_SHORT):
         return tiny_sales_splits(heldout, seed, short=name == TINY_SALES_SHORT)
-    pairs = read_pairs(name, data["split"])
+    pairs = read_pairs(name, data.split)
     if isinstance(heldout, str):
         return pairs, read_pairs(heldout)
     order = list(range(len(pairs)))
