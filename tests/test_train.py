@@ -196,6 +196,8 @@ def test_minimal_cell_gets_defaults(tmp_path):
         ('{"rank": "8"}', "rank: must be an integer, got str '8'"),
         ("[1]", "not cell settings (not a JSON object)"),
         ('{"seed": NaN}', "not cell settings (JSON is malformed"),
+        ('{"seed": null}', "seed: must be an integer, got null"),
+        ('{"objective": null}', "objective None is not one of dpo, simpo, orpo"),
     ],
 )
 def test_a_cell_json_the_trainer_cannot_use_is_one_line_naming_the_field(tmp_path, text, message):

@@ -285,15 +285,15 @@ class CellSettings(Struct, kw_only=True):
     """cell.json: every setting of one cell. The launcher writes them all; a hand-written cell.json may
     leave any out and gets what a grid file that sets nothing gives (the first cell of ``Settings()``).
 
-    ``objective`` reads as any string (the monitor shows a cell's claim literally); the trainer refuses
-    one it does not know."""
+    ``objective`` reads as any string (the monitor shows a cell's claim literally), and the cell's labels
+    may be null (unknown to whoever wrote the file); the trainer refuses either."""
 
     id: str | None = None  # the cell folder's name when missing
     index: int | None = None
     grid: str | None = None
-    objective: str = "dpo"
-    rank: PositiveInt = 16
-    seed: int = 0
+    objective: str | None = "dpo"
+    rank: PositiveInt | None = 16
+    seed: int | None = 0
     model: ModelSettings = field(default_factory=ModelSettings)
     data: CellData = field(default_factory=CellData)
     train: CellTrain = field(default_factory=CellTrain)
@@ -302,7 +302,9 @@ class CellSettings(Struct, kw_only=True):
     threads: PositiveInt = 1
 
     def params(self) -> ObjectiveSettings:
-        """The objective's parameters: the cell's, else the objective's defaults (an objective it knows)."""
+        """The objective's parameters: the cell's, else the objective's defaults."""
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
         defaults = ObjectiveTables().of(self.objective)
         given = {k: getattr(self.objective_params, k) for k in defaults.__struct_fields__}
         return msgspec.structs.replace(defaults, **{k: v for k, v in given.items() if v is not None})

@@ -30,7 +30,11 @@ def load_cell(path: str | Path) -> CellSettings:
 
 
 def resolve_cell(cell: CellSettings, path: Path) -> CellSettings:
-    """The cell as the trainer runs it: named after its folder when it has no id, with an objective it knows."""
+    """The cell as the trainer runs it: named after its folder when it has no id, with an objective it
+    knows, a rank and a seed."""
     if cell.objective not in OBJECTIVES:
         raise CellError(f"{path}: objective {cell.objective!r} is not one of {', '.join(OBJECTIVES)}")
+    unset = next((key for key, value in (("rank", cell.rank), ("seed", cell.seed)) if value is None), None)
+    if unset:
+        raise CellError(f"{path}: {unset}: must be an integer, got null")
     return replace(cell, id=cell.id or path.parent.name)
