@@ -31,7 +31,7 @@ def test_example_grid_resolves_to_four_cells() -> None:
     assert [c.id for c in grid.cells] == ["dpo-r16", "dpo-r8", "simpo-r16", "simpo-r8"]
     cell = msgspec.to_builtins(grid.cells[2].record(grid.name))
     assert cell["objective"] == "simpo" and cell["rank"] == 16
-    assert set(cell["objective_params"]) == {"beta", "gamma"}
+    assert set(cell["objective_params"]) == {"beta", "gamma", "sft_weight"}
     assert "seeds" not in cell["train"]
 
 

@@ -298,7 +298,7 @@ def test_a_cell_json_pins_every_setting(tmp_path: Path) -> None:
             "completion_tokens": 64,
             "report_to": "none",
         },
-        "objective_params": {"beta": 2.0, "gamma": 1.0},
+        "objective_params": {"beta": 2.0, "gamma": 1.0, "sft_weight": 0.0},
         "lora": {"alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
         "threads": 1,
     }

@@ -222,6 +222,9 @@ class SimpoParams(Struct, kw_only=True):
 
     beta: PositiveFloat = 2.0
     gamma: Annotated[NonNegativeFloat, doc("target margin")] = 1.0
+    sft_weight: Annotated[
+        NonNegativeFloat, doc("weight of an NLL term on the chosen answers (CPO-SimPO; 0: plain SimPO)")
+    ] = 0.0
 
 
 class OrpoParams(Struct, kw_only=True):
@@ -279,6 +282,7 @@ class ObjectiveParams(Struct, kw_only=True, omit_defaults=True):
 
     beta: PositiveFloat | None = None
     gamma: NonNegativeFloat | None = None
+    sft_weight: NonNegativeFloat | None = None
 
 
 class CellSettings(Struct, kw_only=True):

@@ -104,7 +104,13 @@ def build_trainer(cell: CellSettings, cell_dir: Path, model, tokenizer, train_pa
     elif isinstance(params, SimpoParams):
         trainer_class, args = (
             CPOPairTrainer,
-            CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, beta=params.beta, simpo_gamma=params.gamma),
+            CPOConfig(
+                **common,
+                loss_type="simpo",
+                cpo_alpha=params.sft_weight,  # TRL's behaviour-cloning term (its default 1.0)
+                beta=params.beta,
+                simpo_gamma=params.gamma,
+            ),
         )
     else:
         trainer_class, args = ORPOPairTrainer, ORPOConfig(**common, beta=params.beta)
