@@ -243,6 +243,149 @@ def test_trl_log_completions_table_in_a_wandb_run_is_read(tmp_path):
     assert [c.tokens for c in last.completions] == [2, 3, 4]  # words: W&B tables carry no token counts
     assert last.completions[1].prompt == "Customer: question 1?\nAgent:"
     assert cell.series.rejected["bad completions row"] == 2  # the two bad rows of the last table, once
-    cell._table_checked = -math.inf
+    cell._tables._checked = -math.inf
     cell.poll()  # read again: the same table, nothing new, nothing counted twice
     assert cell.series.rejected["bad completions row"] == 2
+
+
+# What TRL's LogCompletionsCallback logs, with trackio in W&B's place (``import trackio as wandb``, the
+# swap trackio's README offers): at each evaluation the growing table of every row so far, its steps as
+# text. Among the rows, text that is data: an escape sequence, Rich markup, a conversation (a list of
+# messages, as TRL logs chat prompts), and two rows no completion can be read from.
+TRACKIO_RUN = r"""
+import sys, trackio, pandas as pd
+trackio.init(project="p", name="dpo-r8", config={"loss_type": "sigmoid", "max_steps": 20})
+rows = []
+for step in range(1, 21):
+    trackio.log({"train/loss": 0.69 - 0.01 * step, "train/rewards/margins": 0.1 * step,
+                 "train/rewards/accuracies": 0.6, "train/global_step": step})
+    if step % 10 == 0:
+        trackio.log({"eval/loss": 0.6, "eval/rewards/accuracies": 0.7, "train/global_step": step})
+        rows += [[str(step), f"Customer: question {i}?\nAgent:", "word " * (step // 10 + i)] for i in range(3)]
+        if step == 10:
+            rows += [["10", [{"role": "user", "content": "hi [bold]x[/bold]"}], "\x1b[31mred\x1b[0m [link=y]z[/link]"],
+                     ["10", "p", 5], ["ten", "p", "t"]]
+        trackio.log({"completions": trackio.Table(dataframe=pd.DataFrame(columns=["step", "prompt", "completion"], data=rows))})
+trackio.log({"train/epoch": 1.0, "train/global_step": 20})
+trackio.finish()
+"""
+
+
+@pytest.fixture(scope="module")
+def trackio_store(tmp_path_factory) -> Path:
+    pytest.importorskip("trackio")
+    pytest.importorskip("pandas")
+    import os
+    import subprocess
+    import sys
+
+    store = tmp_path_factory.mktemp("tables") / "trackio"
+    env = {**os.environ, "TRACKIO_DIR": str(store)}
+    subprocess.run([sys.executable, "-c", TRACKIO_RUN], check=True, env=env, timeout=300, capture_output=True)
+    return store
+
+
+def test_trl_log_completions_table_in_a_trackio_run_is_read(trackio_store):
+    source = open_path(trackio_store)
+    source.poll()
+    (cell,) = source.cells
+    log = cell.completions
+    assert log.reference is None and [e.step for e in log.evaluations] == [10, 20]
+    first, last = log.evaluations
+    assert [c.id for c in last.completions] == ["p00", "p01", "p02"]  # the same ids in every table
+    assert [c.tokens for c in last.completions] == [2, 3, 4]  # words: a table carries no token counts
+    assert [c.text for c in first.completions][-1] == "\x1b[31mred\x1b[0m [link=y]z[/link]"  # kept as written
+    assert first.completions[-1].prompt == "hi [bold]x[/bold]"  # a conversation: its messages' text
+    assert cell.series.rejected["bad completions row"] == 2  # in both tables, counted once
+    cell._tables._checked = -math.inf
+    cell.poll()  # nothing new in the store: nothing added, nothing counted again
+    assert [e.step for e in cell.completions.evaluations] == [10, 20]
+    assert cell.series.rejected["bad completions row"] == 2
+
+
+@run
+async def test_the_pane_shows_a_trackio_runs_completions_literally(trackio_store):
+    from prefwatch.tui.app import MonitorApp
+    from prefwatch.tui.screens.completions import CompletionsScreen
+
+    app = MonitorApp(open_path(trackio_store), mode="replay")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await wait_for(pilot, lambda: app.view is not None and app.screen.focused is not None)
+        await wait_for(pilot, lambda: app.view.cells[0].completions is not None)
+        await pilot.press("w")
+        await wait_for(pilot, lambda: isinstance(app.screen, CompletionsScreen))
+        await pilot.pause()
+        shown = screen_text(app)
+        assert "mean length 3.0 tokens at step 20" in shown
+        assert "\\x1b[31mred\\x1b[0m [link=y]z[/link]" in shown and "hi [bold]x[/bold]" in shown
+
+
+GRPO_RUN = r"""
+import sys, torch, datasets
+from peft import LoraConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import GRPOConfig, GRPOTrainer
+from prefwatch.train.tiny import tiny_model_path
+
+torch.set_num_threads(1)
+path = tiny_model_path()
+prompts = [{"prompt": f"Customer: Hi, about the desk: question {i}?\nAgent:"} for i in range(8)]
+args = GRPOConfig(
+    output_dir=sys.argv[1], max_steps=3, per_device_train_batch_size=4, num_generations=2,
+    max_completion_length=24, logging_steps=1, log_completions=True, report_to="trackio",
+    run_name="grpo-r8", learning_rate=1e-4, disable_tqdm=True, save_strategy="no", bf16=False, use_cpu=True,
+)
+trainer = GRPOTrainer(
+    model=AutoModelForCausalLM.from_pretrained(path),
+    reward_funcs=lambda completions, **kw: [-float(len(c)) for c in completions],
+    args=args,
+    train_dataset=datasets.Dataset.from_list(prompts),
+    processing_class=AutoTokenizer.from_pretrained(path),
+    peft_config=LoraConfig(r=8, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
+)
+trainer.train()
+"""
+
+
+def test_completions_trl_grpo_logs_to_trackio_are_read_as_it_wrote_them(tmp_path):
+    """TRL's own table writer: GRPOTrainer with log_completions and report_to="trackio", trained for
+    real on the tiny model. The expected rows are read straight from trackio's database."""
+    for name in ("trackio", "pandas", "torch", "trl", "peft", "datasets"):
+        pytest.importorskip(name)
+    import os
+    import sqlite3
+    import subprocess
+    import sys
+
+    store = tmp_path / "trackio"
+    env = {**os.environ, "TRACKIO_DIR": str(store), "PREFWATCH_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [sys.executable, "-c", GRPO_RUN, str(tmp_path / "out")], env=env, timeout=600, capture_output=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    (db,) = store.glob("*.db")
+    with sqlite3.connect(db) as connection:
+        logged = [json.loads(text) for (text,) in connection.execute("SELECT metrics FROM metrics ORDER BY id")]
+    tables = [row["completions"]["_value"] for row in logged if "completions" in row]
+    expected: dict[int, list[str]] = {}
+    for table in tables:  # one table per logged step; TRL logs the last one once more at the end
+        for row in table:
+            expected.setdefault(row["step"], [])
+        if len(expected[table[0]["step"]]) == 0:
+            expected[table[0]["step"]] = [row["completion"] for row in table]
+    assert sorted(expected) == [1, 2, 3] and len(tables) == 4
+
+    source = open_path(store)
+    source.poll()
+    (cell,) = source.cells
+    log = cell.completions
+    assert [e.step for e in log.evaluations] == [1, 2, 3]
+    for evaluation in log.evaluations:
+        assert [c.text for c in evaluation.completions] == expected[evaluation.step]
+        assert [c.tokens for c in evaluation.completions] == [len(t.split()) for t in expected[evaluation.step]]
+    assert not cell.series.rejected
+    result = subprocess.run(
+        [sys.executable, "-m", "prefwatch", "report", str(store), "--format", "json"], capture_output=True, text=True
+    )
+    (reported,) = json.loads(result.stdout)["cells"]
+    assert reported["completions"]["evaluations"] == 3

@@ -7,20 +7,28 @@ is not such a record is counted as rejected, never a traceback; texts longer tha
 are cut (with a mark), an evaluation keeps at most ``MAX_SAMPLES`` answers, and only the reference's
 and the last ``KEEP_TEXTS`` evaluations' texts stay in memory (every evaluation's figures do).
 Lone surrogates (what a JSON escape can make of bad UTF-8) are shown as escapes.
-A W&B run gets the same from the table TRL's LogCompletionsCallback logs (``wandb_records`` below).
+A run in W&B or trackio gets the same from the completions tables TRL logs there (``tables_for`` below).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from prefwatch.core import metrics
 from prefwatch.core.completions import Completion, Evaluation, length_stats
 from prefwatch.files import safe
+from prefwatch.ingest.readers import sqlite
+from prefwatch.ingest.readers.trackio import TrackioReader
+from prefwatch.ingest.tail import decode_line
 
 MAX_TEXT_CHARS = 4000
 MAX_PROMPT_CHARS = 2000
@@ -114,17 +122,152 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + CUT_MARK
 
 
-# ---- TRL's LogCompletionsCallback, as W&B writes it ------------------------------------------------
+# ---- Completions tables in trackers' stores ---------------------------------------------------------
 #
-# With report_to="wandb", TRL's LogCompletionsCallback logs at each evaluation a table of step, prompt
-# and completion, growing (each table holds every row so far), which W&B keeps as
-# ``files/media/table/completions_<history step>_<hash>.table.json`` in the run folder. Its rows carry
-# no token counts and no end-of-sequence mark: lengths are counted in words, and no answer is marked
-# as cut. There is no reference (step 0) unless the run evaluated before training.
+# TRL logs sampled completions as a table of ``step``, ``prompt`` and ``completion`` (plus rewards and
+# advantages in its online trainers): LogCompletionsCallback to W&B (and Comet), a growing table that
+# holds every row so far at each evaluation; GRPOTrainer, RLOOTrainer and the distillation trainers to
+# W&B and trackio, one table per logged step (``log_completions``). A table's rows carry no token counts
+# and no end-of-sequence mark: lengths are counted in words, and no answer is marked as cut. There is
+# no reference (step 0) unless the run logged one before training.
+
+MAX_TABLE_BYTES = 32 << 20  # a table (a W&B table file, one trackio metrics row) larger than this is one bad row
+TABLE_SECONDS = 2.0  # a run's tables are looked for at most this often (they are rewritten, not appended)
+TABLE_COLUMNS = ("step", "prompt", "completion")
+BAD_ROW = "bad completions row"
+_REMEMBERED = 4096  # prompts given ids, and bad rows told apart (a growing table repeats them), up to this many
+
+
+class TableRows:
+    """Rows of completions tables turned into completions.jsonl records, one per step; prompts get ids
+    (``p00``, ``p01``, … in the order first seen) that stay the same from one table to the next."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, str] = {}
+        self._bad: set[int] = set()
+
+    def records(self, rows: list[Any], default_step: int | None = None) -> tuple[list[dict[str, Any]], int]:
+        """Records of the rows (dicts of column -> value), and how many rows are bad and not seen bad
+        before. A row without a ``step`` column takes ``default_step`` (the step the table was logged at)."""
+        by_step: dict[int, list[dict[str, Any]]] = {}
+        bad = 0
+        for index, row in enumerate(rows):
+            answer = self._answer(row, default_step)
+            if answer is None:
+                bad += self._new_bad(index, row)
+                continue
+            step, item = answer
+            answers = by_step.setdefault(step, [])
+            if len(answers) < MAX_SAMPLES:
+                answers.append(item)
+        records = [{"step": step, "reference": False, "completions": by_step[step]} for step in sorted(by_step)]
+        return records, bad
+
+    def _answer(self, row: Any, default_step: int | None) -> tuple[int, dict[str, Any]] | None:
+        if not isinstance(row, dict):
+            return None
+        step = metrics.valid_step(_number(row.get("step", default_step)))
+        text, prompt = _message_text(row.get("completion")), _message_text(row.get("prompt", ""))
+        if step is None or text is None or prompt is None:
+            return None
+        prompt_id = self.ids.get(prompt)
+        if prompt_id is None:
+            prompt_id = f"p{len(self.ids):02d}" if len(self.ids) < _REMEMBERED else "p?"
+            if len(self.ids) < _REMEMBERED:
+                self.ids[prompt] = prompt_id
+        words = len(text.split())
+        return int(step), {"id": prompt_id, "prompt": prompt, "text": text, "tokens": words, "eos": True}
+
+    def _new_bad(self, index: int, row: Any) -> int:
+        """1 for a bad row not seen before: a growing table repeats its rows, at the same places."""
+        key = hash((index, repr(row)[:10_000]))
+        if key in self._bad:
+            return 0
+        if len(self._bad) < _REMEMBERED:
+            self._bad.add(key)
+        return 1
+
+
+def _number(value: Any) -> Any:
+    """A step as TRL writes it: an int, or its text (LogCompletionsCallback writes ``str(step)``)."""
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            return None
+    return value
+
+
+def _message_text(value: Any) -> str | None:
+    """A prompt or completion: text, or a conversation (a list of messages, as TRL logs chat data)
+    whose contents are joined one per line; None for anything else."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(m, dict) for m in value):
+        return "\n".join(m["content"] if isinstance(m.get("content"), str) else "" for m in value)
+    return None
+
+
+def add_new_steps(log: CompletionLog, records: list[dict[str, Any]]) -> tuple[bool, int]:
+    """Add the records of steps after the log's last (a growing table repeats the earlier ones);
+    (whether any was added, how many could not be)."""
+    last = log.evaluations[-1].step if log.evaluations else -1
+    added, bad = False, 0
+    for record in records:
+        if record["step"] > last:
+            if log.add(record):
+                added, last = True, record["step"]
+            else:
+                bad += 1
+    return added, bad
+
+
+class CompletionTables(Protocol):
+    """A run's completions in its tracker's store (instead of completions.jsonl), followed by polling."""
+
+    readers: tuple[Any, ...]  # the tracker's readers it follows (one per segment of a resumed run)
+
+    def poll(self, log: CompletionLog, rejected: Counter[str]) -> bool: ...
+
+
+def tables_for(tracker: Any, current: CompletionTables | None = None) -> CompletionTables | None:
+    """The completions tables of a tracker's run (``current`` while it still follows the same run),
+    or None where its store keeps none that prefwatch reads. A run resumed under new tracker runs comes
+    as ``readers``, one per segment: W&B's table of the last, trackio's tables of each in turn."""
+    readers = tuple(getattr(tracker, "readers", None) or [tracker])
+    if current is not None and current.readers == readers:
+        return current
+    last = Path(getattr(readers[-1], "path", ""))
+    if last.suffix == ".wandb":
+        return WandbTables(last.parent, readers)
+    if all(isinstance(reader, TrackioReader) for reader in readers):
+        return TrackioTables(readers)
+    return None
+
+
+class StoreTables:
+    """The completions tables of a tracker's run as the cell's completions reader, following the run as
+    its store reader changes (a resumed run's segment added, a store read again from its start)."""
+
+    def __init__(self, tracker: Callable[[], Any]) -> None:
+        self.tracker = tracker
+        self.tables: CompletionTables | None = None
+
+    @classmethod
+    def of(cls, tracker: Callable[[], Any]) -> StoreTables | None:
+        """None where the run's store keeps no tables prefwatch reads (its completions.jsonl is read)."""
+        return cls(tracker) if tables_for(tracker()) is not None else None
+
+    def poll(self, log: CompletionLog, rejected: Counter[str]) -> bool:
+        self.tables = tables_for(self.tracker(), self.tables)
+        return self.tables.poll(log, rejected) if self.tables is not None else False
+
+
+# W&B keeps each logged table as ``files/media/table/<key>_<history step>_<hash>.table.json`` in the
+# run folder: ``columns`` and row lists in ``data``. The newest holds LogCompletionsCallback's rows.
 
 WANDB_TABLES = "files/media/table"
 WANDB_TABLE_GLOB = "completions_*.table.json"
-MAX_TABLE_BYTES = 32 << 20
 
 
 def wandb_table(run_dir: Path) -> Path | None:
@@ -159,24 +302,120 @@ def wandb_records(path: Path) -> tuple[list[dict[str, Any]], int]:
     rows = table.get("data") if isinstance(table, dict) else None
     if not isinstance(columns, list) or not isinstance(rows, list) or not {"step", "completion"} <= set(columns):
         return [], 1
-    at = {name: columns.index(name) for name in ("step", "prompt", "completion") if name in columns}
-    ids: dict[str, str] = {}
-    by_step: dict[int, list[dict[str, Any]]] = {}
-    bad = 0
-    for row in rows:
+    at = {name: columns.index(name) for name in TABLE_COLUMNS if name in columns}
+    named = [
+        {name: row[i] for name, i in at.items() if i < len(row)} if isinstance(row, list) else None for row in rows
+    ]
+    return TableRows().records(named)
+
+
+class WandbTables:
+    """TRL's completions table in a W&B run folder, read whole again when a newer one appears."""
+
+    def __init__(self, run_dir: Path, readers: tuple[Any, ...] = ()) -> None:
+        self.run_dir, self.readers = run_dir, readers
+        self._checked = -math.inf
+        self._seen: tuple[Path, int, int] | None = None
+
+    def poll(self, log: CompletionLog, rejected: Counter[str]) -> bool:
+        if time.monotonic() - self._checked < TABLE_SECONDS:
+            return False
+        self._checked = time.monotonic()
+        table = wandb_table(self.run_dir)
         try:
-            step = int(row[at["step"]])
-            text = row[at["completion"]]
-            prompt = row[at["prompt"]] if "prompt" in at else ""
-        except (TypeError, ValueError, IndexError, KeyError):
-            bad += 1
-            continue
-        if not isinstance(text, str) or not isinstance(prompt, str):
-            bad += 1
-            continue
-        prompt_id = ids.setdefault(prompt, f"p{len(ids):02d}")
-        answers = by_step.setdefault(step, [])
-        if len(answers) < MAX_SAMPLES:
-            answers.append({"id": prompt_id, "prompt": prompt, "text": text, "tokens": len(text.split()), "eos": True})
-    records = [{"step": step, "reference": False, "completions": by_step[step]} for step in sorted(by_step)]
-    return records, bad
+            seen = (table, table.stat().st_size, table.stat().st_mtime_ns) if table is not None else None
+        except OSError:
+            seen = None
+        if seen is None or seen == self._seen:
+            return False
+        self._seen = seen
+        records, bad = wandb_records(seen[0])
+        log.reset()
+        for record in records:
+            bad += not log.add(record)
+        if bad:  # the table is read whole each time: its bad rows are counted once, not once per reading
+            rejected[BAD_ROW] = bad
+        return True
+
+
+# trackio keeps a logged table inside the metrics row that logged it: ``{"completions": {"_type":
+# "trackio.table", "_value": [{"step": …, "prompt": …, "completion": …}, …]}}`` (trackio 0.45). Only the
+# rows logged since the last look that hold a table are fetched, each at most MAX_TABLE_BYTES.
+
+TRACKIO_TABLE = "trackio.table"
+
+
+class TrackioTables:
+    """Completions tables logged to a trackio run (any key whose table has a ``completion`` column)."""
+
+    def __init__(self, readers: tuple[TrackioReader, ...]) -> None:
+        self.readers = readers
+        self.rows = TableRows()
+        self._after = [0] * len(readers)  # the last metrics row id looked at, per segment
+        self._checked = -math.inf
+        self._started = False
+
+    def poll(self, log: CompletionLog, rejected: Counter[str]) -> bool:
+        if time.monotonic() - self._checked < TABLE_SECONDS:
+            return False
+        self._checked = time.monotonic()
+        if not self._started:  # a new follower of the run (a segment was added): what was read is read again
+            self._started = True
+            log.reset()
+        changed, bad = False, 0
+        for index, reader in enumerate(self.readers):
+            try:
+                found, after = sqlite.read(reader.path, self._query(index, *reader.run))
+            except (sqlite3.Error, OSError, sqlite.Busy):
+                continue  # the store cannot be read now: the metrics reader says why; next look
+            if after < 0:  # the database was replaced: its tables are read again from the start
+                self._after, self._started = [0] * len(self.readers), False
+                self._checked = -math.inf
+                return True
+            self._after[index] = after
+            for counter, text in found:
+                tables, unread = _tables_in(text)
+                bad += unread
+                for rows in tables:
+                    records, bad_rows = self.rows.records(rows, default_step=counter)
+                    added, refused = add_new_steps(log, records)
+                    changed |= added
+                    bad += bad_rows + refused
+        if bad:
+            rejected[BAD_ROW] += bad
+        return changed or bool(bad)
+
+    def _query(self, index: int, column: str, run_key: str) -> Any:
+        """The rows logged since the last look that hold a table (each over MAX_TABLE_BYTES as None),
+        and the last row id now: only new rows are ever scanned."""
+        after = self._after[index]
+
+        def query(connection: sqlite3.Connection) -> tuple[list[tuple[Any, ...]], int]:
+            (last,) = connection.execute("SELECT max(id) FROM metrics").fetchone()
+            if last is None or last <= after:
+                return [], after if last is None or last == after else -1  # -1: rows went away (a new store)
+            rows = connection.execute(
+                f"SELECT step, CASE WHEN length(metrics) <= ? THEN metrics END FROM metrics "
+                f"WHERE id > ? AND id <= ? AND {column} = ? AND instr(metrics, ?) > 0 ORDER BY id",
+                (MAX_TABLE_BYTES, after, last, run_key, TRACKIO_TABLE),
+            ).fetchall()
+            return rows, last
+
+        return query
+
+
+def _tables_in(text: Any) -> tuple[list[list[Any]], int]:
+    """The completions tables of one trackio metrics row (as row lists), and 1 when the row cannot
+    be read at all (over MAX_TABLE_BYTES: trackio's own reader would hold it whole; not JSON)."""
+    if isinstance(text, str):
+        text = text.encode()
+    record = decode_line(text) if isinstance(text, bytes) else None
+    if not isinstance(record, dict):
+        return [], 1
+    tables = []
+    for value in record.values():
+        if isinstance(value, dict) and value.get("_type") == TRACKIO_TABLE and isinstance(value.get("_value"), list):
+            rows = value["_value"]
+            if any(isinstance(row, dict) and "completion" in row for row in rows):
+                tables.append(rows)
+    return tables, 0

@@ -21,10 +21,8 @@ Each reader lives in its own module and is imported only when its store is found
 
 from __future__ import annotations
 
-import math
 import sqlite3
 import time
-from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,7 +33,7 @@ from prefwatch.core.objectives import Claim
 from prefwatch.core.series import CellSeries
 from prefwatch.files import rundir
 from prefwatch.files.rundir import CellState, CellStatus, StatusRecord
-from prefwatch.ingest.completions import CompletionLog, wandb_records, wandb_table
+from prefwatch.ingest.completions import StoreTables
 from prefwatch.ingest.factors import tracker_factors
 from prefwatch.ingest.readers import sqlite
 from prefwatch.ingest.readers.protocol import Batch, CompletionsReader, SourceError
@@ -48,9 +46,6 @@ from prefwatch.ingest.sources import CellSource, GridSource, factor_source, gues
 _VOLATILE = frozenset({"logging_dir", "resume_from_checkpoint", "output_dir_timestamp"})
 # Where each tracker keeps a run's settings (by the module of the run's reader).
 _TRACKER_ORIGINS = {"mlflow": Origin.MLFLOW_PARAMS, "trackio": Origin.TRACKIO_CONFIG, "wandb": Origin.WANDB_CONFIG}
-# TRL's completions table in a W&B run folder is looked for at most this often: it is rewritten
-# whole at each evaluation, and listing the run's media folder is not free.
-TABLE_SECONDS = 2.0
 
 
 def open_store(path: Path, wait: bool = False) -> GridSource | None:
@@ -311,7 +306,7 @@ class TrackerRun:
             return None
 
     def completions(self) -> CompletionsReader | None:
-        return WandbTable(self) if self.run.path.suffix == ".wandb" else None
+        return StoreTables.of(lambda: self.run)  # W&B's and trackio's completions tables
 
     def poll(self) -> Batch:
         changed, more, restarted = False, True, False
@@ -340,36 +335,6 @@ class TrackerRun:
         else:
             state = None
         return Batch(self.series, changed, restarted, error, state)
-
-
-class WandbTable:
-    """TRL's completions table in a W&B run folder (the last segment's), read again when a newer one
-    appears (looked for every TABLE_SECONDS at most)."""
-
-    def __init__(self, run: TrackerRun) -> None:
-        self.run = run
-        self._checked = -math.inf
-        self._seen: tuple[Path, int, int] | None = None
-
-    def poll(self, log: CompletionLog, rejected: Counter[str]) -> bool:
-        if time.monotonic() - self._checked < TABLE_SECONDS:
-            return False
-        self._checked = time.monotonic()
-        table = wandb_table(self.run.path.parent)
-        try:
-            seen = (table, table.stat().st_size, table.stat().st_mtime_ns) if table is not None else None
-        except OSError:
-            seen = None
-        if seen is None or seen == self._seen:
-            return False
-        self._seen = seen
-        records, bad = wandb_records(seen[0])
-        log.reset()
-        for record in records:
-            bad += not log.add(record)
-        if bad:  # the table is read whole each time: its bad rows are counted once, not once per reading
-            rejected["bad completions row"] = bad
-        return True
 
 
 def store_cell(run: StoreRun, root: Path, cell_id: str, reader: TrackerRun) -> CellSource:

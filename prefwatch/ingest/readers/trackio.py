@@ -115,6 +115,12 @@ class TrackioReader:
         return TrackioReader(self.path, self._key, self._run_key)
 
     @property
+    def run(self) -> tuple[str, str]:
+        """The column that keys this run's metrics rows (``run_id``, or ``run_name`` before trackio 0.3)
+        and its value: what a reader of the run's other rows (its logged tables) selects by."""
+        return self._key, self._run_key
+
+    @property
     def error(self) -> str | None:
         return self._follower.error
 
