@@ -207,6 +207,12 @@ async def test_pane_renders_hostile_text_literally(tmp_path):
         assert "\\x1b[31mred\\x1b[0m [link=x]y[/link]" in shown and "[bold]ref[/bold]" in shown
 
 
+def look_again(cell) -> None:
+    """Let the cell's next poll look at its tracker's tables now (they are looked for every 2 s)."""
+    tables = cell._files._completions.tables
+    tables._checked = -math.inf
+
+
 WANDB_RUN = """
 import sys, wandb, pandas as pd
 run = wandb.init(project="p", dir=sys.argv[1], mode="offline", name="dpo-r8")
@@ -243,7 +249,7 @@ def test_trl_log_completions_table_in_a_wandb_run_is_read(tmp_path):
     assert [c.tokens for c in last.completions] == [2, 3, 4]  # words: W&B tables carry no token counts
     assert last.completions[1].prompt == "Customer: question 1?\nAgent:"
     assert cell.series.rejected["bad completions row"] == 2  # the two bad rows of the last table, once
-    cell._tables._checked = -math.inf
+    look_again(cell)
     cell.poll()  # read again: the same table, nothing new, nothing counted twice
     assert cell.series.rejected["bad completions row"] == 2
 
@@ -297,7 +303,7 @@ def test_trl_log_completions_table_in_a_trackio_run_is_read(trackio_store):
     assert [c.text for c in first.completions][-1] == "\x1b[31mred\x1b[0m [link=y]z[/link]"  # kept as written
     assert first.completions[-1].prompt == "hi [bold]x[/bold]"  # a conversation: its messages' text
     assert cell.series.rejected["bad completions row"] == 2  # in both tables, counted once
-    cell._tables._checked = -math.inf
+    look_again(cell)
     cell.poll()  # nothing new in the store: nothing added, nothing counted again
     assert [e.step for e in cell.completions.evaluations] == [10, 20]
     assert cell.series.rejected["bad completions row"] == 2

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -26,9 +25,6 @@ from typing import Any, Protocol
 from prefwatch.core import metrics
 from prefwatch.core.completions import Completion, Evaluation, length_stats
 from prefwatch.files import safe
-from prefwatch.ingest.readers import sqlite
-from prefwatch.ingest.readers.trackio import TrackioReader
-from prefwatch.ingest.tail import decode_line
 
 MAX_TEXT_CHARS = 4000
 MAX_PROMPT_CHARS = 2000
@@ -240,7 +236,7 @@ def tables_for(tracker: Any, current: CompletionTables | None = None) -> Complet
     last = Path(getattr(readers[-1], "path", ""))
     if last.suffix == ".wandb":
         return WandbTables(last.parent, readers)
-    if all(isinstance(reader, TrackioReader) for reader in readers):
+    if all(callable(getattr(reader, "logged_tables", None)) for reader in readers):  # trackio's
         return TrackioTables(readers)
     return None
 
@@ -339,8 +335,8 @@ class WandbTables:
 
 
 # trackio keeps a logged table inside the metrics row that logged it: ``{"completions": {"_type":
-# "trackio.table", "_value": [{"step": …, "prompt": …, "completion": …}, …]}}`` (trackio 0.45). Only the
-# rows logged since the last look that hold a table are fetched, each at most MAX_TABLE_BYTES.
+# "trackio.table", "_value": [{"step": …, "prompt": …, "completion": …}, …]}}`` (trackio 0.45). Its reader
+# (readers/trackio.py ``logged_tables``) fetches the rows logged since the last look that hold a table.
 
 TRACKIO_TABLE = "trackio.table"
 
@@ -348,7 +344,7 @@ TRACKIO_TABLE = "trackio.table"
 class TrackioTables:
     """Completions tables logged to a trackio run (any key whose table has a ``completion`` column)."""
 
-    def __init__(self, readers: tuple[TrackioReader, ...]) -> None:
+    def __init__(self, readers: tuple[Any, ...]) -> None:
         self.readers = readers
         self.rows = TableRows()
         self._after = [0] * len(readers)  # the last metrics row id looked at, per segment
@@ -364,18 +360,20 @@ class TrackioTables:
             log.reset()
         changed, bad = False, 0
         for index, reader in enumerate(self.readers):
-            try:
-                found, after = sqlite.read(reader.path, self._query(index, *reader.run))
-            except (sqlite3.Error, OSError, sqlite.Busy):
-                continue  # the store cannot be read now: the metrics reader says why; next look
+            logged = reader.logged_tables(self._after[index], MAX_TABLE_BYTES)
+            if logged is None:
+                continue  # the store cannot be read now (its metrics reader says why): next look
+            found, after = logged
             if after < 0:  # the database was replaced: its tables are read again from the start
                 self._after, self._started = [0] * len(self.readers), False
                 self._checked = -math.inf
                 return True
             self._after[index] = after
-            for counter, text in found:
-                tables, unread = _tables_in(text)
-                bad += unread
+            for counter, record in found:
+                tables = _tables_in(record)
+                if tables is None:
+                    bad += 1
+                    continue
                 for rows in tables:
                     records, bad_rows = self.rows.records(rows, default_step=counter)
                     added, refused = add_new_steps(log, records)
@@ -385,37 +383,16 @@ class TrackioTables:
             rejected[BAD_ROW] += bad
         return changed or bool(bad)
 
-    def _query(self, index: int, column: str, run_key: str) -> Any:
-        """The rows logged since the last look that hold a table (each over MAX_TABLE_BYTES as None),
-        and the last row id now: only new rows are ever scanned."""
-        after = self._after[index]
 
-        def query(connection: sqlite3.Connection) -> tuple[list[tuple[Any, ...]], int]:
-            (last,) = connection.execute("SELECT max(id) FROM metrics").fetchone()
-            if last is None or last <= after:
-                return [], after if last is None or last == after else -1  # -1: rows went away (a new store)
-            rows = connection.execute(
-                f"SELECT step, CASE WHEN length(metrics) <= ? THEN metrics END FROM metrics "
-                f"WHERE id > ? AND id <= ? AND {column} = ? AND instr(metrics, ?) > 0 ORDER BY id",
-                (MAX_TABLE_BYTES, after, last, run_key, TRACKIO_TABLE),
-            ).fetchall()
-            return rows, last
-
-        return query
-
-
-def _tables_in(text: Any) -> tuple[list[list[Any]], int]:
-    """The completions tables of one trackio metrics row (as row lists), and 1 when the row cannot
-    be read at all (over MAX_TABLE_BYTES: trackio's own reader would hold it whole; not JSON)."""
-    if isinstance(text, str):
-        text = text.encode()
-    record = decode_line(text) if isinstance(text, bytes) else None
+def _tables_in(record: Any) -> list[list[Any]] | None:
+    """The completions tables of one trackio metrics row (as row lists); None when the row could not
+    be read (over MAX_TABLE_BYTES: it would be held whole; not JSON)."""
     if not isinstance(record, dict):
-        return [], 1
+        return None
     tables = []
     for value in record.values():
         if isinstance(value, dict) and value.get("_type") == TRACKIO_TABLE and isinstance(value.get("_value"), list):
             rows = value["_value"]
             if any(isinstance(row, dict) and "completion" in row for row in rows):
                 tables.append(rows)
-    return tables, 0
+    return tables

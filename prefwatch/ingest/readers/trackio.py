@@ -34,6 +34,7 @@ TABLES = frozenset({"metrics", "configs"})
 KNOWN = "trackio up to 0.45 (metrics: id, timestamp, step, metrics, run_name or run_id; configs: run_name, config)"
 _COLUMNS = {"metrics": {"id", "timestamp", "step", "metrics", "run_name"}, "configs": {"run_name", "config"}}
 _END_KEYS = frozenset({"train/epoch", "train/global_step"})
+TABLE_TYPE = "trackio.table"  # what a logged trackio.Table is marked with in its metrics row
 
 
 def schema_drift(columns: dict[str, set[str]]) -> str | None:
@@ -114,11 +115,29 @@ class TrackioReader:
     def fresh(self) -> TrackioReader:
         return TrackioReader(self.path, self._key, self._run_key)
 
-    @property
-    def run(self) -> tuple[str, str]:
-        """The column that keys this run's metrics rows (``run_id``, or ``run_name`` before trackio 0.3)
-        and its value: what a reader of the run's other rows (its logged tables) selects by."""
-        return self._key, self._run_key
+    def logged_tables(self, after: int, max_bytes: int) -> tuple[list[tuple[int, Any]], int] | None:
+        """The run's metrics rows after row id ``after`` that hold a logged table (trackio keeps a
+        ``trackio.Table`` inside the row that logged it: ``{"_type": "trackio.table", "_value": [rows]}``),
+        as (trackio's step, the decoded row; None for a row over ``max_bytes`` or not JSON), and the
+        last row id now (-1: there are fewer rows than before, the database was replaced). Only rows
+        after ``after`` are scanned. None when the store cannot be read now (``error`` says why)."""
+
+        def query(connection: sqlite3.Connection) -> tuple[list[tuple[Any, ...]], int]:
+            (last,) = connection.execute("SELECT max(id) FROM metrics").fetchone()
+            if last is None or last <= after:
+                return [], after if last is None or last == after else -1
+            rows = connection.execute(
+                f"SELECT step, CASE WHEN length(metrics) <= ? THEN metrics END FROM metrics "
+                f"WHERE id > ? AND id <= ? AND {self._key} = ? AND instr(metrics, ?) > 0 ORDER BY id",
+                (max_bytes, after, last, self._run_key, TABLE_TYPE),
+            ).fetchall()
+            return rows, last
+
+        try:
+            rows, last = sqlite.read(self.path, query)
+        except (sqlite3.Error, OSError, sqlite.Busy):
+            return None
+        return [(step, _json(text)) for step, text in rows], last
 
     @property
     def error(self) -> str | None:
