@@ -12,10 +12,20 @@ from typing import Annotated, Literal
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
 from msgspec import inspect as mi
 
 from prefwatch.files import settings as st
-from prefwatch.files.grid import OBJECTIVE_TABLES, GridError, load_grid, load_tables, sbatch_own_option
+from prefwatch.files.grid import (
+    OBJECTIVE_TABLES,
+    TABLES,
+    GridError,
+    _Validator,
+    load_grid,
+    load_tables,
+    sbatch_own_option,
+)
 
 CHOICES = "'auto', 'bf16', 'fp16', 'fp32'"
 DEVICES = 'must be "auto", "cpu" or a list of GPU indices'
@@ -130,6 +140,10 @@ BAD = {
     "Slurm memory with a space": (
         '[slurm]\nmem = "16 G"\n',
         ":2: [slurm] mem: must be a Slurm memory size like 16G or 4000M, got '16 G'",
+    ),
+    "an unknown key that holds a newline and an escape": (
+        '[train]\n"a\\nb\\u001b[2J" = 1\n',
+        ":1: [train] 'a\\nb\\x1b[2J': unknown key",
     ),
     "TOML error at the end of the document": (
         "a = [1, 2",
@@ -368,3 +382,28 @@ def test_default_settings_hold_every_objectives_defaults() -> None:
 def test_sbatch_option_values_may_hold_equals_signs() -> None:
     assert sbatch_own_option("--out=/x=y") == "--output"
     assert sbatch_own_option("--comment=a=b") is None
+
+
+# Any value TOML can hold, under the keys a grid file knows (and a few it does not).
+toml_values = hs.recursive(
+    hs.booleans() | hs.integers(-(1 << 63), (1 << 63) - 1) | hs.floats() | hs.text(max_size=12),
+    lambda inner: hs.lists(inner, max_size=4) | hs.dictionaries(hs.text(max_size=8), inner, max_size=3),
+    max_leaves=12,
+)
+KEYS = sorted({key for cls in (*TABLES.values(), *OBJECTIVE_TABLES.values()) for key in cls.__struct_fields__})
+tables = hs.dictionaries(hs.sampled_from([*KEYS, *OBJECTIVE_TABLES, "nope"]), toml_values, max_size=5)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=hs.dictionaries(hs.sampled_from([*TABLES, "objectives", "name", "nope"]), tables | toml_values, max_size=5))
+def test_any_values_give_settings_or_one_line_naming_the_key(raw: dict[str, object]) -> None:
+    path = Path("/nonexistent-prefwatch/g.toml")
+    try:
+        grid = _Validator(path, "", force=True).grid(raw)
+    except GridError as exc:
+        message = str(exc)
+        assert message.startswith(f"{path}: ") and "\n" not in message and exc.key, message
+        named = exc.key.split("] ")[-1]
+        assert named in {*KEYS, *TABLES, *OBJECTIVE_TABLES, "objectives", "name"} or ": unknown " in message, message
+    else:
+        assert isinstance(grid.settings, st.Settings) and grid.cells

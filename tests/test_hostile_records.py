@@ -135,3 +135,21 @@ def test_any_json_as_status_reads_without_an_exception(record: object, tmp_path:
     finally:
         os.killpg = original
     assert killed == []  # nothing in a made-up record is ever provably this cell's job
+
+
+cell_fields = st.sampled_from(["objective", "rank", "seed", "index", "model", "data", "train", "lora", "threads"])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(record=st.dictionaries(cell_fields, json_values, max_size=5) | json_values)
+def test_any_json_as_cell_json_reads_or_is_one_line_naming_the_file(record: object, tmp_path: Path) -> None:
+    path = tmp_path / "c" / "cell.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(record))
+    try:
+        cell = rundir.read_cell_file(path)
+    except rundir.RecordError as exc:
+        assert str(exc).startswith(f"{path}: ") and "\n" not in str(exc)
+    else:
+        assert isinstance(record, dict) and cell.given >= set(record)
+        assert all(cell.says(key) is None for key in ("rank", "seed") if key not in record)

@@ -250,6 +250,7 @@ class _Validator:
             return msgspec.convert(raw, Settings)
         except msgspec.ValidationError as exc:
             keys, message = explain(exc, raw, Settings)
+            keys = keys or ["file"]  # msgspec names a field; else the whole file is at fault
             raise self.fail(".".join(keys[:-1]), keys[-1], message) from None
 
     def unknown_keys(self, raw: dict[str, Any], info: Any, where: list[str]) -> None:
@@ -257,9 +258,10 @@ class _Validator:
         known = ["name", *fields] if not where else list(fields)
         for key, value in raw.items():
             if key not in known:
+                shown = key if key.isprintable() else repr(key)  # the file's text, shown, never obeyed
                 if where == ["objectives"]:
-                    raise self.fail("objectives", key, f"unknown objective{suggest(key, OBJECTIVES)}")
-                raise self.fail(".".join(where), key, f"unknown key{suggest(key, known)}")
+                    raise self.fail("objectives", shown, f"unknown objective{suggest(key, OBJECTIVES)}")
+                raise self.fail(".".join(where), shown, f"unknown key{suggest(key, known)}")
             inner = fields.get(key)
             if isinstance(inner, mi.StructType) and isinstance(value, dict):
                 self.unknown_keys(value, inner, [*where, key])

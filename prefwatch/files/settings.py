@@ -335,8 +335,10 @@ def explain(error: msgspec.ValidationError, raw: Any, root: type[Struct]) -> tup
         if position:
             index = int(position)
             break
-        info = next(f.type for f in _struct(info).fields if f.encode_name == key)
-        value = value.get(key) if isinstance(value, dict) else None
+        found = next((f.type for f in _struct(info).fields if f.encode_name == key), None)
+        if found is None:  # not a field (msgspec names only fields): say what the table must be
+            break
+        info, value = found, value.get(key) if isinstance(value, dict) else None
         keys.append(key)
     return keys, problem(info, value, index)
 
