@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterable
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Literal, get_args
 
 import msgspec
 from msgspec import Meta, Struct, field
@@ -321,15 +321,15 @@ class CellSettings(Struct, kw_only=True):
 def docs(cls: type[Struct]) -> dict[str, str]:
     """The comment ``init`` writes beside each key of a table ("" where it has none)."""
     fields = _struct(mi.type_info(cls)).fields
-    return {f.name: (_unwrap(f.type)[0].get("description") or "") for f in fields}
+    return {f.name: str(_unwrap(f.type)[0].get("description") or "") for f in fields}
 
 
-def explain(error: msgspec.ValidationError, raw: Any, root: type[Struct]) -> tuple[list[str], str]:
+def explain(error: msgspec.ValidationError, raw: object, root: type[Struct]) -> tuple[list[str], str]:
     """Where ``error`` (from converting ``raw`` to ``root``) points, as the keys from the root down, and
     what is wrong there, as one phrase: ``(["train", "max_steps"], "must be > 0, got 0")``."""
     match = re.search(r" - at `\$(.*)`$", str(error))
     path = re.findall(r"\.([^.\[]+)|\[(\d+)\]", match.group(1) if match else "")
-    info: Any = mi.type_info(root)
+    info: mi.Type = mi.type_info(root)
     value, keys, index = raw, [], None
     for key, position in path:
         if position:
@@ -343,7 +343,7 @@ def explain(error: msgspec.ValidationError, raw: Any, root: type[Struct]) -> tup
     return keys, problem(info, value, index)
 
 
-def problem(info: Any, value: Any, index: int | None = None) -> str:
+def problem(info: mi.Type, value: object, index: int | None = None) -> str:
     """What is wrong with ``value`` where ``info`` (a msgspec.inspect type) is expected; ``index``: the
     entry of a list that msgspec rejected."""
     extra, kind = _unwrap(info)
@@ -358,7 +358,7 @@ def problem(info: Any, value: Any, index: int | None = None) -> str:
     return _broken(member, value) if member else f"must be {_expected(info)}, got {_describe(value)}"
 
 
-def _broken(info: Any, value: Any) -> str:
+def _broken(info: mi.Type, value: object) -> str:
     """The constraint ``value`` breaks, ``value`` being of the kind ``info`` asks for."""
     extra, kind = _unwrap(info)
     choices = kind.values if isinstance(kind, mi.LiteralType) else ()
@@ -369,10 +369,10 @@ def _broken(info: Any, value: Any) -> str:
     if choices:
         listed = ", ".join(repr(c) for c in choices)
         return f"must be one of {listed}, got {value!r}{suggest(value, choices)}"
-    if isinstance(kind, (mi.IntType, mi.FloatType)):
+    if isinstance(kind, (mi.IntType, mi.FloatType)) and isinstance(value, (int, float)):
         shown = float(value) if isinstance(kind, mi.FloatType) else value
         return f"must be {_bounds(kind)}, got {shown}"
-    if isinstance(kind, mi.ListType) and kind.min_length and len(value) < kind.min_length:
+    if isinstance(kind, mi.ListType) and isinstance(value, list) and len(value) < (kind.min_length or 0):
         return "must not be empty"
     return f"must be {_expected(info)}, got {_describe(value)}"
 
@@ -388,7 +388,7 @@ def _bounds(kind: mi.IntType | mi.FloatType) -> str:
     return ("<= " if high[-1:] == "]" else "< ") + high[:-1]
 
 
-def _expected(info: Any) -> str:
+def _expected(info: mi.Type) -> str:
     """What a value of this type is called: "an integer", "a list of numbers", "a table"."""
     extra, kind = _unwrap(info)
     if "expect" in extra:
@@ -405,19 +405,19 @@ def _expected(info: Any) -> str:
     return names.get(type(kind), "a table" if isinstance(kind, mi.StructType) else "a value")
 
 
-def _plural(info: Any) -> str:
+def _plural(info: mi.Type) -> str:
     kind = _unwrap(info)[1]
     if isinstance(kind, (mi.StrType, mi.LiteralType)):
         return "strings"
     return {mi.IntType: "integers", mi.FloatType: "numbers"}.get(type(kind), "values")
 
 
-def _fits(info: Any, value: Any) -> bool:
+def _fits(info: mi.Type, value: object) -> bool:
     """Whether ``value`` is of the kind ``info`` asks for (its constraints aside): 3 is no string, True no integer."""
     kind = _unwrap(info)[1]
     if isinstance(value, bool) and not isinstance(kind, mi.BoolType):
         return isinstance(kind, mi.UnionType) and any(_fits(t, value) for t in kind.types)
-    checks: dict[type, Any] = {
+    checks: dict[type, type | tuple[type, ...]] = {
         mi.IntType: int,
         mi.FloatType: (int, float),
         mi.StrType: str,
@@ -432,31 +432,31 @@ def _fits(info: Any, value: Any) -> bool:
     return isinstance(value, checks.get(type(kind), object))
 
 
-def _members(info: Any) -> list[Any]:
+def _members(info: mi.Type) -> list[mi.Type]:
     """A union's members; any other type is its own one member (with its Meta)."""
     kind = _unwrap(info)[1]
     return list(kind.types) if isinstance(kind, mi.UnionType) else [info]
 
 
-def _unwrap(info: Any) -> tuple[dict[str, Any], Any]:
+def _unwrap(info: mi.Type) -> tuple[dict[str, object], mi.Type]:
     """A type's Meta (description and extra, merged) and the type it annotates."""
-    extra: dict[str, Any] = {}
+    extra: dict[str, object] = {}
     while isinstance(info, mi.Metadata):
         extra |= {**(info.extra_json_schema or {}), **(info.extra or {})}
         info = info.type
     return extra, info
 
 
-def _struct(info: Any) -> mi.StructType:
+def _struct(info: mi.Type) -> mi.StructType:
     kind = _unwrap(info)[1]
     assert isinstance(kind, mi.StructType), kind
     return kind
 
 
-def suggest(value: Any, choices: Iterable[Any]) -> str:
+def suggest(value: object, choices: Iterable[object]) -> str:
     close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _describe(value: Any) -> str:
+def _describe(value: object) -> str:
     return f"{type(value).__name__} {repr(value)[:40]}"
