@@ -309,6 +309,30 @@ def test_trl_log_completions_table_in_a_trackio_run_is_read(trackio_store):
     assert cell.series.rejected["bad completions row"] == 2
 
 
+def test_a_trackio_database_replaced_by_a_shorter_one_is_read_again(trackio_store, tmp_path):
+    """A store rewritten from its start (fewer rows than were read): its tables are read again, and
+    what the old rows said is not kept."""
+    import shutil
+    import sqlite3
+
+    store = tmp_path / "trackio"
+    shutil.copytree(trackio_store, store)
+    source = open_path(store)
+    source.poll()
+    (cell,) = source.cells
+    assert [e.step for e in cell.completions.evaluations] == [10, 20]
+    (db,) = store.glob("*.db")
+    with sqlite3.connect(db) as connection:  # the run as it stood after its first table
+        (first_table,) = connection.execute(
+            "SELECT min(id) FROM metrics WHERE instr(metrics, 'trackio.table')"
+        ).fetchone()
+        connection.execute("DELETE FROM metrics WHERE id > ?", (first_table,))
+    for _ in range(2):  # the first look finds the rows gone, the next reads the tables again
+        look_again(cell)
+        cell.poll()
+    assert [e.step for e in cell.completions.evaluations] == [10]
+
+
 @run
 async def test_the_pane_shows_a_trackio_runs_completions_literally(trackio_store):
     from prefwatch.tui.app import MonitorApp
