@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -131,3 +132,24 @@ def test_the_pacer_widens_under_load_and_narrows_when_idle() -> None:
     wall[0] = 2.0  # an idle second
     assert pacer.next_interval(0.0) == pytest.approx(max(0.1, MAX_REDRAW_INTERVAL / 1.5))
     assert pacer.next_interval(0.5) == pytest.approx(0.5 / READ_SHARE)  # a long read: at most its share of a core
+
+
+def test_a_toast_names_one_event_a_line_and_shows_names_literally() -> None:
+    """Two cells failing in one refresh are two lines of the toast; a newline inside a cell's name is
+    data, shown as an escape, never a line break of its own."""
+    from types import SimpleNamespace
+
+    from prefwatch.view.feed import Alerts
+
+    def view(states: list[str]) -> Any:
+        names = ["dpo-r16", "simpo\nr8"]
+        cells = [SimpleNamespace(id=n, state=s, status=s, findings=()) for n, s in zip(names, states, strict=True)]
+        return SimpleNamespace(name="grid", cells=cells)
+
+    alerts = Alerts()
+    assert alerts.news(view([jobs.RUNNING, jobs.RUNNING])) is None  # the baseline
+    news = alerts.news(view([jobs.FAILED, jobs.FAILED]))
+    assert news is not None and news.severity == "error"
+    lines = news.text.split("\n")
+    assert len(lines) == 2, news.text
+    assert lines[0].startswith("dpo-r16: failed") and lines[1].startswith("simpo\\x0ar8: failed"), lines

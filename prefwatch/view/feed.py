@@ -136,7 +136,9 @@ class Alerts:
         lines = [a.short for a in events]
         more = [f"and {len(lines) - TOAST_LINES} more"] if len(lines) > TOAST_LINES else []
         worst = max(SEVERITIES.index(a.severity) for a in events)
-        return News(plain("\n".join(lines[:TOAST_LINES] + more)), SEVERITIES[worst])
+        # One event a line: each line is data shown literally (a newline in a cell's name stays "\x0a"),
+        # the lines between them are real line breaks.
+        return News("\n".join(plain(line) for line in lines[:TOAST_LINES] + more), SEVERITIES[worst])
 
 
 class IncrementalViews:
