@@ -208,9 +208,19 @@ def start_app(command: list[str], terminal: bool, name: str, size: tuple[int, in
         return Running(process.pid, process=process)
     session = f"pwbench-{os.getpid()}-{name}"
     line = "exec " + " ".join(shlex.quote(c) for c in command)
-    subprocess.run(
-        ["tmux", "new-session", "-d", "-s", session, "-x", str(size[0]), "-y", str(size[1]), line], check=True
-    )
+    for attempt in range(3):
+        # A tmux server that another user of the machine ends at the wrong moment ("server exited
+        # unexpectedly") fails the start: a new server is started by the next try.
+        started = subprocess.run(
+            ["tmux", "new-session", "-d", "-s", session, "-x", str(size[0]), "-y", str(size[1]), line],
+            capture_output=True,
+            text=True,
+        )
+        if started.returncode == 0:
+            break
+        if attempt == 2:
+            raise RuntimeError(f"tmux new-session {session}: {started.stderr.strip()}")
+        time.sleep(1)
     pid = subprocess.run(
         ["tmux", "display-message", "-p", "-t", session, "#{pane_pid}"], capture_output=True, text=True, check=True
     ).stdout.strip()
