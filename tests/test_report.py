@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from prefwatch.cli import main
 
@@ -186,3 +188,42 @@ def test_a_large_review_is_drawn_exactly_as_rich_draws_it(tmp_path: Path, width:
     assert fast == rich
     assert "学习率" in fast and "folder-name" in fast
     assert tables and max(tables) < len(NAMES) / 2  # the full table was never handed to Rich
+
+
+# Text as it reaches the report (plain(): no controls), with what makes wrapping hard: runs of spaces,
+# words longer than a line, wide (CJK) and zero-width combining characters.
+WORDS = st.lists(
+    st.sampled_from([*"ab-/.:", " ", "  ", "学", "é", "e\u0301", "→", "β", "abcdefghij"]), max_size=30
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(
+        st.tuples(
+            st.sampled_from(["", "warn  ", "error ", "info  "]), st.sampled_from([None, "yellow", "bold red"]), WORDS
+        ),
+        max_size=8,
+    ),
+    width=st.integers(4, 60),
+    colour=st.booleans(),
+)
+def test_lines_are_drawn_as_rich_draws_their_text(lines, width: int, colour: bool) -> None:
+    """The Cells and Findings blocks (thousands of lines at a thousand cells) are wrapped without Rich's
+    Text machinery: the output is byte for byte Rich's, at any width, plain and in colour."""
+    import io
+
+    from rich.console import Console, Group
+
+    from prefwatch.report.text import Lines
+
+    block = Lines(lines)
+
+    def drawn(renderable) -> str:
+        console = Console(
+            file=io.StringIO(), width=width, force_terminal=colour, color_system="truecolor" if colour else None
+        )
+        console.print(Group(renderable))
+        return console.file.getvalue()
+
+    assert drawn(block) == drawn(block.text())

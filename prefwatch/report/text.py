@@ -325,6 +325,69 @@ class ReviewTable:
             yield new_line
 
 
+class Lines:
+    """Lines of the report, each a styled prefix (may be empty) and plain text, drawn exactly as Rich
+    draws a Text of them: wrapped at the width by Rich's own word division, a word longer than a line
+    folded, then an empty line (the Text ends with a newline).
+
+    A Text of thousands of lines is split into a Text per line and each divided into more Text objects
+    (a tenth of a second per thousand wrapped lines); here a line is divided as a string, and a short
+    ASCII line (which Rich leaves whole) is not divided at all. With options other than the report's
+    (no wrapping, another overflow or justification) or a line break inside a line, Rich draws the
+    Text itself. tests/test_report.py compares both on random text, widths and styles.
+    """
+
+    def __init__(self, lines: Sequence[tuple[str, str | None, str]]) -> None:
+        self.lines = lines  # (prefix, its style, the rest)
+
+    def text(self) -> Text:
+        from rich.text import Text
+
+        text = Text()
+        for prefix, style, rest in self.lines:
+            if prefix:
+                text.append(prefix, style=style)
+            text.append(f"{rest}\n")
+        return text
+
+    def __rich_console__(self, console: Console, options: Any) -> Any:
+        from rich._wrap import divide_line
+        from rich.cells import cell_len, set_cell_size
+        from rich.segment import Segment
+
+        if (
+            options.no_wrap
+            or options.overflow not in (None, "fold")
+            or options.justify not in (None, "default")
+            or any("\n" in prefix or "\n" in rest for prefix, _, rest in self.lines)
+        ):
+            yield from console.render(self.text(), options)
+            return
+        width = options.max_width
+        new_line = Segment.line()
+        for prefix, style, rest in self.lines:
+            line = prefix + rest
+            if line.isascii() and len(line) <= width and line.isprintable():
+                starts = [0]
+                pieces = [line]
+            else:
+                starts = [0, *divide_line(line, width, fold=True)]
+                pieces = [line[a:b] for a, b in zip(starts, [*starts[1:], len(line)])]
+            for start, piece in zip(starts, pieces):
+                if len(piece) > width:  # Text.rstrip_end: whitespace past the width goes
+                    spaces = len(piece) - len(piece.rstrip())
+                    piece = piece[: len(piece) - min(spaces, len(piece) - width)]
+                if cell_len(piece) > width:  # Text.truncate, folding
+                    piece = set_cell_size(piece, width)
+                styled = max(0, min(len(prefix) - start, len(piece)))
+                if styled:
+                    yield Segment(piece[:styled], console.get_style(style or ""))
+                if piece[styled:]:
+                    yield Segment(piece[styled:])
+                yield new_line
+        yield new_line
+
+
 def render_terminal(analysis: GridAnalysis, console: Console) -> None:
     from rich.console import Group
     from rich.text import Text
@@ -341,22 +404,19 @@ def render_terminal(analysis: GridAnalysis, console: Console) -> None:
         notes = "".join(f"{note}\n" for note in pair_notes(analysis))
         review = Group(title, stacked_review(rows), Text(notes)) if rows else title
     parts: list[Any] = [review]
-    cells = Text()
     varied = swept(analysis)  # once for the grid: per cell, it made a report of 1,000 cells quadratic
-    for cell in analysis.cells:
-        cells.append(f"{plain(provenance(cell, varied))}\n")
-    for line in skipped_lines(analysis):
-        cells.append(f"{plain(line)}\n")
-    parts += [Text("Cells", style="bold"), cells]
-    findings = Text()
+    cells = [("", None, plain(provenance(cell, varied))) for cell in analysis.cells]
+    cells += [("", None, plain(line)) for line in skipped_lines(analysis)]
+    parts += [Text("Cells", style="bold"), Lines(cells)]
+    findings = []
     for cell in analysis.cells:
         for finding in cell.diagnosis.findings:
             style = {"error": "bold red", "warn": "yellow"}.get(finding.severity, "cyan")
-            findings.append(f"{finding.severity:5} ", style=style)
             at = f" @ step {finding.step}" if finding.step is not None else ""
-            findings.append(f"{plain(cell.source.id)} {finding.kind}{at}: {plain(finding.message)}\n")
+            rest = f"{plain(cell.source.id)} {finding.kind}{at}: {plain(finding.message)}"
+            findings.append((f"{finding.severity:5} ", style, rest))
     if findings:
-        parts += [Text("Findings", style="bold"), findings]
+        parts += [Text("Findings", style="bold"), Lines(findings)]
     for line in brevity_lines(analysis):
         parts.append(Text(f"Brevity: {plain(line)}\n"))
     seeds = seed_lines(analysis.cells)
