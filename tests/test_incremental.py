@@ -19,8 +19,11 @@ from hypothesis import strategies as st
 
 from prefwatch.analysis.analyse import analyse
 from prefwatch.analysis.incremental import IncrementalAnalysis
+from prefwatch.core.clock import FakeClock
 from prefwatch.files import rundir
 from prefwatch.ingest.discover import open_path
+from prefwatch.ingest.sources import DATA_SECONDS
+from prefwatch.ingest.tail import REOPEN_SECONDS
 
 CELLS = ("dpo-r8", "simpo-r16")
 
@@ -100,19 +103,15 @@ class Jobs:
             self.steps[cell] = 0
 
 
-def wait_past_reopen() -> None:
-    """A reader trusts an unchanged stat for 0.25 s; a truncation to the same size needs a fresh open."""
-    time.sleep(0.26)
-
-
-def apply_and_settle(jobs: Jobs, kind: str, cell: str, amount: float, flag: bool) -> None:
-    """Do what a job would, then wait out what a reader waits for before it can see it."""
+def apply_and_settle(jobs: Jobs, kind: str, cell: str, amount: float, flag: bool, clock: FakeClock) -> None:
+    """Do what a job would, then move the readers' clock past what they wait for before they can see it."""
     jobs.apply(kind, cell, amount, flag)
     if kind == "truncate":
-        wait_past_reopen()
+        # A reader trusts an unchanged stat for REOPEN_SECONDS; a truncation to the same size needs a fresh open.
+        clock.advance(REOPEN_SECONDS + 0.01)
     if kind == "data" and not jobs.data_seen[cell]:
         jobs.data_seen[cell] = True
-        time.sleep(1.0)  # data.json is looked for at most once a second
+        clock.advance(DATA_SECONDS + 0.01)  # data.json is looked for at most once a second
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -120,15 +119,15 @@ def apply_and_settle(jobs: Jobs, kind: str, cell: str, amount: float, flag: bool
 def test_incremental_equals_full_analysis(tmp_path_factory, operations):
     root = tmp_path_factory.mktemp("grid")
     jobs = Jobs(root)
-    now = time.time()
-    incremental = IncrementalAnalysis(open_path(root), heartbeat=float("inf"), clock=lambda: now)
+    clock = FakeClock()  # its time() is "now" for both analyses
+    incremental = IncrementalAnalysis(open_path(root, clock=clock), heartbeat=float("inf"), clock=clock)
     incremental.update()
     for kind, cell, amount, flag in operations:
-        apply_and_settle(jobs, kind, cell, amount, flag)
+        apply_and_settle(jobs, kind, cell, amount, flag, clock)
         result = incremental.update() or incremental.last
-        fresh = open_path(root)
+        fresh = open_path(root, clock=clock)
         fresh.poll()
-        expected = analyse(fresh, now=now)
+        expected = analyse(fresh, now=clock.time())
         assert result is not None
         assert result.to_json() == expected.to_json(), f"after {kind} on {cell}"
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from prefwatch.core.clock import FakeClock
 from prefwatch.ingest import formats, sources
 from prefwatch.ingest.discover import open_path
 from prefwatch.ingest.readers.jsonl import MetricsLog
@@ -71,12 +72,34 @@ def test_replay_is_a_reader_of_a_plain_cell(tmp_path: Path) -> None:
     run.mkdir()
     rows = [{**r, "time": 1_700_000_000.0 + r["step"]} for r in HISTORY]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    now = [0.0]
-    replay = ReplayGrid(open_path(run), 1.0, lambda: now[0])
+    clock = FakeClock()
+    replay = ReplayGrid(open_path(run), 1.0, clock)
     (cell,) = replay.source.cells
     assert type(cell) is CellSource and isinstance(cell.reader, Replay)
     assert cell.series.last_step == 1 and cell.status().state == "running"
-    now[0] = 2.5
+    clock.advance(2.5)
     assert replay.update() and cell.series.last_step == 3  # the same cell, its rows released up to the clock
-    now[0] = 60.0
+    clock.advance(57.5)
     assert replay.update() and cell.series.last_step == 5 and cell.status().state == "incomplete"
+
+
+def test_what_the_readers_wait_for_is_timed_by_the_clock_they_are_given(tmp_path: Path) -> None:
+    clock = FakeClock()
+    grid = open_path(tmp_path, wait=True, clock=clock)  # a folder with no logs yet: looked at again
+    assert grid.cells == [] and not grid.poll()
+    run = tmp_path / "dpo-r8"
+    run.mkdir()
+    rows = [{**r, "time": clock.time()} for r in HISTORY]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    clock.advance(sources.REFRESH_SECONDS / 2)
+    assert not grid.poll() and grid.cells == []  # not looked for again within REFRESH_SECONDS
+    clock.advance(sources.REFRESH_SECONDS / 2)
+    assert grid.poll() and [c.id for c in grid.cells] == ["dpo-r8"]
+    (cell,) = grid.cells
+    assert cell.clock is clock and cell.status().state == "running"
+    (run / "data.json").write_text(json.dumps({"train": {"chosen_shorter_share": 0.5}}))
+    assert not cell.poll() and cell.data_stats is None  # data.json is looked for once a second
+    clock.advance(sources.DATA_SECONDS + 0.01)
+    assert cell.poll() and cell.data_stats is not None
+    clock.advance(sources.INCOMPLETE_AFTER_SECONDS)  # ten minutes without a line, by the clock
+    assert cell.status().state == "incomplete"

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from prefwatch.core.clock import FakeClock
 from prefwatch.ingest import columnar
 from prefwatch.ingest.discover import open_path
 from tests import test_incremental
@@ -229,16 +230,16 @@ def test_reading_only_the_changed_cell_equals_a_full_analysis(tmp_path_factory, 
 
     root = tmp_path_factory.mktemp("grid")
     jobs = test_incremental.Jobs(root)
-    now = time.time()
-    incremental = IncrementalAnalysis(open_path(root), heartbeat=float("inf"), clock=lambda: now)
+    clock = FakeClock()
+    incremental = IncrementalAnalysis(open_path(root, clock=clock), heartbeat=float("inf"), clock=clock)
     incremental.update()
     for kind, cell, amount, flag in operations:
-        test_incremental.apply_and_settle(jobs, kind, cell, amount, flag)
+        test_incremental.apply_and_settle(jobs, kind, cell, amount, flag, clock)
         result = incremental.update(only={cell}) or incremental.last  # the follower saw this cell's folder change
-        fresh = open_path(root)
+        fresh = open_path(root, clock=clock)
         fresh.poll()
         assert result is not None
-        assert result.to_json() == analyse(fresh, now=now).to_json(), f"after {kind} on {cell}"
+        assert result.to_json() == analyse(fresh, now=clock.time()).to_json(), f"after {kind} on {cell}"
 
 
 def test_a_sweep_of_short_finished_logs_is_loaded_from_the_cache_when_reopened(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001

@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
+from prefwatch.core.clock import FakeClock
 from prefwatch.ingest import tail
 from prefwatch.ingest.tail import MAX_LINE_BYTES, TailReader
 
@@ -177,11 +177,9 @@ def test_a_large_file_is_read_in_bounded_chunks_and_each_oversized_line_counted(
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The reader's monotonic clock, set by the test."""
-    now = [100.0]
-    monkeypatch.setattr(tail, "time", SimpleNamespace(monotonic=lambda: now[0]))
-    return now
+def clock() -> FakeClock:
+    """The reader's clock, moved by the test."""
+    return FakeClock(monotonic=100.0)
 
 
 @pytest.fixture
@@ -200,37 +198,37 @@ def opens(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_an_unchanged_file_is_opened_again_only_after_the_reopen_interval(
-    tmp_path: Path, clock: list[float], opens: list[str]
+    tmp_path: Path, clock: FakeClock, opens: list[str]
 ) -> None:
     # Within REOPEN_SECONDS a stat that matches the last read saves the open; after it the file is
     # opened anyway (network file systems refresh cached attributes on open).
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1}\n')
-    reader = TailReader(path)
+    reader = TailReader(path, clock)
     assert steps_of(reader.poll()) == [1] and len(opens) == 1
-    clock[0] = 100.0 + tail.REOPEN_SECONDS  # exactly the interval: still only a stat
+    clock.advance(tail.REOPEN_SECONDS)  # exactly the interval: still only a stat
     assert reader.poll().records == [] and len(opens) == 1
-    clock[0] = 100.0 + tail.REOPEN_SECONDS + 0.01
+    clock.advance(0.01)
     assert reader.poll().records == [] and len(opens) == 2
     with open(path, "a") as f:
         f.write('{"step": 2}\n')
-    clock[0] += 0.01  # changed size: opened at once
+    clock.advance(0.01)  # changed size: opened at once
     assert steps_of(reader.poll()) == [2] and len(opens) == 3
 
 
 def test_a_replacement_of_the_same_size_and_time_is_noticed_at_once(
-    tmp_path: Path, clock: list[float], opens: list[str]
+    tmp_path: Path, clock: FakeClock, opens: list[str]
 ) -> None:
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1}\n')
-    reader = TailReader(path)
+    reader = TailReader(path, clock)
     assert steps_of(reader.poll()) == [1]
     other = tmp_path / "new.jsonl"
     other.write_text('{"step": 7}\n')
     stamp = path.stat().st_mtime_ns
     os.utime(other, ns=(stamp, stamp))
     os.replace(other, path)  # another inode, same size and modification time
-    clock[0] += 0.01
+    clock.advance(0.01)
     batch = reader.poll()
     assert batch.restarted and steps_of(batch) == [7]
 

@@ -8,30 +8,23 @@ pytest.importorskip("textual")
 
 from test_tui import app_for, make_grid, panels, run, screen_text, wait_for  # noqa: E402
 
+from prefwatch.core.clock import FakeClock  # noqa: E402
 from prefwatch.ingest.discover import open_path  # noqa: E402
 from prefwatch.ingest.replay import ReplayClock, ReplayGrid  # noqa: E402
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
 def test_the_clock_plays_pauses_speeds_up_and_jumps():
-    fake = FakeClock()
+    fake = FakeClock(monotonic=0.0)
     clock = ReplayClock(100.0, 200.0, 2.0, fake)
-    fake.t = 10
-    assert clock.now() == 120
+    fake.advance(10)
+    assert clock.now() == 120 and clock.time() == 120  # a clock itself: its time is the replay's
     clock.toggle()  # pause
-    fake.t = 50
+    fake.advance(40)
     assert clock.now() == 120
     clock.faster(1)
     assert clock.speed == 5
     clock.toggle()
-    fake.t = 52
+    fake.advance(2)
     assert clock.now() == 130
     clock.jump(-0.5)
     assert clock.now() == 100
@@ -41,13 +34,13 @@ def test_the_clock_plays_pauses_speeds_up_and_jumps():
 
 def test_the_grid_is_cut_at_the_clock(tmp_path):
     grid = make_grid(tmp_path, steps=30)  # rows logged one a second, the last at "now"
-    fake = FakeClock()
+    fake = FakeClock(monotonic=0.0)
     replay = ReplayGrid(open_path(grid), 1.0, fake)
     start, end = replay.clock.start, replay.clock.end
     assert end - start == pytest.approx(29, abs=1)
     cells = {c.id: c for c in replay.source.cells}
     assert cells["dpo-r16"].series.last_step == 1 and cells["dpo-r16"].status().state == "running"
-    fake.t = 9.5
+    fake.advance(9.5)
     assert replay.update()
     cell = next(c for c in replay.source.cells if c.id == "dpo-r16")
     assert cell.series.last_step == 10 and len(cell.pairs.steps) == 1  # the evaluation at step 10

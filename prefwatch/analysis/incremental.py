@@ -14,11 +14,11 @@ No Textual here: the monitor builds its views from what this returns.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from prefwatch.analysis.analyse import CellAnalysis, GridAnalysis, analyse, cell_result, collector_paused
+from prefwatch.core.clock import SYSTEM, Clock
 from prefwatch.core.decide import decide
 from prefwatch.files.rundir import CellState
 from prefwatch.ingest.sources import CellSource, GridSource
@@ -41,18 +41,18 @@ class IncrementalAnalysis:
         self,
         source: GridSource,
         heartbeat: float = HEARTBEAT_SECONDS,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM,
         findings_age: float = 0.0,
         statuses: Callable[[GridSource], object] | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source = source
-        self.clock = clock  # "now" for findings that depend on it (a replay passes its own clock)
+        # Its time() is "now" for findings that depend on it (a replay passes its own clock); its
+        # monotonic() the age of an analysis (tests advance a fake clock instead of sleeping).
+        self.clock = clock
         # Hands each launched cell its status before an analysis (the jobs layer's ``hand_statuses``,
         # given by the caller: the analysis never looks at processes or Slurm itself). None: the
         # statuses the readers recorded.
         self.statuses = statuses
-        self.monotonic = monotonic  # the age of an analysis (tests advance it instead of sleeping)
         self.heartbeat = heartbeat
         self.findings_age = findings_age
         self.analysed = 0  # cells analysed (tests and the benchmark read it)
@@ -80,7 +80,7 @@ class IncrementalAnalysis:
         polled = source.cells if only is None else [c for c in source.cells if c.id in only]
         for cell in polled:
             cell.poll()
-        now = self.clock()
+        now = self.clock.time()
         if self.statuses is not None:
             self.statuses(source)
         stale, touched = [], set()
@@ -100,7 +100,7 @@ class IncrementalAnalysis:
             if cached is None or cached.urgent != urgent or self._clock_bound(cached):
                 stale.append((cell, urgent, rows))
             elif cached.rows != rows:
-                age = self.monotonic() - cached.at
+                age = self.clock.monotonic() - cached.at
                 # Redone by any read past three quarters of the age, so that lines that come every
                 # second or so bring the findings along before the follow-up read at findings_age.
                 if age >= self.findings_age * 0.75:
@@ -117,7 +117,7 @@ class IncrementalAnalysis:
         if stale:
             part = analyse(GridSource(source.name, source.root, [c for c, _, _ in stale], source.managed), now=now)
             for (cell, urgent, rows), result in zip(stale, part.cells):
-                self._cells[cell.id] = _Cached(urgent, rows, result, self.monotonic(), cell.handed_status)
+                self._cells[cell.id] = _Cached(urgent, rows, result, self.clock.monotonic(), cell.handed_status)
                 self.analysed += 1
         cells = [self._cells[c.id].analysis for c in source.cells]
         if stale or self.last is None:
@@ -130,7 +130,7 @@ class IncrementalAnalysis:
     def _clock_bound(self, cached: _Cached) -> bool:
         """A running cell's analysis older than the heartbeat: its clock-bound findings may have changed."""
         running = cached.analysis.status.state == CellState.RUNNING
-        return running and self.monotonic() - cached.at >= self.heartbeat
+        return running and self.clock.monotonic() - cached.at >= self.heartbeat
 
 
 @dataclass
@@ -138,7 +138,7 @@ class _Cached:
     urgent: tuple[object, ...]
     rows: tuple[object, ...]
     analysis: CellAnalysis
-    at: float  # time.monotonic() of the analysis
+    at: float  # clock.monotonic() of the analysis
     handed: object = None  # the status the jobs layer had handed in (compared by identity)
 
 

@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+from prefwatch.core.clock import SYSTEM, Clock
 from prefwatch.core.factors import SEED, Factors
 from prefwatch.core.objectives import PREFERENCE, TOKENS
 from prefwatch.files import rundir
@@ -48,54 +49,58 @@ CONSOLE_LOG_WHY = (
 Labels = dict[str, tuple[str | None, int | None]]
 
 
-def open_path(path: Path | str, labels: Labels | None = None, wait: bool = False) -> GridSource:
+def open_path(path: Path | str, labels: Labels | None = None, wait: bool = False, clock: Clock = SYSTEM) -> GridSource:
     """Recognise what a path holds and build its cells (nothing is read yet: call poll()).
 
     ``labels`` gives cells their objective and LoRA rank by cell name (the folder's name) where
     neither the name nor adapter_config.json says; a part given as None is left as found. ``wait``:
     a tracker's store with no run yet is a grid of no cells that finds them as they start (attach).
+    ``clock`` times what the readers wait for (tests pass a clock they move).
     """
-    grid = _open(Path(path), wait)
+    grid = _open(Path(path), wait, clock)
     _apply_labels(grid, labels or {})
     return grid
 
 
-def _open(path: Path, wait: bool = False) -> GridSource:
+def _open(path: Path, wait: bool, clock: Clock) -> GridSource:
     try:
-        return _recognise(path, wait)
+        return _recognise(path, wait, clock)
     except PermissionError as exc:  # a folder of another user's: one line, not a traceback
         where = exc.filename or path
         raise SourceError(f"{where}: cannot be read ({exc.strerror})") from None
 
 
-def _recognise(path: Path, wait: bool = False) -> GridSource:
+def _recognise(path: Path, wait: bool, clock: Clock) -> GridSource:
     if not path.exists():
         raise SourceError(f"{path}: no such file or folder")
     if wait and path.is_dir():
         try:
-            return _open(path)
+            return _open(path, False, clock)
         except SourceError as exc:  # nothing to read yet: a grid of no cells that looks again
-            return GridSource(path.resolve().name or str(path), path, [], finder=Pending(path, str(exc)))
+            name = path.resolve().name or str(path)
+            return GridSource(name, path, [], finder=Pending(path, str(exc), clock), clock=clock)
 
     from prefwatch.ingest.trackers import open_store  # lazy: SQLite, the W&B protobufs
 
-    store = open_store(path, wait)
+    store = open_store(path, wait, clock)
     if store is not None:
         return store
     if path.is_file():
         named = format_of(path)  # trainer_state.json, an event file: the run is the folder
         if named is not None:
-            return GridSource(path.parent.name, path.parent, [_run_cell(path.parent, named.open(path))])
+            cell = _run_cell(path.parent, named.open(path, clock), clock)
+            return GridSource(path.parent.name, path.parent, [cell], clock=clock)
         if path.name in UNREAD_LOGS:
             raise SourceError(f"{path}: not read: {UNREAD_LOGS[path.name]}")
-        return GridSource(path.stem, path.parent, [_run_cell(path.parent, MetricsLog.open(path))])
+        cell = _run_cell(path.parent, MetricsLog.open(path, clock), clock)
+        return GridSource(path.stem, path.parent, [cell], clock=clock)
     if rundir.is_grid_dir(path):
-        cells = [_prefwatch_cell(d) for d in rundir.cell_dirs(path)]
-        return GridSource(path.name, path, cells, managed=True)
-    single = _cell_at(path)
+        cells = [_prefwatch_cell(d, clock) for d in rundir.cell_dirs(path)]
+        return GridSource(path.name, path, cells, managed=True, clock=clock)
+    single = _cell_at(path, clock)
     if single is not None:
-        return GridSource(path.name, path.parent, [single])
-    cells, skipped = find_cells(path)
+        return GridSource(path.name, path.parent, [single], clock=clock)
+    cells, skipped = find_cells(path, clock=clock)
     if not cells:
         if skipped:
             raise SourceError(f"{path}: no logs prefwatch reads ({'; '.join(skipped_lines(skipped, 3))})")
@@ -107,7 +112,7 @@ def _recognise(path: Path, wait: bool = False) -> GridSource:
         if cell.directory.parent != path:
             cell.id = cell.directory.relative_to(path).as_posix()
     cells.sort(key=lambda c: [natural_key(Path(part)) for part in c.directory.relative_to(path).parts])
-    return GridSource(path.resolve().name or str(path), path, cells, skipped=skipped)
+    return GridSource(path.resolve().name or str(path), path, cells, skipped=skipped, clock=clock)
 
 
 class Pending:
@@ -115,8 +120,9 @@ class Pending:
     the folder a grid or a tracker will write into). Once it does, the grid takes the cells found and
     whatever finds the later ones (a tracker's store grows)."""
 
-    def __init__(self, path: Path, why: str) -> None:
+    def __init__(self, path: Path, why: str, clock: Clock) -> None:
         self.path = path
+        self.clock = clock
         self.waiting = f"waiting for logs: {why}"
 
     def watched(self) -> list[Path]:
@@ -124,7 +130,7 @@ class Pending:
 
     def refresh(self, grid: GridSource) -> bool:
         try:
-            found = _open(self.path, wait=True)
+            found = _open(self.path, True, self.clock)
         except SourceError:
             return False
         if found.finder is not None and not found.cells:
@@ -136,7 +142,9 @@ class Pending:
         return True
 
 
-def find_cells(root: Path, depth: int = SEARCH_DEPTH) -> tuple[list[CellSource], list[tuple[Path, str]]]:
+def find_cells(
+    root: Path, depth: int = SEARCH_DEPTH, clock: Clock = SYSTEM
+) -> tuple[list[CellSource], list[tuple[Path, str]]]:
     """The runs in a folder and in its subfolders down to ``depth`` levels (a run's own folder is not
     searched further), and the folders holding log-like files prefwatch does not read, with why."""
     cells: list[CellSource] = []
@@ -148,7 +156,7 @@ def find_cells(root: Path, depth: int = SEARCH_DEPTH) -> tuple[list[CellSource],
             for child in _subfolders(folder):
                 try:
                     os.scandir(child).close()  # a folder this user cannot list: said why, not raised
-                    cell = _cell_at(child)
+                    cell = _cell_at(child, clock)
                     unread = None if cell is not None else _unread(child)
                 except OSError as exc:
                     skipped.append((child.relative_to(root), exc.strerror or str(exc)))
@@ -246,14 +254,14 @@ def parse_label(text: str) -> tuple[str, tuple[str | None, int | None]]:
     return name, (objective, rank)
 
 
-def _cell_at(path: Path) -> CellSource | None:
+def _cell_at(path: Path, clock: Clock) -> CellSource | None:
     if (path / rundir.CELL_FILE).is_file():
-        return _prefwatch_cell(path)
+        return _prefwatch_cell(path, clock)
     found = format_of(path)
-    return _run_cell(path, found.open(path)) if found is not None else None
+    return _run_cell(path, found.open(path, clock), clock) if found is not None else None
 
 
-def _prefwatch_cell(path: Path) -> CellSource:
+def _prefwatch_cell(path: Path, clock: Clock) -> CellSource:
     try:
         cell, problem = rundir.read_cell(path), None
     except rundir.RecordError as exc:  # shown as the cell's read error; the logs are still read
@@ -267,7 +275,7 @@ def _prefwatch_cell(path: Path) -> CellSource:
     return CellSource(
         id=path.name,
         directory=path,
-        reader=MetricsLog.open(path),
+        reader=MetricsLog.open(path, clock),
         objective=claim.objective,
         rank=claim.rank,
         seed=_seed(factors),
@@ -277,10 +285,11 @@ def _prefwatch_cell(path: Path) -> CellSource:
         record_error=problem,
         factors=factors,
         factor_problems=problems,
+        clock=clock,
     )
 
 
-def _run_cell(path: Path, reader: Reader) -> CellSource:
+def _run_cell(path: Path, reader: Reader, clock: Clock) -> CellSource:
     """A run prefwatch did not launch: its factors from the files in and beside its folder and its name."""
     problems: list[str] = []
     factors = folder_factors(path, problems=problems)
@@ -295,6 +304,7 @@ def _run_cell(path: Path, reader: Reader) -> CellSource:
         claim=claim,
         factors=factors,
         factor_problems=problems,
+        clock=clock,
     )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from prefwatch.core.clock import SYSTEM, Clock
 from prefwatch.core.series import CellSeries, SplitSeries
 from prefwatch.files.rundir import CellState, CellStatus
 from prefwatch.ingest.pairs import PairLog
@@ -113,26 +114,36 @@ def replay_cell(full: CellSource, at: Callable[[], float]) -> CellSource:
         planned_steps=full.planned_steps,
         claim=full.claim,
         factors=full.factors,
+        clock=full.clock,
     )
 
 
 class ReplayClock:
-    """Virtual time over the run's span: play/pause, speed, jumps; ``now()`` is where the replay stands."""
+    """Virtual time over the run's span: play/pause, speed, jumps; ``now()`` is where the replay stands.
+
+    A ``Clock`` itself: its ``time()`` is the replay's moment (what findings are judged at), its
+    ``monotonic()`` the real clock's that drives it."""
 
     SPEEDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
-    def __init__(self, start: float, end: float, speed: float, clock: Callable[[], float]) -> None:
+    def __init__(self, start: float, end: float, speed: float, clock: Clock = SYSTEM) -> None:
         self.start, self.end = start, end
         self.speed = speed
         self.playing = True
         self._clock = clock
         self._at = start
-        self._since = clock()
+        self._since = clock.monotonic()
+
+    def monotonic(self) -> float:
+        return self._clock.monotonic()
+
+    def time(self) -> float:
+        return self.now()
 
     def now(self) -> float:
         if self.playing:
-            self._at = min(self.end, self._at + (self._clock() - self._since) * self.speed)
-        self._since = self._clock()
+            self._at = min(self.end, self._at + (self._clock.monotonic() - self._since) * self.speed)
+        self._since = self._clock.monotonic()
         if self._at >= self.end:
             self.playing = False
         return self._at
@@ -174,7 +185,7 @@ class ReplayClock:
 class ReplayGrid:
     """The grid as it stood at the replay clock's time, cut again when the clock has moved."""
 
-    def __init__(self, full: GridSource, speed: float, clock: Callable[[], float]) -> None:
+    def __init__(self, full: GridSource, speed: float, clock: Clock = SYSTEM) -> None:
         self.full = full
         full.poll()  # everything there is, once
         span = time_span(full) or (0.0, 0.0)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -20,6 +19,7 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
+from prefwatch.core.clock import SYSTEM, Clock
 from prefwatch.core.factors import RANK, Factors, Origin, Value
 from prefwatch.core.objectives import NOTHING_YET, Claim, Inference, infer, name_objective
 from prefwatch.core.series import CellSeries
@@ -78,6 +78,7 @@ class CellSource:
     # (prefwatch.core.factors); files beside the run that could not be read, one line each.
     factors: Factors = field(default_factory=Factors)
     factor_problems: list[str] = field(default_factory=list)
+    clock: Clock = SYSTEM  # what "ten minutes without news" and "once a second" are measured by
     _last: Batch | None = None  # the reader's last batch: its error and its word on the run's state
     _files: RunFiles | None = None
     _inferred_at: int = -1
@@ -85,7 +86,7 @@ class CellSource:
     def __post_init__(self) -> None:
         if self.claim is None:  # a caller that gave no source: none is claimed
             self.claim = Claim(self.objective, None, self.rank, None)
-        self._files = RunFiles(self.directory, self.reader)
+        self._files = RunFiles(self.directory, self.reader, self.clock)
 
     @property
     def metrics_path(self) -> Path:
@@ -173,7 +174,7 @@ class CellSource:
             return CellStatus(CellState.QUEUED)
         # No process is known for logs prefwatch did not start: recent writes are all that says "running".
         last = self.last_log_time()
-        running = last is not None and time.time() - last < INCOMPLETE_AFTER_SECONDS
+        running = last is not None and self.clock.time() - last < INCOMPLETE_AFTER_SECONDS
         return CellStatus(CellState.RUNNING if running else INCOMPLETE, note=self.clock_note())
 
     def last_log_time(self) -> float | None:
@@ -199,12 +200,13 @@ class RunFiles:
     and the data statistics (data.json, written once at a job's start). A line that cannot be used
     is counted in the cell's series, never dropped silently."""
 
-    def __init__(self, directory: Path, reader: Reader) -> None:
+    def __init__(self, directory: Path, reader: Reader, clock: Clock) -> None:
         self.directory = directory
-        self._pairs = TailReader(directory / rundir.EVAL_PAIRS_FILE)
-        self._system = TailReader(directory / system.SYSTEM_FILE)
+        self.clock = clock
+        self._pairs = TailReader(directory / rundir.EVAL_PAIRS_FILE, clock)
+        self._system = TailReader(directory / system.SYSTEM_FILE, clock)
         self._completions = reader.completions()
-        self._completions_log = TailReader(directory / rundir.COMPLETIONS_FILE)
+        self._completions_log = TailReader(directory / rundir.COMPLETIONS_FILE, clock)
         self._data_checked = -math.inf
 
     def poll(self, cell: CellSource) -> bool:
@@ -227,8 +229,8 @@ class RunFiles:
             if batch.restarted:
                 cell.completions.reset()
             changed |= _add_all(batch, cell.completions.add, rejected, "bad completions line")
-        if cell.data_stats is None and time.monotonic() - self._data_checked > DATA_SECONDS:
-            self._data_checked = time.monotonic()
+        if cell.data_stats is None and self.clock.monotonic() - self._data_checked > DATA_SECONDS:
+            self._data_checked = self.clock.monotonic()
             cell.data_stats = rundir.read_json(self.directory / rundir.DATA_FILE)
             changed |= cell.data_stats is not None
         return changed
@@ -270,8 +272,9 @@ class GridSource:
     # Finds cells that appear later (a tracker's store: runs that start after it was opened): its
     # refresh(grid) adds them, watched() names the folders where they appear, waiting what an empty grid waits for.
     finder: Finder | None = None
-    refreshed_at: float = -math.inf  # time.monotonic() of the last look for new cells
+    refreshed_at: float = -math.inf  # clock.monotonic() of the last look for new cells
     generation: int = 0  # counts the refreshes that added or continued cells (owners re-read watched_paths)
+    clock: Clock = SYSTEM  # what REFRESH_SECONDS is measured by
 
     def poll(self) -> bool:
         changed = self.refresh()
@@ -282,9 +285,9 @@ class GridSource:
     def refresh(self, every: float = REFRESH_SECONDS) -> bool:
         """Look for cells that appeared since the last look (at most once per ``every`` seconds); True
         when cells were added or continued."""
-        if self.finder is None or time.monotonic() - self.refreshed_at < every:
+        if self.finder is None or self.clock.monotonic() - self.refreshed_at < every:
             return False
-        self.refreshed_at = time.monotonic()
+        self.refreshed_at = self.clock.monotonic()
         grew = bool(self.finder.refresh(self))
         self.generation += grew
         return grew

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from prefwatch.core.clock import SYSTEM, Clock
 from prefwatch.files import safe
 
 MAX_LINE_BYTES = 1 << 20
@@ -51,8 +51,9 @@ class Batch:
 class TailReader:
     """Reads the lines appended to one file since the last call."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, clock: Clock = SYSTEM) -> None:
         self.path = Path(path)
+        self.clock = clock
         self._offset = 0
         self._inode: tuple[int, int] | None = None
         self._partial = b""
@@ -77,7 +78,7 @@ class TailReader:
         """Continue after what a cache entry holds: the file (as ``identity`` says) is read up to its end."""
         device, inode, size, mtime = identity
         self._inode, self._offset, self._seen, self._partial = (device, inode), size, (size, mtime), b""
-        self._opened_at = time.monotonic()
+        self._opened_at = self.clock.monotonic()
         self._fingerprint = None  # taken at the next read, from the file the cache entry was checked against
 
     @property
@@ -103,7 +104,7 @@ class TailReader:
         try:
             with safe.open_read(self.path) as f:
                 stat = os.fstat(f.fileno())
-                self._opened_at, self._seen = time.monotonic(), (stat.st_size, stat.st_mtime_ns)
+                self._opened_at, self._seen = self.clock.monotonic(), (stat.st_size, stat.st_mtime_ns)
                 inode = (stat.st_dev, stat.st_ino)
                 # A file that vanished and came back is a new file even when the file system gave it
                 # the old inode number again (it often does): read it from its start.
@@ -152,7 +153,7 @@ class TailReader:
         file systems cache a file's attributes and refresh them on open (close-to-open consistency),
         so the file is opened again at least every REOPEN_SECONDS however unchanged it looks.
         """
-        if self._inode is None or time.monotonic() - self._opened_at > REOPEN_SECONDS:
+        if self._inode is None or self.clock.monotonic() - self._opened_at > REOPEN_SECONDS:
             return False
         try:
             stat = os.stat(self.path)

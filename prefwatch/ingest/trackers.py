@@ -1,11 +1,11 @@
 """Runs logged by the trackers users already have: trackio, MLflow and W&B, read from their own stores.
 
 A tracker's store becomes cells like any other log: each run is a CellSource whose reader (a
-``TrackerRun`` over the store's own reader of the run) yields scalar points (tag, step, wall time, value) in the order they were logged. The points go
-through the same pivot as TensorBoard's (``tensorboard.add_scalars``), and the tags through
-``metrics.canonical``, so ``train/rewards/margins`` (trackio, W&B), ``rewards/margins`` and
-``eval_rewards/margins`` (MLflow) land in TRL's series and every finding and the verdict read them
-unchanged.
+``TrackerRun`` over the store's own reader of the run) yields scalar points (tag, step, wall time,
+value) in the order they were logged. The points go through the same pivot as TensorBoard's
+(``tensorboard.add_scalars``), and the tags through ``metrics.canonical``, so ``train/rewards/margins``
+(trackio, W&B), ``rewards/margins`` and ``eval_rewards/margins`` (MLflow) land in TRL's series and
+every finding and the verdict read them unchanged.
 
 Recognised from the path (``open_store``):
 
@@ -22,11 +22,11 @@ Each reader lives in its own module and is imported only when its store is found
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from prefwatch.core.clock import SYSTEM, Clock
 from prefwatch.core.factors import RANK, SEED, Origin, config_factors
 from prefwatch.core.factors import peft_rank as _peft_rank
 from prefwatch.core.objectives import Claim
@@ -41,6 +41,9 @@ from prefwatch.ingest.readers.store import RunEnd, StoreBatch, StoreReader, Stor
 from prefwatch.ingest.readers.tensorboard import add_scalars
 from prefwatch.ingest.sources import CellSource, GridSource, factor_source, guess_labels
 
+if TYPE_CHECKING:
+    from prefwatch.ingest.readers import trackio
+
 # Settings that differ between the tracker runs of one training run without making it another one:
 # where the logs went, what it resumed from, the tracker's own bookkeeping.
 _VOLATILE = frozenset({"logging_dir", "resume_from_checkpoint", "output_dir_timestamp"})
@@ -48,19 +51,19 @@ _VOLATILE = frozenset({"logging_dir", "resume_from_checkpoint", "output_dir_time
 _TRACKER_ORIGINS = {"mlflow": Origin.MLFLOW_PARAMS, "trackio": Origin.TRACKIO_CONFIG, "wandb": Origin.WANDB_CONFIG}
 
 
-def open_store(path: Path, wait: bool = False) -> GridSource | None:
+def open_store(path: Path, wait: bool = False, clock: Clock = SYSTEM) -> GridSource | None:
     """The runs of the tracker store at ``path`` as a grid, or None when ``path`` is no tracker's store.
 
     The grid finds runs that start later by itself (``GridSource.refresh``). ``wait``: a store with no
     run yet is a grid of no cells that says what it waits for (``attach``), not an error."""
     if rundir.is_grid_dir(path) or rundir.is_cell_dir(path):
         return None
-    finder = StoreFinder(path)
+    finder = StoreFinder(path, clock)
     found = finder.find()
     if found is None:
         return None
     name, root, runs = found
-    grid = GridSource(name, root, [], finder=finder, refreshed_at=time.monotonic())
+    grid = GridSource(name, root, [], finder=finder, refreshed_at=clock.monotonic(), clock=clock)
     finder.add(grid, runs)
     if not grid.cells and runs and not wait:  # only runs whose names are not written yet: read them as they are
         finder.add(grid, runs, force=True)
@@ -77,10 +80,11 @@ class StoreFinder:
     cell as a new segment (a training resumed from a checkpoint: TRL's MLflow callback starts a new
     MLflow run under the same name, W&B a new run folder); any other run becomes a cell of its own."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, clock: Clock = SYSTEM) -> None:
         self.path = path
+        self.clock = clock
         self.waiting = f"{path}: waiting for the first run (a trackio, MLflow or W&B store with no runs yet)"
-        self._listers: dict[Path, Any] = {}
+        self._listers: dict[Path, trackio.Lister] = {}
         self._chains: dict[str, list[StoreRun]] = {}  # cell id -> its runs, oldest first
         self._readers: dict[str, TrackerRun] = {}  # cell id -> its reader
         self._keys: set[str] = set()
@@ -110,7 +114,7 @@ class StoreFinder:
                 self._chains[cell_id].append(run)
                 continue
             self._groups.add(run.group)
-            reader = TrackerRun(run.reader)
+            reader = TrackerRun(run.reader, self.clock)
             cell = store_cell(run, grid.root, self._new_id(run), reader)
             self._chains[cell.id], self._readers[cell.id] = [run], reader
             grid.cells.append(cell)
@@ -279,8 +283,9 @@ class TrackerRun:
     end mark as the run's state. A later tracker run that resumes the training continues it
     (``continue_with``: the runs are read one after another, as ``Segments``)."""
 
-    def __init__(self, run: StoreReader) -> None:
+    def __init__(self, run: StoreReader, clock: Clock = SYSTEM) -> None:
         self.run: StoreReader | Segments = run
+        self.clock = clock
         self.series = CellSeries()
         self.ended: RunEnd | None = None  # the tracker's own word that the run ended
 
@@ -339,7 +344,7 @@ class TrackerRun:
 
 def store_cell(run: StoreRun, root: Path, cell_id: str, reader: TrackerRun) -> CellSource:
     objective, rank = config_labels(run.config, root, run.name)
-    cell = CellSource(cell_id, root, reader, objective, rank, seed=_int(run.config.get("seed")))
+    cell = CellSource(cell_id, root, reader, objective, rank, seed=_int(run.config.get("seed")), clock=reader.clock)
     max_steps = _int(run.config.get("max_steps"))
     if max_steps is not None and max_steps > 0:
         cell.planned_steps = max_steps

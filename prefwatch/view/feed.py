@@ -28,6 +28,7 @@ import msgspec
 from prefwatch.act.alerts import AlertPolicy, CellFacts, FindingFacts
 from prefwatch.analysis.analyse import CellAnalysis, analyse
 from prefwatch.analysis.incremental import HEARTBEAT_SECONDS, IncrementalAnalysis
+from prefwatch.core.clock import SYSTEM, Clock
 from prefwatch.core.textsafe import plain
 from prefwatch.ingest.replay import ReplayGrid
 from prefwatch.ingest.sources import GridSource
@@ -145,9 +146,7 @@ class IncrementalViews:
     """The grid's view from ``incremental.IncrementalAnalysis`` (the core's cache of analyses): a
     cell's view is built again only when its analysis was redone."""
 
-    def __init__(
-        self, source: GridSource, heartbeat: float = HEARTBEAT_SECONDS, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, source: GridSource, heartbeat: float = HEARTBEAT_SECONDS, clock: Clock = SYSTEM) -> None:
         # Findings of a cell that only gained train rows are redone every 1.5-2 s (4 cells) to
         # 3.75-5 s (64 cells; the heartbeat redoes every cell by 5 s anyway): diagnosing is most
         # of a busy grid's cost; its values are new at once.
@@ -240,8 +239,8 @@ class Feed:
         """Read everything there is (a finished log can be large), then follow it in live mode."""
         if self._replay_speed is not None:
             jobs.hand_statuses(self.source)  # each cell's recorded end, shown when the replay reaches it
-            replay = ReplayGrid(self.source, self._replay_speed, time.monotonic)
-            self.incremental = IncrementalViews(replay.source, float("inf"), replay.clock.now)
+            replay = ReplayGrid(self.source, self._replay_speed)
+            self.incremental = IncrementalViews(replay.source, float("inf"), replay.clock)
             self.replay = replay
         elif self.live:
             self._preview()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from prefwatch.core.clock import SYSTEM, Clock
 from prefwatch.core.series import CellSeries
 from prefwatch.files import rundir, safe
 from prefwatch.ingest import allocator, cache
@@ -29,16 +30,16 @@ class MetricsLog:
         return path.is_dir() and (path / rundir.METRICS_FILE).is_file()
 
     @classmethod
-    def open(cls, path: Path) -> MetricsLog:
+    def open(cls, path: Path, clock: Clock = SYSTEM) -> MetricsLog:
         """The log ``path`` names, or the metrics.jsonl of the folder ``path`` (a launched cell's
         log may not be written yet)."""
-        return cls(path / rundir.METRICS_FILE if path.is_dir() else path)
+        return cls(path / rundir.METRICS_FILE if path.is_dir() else path, clock)
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, clock: Clock = SYSTEM) -> None:
         self._path = path
         self.series = CellSeries()
         self.cached = False  # the series came from, or went to, the columnar cache
-        self._tail = TailReader(path)
+        self._tail = TailReader(path, clock)
         self._columnar = ColumnarDecoder()
         self._preview = False  # the series holds only the tail of the log (preview), not all of it
 

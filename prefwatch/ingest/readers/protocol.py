@@ -2,7 +2,7 @@
 
 A cell (``prefwatch.ingest.sources.CellSource``) composes one reader and knows no format. Each
 format is a class with ``detect(path)`` (whether this path is a run in its format) and
-``open(path)`` (its reader), registered in one table (``prefwatch.ingest.formats.FORMATS``). A
+``open(path, clock)`` (its reader, timing what it waits for by ``clock``), registered in one table (``prefwatch.ingest.formats.FORMATS``). A
 reader's ``poll()`` reads what was written since the last poll and says what changed in a
 ``Batch``. As in TensorBoard's split between a directory loader and an event-file loader, a
 reader of a folder (TensorBoard's event files, a tracker run resumed under a new run) holds the
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from prefwatch.core.clock import SYSTEM, Clock
 from prefwatch.core.factors import Factors
 from prefwatch.core.series import CellSeries
 from prefwatch.files.rundir import CellStatus
@@ -104,4 +105,4 @@ class Format(Protocol):
     def detect(path: Path) -> bool: ...
 
     @classmethod
-    def open(cls, path: Path) -> Reader: ...
+    def open(cls, path: Path, clock: Clock = SYSTEM) -> Reader: ...

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from prefwatch.core import metrics
+from prefwatch.core.clock import SYSTEM, Clock
 from prefwatch.core.series import CellSeries
 from prefwatch.files import safe
 from prefwatch.ingest.readers.protocol import Batch, CompletionsReader
@@ -701,7 +702,7 @@ class TensorBoardRun:
         return bool(event_files(path)) if path.is_dir() else path.name.startswith(EVENT_FILE_PREFIX)
 
     @classmethod
-    def open(cls, path: Path) -> TensorBoardRun:
+    def open(cls, path: Path, clock: Clock = SYSTEM) -> TensorBoardRun:  # nothing it reads waits on time
         return cls(path if path.is_dir() else path.parent)
 
     def __init__(self, folder: Path) -> None:

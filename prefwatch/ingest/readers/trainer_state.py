@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from prefwatch.core.clock import SYSTEM, Clock
 from prefwatch.core.factors import Factors
 from prefwatch.core.series import CellSeries
 from prefwatch.files import safe
@@ -31,7 +32,7 @@ class TrainerState:
         return newest_trainer_state(path) is not None if path.is_dir() else path.name == TRAINER_STATE
 
     @classmethod
-    def open(cls, path: Path) -> TrainerState:
+    def open(cls, path: Path, clock: Clock = SYSTEM) -> TrainerState:  # nothing it reads waits on time
         return cls(path if path.is_dir() else path.parent)
 
     def __init__(self, folder: Path, history: bool = True) -> None:
