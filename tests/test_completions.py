@@ -13,6 +13,7 @@ from crafted import Cell, write_grid
 from test_tui import run, screen_text, wait_for
 
 from prefwatch.analysis.analyse import analyse
+from prefwatch.core.clock import FakeClock
 from prefwatch.core.completions import Completion, distinct_ngrams, length_stats, new_words
 from prefwatch.core.decide import CellResult, decide
 from prefwatch.core.diagnose import DEFAULT, ERROR, WARN, Diagnosis, Finding, Review
@@ -207,12 +208,6 @@ async def test_pane_renders_hostile_text_literally(tmp_path):
         assert "\\x1b[31mred\\x1b[0m [link=x]y[/link]" in shown and "[bold]ref[/bold]" in shown
 
 
-def look_again(cell) -> None:
-    """Let the cell's next poll look at its tracker's tables now (they are looked for every 2 s)."""
-    tables = cell._files._completions.tables
-    tables._checked = -math.inf
-
-
 WANDB_RUN = """
 import sys, wandb, pandas as pd
 run = wandb.init(project="p", dir=sys.argv[1], mode="offline", name="dpo-r8")
@@ -239,7 +234,8 @@ def test_trl_log_completions_table_in_a_wandb_run_is_read(tmp_path):
     written = json.loads(table.read_text())
     written["data"] += [["20", 5, None], ["x", "p", "t"]]  # rows no completion can be read from
     table.write_text(json.dumps(written))
-    source = open_path(tmp_path / "wandb")
+    clock = FakeClock()
+    source = open_path(tmp_path / "wandb", clock=clock)
     source.poll()
     (cell,) = source.cells
     log = cell.completions
@@ -249,9 +245,13 @@ def test_trl_log_completions_table_in_a_wandb_run_is_read(tmp_path):
     assert [c.tokens for c in last.completions] == [2, 3, 4]  # words: W&B tables carry no token counts
     assert last.completions[1].prompt == "Customer: question 1?\nAgent:"
     assert cell.series.rejected["bad completions row"] == 2  # the two bad rows of the last table, once
-    look_again(cell)
-    cell.poll()  # read again: the same table, nothing new, nothing counted twice
-    assert cell.series.rejected["bad completions row"] == 2
+    table.write_text(json.dumps(written))  # written again, the same rows, a second later
+    later = table.stat().st_mtime + 1
+    os.utime(table, (later, later))
+    assert not cell.poll() and cell.series.rejected["bad completions row"] == 2  # not looked for within 2 s
+    clock.advance(reader.TABLE_SECONDS)
+    assert cell.poll()  # looked for again: read again, nothing new, nothing counted twice
+    assert cell.series.rejected["bad completions row"] == 2 and [e.step for e in log.evaluations] == [10, 20]
 
 
 # What TRL's LogCompletionsCallback logs, with trackio in W&B's place (``import trackio as wandb``, the
@@ -292,7 +292,8 @@ def trackio_store(tmp_path_factory) -> Path:
 
 
 def test_trl_log_completions_table_in_a_trackio_run_is_read(trackio_store):
-    source = open_path(trackio_store)
+    clock = FakeClock()
+    source = open_path(trackio_store, clock=clock)
     source.poll()
     (cell,) = source.cells
     log = cell.completions
@@ -303,7 +304,7 @@ def test_trl_log_completions_table_in_a_trackio_run_is_read(trackio_store):
     assert [c.text for c in first.completions][-1] == "\x1b[31mred\x1b[0m [link=y]z[/link]"  # kept as written
     assert first.completions[-1].prompt == "hi [bold]x[/bold]"  # a conversation: its messages' text
     assert cell.series.rejected["bad completions row"] == 2  # in both tables, counted once
-    look_again(cell)
+    clock.advance(reader.TABLE_SECONDS)  # the tables are looked for again
     cell.poll()  # nothing new in the store: nothing added, nothing counted again
     assert [e.step for e in cell.completions.evaluations] == [10, 20]
     assert cell.series.rejected["bad completions row"] == 2
@@ -317,7 +318,8 @@ def test_a_trackio_database_replaced_by_a_shorter_one_is_read_again(trackio_stor
 
     store = tmp_path / "trackio"
     shutil.copytree(trackio_store, store)
-    source = open_path(store)
+    clock = FakeClock()
+    source = open_path(store, clock=clock)
     source.poll()
     (cell,) = source.cells
     assert [e.step for e in cell.completions.evaluations] == [10, 20]
@@ -328,7 +330,7 @@ def test_a_trackio_database_replaced_by_a_shorter_one_is_read_again(trackio_stor
         ).fetchone()
         connection.execute("DELETE FROM metrics WHERE id > ?", (first_table,))
     for _ in range(2):  # the first look finds the rows gone, the next reads the tables again
-        look_again(cell)
+        clock.advance(reader.TABLE_SECONDS)
         cell.poll()
     assert [e.step for e in cell.completions.evaluations] == [10]
 

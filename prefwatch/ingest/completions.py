@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from prefwatch.core import metrics
+from prefwatch.core.clock import SYSTEM, Clock
 from prefwatch.core.completions import Completion, Evaluation, length_stats
 from prefwatch.files import safe
 
@@ -226,7 +226,7 @@ class CompletionTables(Protocol):
     def poll(self, log: CompletionLog, rejected: Counter[str]) -> bool: ...
 
 
-def tables_for(tracker: Any, current: CompletionTables | None = None) -> CompletionTables | None:
+def tables_for(tracker: Any, current: CompletionTables | None = None, clock: Clock = SYSTEM) -> CompletionTables | None:
     """The completions tables of a tracker's run (``current`` while it still follows the same run),
     or None where its store keeps none that prefwatch reads. A run resumed under new tracker runs comes
     as ``readers``, one per segment: W&B's table of the last, trackio's tables of each in turn."""
@@ -235,9 +235,9 @@ def tables_for(tracker: Any, current: CompletionTables | None = None) -> Complet
         return current
     last = Path(getattr(readers[-1], "path", ""))
     if last.suffix == ".wandb":
-        return WandbTables(last.parent, readers)
+        return WandbTables(last.parent, readers, clock)
     if all(callable(getattr(reader, "logged_tables", None)) for reader in readers):  # trackio's
-        return TrackioTables(readers)
+        return TrackioTables(readers, clock)
     return None
 
 
@@ -245,17 +245,18 @@ class StoreTables:
     """The completions tables of a tracker's run as the cell's completions reader, following the run as
     its store reader changes (a resumed run's segment added, a store read again from its start)."""
 
-    def __init__(self, tracker: Callable[[], Any]) -> None:
+    def __init__(self, tracker: Callable[[], Any], clock: Clock = SYSTEM) -> None:
         self.tracker = tracker
+        self.clock = clock  # what TABLE_SECONDS is measured by
         self.tables: CompletionTables | None = None
 
     @classmethod
-    def of(cls, tracker: Callable[[], Any]) -> StoreTables | None:
+    def of(cls, tracker: Callable[[], Any], clock: Clock = SYSTEM) -> StoreTables | None:
         """None where the run's store keeps no tables prefwatch reads (its completions.jsonl is read)."""
-        return cls(tracker) if tables_for(tracker()) is not None else None
+        return cls(tracker, clock) if tables_for(tracker()) is not None else None
 
     def poll(self, log: CompletionLog, rejected: Counter[str]) -> bool:
-        self.tables = tables_for(self.tracker(), self.tables)
+        self.tables = tables_for(self.tracker(), self.tables, self.clock)
         return self.tables.poll(log, rejected) if self.tables is not None else False
 
 
@@ -308,15 +309,15 @@ def wandb_records(path: Path) -> tuple[list[dict[str, Any]], int]:
 class WandbTables:
     """TRL's completions table in a W&B run folder, read whole again when a newer one appears."""
 
-    def __init__(self, run_dir: Path, readers: tuple[Any, ...] = ()) -> None:
-        self.run_dir, self.readers = run_dir, readers
+    def __init__(self, run_dir: Path, readers: tuple[Any, ...] = (), clock: Clock = SYSTEM) -> None:
+        self.run_dir, self.readers, self.clock = run_dir, readers, clock
         self._checked = -math.inf
         self._seen: tuple[Path, int, int] | None = None
 
     def poll(self, log: CompletionLog, rejected: Counter[str]) -> bool:
-        if time.monotonic() - self._checked < TABLE_SECONDS:
+        if self.clock.monotonic() - self._checked < TABLE_SECONDS:
             return False
-        self._checked = time.monotonic()
+        self._checked = self.clock.monotonic()
         table = wandb_table(self.run_dir)
         try:
             seen = (table, table.stat().st_size, table.stat().st_mtime_ns) if table is not None else None
@@ -344,17 +345,17 @@ TRACKIO_TABLE = "trackio.table"
 class TrackioTables:
     """Completions tables logged to a trackio run (any key whose table has a ``completion`` column)."""
 
-    def __init__(self, readers: tuple[Any, ...]) -> None:
-        self.readers = readers
+    def __init__(self, readers: tuple[Any, ...], clock: Clock = SYSTEM) -> None:
+        self.readers, self.clock = readers, clock
         self.rows = TableRows()
         self._after = [0] * len(readers)  # the last metrics row id looked at, per segment
         self._checked = -math.inf
         self._started = False
 
     def poll(self, log: CompletionLog, rejected: Counter[str]) -> bool:
-        if time.monotonic() - self._checked < TABLE_SECONDS:
+        if self.clock.monotonic() - self._checked < TABLE_SECONDS:
             return False
-        self._checked = time.monotonic()
+        self._checked = self.clock.monotonic()
         if not self._started:  # a new follower of the run (a segment was added): what was read is read again
             self._started = True
             log.reset()

@@ -311,7 +311,7 @@ class TrackerRun:
             return None
 
     def completions(self) -> CompletionsReader | None:
-        return StoreTables.of(lambda: self.run)  # W&B's and trackio's completions tables
+        return StoreTables.of(lambda: self.run, self.clock)  # W&B's and trackio's completions tables
 
     def poll(self) -> Batch:
         changed, more, restarted = False, True, False
