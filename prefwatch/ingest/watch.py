@@ -79,6 +79,7 @@ class Follower:
         # and cells that log the same second write within milliseconds; one callback then takes them all.
         self.settle = settle
         self.callbacks = 0
+        self.looks = 0  # looks at every watched folder (the fallback poll's, or forced polling's)
         self._tokens = float(self.burst)
         self._tokens_at = time.monotonic()
         self._wake = threading.Event()
@@ -235,6 +236,7 @@ class Follower:
         changed = [Path(path) for path, entries in current.items() if self._snapshot.get(path) != entries]
         self._snapshot.update(current)
         if paths is None:
+            self.looks += 1
             self._looked_at = time.monotonic()
             if self._observer is not None:
                 self._fallback_every = max(self.interval, (time.thread_time() - started) / FALLBACK_SHARE)
