@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-import msgspec
 from msgspec.structs import replace
 
 from prefwatch.act.policy import watching
@@ -66,14 +65,6 @@ class Running:
     process: subprocess.Popen[bytes] | None = None
 
 
-def read_resources(run_dir: Path) -> ResourcesSettings:
-    """[resources] as launched; the defaults where resources.json is missing or damaged."""
-    try:
-        return msgspec.convert(rundir.read_resources(run_dir), ResourcesSettings)  # other keys ignored
-    except msgspec.ValidationError:
-        return ResourcesSettings()
-
-
 def plan_slots(resources: ResourcesSettings) -> list[Slot]:
     """Slots from [resources]: cells_per_device on each visible GPU, else one per core's worth of threads."""
     devices = resources.devices
@@ -107,7 +98,7 @@ class Supervisor:
         self.resume = resume
         self.log = log
         self.lock = lock  # launch.lock while its record is still to be written (a full disk)
-        self.free = plan_slots(read_resources(run_dir))
+        self.free = plan_slots(rundir.read_resources(run_dir))
         self.running: list[Running] = []
         self.backend = LocalBackend()
         self.host = socket.gethostname()

@@ -38,13 +38,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import msgspec
 
 from prefwatch.files import safe
-from prefwatch.files.settings import CellSettings, explain
+from prefwatch.files.settings import CellSettings, ResourcesSettings, SlurmSettings, explain
 
+T = TypeVar("T", ResourcesSettings, SlurmSettings)
 GRID_FILE = "grid.toml"
 LOCK_FILE = "launch.lock"
 CELLS_DIR = "cells"
@@ -407,18 +408,32 @@ def clear_stop(cell_dir: Path) -> None:
 # resources.json
 
 
-def write_resources(run_dir: Path, resources: dict[str, Any]) -> None:
-    write_json_atomic(run_dir / RESOURCES_FILE, resources)
+def write_resources(run_dir: Path, resources: ResourcesSettings, slurm: SlurmSettings | None = None) -> None:
+    """resources.json: [resources] as launched, and [slurm] under "slurm" for a Slurm grid."""
+    record = msgspec.to_builtins(resources) | ({"slurm": msgspec.to_builtins(slurm)} if slurm else {})
+    write_json_atomic(run_dir / RESOURCES_FILE, record)
 
 
-def read_resources(run_dir: Path) -> dict[str, Any]:
-    """resources.json as launched ({} for run directories from before it, or a damaged file)."""
-    return read_json(run_dir / RESOURCES_FILE) or {}
+def read_resources(run_dir: Path) -> ResourcesSettings:
+    """[resources] as launched; the defaults for run directories from before it, or a damaged file."""
+    return _launched(read_json(run_dir / RESOURCES_FILE) or {}, ResourcesSettings)
+
+
+def read_slurm(run_dir: Path) -> SlurmSettings:
+    """[slurm] as launched; the defaults where it is missing or damaged (apart from [resources])."""
+    return _launched((read_json(run_dir / RESOURCES_FILE) or {}).get("slurm"), SlurmSettings)
+
+
+def _launched(raw: object, table: type[T]) -> T:
+    try:
+        return msgspec.convert(raw, table)  # other keys ignored
+    except msgspec.ValidationError:
+        return table()
 
 
 def backend_of(run_dir: Path) -> Backend:
     """The grid's backend, chosen at launch (grids from before backends, or a damaged file: local)."""
-    value = read_resources(run_dir).get("backend")
+    value = (read_json(run_dir / RESOURCES_FILE) or {}).get("backend")
     return Backend(value) if value in tuple(Backend) else Backend.LOCAL
 
 

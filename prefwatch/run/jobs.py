@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 from msgspec.structs import replace
 
 from prefwatch.files import rundir, safe
@@ -83,12 +82,10 @@ def create_run_dir(grid: Grid, out_root: Path) -> Path:
     target = out_root / grid.name
     if target.exists():
         raise LaunchError(f"{target}: the run directory exists already; use another name or --out")
-    resources: dict[str, Any] = msgspec.to_builtins(grid.settings.resources)
-    first = StatusRecord(state=QUEUED, host=socket.gethostname())
-    if grid.settings.resources.backend == SLURM:
+    slurm_grid = grid.settings.resources.backend == SLURM
+    first = StatusRecord(state=QUEUED, host=socket.gethostname(), backend=SLURM if slurm_grid else LOCAL)
+    if slurm_grid:
         _require_slurm()
-        resources[SLURM] = msgspec.to_builtins(grid.settings.slurm)
-        first = replace(first, backend=SLURM)
     try:
         out_root.mkdir(parents=True, exist_ok=True)
         staging = safe.make_dir(out_root, f".{grid.name}.")  # 0777 less the umask, as the user's folders
@@ -101,7 +98,7 @@ def create_run_dir(grid: Grid, out_root: Path) -> Path:
             cell_dir.mkdir(parents=True)
             rundir.write_cell(cell_dir, cell.record(grid.name))
             rundir.write_status(cell_dir, first)
-        rundir.write_resources(staging, resources)
+        rundir.write_resources(staging, grid.settings.resources, grid.settings.slurm if slurm_grid else None)
         os.rename(staging, target)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
@@ -124,7 +121,7 @@ def start_cells(run_dir: Path, resume: bool = False) -> str | None:
 
     run_dir = run_dir.resolve()  # the job scripts run on other nodes, in the cell folders
     backend = backend_for(run_dir)
-    gpus = slurm.read_settings(run_dir).gpus_per_cell
+    gpus = rundir.read_slurm(run_dir).gpus_per_cell
     submitted: list[str] = []
     for cell_dir in rundir.cell_dirs(run_dir):
         record = _record_or_none(cell_dir)
@@ -439,9 +436,9 @@ def describe(status: CellStatus) -> str:
 def backend_for(run_dir: Path) -> Backend:
     """The grid's backend: chosen at launch, kept in resources.json."""
     if rundir.backend_of(run_dir) == rundir.Backend.SLURM:
-        from prefwatch.run.slurm import SlurmBackend, read_settings
+        from prefwatch.run.slurm import SlurmBackend
 
-        return SlurmBackend(read_settings(run_dir))
+        return SlurmBackend(rundir.read_slurm(run_dir))
     return LocalBackend()
 
 

@@ -29,7 +29,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import msgspec
 from msgspec.structs import replace
 
 from prefwatch.files import rundir, safe
@@ -177,15 +176,6 @@ class SlurmBackend:
 
     def describe(self, status: CellStatus) -> str:
         return status.describe()  # Slurm's words (its reason, timeout, out of memory) are in the status
-
-
-def read_settings(run_dir: Path) -> SlurmSettings:
-    """[slurm] as launched (in resources.json); the defaults where it is missing or damaged."""
-    raw = rundir.read_resources(run_dir).get("slurm")
-    try:
-        return msgspec.convert(raw if isinstance(raw, dict) else {}, SlurmSettings)
-    except msgspec.ValidationError:
-        return SlurmSettings()
 
 
 def _record(cell_dir: Path) -> StatusRecord | None:
