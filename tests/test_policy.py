@@ -65,3 +65,23 @@ def test_a_grid_file_that_no_longer_validates_falls_back_to_the_defaults(tmp_pat
     settings = grid_settings(tmp_path, logged.append)
     assert settings.policy.stop_on == ["non_finite"] and settings.alerts.webhook is None
     assert logged and "grid.toml:2: [policy] stop_on" in logged[0]
+
+
+def test_frozen_stops_a_running_cell_only_when_asked():
+    cell = running(sample_cells()["dpo-r8"])
+    message = "grad_norm is exactly 0 on 6 consecutive rows (steps 3-8): no update reaches the weights"
+    stuck = dataclasses.replace(
+        cell, diagnosis=dataclasses.replace(cell.diagnosis, findings=[Finding("frozen", "error", message, 3)])
+    )
+    assert StopPolicy().reason(stuck) is None  # the default stops diverged runs only
+    assert StopPolicy(frozenset({"non_finite", "frozen"})).reason(stuck) == "frozen"
+    assert (
+        StopPolicy(frozenset({"frozen"})).reason(dataclasses.replace(stuck, status=CellStatus(CellState.FINISHED)))
+        is None
+    )
+
+
+def test_frozen_is_a_stop_reason_the_grid_file_accepts(tmp_path):
+    (tmp_path / "grid.toml").write_text('[policy]\nstop_on = ["non_finite", "frozen"]\n')
+    logged: list[str] = []
+    assert grid_settings(tmp_path, logged.append).policy.stop_on == ["non_finite", "frozen"] and not logged

@@ -4,6 +4,8 @@ that applies both (a thread of the local supervisor, or ``prefwatch attach --hea
 ``[policy] stop_on`` names the findings that stop a running cell:
   non_finite         the run diverged (NaN or infinite loss, gradients or rewards): every further
                      step burns the device for nothing. The default.
+  frozen             the weights do not move (grad_norm exactly 0, or the same batches giving the same
+                     rewards again): the run trains nothing, however long it runs.
   overoptimization   held-out accuracy has not beaten its best for ``patience`` evaluations: the cell
                      has passed its peak (its best adapter is kept in ``best/``, so nothing is lost).
 
@@ -53,6 +55,8 @@ class StopPolicy:
             return None
         if "non_finite" in self.stop_on and cell.diagnosis.has("non_finite"):
             return "non_finite"
+        if "frozen" in self.stop_on and cell.diagnosis.has("frozen"):
+            return "frozen"
         if "overoptimization" in self.stop_on:
             past = evaluations_past_best(cell)
             if past is not None and past >= self.patience:

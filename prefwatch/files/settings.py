@@ -41,7 +41,7 @@ Text = Annotated[str, Meta(min_length=1)]
 
 Objective = Literal["dpo", "simpo", "orpo"]
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
-StopReason = Literal["non_finite", "overoptimization"]
+StopReason = Literal["non_finite", "frozen", "overoptimization"]
 STOP_REASONS: tuple[str, ...] = get_args(StopReason)
 
 # Seeds go to numpy, which takes 0..2^32-1: any other makes every cell fail as it starts.
@@ -206,7 +206,7 @@ class PolicySettings(Struct, kw_only=True):
 
     stop_on: Annotated[
         list[Annotated[StopReason, Meta(extra={"error": "unknown reason {value!r}{suggest}; one of {choices}"})]],
-        doc('"non_finite" (diverged); add "overoptimization"'),
+        doc('"non_finite" (diverged); add "frozen", "overoptimization"'),
     ] = field(default_factory=lambda: ["non_finite"])
     patience: Annotated[PositiveInt, doc("with overoptimization: evaluations past the best held-out accuracy")] = 3
 
