@@ -43,7 +43,7 @@ BAD = {
     "unknown stop reason after a known one": (
         '[policy]\nstop_on = ["non_finite", "overoptimisation"]\n',
         ":2: [policy] stop_on: unknown reason 'overoptimisation' (did you mean 'overoptimization'?);"
-        " one of non_finite, frozen, overoptimization",
+        " one of frozen, non_finite, overoptimization",
     ),
     "dtype with a suggestion": (
         '[model]\ndtype = "bf32"\n',
