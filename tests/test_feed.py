@@ -144,7 +144,7 @@ def test_a_toast_names_one_event_a_line_and_shows_names_literally() -> None:
     def view(states: list[str]) -> Any:
         names = ["dpo-r16", "simpo\nr8"]
         cells = [SimpleNamespace(id=n, state=s, status=s, findings=()) for n, s in zip(names, states, strict=True)]
-        return SimpleNamespace(name="grid", cells=cells)
+        return SimpleNamespace(name="grid", cells=cells, complete=True)
 
     alerts = Alerts()
     assert alerts.news(view([jobs.RUNNING, jobs.RUNNING])) is None  # the baseline

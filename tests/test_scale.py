@@ -302,3 +302,110 @@ def test_the_widest_rows_decide_the_fit_of_the_whole_review_table() -> None:
             for width in (40, 60, 80, 100, 120):
                 whole = fits(review_table(analysis, shown), shown, width)
                 assert fits(review_table(analysis, probe), probe, width) == whole, (trial, width)
+
+
+# ---- a large grid's first frame: its figures first, the findings and the verdict a moment later ----
+
+
+def runs_with_findings(root: Path, count: int) -> set[str]:
+    """``count`` finished runs; every fifth diverged (its loss NaN from step 8 on, an error finding).
+    The ids of those."""
+    now = time.time() - 100
+    diverged = set()
+    for i in range(count):
+        name = f"{('dpo', 'simpo')[i % 2]}-r{(4, 8, 16, 32)[i // 2 % 4]}-seed{i // 8}"
+        (root / name).mkdir()
+        rows = [
+            {"loss": float("nan") if i % 5 == 0 and s >= 8 else 0.7 - s / 100, "rewards/margins": s / 10, "step": s}
+            for s in range(1, 11)
+        ]
+        rows += [{"eval_rewards/accuracies": 0.6, "eval_rewards/margins": 0.5, "step": 10, "time": now + 10}]
+        rows += [{"train_runtime": 10.0, "step": 10}]
+        (root / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        if i % 5 == 0:
+            diverged.add(name)
+    return diverged
+
+
+def test_a_large_grid_is_shown_with_its_figures_first_then_its_findings_with_no_toast(tmp_path: Path) -> None:
+    import queue
+    import threading
+
+    from prefwatch.analysis.analyse import analyse
+    from prefwatch.view.feed import FIRST_VALUES_FROM, Feed, Update
+    from prefwatch.view.model import PENDING_HEADLINE
+
+    diverged = runs_with_findings(tmp_path, FIRST_VALUES_FROM)
+    updates: queue.Queue[Update] = queue.Queue()
+    feed = Feed(open_path(tmp_path), updates.put, live=True, frame_wait=120)
+    reader = threading.Thread(target=feed.start, daemon=True)
+    reader.start()
+    try:
+        first = updates.get(timeout=120)
+        assert first.view is not None and not first.view.complete and first.news is None
+        assert len(first.view.cells) == FIRST_VALUES_FROM
+        assert {(c.state, c.step, c.heldout_accuracy) for c in first.view.cells} == {("finished", 10, 0.6)}
+        assert not any(c.findings for c in first.view.cells) and first.view.headline == PENDING_HEADLINE
+        with pytest.raises(queue.Empty):  # the full read waits for the app's word that the frame is drawn
+            updates.get(timeout=0.5)
+        feed.drawn()
+        full = updates.get(timeout=120)
+        assert full.view is not None and full.view.complete
+        assert {c.id for c in full.view.cells if c.severity == "error"} == diverged
+        source = open_path(tmp_path)
+        source.poll()
+        assert full.view.headline == analyse(source).verdict.headline != PENDING_HEADLINE
+        # The findings were there before the monitor opened: the complete view is the baseline, not
+        # news (had the figures-only view been the baseline, each diverged cell would be a toast).
+        assert full.news is None
+        following = updates.get(timeout=120)  # the strip names the follower: the first read is over
+        assert following.view is None and following.news is None
+    finally:
+        feed.stop()
+        reader.join(timeout=60)
+
+
+def test_a_grid_below_the_threshold_gets_a_complete_first_view(tmp_path: Path) -> None:
+    from prefwatch.view.feed import FIRST_VALUES_FROM, Feed, Update
+
+    diverged = runs_with_findings(tmp_path, FIRST_VALUES_FROM - 1)
+    updates: list[Update] = []
+    Feed(open_path(tmp_path), updates.append, live=False, frame_wait=120).start()  # never waits: no draw asked
+    views = [u.view for u in updates if u.view is not None]
+    assert len(views) == 1 and views[0].complete
+    assert {c.id for c in views[0].cells if c.severity == "error"} == diverged
+
+
+def test_the_monitor_draws_a_large_grid_s_figures_then_its_verdict_without_a_toast(tmp_path: Path) -> None:
+    pytest.importorskip("textual")
+    from prefwatch.tui.app import MonitorApp
+    from prefwatch.tui.screens.overview import OverviewScreen
+    from prefwatch.view.feed import FIRST_VALUES_FROM, Update
+    from prefwatch.view.model import GridView
+
+    diverged = runs_with_findings(tmp_path, FIRST_VALUES_FROM)
+    views: list[GridView] = []
+
+    async def scenario() -> None:
+        app = MonitorApp(open_path(tmp_path), mode="live")
+        deliver = app.feed._deliver
+
+        def recorded(update: Update) -> object:
+            if update.view is not None:
+                views.append(update.view)
+            return deliver(update)
+
+        app.feed._deliver = recorded
+        async with app.run_test(size=(160, 48)) as pilot:
+            deadline = time.monotonic() + 120
+            while app.view is None or not app.view.complete:
+                assert time.monotonic() < deadline, "no complete view"
+                await pilot.pause(0.05)
+            assert app.feed._drawn.is_set()  # the app said the figures were drawn
+            await pilot.pause(0.3)
+            assert isinstance(app.screen, OverviewScreen)
+            assert {c.id for c in app.view.cells if c.severity == "error"} == diverged
+            assert not app._notifications  # no toast for findings that were there before
+
+    asyncio.run(scenario())
+    assert [v.complete for v in views] == [False, True]  # the figures first, then the full view

@@ -16,7 +16,7 @@ from typing import Any
 
 from prefwatch.analysis.peak import At, BestEvaluation, best_evaluation, diagnosis_at
 from prefwatch.core.decide import CellResult, Verdict, decide
-from prefwatch.core.diagnose import DEFAULT, WARN, Diagnosis, Finding, FindingKind, Thresholds, diagnose
+from prefwatch.core.diagnose import DEFAULT, WARN, Diagnosis, Finding, FindingKind, Thresholds, diagnose, review
 from prefwatch.core.factors import HELDOUT, LOSS_TYPE, OBJECTIVE, RANK, Factors, HeldoutSet, Origin, pair_ids_digest
 from prefwatch.core.objectives import PREFERENCE
 from prefwatch.files.rundir import CellState, CellStatus
@@ -113,6 +113,8 @@ class GridAnalysis:
     cells: list[CellAnalysis]
     verdict: Verdict
     at: At = At.FINAL  # which evaluation of each cell the verdict compares
+    # False: each cell's figures only (``values_only``): no findings, no best evaluation, no verdict yet.
+    complete: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -168,6 +170,22 @@ def analyse(
         ]
         cells.append(CellAnalysis(source, status, diagnosis, best_evaluation(source)))
     return GridAnalysis(grid, cells, decide([cell_result(c, at) for c in cells]), at)
+
+
+def values_only(grid: GridSource, thresholds: Thresholds = DEFAULT) -> GridAnalysis:
+    """Each cell's status and figures (its review: held-out accuracy, margins, the peak) without the
+    findings, the best evaluation or the verdict: the monitor's first frame of a large grid, drawn
+    while ``analyse`` runs (the figures are a fifth of its cost). Marked incomplete (``complete``):
+    its empty findings say nothing yet, and its verdict is a placeholder that decides nothing."""
+    cells = [
+        CellAnalysis(
+            source,
+            source.status(),
+            Diagnosis(review(source.series, source.pairs, None, source.data_stats, thresholds)),
+        )
+        for source in grid.cells
+    ]
+    return GridAnalysis(grid, cells, Verdict(None, None, False), complete=False)
 
 
 def cell_result(cell: CellAnalysis, at: At = At.FINAL) -> CellResult:

@@ -17,7 +17,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prefwatch.analysis.analyse import CellAnalysis, GridAnalysis, analyse, cell_result, collector_paused
+from prefwatch.analysis.analyse import (
+    CellAnalysis,
+    GridAnalysis,
+    analyse,
+    cell_result,
+    collector_paused,
+    values_only,
+)
 from prefwatch.core.clock import SYSTEM, Clock
 from prefwatch.core.decide import decide
 from prefwatch.files.rundir import CellState
@@ -73,13 +80,30 @@ class IncrementalAnalysis:
         with collector_paused():
             return self._update(only)
 
-    def _update(self, only: set[str] | None) -> GridAnalysis | None:
+    def values(self) -> GridAnalysis:
+        """Every cell read, and only its figures worked out (``analyse.values_only``): a first frame
+        of a large grid before its first ``update()``. Nothing is kept: that update analyses every
+        cell (polling them again finds nothing new, at a tenth of the first read's cost)."""
+        with collector_paused():
+            self._poll(None)
+            if self.statuses is not None:
+                self.statuses(self.source)
+            return values_only(self.source)
+
+    def _poll(self, only: set[str] | None) -> set[str] | None:
+        """Read what is new in the cells named in ``only`` (None: every cell); the cells to look at
+        (None: all, also when cells appeared)."""
         source = self.source
         if source.refresh():  # cells appeared or were continued (runs started in a tracker's store): read all
             only = None
         polled = source.cells if only is None else [c for c in source.cells if c.id in only]
         for cell in polled:
             cell.poll()
+        return only
+
+    def _update(self, only: set[str] | None) -> GridAnalysis | None:
+        source = self.source
+        only = self._poll(only)
         now = self.clock.time()
         if self.statuses is not None:
             self.statuses(source)

@@ -49,6 +49,11 @@ PREVIEW_BYTES = 256 << 10  # attach draws a first frame from this much of the en
 FOLLOW_UP_GRACE = 0.25  # owed findings are read this share of their age past due, unless a line brings them first
 READ_SHARE = 0.33  # reading and analysing may take at most this share of a core: huge logs refresh less often
 TOAST_LINES = 4  # a toast names this many events, then "and N more"
+# A grid of this many cells or more is first drawn with each cell's figures only, its findings and the
+# verdict a moment later (analysing costs about 0.5 ms a cell: 0.5 s of a thousand-cell folder's 2.3 s
+# to its first screen). Below it the analysis takes less than a second frame's drawing would: the
+# first frame is complete, as every golden screen is.
+FIRST_VALUES_FROM = 200
 SEVERITIES = ("info", "warn", "error")
 
 
@@ -113,14 +118,18 @@ class Alerts:
     """Which events of a new view are news, as one toast's text (None: nothing new).
 
     What is news is decided by prefwatch.act.alerts (the same policy the supervisor's alerts use): each
-    finding of a cell once per session, each arrival in an alerting state once. The first view is the
-    baseline: opening the monitor on a finished grid raises nothing.
+    finding of a cell once per session, each arrival in an alerting state once. The first complete
+    view is the baseline: opening the monitor on a finished grid raises nothing. A view of figures
+    only (``GridView.complete`` False: a large grid's first frame) is neither news nor the baseline:
+    its cells have no findings yet, and the full view would otherwise tell every one of them as new.
     """
 
     def __init__(self) -> None:
         self._policy: AlertPolicy | None = None
 
     def news(self, view: GridView) -> News | None:
+        if not view.complete:
+            return None
         facts = [
             CellFacts(
                 c.id, c.state, c.status, tuple(FindingFacts(f.kind, f.severity, f.message, f.step) for f in c.findings)
@@ -162,6 +171,12 @@ class IncrementalViews:
         """Cells analysed so far (tests and the benchmark read it)."""
         return self.analysis.analysed
 
+    def first_values(self) -> GridView:
+        """Every cell read and shown with its figures, without findings or verdict (``complete``
+        False): a large grid's first frame. Nothing is kept; ``view()`` analyses every cell next."""
+        analysis = self.analysis.values()
+        return grid_view(analysis, [cell_view(c) for c in analysis.cells])
+
     def view(self, only: set[str] | None = None) -> GridView | None:
         """A new view of the grid, or None when nothing changed since the last one (``only``: the
         cells whose files changed; None: every cell)."""
@@ -188,7 +203,10 @@ class Feed:
     systems without change events) and raise news; otherwise read finished logs once, or, given
     ``replay_speed``, play them as a time-lapse at that many times real time (``replay``: its clock,
     which the app's keys move; ``replay_step`` cuts the grid where the clock stands).
-    ``start`` blocks while it reads everything there is: run it off the UI thread.
+    ``start`` blocks while it reads everything there is: run it off the UI thread. A grid of
+    FIRST_VALUES_FROM cells or more gets a first view of figures only; the full analysis then waits
+    up to ``frame_wait`` seconds for ``drawn()`` (the app's word that the frame is on screen), so
+    that analysing does not slow the drawing of that frame (both need the interpreter).
     """
 
     def __init__(
@@ -201,6 +219,7 @@ class Feed:
         redraw_interval: float = REDRAW_INTERVAL,
         heartbeat: float = HEARTBEAT_SECONDS,
         replay_speed: float | None = None,
+        frame_wait: float = 0.0,
     ) -> None:
         self.source = source
         self.live = live
@@ -213,6 +232,8 @@ class Feed:
         self.error: str | None = None  # the last refresh's failure, until one succeeds
         self._deliver = deliver
         self._replay_speed = replay_speed
+        self.frame_wait = frame_wait
+        self._drawn = threading.Event()  # set by drawn(): the first frame of figures is on screen
         self._alerts = Alerts() if live else None
         self._pacer = Pacer(redraw_interval)
         self._read_lock = threading.Lock()  # one refresh at a time, whichever thread asks
@@ -242,8 +263,8 @@ class Feed:
             replay = ReplayGrid(self.source, self._replay_speed)
             self.incremental = IncrementalViews(replay.source, float("inf"), replay.clock)
             self.replay = replay
-        elif self.live:
-            self._preview()
+        elif not (self.live and self._preview()) and len(self.source.cells) >= FIRST_VALUES_FROM:
+            self._first_values()
         self.refresh()
         if self.live:
             self._follow()
@@ -254,6 +275,10 @@ class Feed:
             self._stopped = True
         if self.follower is not None:
             self.follower.stop()
+
+    def drawn(self) -> None:
+        """The first frame of figures is on screen: the full analysis may start."""
+        self._drawn.set()
 
     def heartbeat_tick(self) -> None:
         """Running cells' clock-bound findings (stalled...) are looked at again; the files are read
@@ -300,17 +325,29 @@ class Feed:
             news = self._alerts.news(view) if self._alerts is not None and view is not None else None
             self._deliver(Update(view, self.label, self.error or self.source.waiting, self.error, news))
 
-    def _preview(self) -> None:
+    def _preview(self) -> bool:
         """A first frame from the last 256 KiB of each log, before reading them whole: attaching to
         a grid of long logs shows every cell's latest state within a second, the full curves after."""
         large = [c for c in self.source.cells if c.metrics_path is not None and _size(c.metrics_path) > PREVIEW_BYTES]
         if not any([cell.peek_tail(PREVIEW_BYTES) for cell in large]):
-            return  # small logs are read whole at once anyway
+            return False  # small logs are read whole at once anyway
         try:
             view = grid_view(analyse(self.source))
         except Exception:  # the full read reports what is wrong
-            return
+            return False
         self._deliver(Update(view, self.label, self.source.waiting))
+        return True
+
+    def _first_values(self) -> None:
+        """A large grid's first frame: every cell read and shown with its figures; its findings and
+        the verdict follow with the full read, once the frame is drawn (or ``frame_wait`` passed)."""
+        with self._read_lock:
+            try:
+                view = self.incremental.first_values()
+            except Exception:  # the full read reports what is wrong
+                return
+        self._deliver(Update(view, self.label, self.source.waiting))
+        self._drawn.wait(self.frame_wait)
 
     def _follow(self) -> None:
         with self._follow_lock:

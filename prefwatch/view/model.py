@@ -41,6 +41,8 @@ PANEL_CURVES: tuple[tuple[str, str], ...] = (
 UNSIGNED_CURVES = frozenset({"heldout_accuracy", "completion_tokens"})
 # How many of the last evaluations the completions pane shows beside the reference's answers.
 PANE_EVALUATIONS = 3
+# The strip's words while a first frame's verdict is still being worked out (GridView.complete False).
+PENDING_HEADLINE = "(analysing…)"
 
 
 NICE_STEPS = (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
@@ -177,6 +179,9 @@ class GridView:
     machines: list[str] = field(default_factory=list)  # system lines, one per machine running cells
     seeds: list[str] = field(default_factory=list)  # per setting with several seeds: mean [min–max] (bands.py)
     swept: list[str] = field(default_factory=list)  # the factors that vary across the cells, seed left out
+    # False: a first frame of each cell's figures, its findings and the verdict still being worked out
+    # (prefwatch.analysis.analyse.values_only): no cell's lack of findings means anything yet.
+    complete: bool = True
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -191,15 +196,16 @@ class GridView:
 def grid_view(analysis: GridAnalysis, cells: list[CellView] | None = None) -> GridView:
     """The view of a whole analysis; ``cells`` passes cell views built already (one per analysed cell)."""
     verdict = analysis.verdict
+    decided = analysis.complete  # an incomplete analysis' verdict is a placeholder: none is shown
     return GridView(
         name=analysis.grid.name,
         root=analysis.grid.root,
         managed=analysis.grid.managed,
         cells=cells if cells is not None else [cell_view(c) for c in analysis.cells],
-        headline=verdict.headline,
-        reason=verdict.reasons[0] if verdict.reasons else None,
-        effects=strip_effects(verdict),
-        needs=list(verdict.needs),
+        headline=verdict.headline if decided else PENDING_HEADLINE,
+        reason=verdict.reasons[0] if decided and verdict.reasons else None,
+        effects=strip_effects(verdict) if decided else {},
+        needs=list(verdict.needs) if decided else [],
         objectives=analysis.grid.objectives,
         ranks=analysis.grid.ranks,
         machines=machine_lines(
@@ -207,6 +213,7 @@ def grid_view(analysis: GridAnalysis, cells: list[CellView] | None = None) -> Gr
         ),
         seeds=seed_summaries(analysis.cells),
         swept=varying([c.factors for c in analysis.cells], skip={SEED, HELDOUT}),
+        complete=analysis.complete,
     )
 
 
