@@ -365,6 +365,24 @@ def test_a_large_grid_is_shown_with_its_figures_first_then_its_findings_with_no_
         reader.join(timeout=60)
 
 
+def test_a_feed_stopped_while_its_first_frame_is_drawn_ends_without_waiting(tmp_path: Path) -> None:
+    import queue
+    import threading
+
+    from prefwatch.view.feed import FIRST_VALUES_FROM, Feed, Update
+
+    runs_with_findings(tmp_path, FIRST_VALUES_FROM)
+    updates: queue.Queue[Update] = queue.Queue()
+    feed = Feed(open_path(tmp_path), updates.put, live=True, frame_wait=600)
+    reader = threading.Thread(target=feed.start, daemon=True)
+    reader.start()
+    first = updates.get(timeout=120)
+    assert first.view is not None and not first.view.complete
+    feed.stop()  # the app closes before its first frame is drawn
+    reader.join(timeout=120)
+    assert not reader.is_alive() and feed.follower is None  # ended, and started no follower
+
+
 def test_a_grid_below_the_threshold_gets_a_complete_first_view(tmp_path: Path) -> None:
     from prefwatch.view.feed import FIRST_VALUES_FROM, Feed, Update
 

@@ -273,6 +273,7 @@ class Feed:
         """Stop following (the app closes); a first read still under way starts no follower after it."""
         with self._follow_lock:
             self._stopped = True
+        self._drawn.set()  # a first read waiting for its first frame to be drawn waits no longer
         if self.follower is not None:
             self.follower.stop()
 
