@@ -9,7 +9,8 @@ end-of-training record last):
   a process that decodes the same logs with msgspec and nothing else; its peak memory;
 - the monitor's first screen in tmux (160x48: the overview, every cell read) against the floor app's
   (bench/floor_app.py, one line a cell) on the same folder, started one after the other, median of
-  ``--runs``; the monitor's memory once settled;
+  ``--runs``; the monitor's memory once settled; and the monitor's complete screen (from 200
+  cells its first screen shows each cell's figures, the findings and the verdict follow);
 - both apps open on it, nothing written: CPU of each over ``--seconds``.
 
 The live grid: a prefwatch run directory of ``--cells`` running cells (100 lines in each already),
@@ -39,9 +40,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 from table import Row, format_rows  # noqa: E402
 
+from prefwatch.view.model import PENDING_HEADLINE  # noqa: E402
+
 LIVE_PREFILL = 100  # lines a live cell holds when the monitor opens (runs under way)
 LIVE_RATE = 0.1  # lines a second a live cell logs
 SETTLE = 5.0  # seconds after a first screen before memory and idle CPU are read
+# The first screen of a large grid shows each cell's figures; its findings and verdict follow. No
+# goal of its own: the row says what the first screen's figure leaves out.
+COMPLETE_NOTE = "no goal: the first screen's figures, with the findings"
 FLOOR_LINE = (
     '  {"'  # the floor app shows a cell's name, then its last line: a line read (its end is cut at 160 columns)
 )
@@ -87,17 +93,37 @@ def first_screen(
     raise RuntimeError(f"{name}: no screen showing {marker!r} within {timeout:.0f} s")
 
 
-def first_screens(folder: Path, monitor_marker: str, floor_marker: str, runs: int, tag: str) -> tuple[float, float]:
-    """Median seconds to the first screen of the monitor and of the floor app, started alternately."""
-    mine, base = [], []
+def complete_screen(app: harness.Running, started: float, timeout: float = 300.0) -> float:
+    """Seconds from ``started`` to a screen of the monitor's whose verdict is no longer pending (a
+    grid of FIRST_VALUES_FROM cells or more is first drawn with its figures only)."""
+    while time.perf_counter() - started < timeout:
+        screen = subprocess.run(
+            ["tmux", "capture-pane", "-p", "-t", app.session or ""], capture_output=True, text=True
+        ).stdout
+        if PENDING_HEADLINE not in screen:
+            return time.perf_counter() - started
+        time.sleep(0.02)
+    raise RuntimeError(f"no complete screen within {timeout:.0f} s")
+
+
+def first_screens(
+    folder: Path, monitor_marker: str, floor_marker: str, runs: int, tag: str
+) -> tuple[float, float, float]:
+    """Median seconds to the first screen of the monitor and of the floor app, started alternately,
+    and to the monitor's complete screen (its findings and verdict)."""
+    mine, base, complete = [], [], []
     for run in range(runs):
+        started = time.perf_counter()
         seconds, app = first_screen(harness.monitor_command(folder, False), monitor_marker, f"m{tag}{run}")
-        app.stop()
+        try:
+            complete.append(complete_screen(app, started))
+        finally:
+            app.stop()
         mine.append(seconds)
         seconds, app = first_screen(harness.floor_command(folder, False), floor_marker, f"f{tag}{run}")
         app.stop()
         base.append(seconds)
-    return statistics.median(mine), statistics.median(base)
+    return statistics.median(mine), statistics.median(base), statistics.median(complete)
 
 
 def finished_rows(root: Path, cells: int, lines: int, seconds: float, runs: int) -> list[Row]:
@@ -110,8 +136,8 @@ def finished_rows(root: Path, cells: int, lines: int, seconds: float, runs: int)
     decode = [timed_process(floor)[0] for _ in range(runs)]
     report_s, decode_s = statistics.median(reopen), statistics.median(decode)
     print(f"  report: first {opened:.2f} s, reopen {report_s:.2f} s, {max(reopen_mb):.0f} MB; floor {decode_s:.2f} s")
-    shown, floor_shown = first_screens(folder, f"({cells} finished)", "train_runtime", runs, "done")
-    print(f"  first screen: monitor {shown:.2f} s, floor app {floor_shown:.2f} s")
+    shown, floor_shown, complete = first_screens(folder, f"({cells} finished)", "train_runtime", runs, "done")
+    print(f"  first screen: monitor {shown:.2f} s (complete {complete:.2f} s), floor app {floor_shown:.2f} s")
     _, monitor = first_screen(harness.monitor_command(folder, False), f"({cells} finished)", "mdone")
     _, floor_app = first_screen(harness.floor_command(folder, False), "train_runtime", "fdone")
     try:
@@ -130,6 +156,7 @@ def finished_rows(root: Path, cells: int, lines: int, seconds: float, runs: int)
         Row(f"report on a reopen, {where}", report_s, "s", None, 2.0, _vs(decode_s, report_s, "s, msgspec decode")),
         Row(f"report peak memory, {where}", max(reopen_mb), "MB", None, 250.0),
         Row(f"first screen, {where}, tmux", shown, "s", None, 2.0, _vs(floor_shown, shown, "s, floor app")),
+        Row(f"complete screen (findings, verdict), {where}", complete, "s", note=COMPLETE_NOTE),
         Row(f"memory on screen, {where}", memory, "MB", None, 250.0, f"floor app {floor_memory:.0f} MB"),
         Row(f"CPU idle, {where}, tmux", idle, "%", None, 1.0, f"floor app {floor_idle:.2f} %"),
     ]
@@ -141,8 +168,8 @@ def live_rows(root: Path, cells: int, seconds: float, runs: int) -> list[Row]:
     writer = harness.start_writer(folder, LIVE_RATE, 3600, first_step=LIVE_PREFILL, stagger=True)
     try:
         marker = f"({cells} running)"
-        shown, floor_shown = first_screens(folder, marker, FLOOR_LINE, runs, "live")
-        print(f"  live first screen: monitor {shown:.2f} s, floor app {floor_shown:.2f} s")
+        shown, floor_shown, complete = first_screens(folder, marker, FLOOR_LINE, runs, "live")
+        print(f"  live first screen: monitor {shown:.2f} s (complete {complete:.2f} s), floor app {floor_shown:.2f} s")
         _, monitor = first_screen(harness.monitor_command(folder, False), marker, "mlive")
         _, floor_app = first_screen(harness.floor_command(folder, False), FLOOR_LINE, "flive")
         try:
@@ -160,6 +187,7 @@ def live_rows(root: Path, cells: int, seconds: float, runs: int) -> list[Row]:
     where = f"{cells} live cells x 1 line/10 s"
     return [
         Row(f"first screen, {where}, tmux", shown, "s", None, 2.0, _vs(floor_shown, shown, "s, floor app")),
+        Row(f"complete screen (findings, verdict), {where}", complete, "s", note=COMPLETE_NOTE),
         Row(f"memory, {where}", memory, "MB", None, 250.0, f"floor app {floor_memory:.0f} MB"),
         Row(f"CPU {where}, tmux", mine, "%", base, 1.5),
     ]
