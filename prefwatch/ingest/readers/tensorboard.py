@@ -28,10 +28,8 @@ import os
 import re
 import struct
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -40,6 +38,7 @@ from prefwatch.core.clock import SYSTEM, Clock
 from prefwatch.core.series import CellSeries
 from prefwatch.files import safe
 from prefwatch.ingest.readers.protocol import Batch, CompletionsReader
+from prefwatch.ingest.readers.protowire import fields
 from prefwatch.ingest.readers.trainer_state import TrainerState
 
 EVENT_FILE_PREFIX = "events.out.tfevents."
@@ -49,7 +48,6 @@ _MAX_RECORD = 1 << 28
 # The shortest Event holding a scalar is longer than this (header, wall time, step, summary, footer).
 _MIN_RECORD = 16
 _CHUNK_BYTES = 1 << 26
-_U64 = (1 << 64) - 1
 _FLOAT_DTYPES = {1: "<f4", 2: "<f8", 19: "<f2"}  # DT_FLOAT, DT_DOUBLE, DT_HALF
 
 
@@ -464,7 +462,7 @@ def _tag_words(buf: np.ndarray, at: np.ndarray, length: np.ndarray) -> list[np.n
 def _parse_event(data: bytes, start: int, end: int) -> list[tuple[str, int, float, float]]:
     """Exact parse of one Event: its scalar (tag, step, wall time, value) points, possibly none."""
     wall, step, points = 0.0, 0, []
-    for number, wire, value in _fields(data, start, end):
+    for number, wire, value in fields(data, start, end):
         if number == 1 and wire == 1:
             (wall,) = struct.unpack_from("<d", data, value)
         elif number == 2 and wire == 0:
@@ -476,11 +474,11 @@ def _parse_event(data: bytes, start: int, end: int) -> list[tuple[str, int, floa
 
 def _parse_summary(data: bytes, start: int, end: int) -> list[tuple[str, float]]:
     points = []
-    for number, wire, span in _fields(data, start, end):
+    for number, wire, span in fields(data, start, end):
         if number != 1 or wire != 2:
             continue
         tag, value = None, None
-        for n, w, v in _fields(data, *span):
+        for n, w, v in fields(data, *span):
             if n == 1 and w == 2:
                 tag = data[v[0] : v[1]].decode("utf-8", "replace")
             elif n == 2 and w == 5:
@@ -496,7 +494,7 @@ def _parse_tensor(data: bytes, start: int, end: int) -> float | None:
     """The one number of a scalar float tensor (TensorFlow 2's summaries), or None."""
     dtype, values = 0, []
     content = None
-    for number, wire, v in _fields(data, start, end):
+    for number, wire, v in fields(data, start, end):
         if number == 1 and wire == 0:
             dtype = v
         elif number == 4 and wire == 2:
@@ -516,46 +514,6 @@ def _parse_tensor(data: bytes, start: int, end: int) -> float | None:
         array = np.frombuffer(content, dtype=_FLOAT_DTYPES[dtype])
         return float(array[0]) if len(array) == 1 else None
     return float(values[0]) if len(values) == 1 else None
-
-
-def _fields(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, Any]]:
-    """(field number, wire type, value) of a protobuf message: varints as ints, fixed-width fields
-    as their offset, length-delimited ones as a (start, end) span. Raises ValueError when malformed."""
-    at = start
-    while at < end:
-        key, at = _varint(data, at, end)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, at = _varint(data, at, end)
-            yield number, wire, value
-        elif wire == 1 or wire == 5:
-            width = 8 if wire == 1 else 4
-            if at + width > end:
-                raise ValueError("truncated field")
-            yield number, wire, at
-            at += width
-        elif wire == 2:
-            length, at = _varint(data, at, end)
-            if at + length > end:
-                raise ValueError("truncated field")
-            yield number, wire, (at, at + length)
-            at += length
-        else:
-            raise ValueError(f"wire type {wire}")
-
-
-def _varint(data: bytes, at: int, end: int) -> tuple[int, int]:
-    value = shift = 0
-    while at < end:
-        byte = data[at]
-        at += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value & _U64, at  # a tenth byte may carry bits past 64: protobuf drops them
-        shift += 7
-        if shift > 63:
-            break
-    raise ValueError("bad varint")
 
 
 def add_scalars(series: CellSeries, scalars: Scalars) -> None:

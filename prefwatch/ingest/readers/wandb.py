@@ -4,9 +4,10 @@ A run folder ``wandb/offline-run-<time>-<id>/`` (``run-<time>-<id>/`` when synce
 transaction log ``run-<id>.wandb``: a LevelDB-style log (a 7-byte ``:W&B`` header, then 32 KiB
 blocks of records ``crc32 (4), length (2), type (1), data``, one logical record split over blocks
 as FIRST/MIDDLE/LAST pieces; the CRC is zlib's crc32 seeded with the type byte), each record a
-``wandb_internal_pb2.Record`` protobuf. The framing is read here (wandb 0.30 removed its Python
-reader; its Go core reads them now); the records are decoded with the wandb package's own protobuf
-classes, so reading W&B runs needs the optional extra ``prefwatch[wandb]``.
+``wandb_internal.proto``'s ``Record`` protobuf. The framing is read here (wandb 0.30 removed its
+Python reader; its Go core reads them now), and so are the few records prefwatch uses (run, config,
+history, summary, exit), field by field (``protowire``): reading W&B runs needs no wandb package, and
+opening one does not pay for importing it (half a second or more).
 
 transformers' WandbCallback logs TRL's metrics as ``history`` records (``train/`` and ``eval/``
 prefixes, ``train/global_step``, W&B's ``_step`` and ``_timestamp``); the end-of-training values
@@ -29,13 +30,12 @@ import msgspec
 from prefwatch.core import metrics
 from prefwatch.files import safe
 from prefwatch.files.rundir import CellState
-from prefwatch.ingest.readers.protocol import SourceError
+from prefwatch.ingest.readers import protowire
 from prefwatch.ingest.readers.store import Points, RunEnd, StoreBatch, StoreRun
 
 # W&B's writer flushes the run file every few seconds (6-15 s seen): a run record missing for longer
 # than this is missing for good.
 SETTLED_SECONDS = 60.0
-HINT = "reading W&B runs needs the wandb package: pip install 'prefwatch[wandb]'"
 _FILE_HEADER = b":W&B\xe1\xbe\x00"  # ident, magic 0xBEE1, version 0
 _HEADER = 7
 _BLOCK = 32768
@@ -53,37 +53,119 @@ def run_files(path: Path) -> list[Path]:
     return []
 
 
-def _pb() -> Any:
-    try:
-        from wandb.proto import wandb_internal_pb2
-    except ImportError:
-        raise SourceError(HINT) from None
-    return wandb_internal_pb2
+# wandb_internal.proto's field numbers. Record: num (1), then one of its record types (the oneof
+# ``record_type``), control (16), uuid (19), _info (200). Of the record types only these are read:
+_HISTORY, _SUMMARY, _CONFIG, _RUN, _EXIT = 2, 3, 5, 17, 18
+_NOT_RECORD_TYPES = frozenset({1, 16, 19, 200})
+# ConfigItem, SummaryItem, HistoryItem: key (1), nested_key (2, repeated), value_json (16).
+# ConfigRecord and SummaryRecord: update (1, repeated); HistoryRecord: item (1, repeated).
+# RunRecord: run_id (1), config (4, a ConfigRecord), display_name (8), start_time (17, a Timestamp:
+# seconds 1, nanos 2). RunExitRecord: exit_code (1, int32).
+_ITEMS = 1
+_RUN_ID, _RUN_CONFIG, _RUN_NAME, _RUN_START = 1, 4, 8, 17
+_EXIT_CODE = 1
+
+
+def record_type(data: bytes) -> tuple[int, list[tuple[int, int]]]:
+    """A Record's type (the field number of its ``record_type``; 0 for none) and the spans of that
+    field's message (more than one only where a writer split it: protobuf merges them). The last
+    record type set wins, as in protobuf's oneof. Raises ValueError for a malformed record."""
+    kind, spans = 0, list[tuple[int, int]]()
+    for number, wire, value in protowire.fields(data, 0, len(data)):
+        if number in _NOT_RECORD_TYPES or wire != 2:
+            continue
+        if number != kind:
+            kind, spans = number, []
+        spans.append(value)
+    return kind, spans
+
+
+def items(data: bytes, spans: list[tuple[int, int]], field: int = _ITEMS) -> list[tuple[str, str]]:
+    """(key, value_json) of the repeated item field ``field`` of the messages at ``spans``: the key is
+    ``key``, or ``nested_key`` joined by ``/``. Raises ValueError for a malformed message."""
+    out = []
+    for span in spans:
+        for number, wire, item in protowire.fields(data, *span):
+            if number != field or wire != 2:
+                continue
+            key, nested, value = "", [], ""
+            for n, w, v in protowire.fields(data, *item):
+                if w != 2:
+                    continue
+                if n == 1:
+                    key = protowire.text(data, v)
+                elif n == 2:
+                    nested.append(protowire.text(data, v))
+                elif n == 16:
+                    value = protowire.text(data, v)
+            out.append((key or "/".join(nested), value))
+    return out
+
+
+class RunInfo(msgspec.Struct):
+    """What the run record says of the run."""
+
+    run_id: str = ""
+    name: str = ""
+    start: float = 0.0
+    config: list[tuple[str, str]] = msgspec.field(default_factory=list)
+
+
+def run_info(data: bytes, spans: list[tuple[int, int]]) -> RunInfo:
+    """The RunRecord at ``spans``. Raises ValueError for a malformed message."""
+    info = RunInfo()
+    for span in spans:
+        for number, wire, value in protowire.fields(data, *span):
+            if wire != 2:
+                continue
+            if number == _RUN_ID:
+                info.run_id = protowire.text(data, value)
+            elif number == _RUN_NAME:
+                info.name = protowire.text(data, value)
+            elif number == _RUN_CONFIG:
+                info.config += items(data, [value])
+            elif number == _RUN_START:
+                seconds = nanos = 0
+                for n, w, v in protowire.fields(data, *value):
+                    if n == 1 and w == 0:
+                        seconds = protowire.signed(v)
+                    elif n == 2 and w == 0:
+                        nanos = protowire.signed(v, 32)
+                info.start = seconds + nanos / 1e9
+    return info
+
+
+def exit_code(data: bytes, spans: list[tuple[int, int]]) -> int:
+    """The RunExitRecord's exit code (int32). Raises ValueError for a malformed message."""
+    code = 0
+    for span in spans:
+        for number, wire, value in protowire.fields(data, *span):
+            if number == _EXIT_CODE and wire == 0:
+                code = protowire.signed(value, 32)
+    return code
 
 
 def store_run(path: Path) -> StoreRun:
     """A run's name and settings, from the records before its first history row."""
-    pb = _pb()
     name, config, run_id, start = path.parent.name, {}, _folder_id(path.parent.name), 0.0
     ready = False
     framing = Framing(path)
     for data in framing.read():
-        record = pb.Record()
         try:
-            record.ParseFromString(data)
-        except Exception:
+            kind, spans = record_type(data)
+            if kind == _RUN:  # wandb.init(config=...) is kept in the run record; later updates in config records
+                info = run_info(data, spans)
+                ready = True
+                name = info.name or name
+                config.update(_values(info.config))
+                run_id = info.run_id or run_id
+                start = info.start
+            elif kind == _CONFIG:
+                config.update(_values(items(data, spans)))
+            elif kind == _HISTORY:
+                break
+        except ValueError:
             continue
-        kind = record.WhichOneof("record_type")
-        if kind == "run":  # wandb.init(config=...) is kept in the run record; later updates in config records
-            ready = True
-            name = record.run.display_name or name
-            config.update(_items(record.run.config.update))
-            run_id = record.run.run_id or run_id
-            start = record.run.start_time.seconds + record.run.start_time.nanos / 1e9
-        elif kind == "config":
-            config.update(_items(record.config.update))
-        elif kind == "history":
-            break
     reader = WandbReader(path)
     run = StoreRun(name, reader, config, key=str(path), group=path.parent.parent.name, start=start, run_id=run_id)
     run.ready = ready or _settled(path)
@@ -104,19 +186,12 @@ def _folder_id(folder: str) -> str:
     return folder.rpartition("-")[2]
 
 
-def _nested(key: Any) -> str:
-    """W&B's nested key as one name (its history keys are one part: ``["train/loss"]``); indexing is
-    cheaper than joining the protobuf's repeated field, and this runs once per point."""
-    return key[0] if len(key) == 1 else "/".join(key)
-
-
-def _items(items: Any) -> dict[str, Any]:
-    """``key`` (or ``nested_key`` joined by ``/``) -> decoded ``value_json`` of config, summary or history items."""
+def _values(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    """``key`` -> decoded ``value_json`` of config or summary items (an item whose value is not JSON left out)."""
     out = {}
-    for item in items:
-        key = item.key or _nested(item.nested_key)
+    for key, value in pairs:
         try:
-            out[key] = json.loads(item.value_json)
+            out[key] = json.loads(value)
         except ValueError:
             continue
     return out
@@ -147,7 +222,7 @@ class Framing:
                 raise _Restarted
             self._inode = inode
             f.seek(self.offset)
-            data = f.read(max_bytes)
+            data = f.read(max(0, min(max_bytes, stat.st_size - self.offset)))  # not a max_bytes buffer for a small file
             self.more = self.offset + len(data) < stat.st_size
         records = self._frame(data)
         if not records and self.more:  # a record longer than max_bytes: read it whole
@@ -174,6 +249,13 @@ class Framing:
             if at + _HEADER > len(data):
                 break
             crc, length, kind = struct.unpack_from("<IHB", data, at)
+            if _HEADER + length > left:  # a piece never crosses its block: a damaged length
+                if at + left > len(data):
+                    break  # the block's rest is not written yet
+                self.damaged += 1
+                at += left
+                pieces, start = [], at
+                continue
             end = at + _HEADER + length
             if end > len(data):
                 break
@@ -245,7 +327,6 @@ class WandbReader:
         return [self.path.parent]
 
     def poll(self) -> StoreBatch:
-        pb = _pb()
         try:
             records = self._framing.read()
         except _Restarted:
@@ -263,25 +344,22 @@ class WandbReader:
             self._damaged = self._framing.damaged
         rows: list[tuple[list[str], list[str]]] = []  # (keys, JSON values) of each history row
         for data in records:
-            record = pb.Record()
             try:
-                record.ParseFromString(data)
-            except Exception:
+                kind, spans = record_type(data)
+                if kind == _HISTORY:
+                    pairs = items(data, spans)
+                    rows.append(([k for k, _ in pairs], [v for _, v in pairs]))
+                elif kind == _EXIT:  # wandb.finish(): the process's exit code
+                    code = exit_code(data, spans)
+                    state = CellState.FINISHED if code == 0 else CellState.FAILED
+                    self._ended = RunEnd(state, code, f"W&B exit record (exit code {code})")
+                elif kind == _SUMMARY:  # every log updates the summary: only the end values are looked at
+                    wanted = [(k, v) for k, v in items(data, spans) if k in metrics.END_KEYS]
+                    found = {k: float(v) for k, v in _values(wanted).items() if isinstance(v, (int, float))}
+                    if found:
+                        end = {**(end or {}), **found}
+            except ValueError:
                 points.rejected["bad W&B record"] += 1
-                continue
-            kind = record.WhichOneof("record_type")
-            if kind == "history":
-                items = [(i.key, i.nested_key, i.value_json) for i in record.history.item]
-                rows.append(([k or _nested(n) for k, n, _ in items], [v for _, _, v in items]))
-            elif kind == "exit":  # wandb.finish(): the process's exit code
-                code = int(record.exit.exit_code)
-                state = CellState.FINISHED if code == 0 else CellState.FAILED
-                self._ended = RunEnd(state, code, f"W&B exit record (exit code {code})")
-            elif kind == "summary":  # every log updates the summary: only the end values are looked at
-                wanted = [i for i in record.summary.update if i.key in metrics.END_KEYS]
-                found = {k: float(v) for k, v in _items(wanted).items() if isinstance(v, (int, float))}
-                if found:
-                    end = {**(end or {}), **found}
         for row in _decode_rows(rows, points):
             step = row.get("train/global_step", row.get("_step"))
             if not isinstance(step, (int, float)):
