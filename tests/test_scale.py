@@ -427,3 +427,26 @@ def test_the_monitor_draws_a_large_grid_s_figures_then_its_verdict_without_a_toa
 
     asyncio.run(scenario())
     assert [v.complete for v in views] == [False, True]  # the figures first, then the full view
+
+
+def test_the_analysis_after_a_first_frame_of_figures_reads_no_file_again(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    from prefwatch.analysis.analyse import analyse
+    from prefwatch.analysis.incremental import IncrementalAnalysis
+    from prefwatch.ingest.sources import CellSource
+
+    diverged = runs_with_findings(tmp_path, 12)
+    incremental = IncrementalAnalysis(open_path(tmp_path))
+    figures = incremental.values()
+    assert not figures.complete and not any(c.diagnosis.findings for c in figures.cells)
+    polled: list[str] = []
+    poll = CellSource.poll
+    monkeypatch.setattr(CellSource, "poll", lambda self: polled.append(self.id) or poll(self))
+    full = incremental.update()
+    assert polled == [] and incremental.analysed == 12  # every cell analysed from what values() read
+    assert full is not None and full.complete
+    assert {c.source.id for c in full.cells if c.diagnosis.worst == "error"} == diverged
+    source = open_path(tmp_path)
+    source.poll()
+    assert full.verdict.headline == analyse(source).verdict.headline
+    incremental.update()  # the next update reads the files as before
+    assert set(polled) == {c.id for c in incremental.source.cells}
