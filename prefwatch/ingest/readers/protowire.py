@@ -54,6 +54,23 @@ def varint(data: bytes, at: int, end: int) -> tuple[int, int]:
     raise ValueError("bad varint")
 
 
+def skip(data: bytes, at: int, end: int, wire: int) -> int:
+    """The offset after a field's value of wire type ``wire`` starting at ``at`` (what ``fields``
+    steps over). Raises ValueError when malformed."""
+    if wire == 0:
+        return varint(data, at, end)[1]
+    if wire == 1 or wire == 5:
+        at += 8 if wire == 1 else 4
+    elif wire == 2:
+        length, at = varint(data, at, end)
+        at += length
+    else:
+        raise ValueError(f"wire type {wire}")
+    if at > end:
+        raise ValueError("truncated field")
+    return at
+
+
 def signed(value: int, bits: int = 64) -> int:
     """A varint read as protobuf's ``int64`` (or ``int32``: its low ``bits``), two's complement."""
     value &= (1 << bits) - 1

@@ -82,22 +82,45 @@ def record_type(data: bytes) -> tuple[int, list[tuple[int, int]]]:
 
 def items(data: bytes, spans: list[tuple[int, int]], field: int = _ITEMS) -> list[tuple[str, str]]:
     """(key, value_json) of the repeated item field ``field`` of the messages at ``spans``: the key is
-    ``key``, or ``nested_key`` joined by ``/``. Raises ValueError for a malformed message."""
+    ``key``, or ``nested_key`` joined by ``/``. Raises ValueError for a malformed message.
+
+    Every history row goes through here, so its loops are written out (one-byte varints, the
+    common case, read inline): about 3x faster than going through ``protowire.fields``."""
+    varint, skip = protowire.varint, protowire.skip
+    wanted = field << 3 | 2
     out = []
-    for span in spans:
-        for number, wire, item in protowire.fields(data, *span):
-            if number != field or wire != 2:
+    for start, end in spans:
+        at = start
+        while at < end:
+            tag = data[at]
+            tag, at = (tag, at + 1) if tag < 0x80 else varint(data, at, end)
+            if tag != wanted:
+                at = skip(data, at, end, tag & 7)
                 continue
+            length, at = varint(data, at, end)
+            stop = at + length
+            if stop > end:
+                raise ValueError("truncated field")
             key, nested, value = "", [], ""
-            for n, w, v in protowire.fields(data, *item):
-                if w != 2:
+            while at < stop:
+                tag = data[at]
+                tag, at = (tag, at + 1) if tag < 0x80 else varint(data, at, stop)
+                if tag & 7 != 2:
+                    at = skip(data, at, stop, tag & 7)
                     continue
-                if n == 1:
-                    key = protowire.text(data, v)
-                elif n == 2:
-                    nested.append(protowire.text(data, v))
-                elif n == 16:
-                    value = protowire.text(data, v)
+                length = data[at] if at < stop else 0x80
+                length, at = (length, at + 1) if length < 0x80 else varint(data, at, stop)
+                after = at + length
+                if after > stop:
+                    raise ValueError("truncated field")
+                number = tag >> 3
+                if number == 1:
+                    key = data[at:after].decode("utf-8")
+                elif number == 2:
+                    nested.append(data[at:after].decode("utf-8"))
+                elif number == 16:
+                    value = data[at:after].decode("utf-8")
+                at = after
             out.append((key or "/".join(nested), value))
     return out
 
