@@ -247,3 +247,18 @@ def test_the_url_shows_its_host_only():
 def test_long_messages_fit_discord():
     text = alerts.message_of([alert("x" * 5000)])
     assert len(text) <= 2000 and text.endswith("…")
+
+
+def test_a_verdict_batched_with_long_events_is_kept_whole_and_the_events_counted():
+    """The grid's end often comes as one batch: the last cells' findings, then the verdict. Cut at the
+    message's length, the verdict's last lines (which cells failed) were lost; now the events give way."""
+    events = [alert(f"cell-{i}: finding {'x' * 300}") for i in range(10)]
+    verdict = alert("g ended. Verdict: dpo r=8\n• would decide it: dpo-r8 failed (exit 1)", AlertKind.VERDICT)
+    text = alerts.message_of([*events, verdict])
+    assert len(text) <= alerts.MAX_MESSAGE
+    assert text.endswith("• would decide it: dpo-r8 failed (exit 1)")  # the verdict whole, at the end
+    kept = text.count("cell-")
+    assert 0 < kept < 10 and f"… and {10 - kept} more events" in text  # the rest counted, not dropped silently
+    assert text.startswith("[g] cell-0: finding")
+    short = alerts.message_of([alert("cell-0: finished"), verdict])
+    assert short == "[g] cell-0: finished\n" + verdict.text  # what fits is sent as before

@@ -180,14 +180,31 @@ def url_host(url: str) -> str:
 
 
 def message_of(alerts: Sequence[Alert]) -> str:
-    """One message for a batch of alerts, cut to what Slack and Discord both take."""
+    """One message for a batch of alerts, cut to what Slack and Discord both take.
+
+    A grid's verdict often arrives with the last cells' ends and findings in one batch. It is what the
+    message is for (its last lines say which cells failed or were stopped), so when the batch is too
+    long the other events give way, counted ("… and 3 more events"), and the verdict is kept whole;
+    only a verdict longer than a message on its own is cut."""
     grid = alerts[0].grid
-    lines = [a.text for a in alerts]
-    text = (
-        "\n".join(lines)
-        if len(alerts) == 1 and alerts[0].kind == AlertKind.VERDICT
-        else f"[{grid}] " + "\n".join(lines)
-    )
+    verdicts = [a.text for a in alerts if a.kind == AlertKind.VERDICT]
+    if len(alerts) == 1 and verdicts:
+        return _cut(verdicts[0])
+    events = [a.text for a in alerts if a.kind != AlertKind.VERDICT]
+    head = f"[{grid}] "
+
+    def joined(kept: int) -> str:
+        left = len(events) - kept
+        more = [f"… and {left} more event{'s' if left != 1 else ''}"] if left else []
+        return head + "\n".join([*events[:kept], *more, *verdicts])
+
+    kept, least = len(events), 0 if verdicts else 1  # without a verdict, a first event too long is cut
+    while kept > least and len(joined(kept)) > MAX_MESSAGE:
+        kept -= 1
+    return _cut(joined(kept))
+
+
+def _cut(text: str) -> str:
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
 
 
