@@ -42,8 +42,12 @@ def logged_rows() -> list[dict]:
 
 
 def test_rows_of_numbers_give_the_points_the_value_by_value_way_gives(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))
+    from trackio import sqlite_storage
     from trackio.sqlite_storage import SQLiteStorage
+
+    # trackio reads TRACKIO_DIR once, when first imported: a test that imported it earlier in this process
+    # would have this one write into the user's own store (and, run again, read its own rows twice).
+    monkeypatch.setattr(sqlite_storage, "TRACKIO_DIR", tmp_path / "trackio")
 
     from prefwatch.ingest.readers import trackio
     from prefwatch.ingest.readers.store import Points
@@ -53,6 +57,7 @@ def test_rows_of_numbers_give_the_points_the_value_by_value_way_gives(tmp_path: 
     stamps = [(start + datetime.timedelta(seconds=i)).isoformat() for i in range(len(rows))]
     SQLiteStorage.bulk_log("p", "dpo-r8", rows, list(range(len(rows))), stamps)
     db = SQLiteStorage.get_project_db_path("p")
+    assert Path(db).is_relative_to(tmp_path)
     (run,) = trackio.store_runs(Path(db))
 
     fast = run.reader.poll()
