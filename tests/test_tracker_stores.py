@@ -4,6 +4,7 @@ logging while reports loop), damaged or of another schema, and a tracker's own e
 
 from __future__ import annotations
 
+import os
 import time
 from importlib.util import find_spec
 from pathlib import Path
@@ -157,6 +158,46 @@ def test_trackio_store_on_a_read_only_mount(read_only_mount):
     final.poll()
     assert {c.id: len(c.series.train) for c in final.cells} == {"dpo-r8": 12, "dpo-r16": 60}
     assert leftovers(source / "trackio") == []
+
+
+DEAD_WRITER = """
+import os, sqlite3, sys
+connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+connection.execute("PRAGMA journal_mode=wal")
+connection.execute("CREATE TABLE t (x INTEGER)")
+connection.executemany("INSERT INTO t VALUES (?)", [(1,), (2,)])
+connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+connection.execute("PRAGMA wal_autocheckpoint=0")
+connection.executemany("INSERT INTO t VALUES (?)", [(3,), (4,), (5,)])
+os._exit(0)  # killed: the last three rows stay in the log, the log and its index beside the file
+"""
+
+
+def test_a_dead_writers_log_is_read_once_settled_and_left_as_it_was(tmp_path):
+    """A WAL log nobody holds: while it is fresh (a writer that reopens between writes looks the same
+    for a moment) only the database file is read; once it has settled, its rows too, through its
+    index opened read-only. Either way the log and its index are left byte for byte as they were."""
+    import subprocess
+    import sys
+
+    from prefwatch.ingest.readers import sqlite
+
+    db = tmp_path / "store.db"
+    subprocess.run([sys.executable, "-c", DEAD_WRITER, str(db)], check=True)
+    wal, shm = Path(f"{db}-wal"), Path(f"{db}-shm")
+    assert wal.stat().st_size > 0 and shm.exists()
+
+    def count() -> int:
+        return sqlite.read(db, lambda c: c.execute("SELECT count(*) FROM t").fetchone()[0])
+
+    assert count() == 2  # fresh: the rows in the log wait
+    past = time.time() - 2 * sqlite.SETTLED_SECONDS
+    for path in (wal, shm):
+        os.utime(path, (past, past))
+    before = [(p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes()) for p in (wal, shm)]
+    assert count() == 5  # settled: read through the dead writer's index
+    assert [(p.stat().st_size, p.stat().st_mtime_ns, p.read_bytes()) for p in (wal, shm)] == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store.db", "store.db-shm", "store.db-wal"]
 
 
 # ---- damage says what it is ------------------------------------------------------------------------

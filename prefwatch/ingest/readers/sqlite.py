@@ -20,7 +20,11 @@ two polls. How it opens depends on what the file is and who else has it open:
                               which is opened read-only (never created, never written).
 
 A writer "has it open" when some process holds the lock every SQLite connection keeps on the index
-file (``-shm``) while it is open.
+file (``-shm``) while it is open. A log nobody holds is taken for a dead writer's only once neither it
+nor its index has changed for ``SETTLED_SECONDS``: trackio opens a connection for each write and closes
+it after, so between two of its writes nobody holds the lock for a moment while the log, not yet
+checkpointed, is still there. Read through the index in that moment, our connection would be open when
+trackio's closes, and the log and its index would stay behind for good.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import itertools
 import os
 import sqlite3
 import struct
+import time
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
@@ -47,6 +52,9 @@ HEADER = b"SQLite format 3\x00"
 _SHM_DMS = 128
 READ_TRIES = 4  # immutable reads of a file that changed meanwhile: done again up to this many times
 BUSY_SECONDS = 0.5  # a rollback-journal writer's commit holds readers off for milliseconds; else next poll
+# A WAL log that nobody holds and nothing has touched for this long is a dead writer's: a live writer
+# that reopens between writes (trackio) touches it within milliseconds; its rows wait this long at most.
+SETTLED_SECONDS = 2.0
 
 
 class SchemaDrift(sqlite3.DatabaseError):
@@ -104,13 +112,20 @@ def _live(path: Path) -> bool:
         os.close(fd)
 
 
-def _mode(path: Path) -> tuple[str, bool]:
-    """The URI options for reading ``path`` now, and whether the read must be checked against a change."""
+def _settled(*stats: os.stat_result, now: float) -> bool:
+    """Whether none of these files was modified in the last ``SETTLED_SECONDS``."""
+    return all(now - s.st_mtime >= SETTLED_SECONDS for s in stats)
+
+
+def _mode(path: Path, now: Callable[[], float] = time.time) -> tuple[str, bool]:
+    """The URI options for reading ``path`` now, and whether the read must be checked against a change.
+
+    ``now`` is the wall clock the files' modification times are compared with."""
     head = header(path)
     if len(head) < 100 or head[18] != 2:  # not (yet) in WAL mode: a rollback journal
         return "mode=ro", False
-    wal = _stat(f"{path}-wal")
-    if wal is None or wal.st_size == 0 or _live(path) or _stat(f"{path}-shm") is None:
+    wal, shm = _stat(f"{path}-wal"), _stat(f"{path}-shm")
+    if wal is None or wal.st_size == 0 or shm is None or _live(path) or not _settled(wal, shm, now=now()):
         return "mode=ro&immutable=1", True
     return "mode=ro&readonly_shm=1", False
 
