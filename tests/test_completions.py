@@ -313,6 +313,7 @@ def test_trl_log_completions_table_in_a_trackio_run_is_read(trackio_store):
 def test_a_trackio_database_replaced_by_a_shorter_one_is_read_again(trackio_store, tmp_path):
     """A store rewritten from its start (fewer rows than were read): its tables are read again, and
     what the old rows said is not kept."""
+    import contextlib
     import shutil
     import sqlite3
 
@@ -324,7 +325,9 @@ def test_a_trackio_database_replaced_by_a_shorter_one_is_read_again(trackio_stor
     (cell,) = source.cells
     assert [e.step for e in cell.completions.evaluations] == [10, 20]
     (db,) = store.glob("*.db")
-    with sqlite3.connect(db) as connection:  # the run as it stood after its first table
+    # The run as it stood after its first table, written as trackio writes: one connection, closed
+    # after the write (its close moves the log into the file; a log left open is read once settled).
+    with contextlib.closing(sqlite3.connect(db)) as connection, connection:
         (first_table,) = connection.execute(
             "SELECT min(id) FROM metrics WHERE instr(metrics, 'trackio.table')"
         ).fetchone()
