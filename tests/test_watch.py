@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from prefwatch.core.clock import FakeClock
 from prefwatch.ingest import watch
 from prefwatch.ingest.watch import Follower
 
@@ -82,29 +83,59 @@ def test_fallback_poll_covers_a_file_system_without_events(cell, monkeypatch):
         assert calls.wait_for(2, timeout=30)
 
 
+class Spy(Follower):
+    """A follower that keeps the paths of every change event that passed its filter, in order."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.events: list[list[str]] = []
+        self._seen = threading.Condition()
+
+    def _event(self, where) -> None:
+        where = list(where)
+        with self._seen:
+            self.events.append(where)
+            self._seen.notify_all()
+        super()._event(where)
+
+    def wait_for_event(self, path: Path, timeout: float = 30.0) -> int:
+        """The index of the first event that names ``path``, once it has arrived."""
+        with self._seen:
+            assert self._seen.wait_for(lambda: any(str(path) in e for e in self.events), timeout), path
+            return next(i for i, e in enumerate(self.events) if str(path) in e)
+
+
 def test_reading_in_the_callback_does_not_wake_the_follower_again(cell):
-    """Open and close-without-write events are ignored: the owner's own reads must not loop."""
+    """Open and close-without-write events are ignored: the owner's own reads must not loop.
+
+    A barrier instead of a wait: one folder's inotify events arrive in the order they happened, so
+    once the event of a file created after the callback's read has arrived, every event the read
+    could have made has arrived before it. Only the write's own (modify, close-after-write) are there."""
     calls = Calls(work=lambda: (cell / "metrics.jsonl").read_bytes())
-    with Follower([cell], calls, interval=60):
+    with Spy([cell], calls, interval=60) as follower:
         append(cell / "metrics.jsonl")
-        assert calls.wait_for(1)
-        time.sleep(0.5)
-    assert calls.count <= 2  # the write itself may arrive as modify + close events
+        assert calls.wait_for(1, timeout=30)
+        (cell / "barrier").write_text("")
+        before = follower.events[: follower.wait_for_event(cell / "barrier")]
+    assert 1 <= len(before) <= 2 and all(e == [str(cell / "metrics.jsonl")] for e in before), before
 
 
 def test_a_burst_is_throttled_and_the_last_change_delivered(cell):
-    calls = Calls()
+    sizes: list[int] = []
+    calls = Calls(work=lambda: sizes.append((cell / "metrics.jsonl").stat().st_size))
     with Follower([cell], calls, interval=60, min_interval=0.2):
         start = time.monotonic()
         while time.monotonic() - start < 1.0:
             append(cell / "metrics.jsonl")
-            time.sleep(0.01)
-        last_write = time.monotonic()
-        time.sleep(0.5)
-    assert 3 <= calls.count <= 8  # ~100 writes, at most one callback per 0.2 s
+            time.sleep(0.01)  # the writer's pace, not a wait for the follower
+        final = (cell / "metrics.jsonl").stat().st_size
+        deadline = time.monotonic() + 30
+        while final not in sizes:  # the tail of the burst is not lost: a callback sees the last write
+            assert time.monotonic() < deadline, (final, sizes)
+            time.sleep(0.02)
+    assert 3 <= calls.count <= 10  # ~100 writes, at most one callback per 0.2 s
     gaps = [b - a for a, b in zip(calls.times, calls.times[1:])]
     assert min(gaps) >= 0.19
-    assert calls.times[-1] >= last_write - 0.2  # the tail of the burst was not lost
 
 
 def test_nudge_asks_for_a_callback_without_a_change(cell):
@@ -116,13 +147,26 @@ def test_nudge_asks_for_a_callback_without_a_change(cell):
 
 def test_a_write_after_a_quiet_spell_is_read_at_once_and_its_trailing_events_make_no_callback(cell):
     """Leading edge: the first event is not held for the settle window; the write's later events
-    (close after modify) find nothing new on disk and are not delivered again."""
+    (close after modify) find nothing new on disk and are not delivered again; a write within the
+    stream is, once the settle window has passed. The follower's loop is stepped by hand on a clock
+    the test moves (its thread never started), with the events its watcher would pass on."""
     calls = Calls(work=lambda: (cell / "metrics.jsonl").read_bytes())
-    with Follower([cell], calls, interval=60, settle=3.0):
-        append(cell / "metrics.jsonl")
-        assert calls.wait_for(1, timeout=2.5)  # a settle on the first event would take 3 s
-        time.sleep(4.0)  # the trailing events' settle, and then some
-        assert calls.count == 1
+    clock = FakeClock()
+    follower = Follower([cell], calls, interval=60, settle=3.0, clock=clock)
+    log = str(cell / "metrics.jsonl")
+    append(cell / "metrics.jsonl")
+    follower._event([log])  # modify
+    started = clock.monotonic()
+    follower.step(woken=True)
+    assert calls.count == 1 and clock.monotonic() == started  # at once: no settle on the first event
+    clock.advance(0.001)
+    follower._event([log])  # close after write: nothing new on disk
+    follower.step(woken=True)
+    assert calls.count == 1 and clock.monotonic() - started >= 3.0  # waited out the settle, then nothing
+    append(cell / "metrics.jsonl")  # a write within the stream
+    follower._event([log])
+    follower.step(woken=True)
+    assert calls.count == 2
 
 
 def test_a_delayed_nudge_calls_back_once_due_without_a_timer_thread(cell):

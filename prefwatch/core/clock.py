@@ -8,6 +8,7 @@ given, never ``time`` itself. A test then advances a ``FakeClock`` instead of sl
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Protocol
 
@@ -21,6 +22,13 @@ class Clock(Protocol):
     def time(self) -> float: ...
 
 
+class Waits(Clock, Protocol):
+    """A clock that can also be waited on: ``wait(event, seconds)`` returns when ``event`` is set or
+    ``seconds`` have passed on this clock, and says whether the event is set (``threading.Event.wait``)."""
+
+    def wait(self, event: threading.Event, seconds: float) -> bool: ...
+
+
 class SystemClock:
     """The machine's clocks."""
 
@@ -29,6 +37,9 @@ class SystemClock:
 
     def time(self) -> float:
         return time.time()
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        return event.wait(seconds)
 
 
 SYSTEM = SystemClock()
@@ -46,6 +57,12 @@ class FakeClock:
 
     def time(self) -> float:
         return self._wall
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        """A wait that takes no real time: the clock moves by ``seconds`` unless the event is set."""
+        if not event.is_set():
+            self.advance(seconds)
+        return event.is_set()
 
     def advance(self, seconds: float) -> None:
         if seconds < 0:

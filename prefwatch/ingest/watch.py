@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from prefwatch.core.clock import SYSTEM, Waits
+
 log = logging.getLogger(__name__)
 
 EVENT_FALLBACK_INTERVAL = 1.0
@@ -66,7 +68,9 @@ class Follower:
         min_interval: float = 0.0,
         burst: int = 1,
         settle: float = 0.0,
+        clock: Waits = SYSTEM,
     ) -> None:
+        self.clock = clock  # what the bucket, the settle window and delayed nudges are timed by
         self.paths = [Path(p) for p in paths]
         self.on_change = on_change
         self.forced_poll = poll
@@ -81,21 +85,21 @@ class Follower:
         self.callbacks = 0
         self.looks = 0  # looks at every watched folder (the fallback poll's, or forced polling's)
         self._tokens = float(self.burst)
-        self._tokens_at = time.monotonic()
+        self._tokens_at = self.clock.monotonic()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._observer: object | None = None
         self._snapshot: Snapshot = {}
         self._last_call = float("-inf")
-        self._due = float("inf")  # time.monotonic() of a callback asked for with nudge(after=...)
+        self._due = float("inf")  # clock.monotonic() of a callback asked for with nudge(after=...)
         self._nudged = False  # nudge() was called: the next callback is owed whatever the files say
         self._event_at = float("-inf")  # when the last change event woke the follower
         self._watched = {str(p) for p in self.paths}
         self._changed: set[Path] | None = set()  # watched paths changed since take_changed(); None: any
         self._changed_lock = threading.Lock()
         self._fallback_every = self.interval  # the fallback poll's spacing (see FALLBACK_SHARE)
-        self._looked_at = time.monotonic()
+        self._looked_at = self.clock.monotonic()
 
     @property
     def mode(self) -> str:
@@ -147,7 +151,7 @@ class Follower:
         if files:
             self._mark(None)
         if after > 0:
-            self._due = min(self._due, time.monotonic() + after)
+            self._due = min(self._due, self.clock.monotonic() + after)
             return
         self._nudged = True
         self._wake.set()
@@ -188,43 +192,55 @@ class Follower:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            woken = self._wake.wait(max(0.0, min(self.interval, self._due - time.monotonic())))
-            streaming = False
-            if woken:
-                now = time.monotonic()
-                # Leading edge: the first event after a quiet spell is read at once (a line logged
-                # every few seconds is on screen within milliseconds). Within a stream of events,
-                # wait ``settle`` so that one callback takes several writes.
-                streaming = now - self._event_at < max(self.settle, self.min_interval)
-                self._event_at = now
-                if streaming and self.settle > 0:
-                    self._stopping.wait(self.settle)
-            if self._stopping.is_set():
-                return
-            self._wake.clear()
-            nudged, self._nudged = self._nudged, False
-            due = time.monotonic() >= self._due  # a callback asked for with nudge(after=...)
-            if woken and self._observer is not None:
-                # Events say where: look at those folders only (the snapshot stays current, so the
-                # fallback poll reports only what no event did).
-                with self._changed_lock:
-                    marked = None if self._changed is None else list(self._changed)
-                differs = self._look(marked)
-            else:
-                differs = self._look() if self._fallback_due() else False
-            if nudged or due:
-                changed = True
-            elif woken and not streaming:
-                changed = True
-            else:
-                # The trailing events of writes already read (modify, then close) change nothing on
-                # disk since the last look: no callback. The fallback poll lands here as well.
-                changed = differs
-            if changed and self._throttle():
-                self._call()
+            woken = self._wake.wait(max(0.0, min(self.interval, self._due - self.clock.monotonic())))
+            self.step(woken)
+
+    def step(self, woken: bool) -> None:
+        """One turn of the follower's loop: after ``woken`` (a change event or a nudge arrived) or a
+        timeout, look at the folders and call back if the owner has something to read.
+
+        The background thread runs it; a test may run it itself on a follower never started, with
+        a FakeClock, to see the settle window and the bucket decide without waiting."""
+        streaming = False
+        if woken:
+            now = self.clock.monotonic()
+            # Leading edge: the first event after a quiet spell is read at once (a line logged
+            # every few seconds is on screen within milliseconds). Within a stream of events,
+            # wait ``settle`` so that one callback takes several writes.
+            streaming = now - self._event_at < max(self.settle, self.min_interval)
+            self._event_at = now
+            if streaming and self.settle > 0:
+                self.clock.wait(self._stopping, self.settle)
+        if self._stopping.is_set():
+            return
+        self._wake.clear()
+        nudged, self._nudged = self._nudged, False
+        due = self.clock.monotonic() >= self._due  # a callback asked for with nudge(after=...)
+        if woken and self._observer is not None:
+            # Events say where: look at those folders only (the snapshot stays current, so the
+            # fallback poll reports only what no event did).
+            with self._changed_lock:
+                marked = None if self._changed is None else list(self._changed)
+            differs = self._look(marked)
+        else:
+            differs = self._look() if self._fallback_due() else False
+        if nudged or due:
+            changed = True
+        elif woken and not streaming:
+            changed = True
+        else:
+            # The trailing events of writes already read (modify, then close) change nothing on
+            # disk since the last look: no callback. The fallback poll lands here as well.
+            changed = differs
+        if changed and self._throttle():
+            self._call()
 
     def _fallback_due(self) -> bool:
-        return self.forced_poll or self._observer is None or time.monotonic() - self._looked_at >= self._fallback_every
+        return (
+            self.forced_poll
+            or self._observer is None
+            or self.clock.monotonic() - self._looked_at >= self._fallback_every
+        )
 
     def _look(self, paths: list[Path] | None = None) -> bool:
         """Compare the watched folders (or only ``paths``) with the last look; mark those that changed.
@@ -237,7 +253,7 @@ class Follower:
         self._snapshot.update(current)
         if paths is None:
             self.looks += 1
-            self._looked_at = time.monotonic()
+            self._looked_at = self.clock.monotonic()
             if self._observer is not None:
                 self._fallback_every = max(self.interval, (time.thread_time() - started) / FALLBACK_SHARE)
         if changed:
@@ -247,7 +263,7 @@ class Follower:
     def _throttle(self) -> bool:
         """Wait for a token of the bucket (see the module's notes); False when stopped meanwhile."""
         while True:
-            now = time.monotonic()
+            now = self.clock.monotonic()
             if self.min_interval <= 0:
                 return True
             refill = (now - self._tokens_at) / self.min_interval
@@ -256,11 +272,11 @@ class Follower:
             if self._tokens >= 1.0:
                 self._tokens -= 1.0
                 return True
-            if self._stopping.wait((1.0 - self._tokens) * self.min_interval):
+            if self.clock.wait(self._stopping, (1.0 - self._tokens) * self.min_interval):
                 return False
 
     def _call(self) -> None:
-        self._last_call = time.monotonic()
+        self._last_call = self.clock.monotonic()
         self._due = float("inf")  # this callback serves a pending nudge(after=...)
         self.callbacks += 1
         try:
