@@ -227,3 +227,18 @@ def test_lines_are_drawn_as_rich_draws_their_text(lines, width: int, colour: boo
         return console.file.getvalue()
 
     assert drawn(block) == drawn(block.text())
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    line=st.lists(st.sampled_from(["a", "b-", "/.:", " ", "   ", "abcdefghij", "x" * 25]), max_size=40).map("".join),
+    width=st.integers(1, 60),
+)
+def test_ascii_lines_break_where_rich_breaks_them(line: str, width: int) -> None:
+    """A long printable ASCII line (most of a large report's findings) is divided without measuring
+    cells: at the same offsets as Rich's own division, long words folded, runs of spaces kept."""
+    from rich._wrap import divide_line
+
+    from prefwatch.report.text import ascii_breaks
+
+    assert ascii_breaks(line, width) == divide_line(line, width, fold=True)
