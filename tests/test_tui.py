@@ -240,6 +240,7 @@ async def test_log_text_is_shown_literally(tmp_path):
         text = screen_text(app)
         assert "dpo-r16-[bold red]x\\x1b[31m" in text  # the markup as written, ESC as a visible escape
         assert "\x1b" not in text
+        await wait_for(pilot, lambda: isinstance(app.focused, CellPanel))  # enter is the panel's key
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, CellScreen))
         await pilot.pause()
@@ -253,7 +254,7 @@ async def test_enter_opens_the_cell_chart_and_escape_returns(tmp_path):
     app = app_for(make_grid(tmp_path))
     async with app.run_test(size=(100, 40)) as pilot:
         await wait_for(pilot, lambda: app.view is not None and len(panels(app)) == 4)
-        await pilot.pause()
+        await wait_for(pilot, lambda: isinstance(app.focused, CellPanel))  # the arrows move the panels' focus
         await pilot.press("right", "down", "enter")
         await wait_for(pilot, lambda: isinstance(app.screen, CellScreen))
         assert app.screen.cell.id == "simpo-r8"
@@ -674,6 +675,7 @@ async def test_the_cell_screens_settings_redraw_it_when_set(tmp_path):
     app = app_for(make_grid(tmp_path))
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: app.view is not None and len(panels(app)) == 4)
+        await wait_for(pilot, lambda: isinstance(app.focused, CellPanel))  # enter is the panel's key
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, CellScreen))
         screen = app.screen

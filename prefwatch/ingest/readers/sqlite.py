@@ -6,6 +6,8 @@ two polls. How it opens depends on what the file is and who else has it open:
   rollback journal (MLflow)   ``mode=ro``. A read takes SQLite's shared lock for the length of a query
                               and releases it; a writer waits that long at most (MLflow's busy timeout
                               is 20 s), and a read-only connection creates no file.
+  no header yet (just made)   ``mode=ro&immutable=1``, checked as below: a lock of ours on a file a WAL
+                              writer is making would keep its log behind when it closes.
   WAL (trackio), no log       ``mode=ro&immutable=1``: the database file holds every commit. Immutable
   or an empty one             reads take no lock and create no ``-shm``/``-wal`` file (an ordinary
                               read-only connection to a WAL database creates both where the folder is
@@ -122,7 +124,9 @@ def _mode(path: Path, now: Callable[[], float] = time.time) -> tuple[str, bool]:
 
     ``now`` is the wall clock the files' modification times are compared with."""
     head = header(path)
-    if len(head) < 100 or head[18] != 2:  # not (yet) in WAL mode: a rollback journal
+    if len(head) < 100:  # just created, no header yet: nothing to lock; a WAL writer may be writing it
+        return "mode=ro&immutable=1", True
+    if head[18] != 2:  # a rollback journal
         return "mode=ro", False
     wal, shm = _stat(f"{path}-wal"), _stat(f"{path}-shm")
     if wal is None or wal.st_size == 0 or shm is None or _live(path) or not _settled(wal, shm, now=now()):
