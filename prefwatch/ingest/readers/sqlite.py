@@ -114,22 +114,22 @@ def _live(path: Path) -> bool:
         os.close(fd)
 
 
-def _settled(*stats: os.stat_result, now: float) -> bool:
-    """Whether none of these files was modified in the last ``SETTLED_SECONDS``."""
+def _settled(*stats: os.stat_result) -> bool:
+    """Whether none of these files was modified in the last ``SETTLED_SECONDS`` (by the wall clock,
+    which is what a file's modification time is stamped with)."""
+    now = time.time()
     return all(now - s.st_mtime >= SETTLED_SECONDS for s in stats)
 
 
-def _mode(path: Path, now: Callable[[], float] = time.time) -> tuple[str, bool]:
-    """The URI options for reading ``path`` now, and whether the read must be checked against a change.
-
-    ``now`` is the wall clock the files' modification times are compared with."""
+def _mode(path: Path) -> tuple[str, bool]:
+    """The URI options for reading ``path`` now, and whether the read must be checked against a change."""
     head = header(path)
     if len(head) < 100:  # just created, no header yet: nothing to lock; a WAL writer may be writing it
         return "mode=ro&immutable=1", True
     if head[18] != 2:  # a rollback journal
         return "mode=ro", False
     wal, shm = _stat(f"{path}-wal"), _stat(f"{path}-shm")
-    if wal is None or wal.st_size == 0 or shm is None or _live(path) or not _settled(wal, shm, now=now()):
+    if wal is None or wal.st_size == 0 or shm is None or _live(path) or not _settled(wal, shm):
         return "mode=ro&immutable=1", True
     return "mode=ro&readonly_shm=1", False
 
